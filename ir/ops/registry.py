@@ -1,0 +1,224 @@
+"""The op registry: one entry per op, holding everything the IR knows about it.
+
+An entry is an :class:`OpDef` subclass registered under its op name (and
+domain). It answers four questions about a node of that op:
+
+- ``infer(node)``: the result types from the operand types and attributes
+  (shape and dtype inference, ONNX semantics);
+- ``cost(node)``: multiply-accumulates and bytes moved;
+- ``channels(node)``: which operand/result axes are coupled channels, for
+  structured pruning;
+- ``fold(node, arrays)``: optionally, the results computed in numpy from
+  constant operands. Only cheap ops that shape subgraphs use fold; general
+  constant folding runs in ONNX Runtime (the ``simplify`` pass).
+
+Backends attach their lowerings to the same names. An op without an entry is
+carried as an opaque node whose types come from the frontend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from nasc.errors import ShapeError
+from nasc.ir.core import Node, Value
+from nasc.ir.types import UNKNOWN, Dim, Shape, TensorType, Type
+
+
+class InferenceError(ShapeError):
+    """Operands or attributes of a node are inconsistent with its op."""
+
+
+# A port is an operand ("in", slot) or a result ("out", slot); an AxisRef adds an axis.
+AxisRef = tuple[str, int, int]
+
+
+@dataclass(frozen=True)
+class AxisGroup:
+    """Axes that must be pruned together inside one node.
+
+    ``mode`` is "same" when index ``i`` of every member is the same channel;
+    "concat" when the first member (a result) is the members that follow
+    (operands) laid end to end along their axes.
+    """
+
+    members: tuple[AxisRef, ...]
+    mode: str = "same"
+
+
+@dataclass(frozen=True)
+class Cost:
+    macs: int = 0
+    bytes: int = 0
+
+
+class OpDef:
+    """Base of registry entries; subclasses override what their op needs."""
+
+    name: ClassVar[str] = ""
+    domain: ClassVar[str] = ""
+    #: ops whose results may be computed at import time by ``fold``
+    foldable: ClassVar[bool] = False
+    #: attributes holding an element type: IR element type names ("f32") in the
+    #: IR, converted from and to the format's enum by frontends and exporters
+    dtype_attrs: ClassVar[tuple[str, ...]] = ()
+
+    def infer(self, node: Node) -> list[Type]:
+        raise NotImplementedError
+
+    def cost(self, node: Node) -> Cost:
+        """Default: no arithmetic; bytes = operands read + results written."""
+        return Cost(0, io_bytes(node))
+
+    def channels(self, node: Node) -> list[AxisGroup]:
+        """Default: no channel coupling is known (a pruning barrier)."""
+        return []
+
+    def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
+        """Results from constant operands, or None when this op does not fold."""
+        return None
+
+
+_REGISTRY: dict[tuple[str, str], OpDef] = {}
+
+#: Fallback inference for opaque nodes; a frontend installs one (ONNX shape inference).
+opaque_inference: Callable[[Node], list[Type] | None] | None = None
+
+
+def register(cls: type[OpDef]) -> type[OpDef]:
+    """Class decorator: register an op entry under ``cls.name`` (and ``cls.domain``)."""
+    key = (_norm_domain(cls.domain), cls.name)
+    if key in _REGISTRY:
+        raise ValueError(f"op {cls.name!r} is registered twice")
+    _REGISTRY[key] = cls()
+    return cls
+
+
+def register_many(names: Sequence[str], base: type[OpDef], domain: str = "") -> None:
+    """Register one entry class under several op names (elementwise families)."""
+    for n in names:
+        sub = type(n, (base,), {"name": n, "domain": domain})
+        register(sub)
+
+
+def _norm_domain(domain: str) -> str:
+    return "" if domain in ("", "ai.onnx") else domain
+
+
+def lookup(op: str, domain: str = "") -> OpDef | None:
+    return _REGISTRY.get((_norm_domain(domain), op))
+
+
+def lookup_node(node: Node) -> OpDef | None:
+    return lookup(node.op, node.domain)
+
+
+def registered_ops() -> list[str]:
+    return sorted(f"{d}.{n}" if d else n for d, n in _REGISTRY)
+
+
+def infer_node(node: Node) -> list[Type] | None:
+    """Result types of ``node`` by its entry, or by the opaque fallback; None if unknown."""
+    entry = lookup_node(node)
+    if entry is not None:
+        return entry.infer(node)
+    if opaque_inference is not None:
+        return opaque_inference(node)
+    return None
+
+
+# ---- helpers shared by entries ---------------------------------------------
+
+
+def ttype(node: Node, i: int) -> TensorType:
+    """Operand ``i``'s tensor type."""
+    v = node.input(i)
+    if not isinstance(v.type, TensorType):
+        raise InferenceError(f"{node.describe()}: operand {i} must be a tensor, got {v.type}")
+    return v.type
+
+
+def shape_of(node: Node, i: int) -> Shape:
+    t = ttype(node, i)
+    if t.shape is None:
+        raise InferenceError(f"{node.describe()}: operand {i} has unknown rank")
+    return t.shape
+
+
+def const_value(node: Node, i: int) -> np.ndarray | None:
+    """Operand ``i``'s contents if it is a constant (None if absent or computed)."""
+    if not node.has_input(i):
+        return None
+    v = node.input(i)
+    return v.data if v.is_const else None
+
+
+def const_ints(node: Node, i: int) -> list[int] | None:
+    arr = const_value(node, i)
+    return None if arr is None else [int(x) for x in np.asarray(arr).reshape(-1)]
+
+
+def norm_axis(node: Node, axis: int, rank: int) -> int:
+    if not -rank <= axis < max(rank, 1):
+        raise InferenceError(f"{node.describe()}: axis {axis} is out of range for rank {rank}")
+    return axis % rank if rank else 0
+
+
+def broadcast(node: Node, shapes: Sequence[Shape]) -> Shape:
+    """Multidirectional (numpy) broadcasting of static or partly unknown shapes."""
+    rank = max((len(s) for s in shapes), default=0)
+    out: list[Dim] = []
+    for k in range(rank):
+        dims = [s[len(s) - rank + k] for s in shapes if len(s) - rank + k >= 0]
+        ints = {d for d in dims if isinstance(d, int) and d != 1}
+        if len(ints) > 1:
+            raise InferenceError(f"{node.describe()}: shapes {', '.join(map(str, shapes))} do not broadcast")
+        if ints:
+            out.append(ints.pop())
+        elif any(isinstance(d, str) for d in dims):
+            syms = [d for d in dims if isinstance(d, str)]
+            out.append(syms[0] if len(set(syms)) == 1 else UNKNOWN)
+        else:
+            out.append(1)
+    return tuple(out)
+
+
+def numel(shape: Shape) -> int:
+    n = 1
+    for d in shape:
+        if not isinstance(d, int):
+            return 0
+        n *= d
+    return n
+
+
+def value_bytes(v: Value | None) -> int:
+    if v is None or not isinstance(v.type, TensorType) or not v.type.is_static:
+        return 0
+    return v.type.nbytes
+
+
+def io_bytes(node: Node) -> int:
+    return sum(value_bytes(v) for v in node.inputs) + sum(value_bytes(v) for v in node.outputs)
+
+
+def same_axes(node: Node, in_slots: Sequence[int], out_rank: int) -> list[AxisGroup]:
+    """Elementwise coupling: each result axis with the aligned axis of every broadcasting operand."""
+    groups = []
+    for k in range(out_rank):
+        members: list[AxisRef] = [("out", 0, k)]
+        for s in in_slots:
+            if not node.has_input(s):
+                continue
+            shp = ttype(node, s).shape
+            if shp is None:
+                return []
+            j = len(shp) - out_rank + k
+            if j >= 0 and shp[j] != 1:
+                members.append(("in", s, j))
+        groups.append(AxisGroup(tuple(members)))
+    return groups
