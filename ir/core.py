@@ -29,13 +29,18 @@ Use = tuple["Node", int]
 class LazyArray:
     """A constant's contents, loaded on first access (large weights stay on disk or in the model proto)."""
 
-    __slots__ = ("shape", "dtype", "_loader", "_array")
+    __slots__ = ("shape", "dtype", "_loader", "_array", "source")
 
-    def __init__(self, shape: Sequence[int], dtype: str, loader: Callable[[], np.ndarray]) -> None:
+    def __init__(
+        self, shape: Sequence[int], dtype: str, loader: Callable[[], np.ndarray], source: Any = None
+    ) -> None:
         self.shape = tuple(int(d) for d in shape)
         self.dtype = dtype
         self._loader: Callable[[], np.ndarray] | None = loader
         self._array: np.ndarray | None = None
+        #: the frontend's own record of the contents (an ONNX TensorProto, say), which
+        #: an exporter to the same format may copy instead of re-encoding the array
+        self.source = source
 
     @property
     def loaded(self) -> bool:

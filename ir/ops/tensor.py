@@ -1,1 +1,823 @@
-"""(being written)"""
+"""Layout and data-movement ops: Reshape/Flatten/Transpose/Squeeze/Unsqueeze, Concat/Split/Slice,
+Gather*/Scatter*, Pad/Resize/Expand/Tile, DepthToSpace/SpaceToDepth and Einsum (ONNX opset 21 semantics).
+
+Shape-valued operands (Reshape's shape, Slice's starts/ends, ...) are read when they are constants;
+otherwise the dims they decide are ``UNKNOWN``, and the shape is None when even the rank is unknown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from nasc.ir.core import Node
+from nasc.ir.ops.registry import (
+    AxisGroup,
+    AxisRef,
+    Cost,
+    InferenceError,
+    OpDef,
+    broadcast,
+    const_ints,
+    const_value,
+    io_bytes,
+    norm_axis,
+    register,
+    same_axes,
+    shape_of,
+    ttype,
+)
+from nasc.ir.types import UNKNOWN, Dim, Shape, TensorType, Type
+
+# ---- helpers shared with shape_reduce ------------------------------------------------
+
+
+def prod(dims: Iterable[Dim]) -> Dim:
+    """Product of dims, UNKNOWN when any is not an int."""
+    n = 1
+    for d in dims:
+        if not isinstance(d, int):
+            return UNKNOWN
+        n *= d
+    return n
+
+
+def len_1d(node: Node, i: int) -> int | None:
+    """Length of 1-D operand ``i`` when its type says so statically."""
+    if not node.has_input(i):
+        return None
+    t = node.input(i).type
+    if isinstance(t, TensorType) and t.shape is not None and len(t.shape) == 1 and isinstance(t.shape[0], int):
+        return t.shape[0]
+    return None
+
+
+def out_shape(entry: OpDef, node: Node, i: int = 0) -> Shape | None:
+    t = entry.infer(node)[i]
+    return t.shape if isinstance(t, TensorType) else None
+
+
+def pairs(node: Node, links: Iterable[tuple[int, int]], outs: Sequence[int] = (0,)) -> list[AxisGroup]:
+    """One "same" group per (operand-0 axis, result axis) link, over the results in ``outs``."""
+    return [AxisGroup((("in", 0, a), *(("out", o, b) for o in outs))) for a, b in links]
+
+
+def arg(args: Sequence[np.ndarray | None], i: int) -> np.ndarray | None:
+    """``args[i]``, or None when the operand list is shorter (trailing operands omitted)."""
+    return args[i] if i < len(args) else None
+
+
+def norm_axes(node: Node, axes: Iterable[int], rank: int) -> list[int]:
+    res = [norm_axis(node, a, rank) for a in axes]
+    if len(set(res)) != len(res):
+        raise InferenceError(f"{node.describe()}: repeated axis in {list(axes)}")
+    return res
+
+
+def _prefix_links(a: Shape | None, b: Shape | None) -> list[tuple[int, int]]:
+    """Leading axes whose (static) dims agree: unchanged by a row-major reshape."""
+    if a is None or b is None:
+        return []
+    links = []
+    for k, (x, y) in enumerate(zip(a, b, strict=False)):
+        if not (isinstance(x, int) and x == y):
+            break
+        links.append((k, k))
+    return links
+
+
+# ---- reshapes ----------------------------------------------------------------------
+
+
+def _reshape(node: Node, t: TensorType, in_shape: Shape | None, target: list[int]) -> tuple[Dim, ...]:
+    allowzero = int(node.attr("allowzero", 0))
+
+    def bad(why: str = "") -> InferenceError:
+        n = prod(in_shape) if in_shape is not None else UNKNOWN
+        tgt = ",".join(map(str, target))
+        return InferenceError(f"{node.describe()}: cannot reshape {t.with_shape(in_shape)} ({n} elements) to ({tgt}){why}")
+
+    out: list[Dim] = []
+    neg = -1
+    for i, d in enumerate(target):
+        if d == -1:
+            if neg >= 0:
+                raise bad(": more than one -1")
+            neg = i
+            out.append(-1)
+        elif d == 0 and not allowzero:
+            if in_shape is None:
+                out.append(UNKNOWN)
+            elif i >= len(in_shape):
+                raise bad(f": 0 at position {i} copies no input dim")
+            else:
+                out.append(in_shape[i])
+        elif d < -1:
+            raise bad()
+        else:
+            out.append(d)
+    if allowzero and neg >= 0 and 0 in target:
+        raise bad(": allowzero=1 with both 0 and -1")
+    # dims copied by 0 cancel out, so that -1 is known even when a copied dim is not
+    copied = set() if allowzero else {i for i, d in enumerate(target) if d == 0}
+    total = prod(d for i, d in enumerate(in_shape) if i not in copied) if in_shape is not None else UNKNOWN
+    rest = prod(d for i, d in enumerate(out) if i != neg and i not in copied)
+    if neg >= 0:
+        if isinstance(total, int) and isinstance(rest, int):
+            if rest == 0 or total % rest:
+                raise bad()
+            out[neg] = total // rest
+        else:
+            out[neg] = UNKNOWN
+    elif isinstance(total, int) and isinstance(rest, int) and total != rest:
+        raise bad()
+    return tuple(out)
+
+
+@register
+class Reshape(OpDef):
+    name = "Reshape"
+    foldable = True
+
+    def infer(self, node: Node) -> list[Type]:
+        t = ttype(node, 0)
+        target = const_ints(node, 1)
+        if target is None:
+            n = len_1d(node, 1)
+            return [TensorType(t.dtype, None if n is None else (UNKNOWN,) * n)]
+        return [TensorType(t.dtype, _reshape(node, t, t.shape, target))]
+
+    def channels(self, node: Node) -> list[AxisGroup]:
+        return pairs(node, _prefix_links(ttype(node, 0).shape, out_shape(self, node)))
+
+    def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
+        x, s = args[0], args[1]
+        if x is None or s is None:
+            return None
+        shp = _reshape(node, ttype(node, 0), x.shape, [int(v) for v in s.reshape(-1)])
+        return [x.reshape(shp)]  # type: ignore[arg-type]
+
+
+def _flatten(node: Node, shape: Shape | None) -> Shape:
+    if shape is None:
+        return (UNKNOWN, UNKNOWN)
+    r = len(shape)
+    axis = int(node.attr("axis", 1))
+    if not -r <= axis <= r:
+        raise InferenceError(f"{node.describe()}: axis {axis} is out of range for rank {r}")
+    axis = axis + r if axis < 0 else axis
+    return (prod(shape[:axis]), prod(shape[axis:]))
+
+
+@register
+class Flatten(OpDef):
+    name = "Flatten"
+    foldable = True
+
+    def infer(self, node: Node) -> list[Type]:
+        t = ttype(node, 0)
+        return [TensorType(t.dtype, _flatten(node, t.shape))]
+
+    def channels(self, node: Node) -> list[AxisGroup]:
+        return pairs(node, _prefix_links(ttype(node, 0).shape, out_shape(self, node)))
+
+    def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
+        x = args[0]
+        return None if x is None else [x.reshape(_flatten(node, x.shape))]  # type: ignore[arg-type]
+
+
+@register
+class Transpose(OpDef):
+    name = "Transpose"
+    foldable = True
+
+    def _perm(self, node: Node, rank: int) -> list[int]:
+        perm = list(node.attr("perm", range(rank - 1, -1, -1)))
+        if sorted(perm) != list(range(rank)):
+            raise InferenceError(f"{node.describe()}: perm {perm} is not a permutation of {rank} axes")
+        return perm
+
+    def infer(self, node: Node) -> list[Type]:
+        t = ttype(node, 0)
+        if t.shape is None:
+            return [TensorType(t.dtype, None)]
+        return [TensorType(t.dtype, tuple(t.shape[p] for p in self._perm(node, len(t.shape))))]
+
+    def channels(self, node: Node) -> list[AxisGroup]:
+        perm = self._perm(node, len(shape_of(node, 0)))
+        return pairs(node, ((p, k) for k, p in enumerate(perm)))
+
+    def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
+        x = args[0]
+        return None if x is None else [np.transpose(x, self._perm(node, x.ndim))]
+
+
+@register
+class Squeeze(OpDef):
+    name = "Squeeze"
+    foldable = True
+
+    def _axes(self, node: Node, shape: Shape, axes: list[int] | None) -> list[int] | None:
+        """Removed axes, or None when they cannot be known (unknown dims and no axes)."""
+        if axes is None:
+            if any(not isinstance(d, int) for d in shape):
+                return None
+            return [k for k, d in enumerate(shape) if d == 1]
+        res = sorted(norm_axes(node, axes, len(shape)))
+        for k in res:
+            if isinstance(shape[k], int) and shape[k] != 1:
+                raise InferenceError(f"{node.describe()}: cannot squeeze axis {k} of shape {list(shape)}")
+        return res
+
+    def infer(self, node: Node) -> list[Type]:
+        t = ttype(node, 0)
+        if node.has_input(1) and const_value(node, 1) is None:
+            n = len_1d(node, 1)
+            return [TensorType(t.dtype, None if t.shape is None or n is None else (UNKNOWN,) * (len(t.shape) - n))]
+        if t.shape is None:
+            return [TensorType(t.dtype, None)]
+        removed = self._axes(node, t.shape, const_ints(node, 1))
+        if removed is None:
+            return [TensorType(t.dtype, None)]
+        return [TensorType(t.dtype, tuple(d for k, d in enumerate(t.shape) if k not in removed))]
+
+    def channels(self, node: Node) -> list[AxisGroup]:
+        shape = shape_of(node, 0)
+        if node.has_input(1) and const_value(node, 1) is None:
+            return []
+        removed = self._axes(node, shape, const_ints(node, 1))
+        if removed is None:
+            return []
+        kept = [k for k in range(len(shape)) if k not in removed]
+        return pairs(node, ((k, j) for j, k in enumerate(kept)))
+
+    def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
+        x = args[0]
+        a = arg(args, 1)
+        if x is None or (node.has_input(1) and a is None):
+            return None
+        axes = None if a is None else [int(v) for v in a.reshape(-1)]
+        removed = self._axes(node, x.shape, axes)
+        return [np.squeeze(x, axis=tuple(removed or ()))]
+
+
+def _unsqueeze(node: Node, shape: Shape, axes: list[int]) -> tuple[Shape, list[int]]:
+    r = len(shape) + len(axes)
+    ins = set(norm_axes(node, axes, r))
+    it = iter(shape)
+    return tuple(1 if k in ins else next(it) for k in range(r)), sorted(ins)
+
+
+@register
+class Unsqueeze(OpDef):
+    name = "Unsqueeze"
+    foldable = True
+
+    def infer(self, node: Node) -> list[Type]:
+        t = ttype(node, 0)
+        axes = const_ints(node, 1)
+        if axes is None:
+            n = len_1d(node, 1)
+            return [TensorType(t.dtype, None if t.shape is None or n is None else (UNKNOWN,) * (len(t.shape) + n))]
+        if t.shape is None:
+            return [TensorType(t.dtype, None)]
+        return [TensorType(t.dtype, _unsqueeze(node, t.shape, axes)[0])]
+
+    def channels(self, node: Node) -> list[AxisGroup]:
+        shape, axes = shape_of(node, 0), const_ints(node, 1)
+        if axes is None:
+            return []
+        ins = _unsqueeze(node, shape, axes)[1]
+        kept = [k for k in range(len(shape) + len(axes)) if k not in ins]
+        return pairs(node, enumerate(kept))
+
+    def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
+        x, a = args[0], args[1]
+        if x is None or a is None:
+            return None
+        return [x.reshape(_unsqueeze(node, x.shape, [int(v) for v in a.reshape(-1)])[0])]  # type: ignore[arg-type]
+
+
+# ---- concat, split, slice --------------------------------------------------------------
+
+
+@register
+class Concat(OpDef):
+    name = "Concat"
+    foldable = True
+
+    def infer(self, node: Node) -> list[Type]:
+        ts = [ttype(node, i) for i in range(len(node.inputs))]
+        if len({t.dtype for t in ts}) > 1:
+            raise InferenceError(f"{node.describe()}: operand types {', '.join(str(t) for t in ts)} differ")
+        shapes = [t.shape for t in ts if t.shape is not None]
+        if len(shapes) < len(ts) or not shapes:
+            return [TensorType(ts[0].dtype, None)]
+        r = len(shapes[0])
+        if "axis" not in node.attrs:
+            raise InferenceError(f"{node.describe()}: attribute 'axis' is required")
+        axis = norm_axis(node, int(node.attr("axis")), r)
+        out: list[Dim] = []
+        for k in range(r):
+            if any(len(s) != r for s in shapes):
+                raise InferenceError(f"{node.describe()}: operand ranks differ: {', '.join(map(str, ts))}")
+            dims = [s[k] for s in shapes]
+            if k == axis:
+                out.append(_sum(dims))
+                continue
+            ints = {d for d in dims if isinstance(d, int)}
+            if len(ints) > 1:
+                raise InferenceError(f"{node.describe()}: operand shapes {', '.join(map(str, ts))} differ off axis {axis}")
+            out.append(ints.pop() if ints else dims[0])
+        return [TensorType(ts[0].dtype, tuple(out))]
+
+    def channels(self, node: Node) -> list[AxisGroup]:
+        n = len(node.inputs)
+        r = len(shape_of(node, 0))
+        axis = norm_axis(node, int(node.attr("axis")), r)
+        groups = [AxisGroup((("out", 0, k), *(("in", i, k) for i in range(n)))) for k in range(r) if k != axis]
+        groups.append(AxisGroup((("out", 0, axis), *(("in", i, axis) for i in range(n))), mode="concat"))
+        return groups
+
+    def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
+        if any(a is None for a in args):
+            return None
+        arrs = [a for a in args if a is not None]
+        return [np.concatenate(arrs, axis=int(node.attr("axis")))]
+
+
+def _sum(dims: Sequence[Dim]) -> Dim:
+    return sum(dims) if all(isinstance(d, int) for d in dims) else UNKNOWN  # type: ignore[arg-type]
+
+
+@register
+class Split(OpDef):
+    """Split along ``axis`` by the ``split`` operand, or into ``num_outputs`` (last part smaller) parts.
+
+    channels: the split axis is a mode="concat" group whose first member is the operand
+    ("in", 0, axis) followed by the results ("out", i, axis): the operand is the results laid end to end.
+    """
+
+    name = "Split"
+    foldable = True
+
+    def _sizes(self, node: Node, dim: Dim) -> list[Dim]:
+        n = len(node.outputs)
+        if node.has_input(1):
+            split = const_ints(node, 1)
+            if split is None:
+                return [UNKNOWN] * n
+            if len(split) != n or (isinstance(dim, int) and sum(split) != dim) or min(split, default=0) < 0:
+                raise InferenceError(f"{node.describe()}: split {split} does not cut dim {dim} into {n} results")
+            return list(split)
+        parts = int(node.attr("num_outputs", n))
+        if parts != n:
+            raise InferenceError(f"{node.describe()}: num_outputs={parts} but the node has {n} results")
+        if not isinstance(dim, int):
+            return [UNKNOWN] * n
+        chunk = -(-dim // n)
+        if chunk * (n - 1) > dim:
+            raise InferenceError(f"{node.describe()}: cannot split dim {dim} into {n} parts")
+        return [chunk] * (n - 1) + [dim - chunk * (n - 1)]
+
+    def infer(self, node: Node) -> list[Type]:
+        t = ttype(node, 0)
+        if t.shape is None:
+            return [TensorType(t.dtype, None) for _ in node.outputs]
+        axis = norm_axis(node, int(node.attr("axis", 0)), len(t.shape))
+        sizes = self._sizes(node, t.shape[axis])
+        return [TensorType(t.dtype, (*t.shape[:axis], s, *t.shape[axis + 1 :])) for s in sizes]
+
+    def channels(self, node: Node) -> list[AxisGroup]:
+        r = len(shape_of(node, 0))
+        axis = norm_axis(node, int(node.attr("axis", 0)), r)
+        outs = range(len(node.outputs))
+        groups = pairs(node, ((k, k) for k in range(r) if k != axis), outs)
+        groups.append(AxisGroup((("in", 0, axis), *(("out", i, axis) for i in outs)), mode="concat"))
+        return groups
+
+    def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
+        x = args[0]
+        if x is None or (node.has_input(1) and arg(args, 1) is None):
+            return None
+        types = self.infer(node)
+        axis = norm_axis(node, int(node.attr("axis", 0)), x.ndim)
+        cuts = np.cumsum([t.shape[axis] for t in types])[:-1]  # type: ignore[union-attr,index]
+        return list(np.split(x, cuts, axis=axis))
+
+
+def _slice_plan(node: Node, shape: Shape, starts: list[int], ends: list[int],
+                axes: list[int] | None, steps: list[int] | None) -> dict[int, tuple[int, int, int, int] | None]:
+    """axis -> (start, end, step, length) with ONNX clamping, or None when the dim is unknown."""
+    r = len(shape)
+    axes = list(range(len(starts))) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise InferenceError(f"{node.describe()}: starts, ends, axes and steps differ in length")
+    plan: dict[int, tuple[int, int, int, int] | None] = {}
+    for ax, s, e, st in zip(norm_axes(node, axes, r), starts, ends, steps, strict=True):
+        d = shape[ax]
+        if st == 0:
+            raise InferenceError(f"{node.describe()}: slice step is 0")
+        if not isinstance(d, int):
+            plan[ax] = None
+            continue
+        s, e = s + d if s < 0 else s, e + d if e < 0 else e
+        if st > 0:
+            s, e = min(max(s, 0), d), min(max(e, 0), d)
+        else:
+            s, e = min(max(s, 0), d - 1), min(max(e, -1), d - 1)
+        plan[ax] = (s, e, st, max(0, -(-(e - s) // st)))
+    return plan
+
+
+@register
+class Slice(OpDef):
+    name = "Slice"
+    foldable = True
+
+    def _plan(self, node: Node, shape: Shape, vals: Sequence[list[int] | None]) -> dict | None:
+        starts, ends, axes, steps = vals
+        if starts is None or ends is None or (node.has_input(3) and axes is None) or (node.has_input(4) and steps is None):
+            return None
+        return _slice_plan(node, shape, starts, ends, axes, steps)
+
+    def infer(self, node: Node) -> list[Type]:
+        t = ttype(node, 0)
+        if t.shape is None:
+            return [TensorType(t.dtype, None)]
+        plan = self._plan(node, t.shape, [const_ints(node, i) for i in range(1, 5)])
+        if plan is None:
+            axes = const_ints(node, 3)
+            unknown = range(len(t.shape)) if axes is None else norm_axes(node, axes, len(t.shape))
+            return [TensorType(t.dtype, tuple(UNKNOWN if k in unknown else d for k, d in enumerate(t.shape)))]
+        out = tuple(d if k not in plan else (UNKNOWN if plan[k] is None else plan[k][3])  # type: ignore[index]
+                    for k, d in enumerate(t.shape))
+        return [TensorType(t.dtype, out)]
+
+    def channels(self, node: Node) -> list[AxisGroup]:
+        shape = shape_of(node, 0)
+        plan = self._plan(node, shape, [const_ints(node, i) for i in range(1, 5)])
+        if plan is None:
+            return []
+        same = [k for k in range(len(shape)) if k not in plan or plan[k] == (0, shape[k], 1, shape[k])]
+        return pairs(node, ((k, k) for k in same))
+
+    def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
+        x = args[0]
+        if x is None:
+            return None
+        vals = [None if a is None else [int(v) for v in a.reshape(-1)] for a in args[1:5]]
+        vals += [None] * (4 - len(vals))
+        plan = self._plan(node, x.shape, vals)
+        if plan is None:
+            return None
+        idx: list[slice] = [slice(None)] * x.ndim
+        for k, p in plan.items():
+            assert p is not None
+            s, e, st, _ = p
+            idx[k] = slice(s, e if e >= 0 else None, st)
+        return [np.ascontiguousarray(x[tuple(idx)])]
+
+
+# ---- gather and scatter --------------------------------------------------------------
+
+
+@register
+class Gather(OpDef):
+    name = "Gather"
+    foldable = True
+
+    def infer(self, node: Node) -> list[Type]:
+        t, i = ttype(node, 0), ttype(node, 1)
+        if t.shape is None or i.shape is None:
+            return [TensorType(t.dtype, None)]
+        axis = norm_axis(node, int(node.attr("axis", 0)), len(t.shape))
+        return [TensorType(t.dtype, t.shape[:axis] + i.shape + t.shape[axis + 1 :])]
+
+    def channels(self, node: Node) -> list[AxisGroup]:
+        r, q = len(shape_of(node, 0)), len(shape_of(node, 1))
+        axis = norm_axis(node, int(node.attr("axis", 0)), r)
+        return pairs(node, [(k, k) for k in range(axis)] + [(k, k + q - 1) for k in range(axis + 1, r)])
+
+    def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
+        x, i = args[0], args[1]
+        if x is None or i is None:
+            return None
+        axis = norm_axis(node, int(node.attr("axis", 0)), x.ndim)
+        return [np.take(x, i.astype(np.int64), axis=axis)]
+
+
+@register
+class GatherElements(OpDef):
+    name = "GatherElements"
+
+    def infer(self, node: Node) -> list[Type]:
+        t, i = ttype(node, 0), ttype(node, 1)
+        if t.shape is not None and i.shape is not None and len(t.shape) != len(i.shape):
+            raise InferenceError(f"{node.describe()}: data {t} and indices {i} differ in rank")
+        return [TensorType(t.dtype, i.shape)]
+
+    def channels(self, node: Node) -> list[AxisGroup]:
+        d, i = shape_of(node, 0), shape_of(node, 1)
+        axis = norm_axis(node, int(node.attr("axis", 0)), len(d))
+        return [AxisGroup((("in", 0, k), ("in", 1, k), ("out", 0, k)))
+                for k in range(len(d)) if k != axis and isinstance(d[k], int) and d[k] == i[k]]
+
+
+@register
+class GatherND(OpDef):
+    name = "GatherND"
+
+    def infer(self, node: Node) -> list[Type]:
+        t, i = ttype(node, 0), ttype(node, 1)
+        if t.shape is None or i.shape is None or not i.shape or not isinstance(i.shape[-1], int):
+            return [TensorType(t.dtype, None)]
+        b, m = int(node.attr("batch_dims", 0)), i.shape[-1]
+        if b + m > len(t.shape) or b >= len(i.shape):
+            raise InferenceError(f"{node.describe()}: indices {i} with batch_dims={b} do not index data {t}")
+        return [TensorType(t.dtype, i.shape[:-1] + t.shape[b + m :])]
+
+    def channels(self, node: Node) -> list[AxisGroup]:
+        d, i = shape_of(node, 0), shape_of(node, 1)
+        b = int(node.attr("batch_dims", 0))
+        if not i or not isinstance(i[-1], int):
+            return []
+        groups = [AxisGroup((("in", 0, k), ("in", 1, k), ("out", 0, k))) for k in range(b)]
+        return groups + [AxisGroup((("in", 0, k), ("out", 0, len(i) - 1 + k - b - i[-1])))
+                         for k in range(b + i[-1], len(d))]
+
+
+class _Scatter(OpDef):
+    def infer(self, node: Node) -> list[Type]:
+        t = ttype(node, 0)
+        return [TensorType(t.dtype, t.shape)]
+
+
+register(type("ScatterElements", (_Scatter,), {"name": "ScatterElements"}))
+register(type("ScatterND", (_Scatter,), {"name": "ScatterND"}))
+
+
+# ---- pad, resize, expand, tile -----------------------------------------------------------
+
+
+def _untouched(node: Node, shape: Shape | None, out: Shape | None) -> list[AxisGroup]:
+    return [] if shape is None or out is None else pairs(
+        node, ((k, k) for k in range(len(shape)) if isinstance(shape[k], int) and shape[k] == out[k]))
+
+
+@register
+class Pad(OpDef):
+    name = "Pad"
+
+    def _axes(self, node: Node, r: int) -> list[int] | None:
+        if not node.has_input(3):
+            return list(range(r))
+        axes = const_ints(node, 3)
+        return None if axes is None else norm_axes(node, axes, r)
+
+    def infer(self, node: Node) -> list[Type]:
+        t = ttype(node, 0)
+        if t.shape is None:
+            return [TensorType(t.dtype, None)]
+        r = len(t.shape)
+        axes, pads = self._axes(node, r), const_ints(node, 1)
+        if axes is None:
+            return [TensorType(t.dtype, (UNKNOWN,) * r)]
+        if pads is None:
+            return [TensorType(t.dtype, tuple(UNKNOWN if k in axes else d for k, d in enumerate(t.shape)))]
+        n = len(axes)
+        if len(pads) != 2 * n:
+            raise InferenceError(f"{node.describe()}: pads {pads} must have 2 x {n} entries")
+        out = list(t.shape)
+        for j, k in enumerate(axes):
+            d = t.shape[k]
+            if isinstance(d, int):
+                out[k] = d + pads[j] + pads[j + n]
+                if out[k] < 0:
+                    raise InferenceError(f"{node.describe()}: pads {pads} make axis {k} of {t} negative")
+            elif pads[j] or pads[j + n]:
+                out[k] = UNKNOWN
+        return [TensorType(t.dtype, tuple(out))]
+
+    def channels(self, node: Node) -> list[AxisGroup]:
+        return _untouched(node, shape_of(node, 0), out_shape(self, node))
+
+
+@register
+class Resize(OpDef):
+    name = "Resize"
+
+    def _given(self, node: Node, i: int) -> bool:
+        v = const_value(node, i)
+        return node.has_input(i) and (v is None or v.size > 0)
+
+    def infer(self, node: Node) -> list[Type]:
+        t = ttype(node, 0)
+        if t.shape is None:
+            return [TensorType(t.dtype, None)]
+        r = len(t.shape)
+        axes = norm_axes(node, node.attr("axes", range(r)), r)
+        out = list(t.shape)
+        if self._given(node, 3):
+            sizes = const_ints(node, 3)
+            policy = node.attr("keep_aspect_ratio_policy", "stretch")
+            if sizes is not None and len(sizes) != len(axes):
+                raise InferenceError(f"{node.describe()}: sizes {sizes} do not match {len(axes)} axes")
+            dims = [t.shape[k] for k in axes]
+            if sizes is None or (policy != "stretch" and not all(isinstance(d, int) for d in dims)):
+                new: list[Dim] = [UNKNOWN] * len(axes)
+            elif policy == "stretch":
+                new = list(sizes)
+            else:
+                ratios = [np.float32(s) / np.float32(d) for s, d in zip(sizes, dims, strict=True)]
+                scale = min(ratios) if policy == "not_larger" else max(ratios)
+                new = [int(np.floor(scale * np.float32(d) + np.float32(0.5))) for d in dims]
+        elif self._given(node, 2):
+            sv = const_value(node, 2)
+            if sv is None:
+                new = [UNKNOWN] * len(axes)
+            else:
+                scales = [np.float32(s) for s in sv.reshape(-1)]
+                if len(scales) != len(axes):
+                    raise InferenceError(f"{node.describe()}: scales {sv.tolist()} do not match {len(axes)} axes")
+                new = [int(np.floor(np.float32(d) * s)) if isinstance(d, int) else UNKNOWN
+                       for d, s in zip((t.shape[k] for k in axes), scales, strict=True)]
+        else:
+            raise InferenceError(f"{node.describe()}: one of scales or sizes must be given")
+        for k, d in zip(axes, new, strict=True):
+            out[k] = d
+        return [TensorType(t.dtype, tuple(out))]
+
+    def channels(self, node: Node) -> list[AxisGroup]:
+        if node.attr("coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize":
+            return []
+        return _untouched(node, shape_of(node, 0), out_shape(self, node))
+
+
+@register
+class Expand(OpDef):
+    name = "Expand"
+    foldable = True
+
+    def infer(self, node: Node) -> list[Type]:
+        t = ttype(node, 0)
+        target = const_ints(node, 1)
+        if target is None or t.shape is None:
+            n = len_1d(node, 1)
+            rank = None if n is None or t.shape is None else max(n, len(t.shape))
+            return [TensorType(t.dtype, None if rank is None else (UNKNOWN,) * rank)]
+        return [TensorType(t.dtype, broadcast(node, [t.shape, tuple(target)]))]
+
+    def channels(self, node: Node) -> list[AxisGroup]:
+        out = out_shape(self, node)
+        return [] if out is None else same_axes(node, [0], len(out))
+
+    def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
+        x, s = args[0], args[1]
+        if x is None or s is None:
+            return None
+        shp = broadcast(node, [x.shape, tuple(int(v) for v in s.reshape(-1))])
+        return [np.broadcast_to(x, shp).copy()]  # type: ignore[arg-type]
+
+
+@register
+class Tile(OpDef):
+    name = "Tile"
+    foldable = True
+
+    def infer(self, node: Node) -> list[Type]:
+        t = ttype(node, 0)
+        reps = const_ints(node, 1)
+        if t.shape is None:
+            return [TensorType(t.dtype, None)]
+        if reps is None:
+            return [TensorType(t.dtype, (UNKNOWN,) * len(t.shape))]
+        if len(reps) != len(t.shape) or min(reps, default=0) < 0:
+            raise InferenceError(f"{node.describe()}: repeats {reps} do not fit {t}")
+        return [TensorType(t.dtype, tuple(d * n if isinstance(d, int) else (d if n == 1 else UNKNOWN)
+                                           for d, n in zip(t.shape, reps, strict=True)))]
+
+    def channels(self, node: Node) -> list[AxisGroup]:
+        reps = const_ints(node, 1)
+        return [] if reps is None else pairs(node, ((k, k) for k, n in enumerate(reps) if n == 1))
+
+    def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
+        x, r = args[0], args[1]
+        return None if x is None or r is None else [np.tile(x, [int(v) for v in r.reshape(-1)])]
+
+
+# ---- depth/space, einsum -------------------------------------------------------------
+
+
+class _BlockMove(OpDef):
+    to_space: bool = True
+
+    def infer(self, node: Node) -> list[Type]:
+        t = ttype(node, 0)
+        if t.shape is None:
+            return [TensorType(t.dtype, (UNKNOWN,) * 4)]
+        if len(t.shape) != 4:
+            raise InferenceError(f"{node.describe()}: needs a rank-4 (N,C,H,W) operand, got {t}")
+        b = int(node.attr("blocksize", 0))
+        if b <= 0:
+            raise InferenceError(f"{node.describe()}: blocksize must be positive, got {b}")
+        n, c, h, w = t.shape
+        if self.to_space:
+            if isinstance(c, int) and c % (b * b):
+                raise InferenceError(f"{node.describe()}: channels of {t} are not divisible by blocksize^2={b * b}")
+            return [TensorType(t.dtype, (n, _div(c, b * b), _mul(h, b), _mul(w, b)))]
+        for d in (h, w):
+            if isinstance(d, int) and d % b:
+                raise InferenceError(f"{node.describe()}: spatial dims of {t} are not divisible by blocksize {b}")
+        return [TensorType(t.dtype, (n, _mul(c, b * b), _div(h, b), _div(w, b)))]
+
+    def channels(self, node: Node) -> list[AxisGroup]:
+        return pairs(node, [(0, 0)])
+
+
+def _mul(d: Dim, k: int) -> Dim:
+    return d * k if isinstance(d, int) else UNKNOWN
+
+
+def _div(d: Dim, k: int) -> Dim:
+    return d // k if isinstance(d, int) else UNKNOWN
+
+
+register(type("DepthToSpace", (_BlockMove,), {"name": "DepthToSpace", "to_space": True}))
+register(type("SpaceToDepth", (_BlockMove,), {"name": "SpaceToDepth", "to_space": False}))
+
+
+def parse_einsum(node: Node) -> tuple[list[list[str]], list[str], dict[str, Dim]] | None:
+    """(labels per operand, result labels, size per label); ellipsis dims get labels '.0', '.1', ..."""
+    eq = str(node.attr("equation", "")).replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(node.inputs):
+        raise InferenceError(f"{node.describe()}: equation '{eq}' names {len(terms)} operands, got {len(node.inputs)}")
+    shapes = [ttype(node, i).shape for i in range(len(terms))]
+    if any(s is None for s in shapes):
+        return None
+    n_ell = max((len(s) - len(t.replace("...", "")) for s, t in zip(shapes, terms, strict=True)  # type: ignore[arg-type]
+                 if "..." in t), default=0)
+
+    def expand(term: str, rank: int | None) -> list[str]:
+        head, dots, tail = term.partition("...")
+        k = (rank - len(head) - len(tail)) if rank is not None else n_ell
+        ell = [f".{n_ell - k + j}" for j in range(k)] if dots else []
+        return list(head) + ell + list(tail)
+
+    labels = [expand(t, len(s)) for t, s in zip(terms, shapes, strict=True)]  # type: ignore[arg-type]
+    sizes: dict[str, Dim] = {}
+    for labs, shp in zip(labels, shapes, strict=True):
+        assert shp is not None
+        if len(labs) != len(shp) or any(not (c.isalpha() or c.startswith(".")) for c in labs):
+            raise InferenceError(f"{node.describe()}: equation '{eq}' does not fit operand shape {list(shp)}")
+        for c, d in zip(labs, shp, strict=True):
+            old = sizes.get(c)
+            if old is None or old == d or (c.startswith(".") and old == 1):
+                sizes[c] = d
+            elif isinstance(old, int) and isinstance(d, int) and not (c.startswith(".") and d == 1):
+                raise InferenceError(f"{node.describe()}: index '{c}' of '{eq}' has sizes {old} and {d}")
+    if arrow:
+        out = expand(rhs, None)
+        if any(c not in sizes for c in out):
+            raise InferenceError(f"{node.describe()}: result of '{eq}' names an index no operand has")
+    else:
+        flat = [c for labs in labels for c in labs if c.isalpha()]
+        out = [f".{j}" for j in range(n_ell)] + sorted(c for c in set(flat) if flat.count(c) == 1)
+    return labels, out, sizes
+
+
+@register
+class Einsum(OpDef):
+    name = "Einsum"
+
+    def infer(self, node: Node) -> list[Type]:
+        dt = ttype(node, 0).dtype
+        parsed = parse_einsum(node)
+        if parsed is None:
+            return [TensorType(dt, None)]
+        _, out, sizes = parsed
+        return [TensorType(dt, tuple(sizes[c] for c in out))]
+
+    def cost(self, node: Node) -> Cost:
+        parsed = parse_einsum(node)
+        n = prod(parsed[2].values()) if parsed else 0
+        return Cost(n if isinstance(n, int) else 0, io_bytes(node))
+
+    def channels(self, node: Node) -> list[AxisGroup]:
+        parsed = parse_einsum(node)
+        if parsed is None:
+            return []
+        labels, out, _ = parsed
+        groups = []
+        for c in dict.fromkeys(c for labs in labels for c in labs if c.isalpha()):
+            members: list[AxisRef] = [("in", i, k) for i, labs in enumerate(labels) for k, x in enumerate(labs) if x == c]
+            members += [("out", 0, k) for k, x in enumerate(out) if x == c]
+            groups.append(AxisGroup(tuple(members)))
+        return groups
+
+
+__all__ = ["arg", "len_1d", "norm_axes", "out_shape", "pairs", "parse_einsum", "prod"]

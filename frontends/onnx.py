@@ -1,0 +1,409 @@
+"""ONNX frontend: a model file, bytes or ModelProto -> a verified, typed ir.Graph.
+
+Steps: read (with external data confined to the model's directory), check the
+structure (every name defined, no cycles) and run onnx.checker, convert the
+default domain to the canonical opset, fix dynamic input dims from the caller,
+then build the IR node by node: registered ops are typed by the op registry
+and cheap shape subgraphs are folded to constants on the way; other ops are
+carried opaquely and typed by ONNX shape inference.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from nasc.errors import ModelLoadError, ShapeError, UnsupportedModelError, UsageError
+from nasc.frontends import onnx_infer
+from nasc.frontends.onnx_proto import (
+    attr_from_onnx,
+    dtype_from_onnx,
+    lazy_tensor,
+    sparse_to_array,
+    tensor_to_array,
+    type_from_onnx,
+)
+from nasc.ir import verify
+from nasc.ir.core import Graph, Node, Value
+from nasc.ir.ops.registry import InferenceError, lookup
+from nasc.ir.types import TensorType
+
+CANONICAL_OPSET = 21
+MIN_OPSET = 11
+FOLD_MAX_ELEMENTS = 1 << 16  # larger constant results are left to the simplify pass
+
+ModelLike = str | os.PathLike[str] | bytes | onnx.ModelProto
+
+
+def load_onnx(
+    model: ModelLike,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    verify_graph: bool = True,
+) -> Graph:
+    """Import an ONNX model as an IR graph with static shapes.
+
+    ``input_shapes`` fixes dynamic input dims, one full shape per input that has
+    any (``{"x": (1, 3, 224, 224)}``). Raises a :class:`nasc.Error` subclass
+    naming the problem for unreadable, invalid or unsupported models.
+    """
+    proto, base_dir, label = read_model(model)
+    check_structure(proto, label)
+    proto = to_canonical_opset(proto, label)
+    return build_graph(proto, input_shapes or {}, base_dir, label, verify_graph=verify_graph)
+
+
+# ---- reading -----------------------------------------------------------------
+
+
+def read_model(model: ModelLike) -> tuple[onnx.ModelProto, str | None, str]:
+    """The ModelProto, the directory its external data is relative to, and a label for messages."""
+    if isinstance(model, onnx.ModelProto):
+        return model, None, f"model '{model.graph.name or '<proto>'}'"
+    if isinstance(model, bytes | bytearray):
+        return _parse_bytes(bytes(model), "<bytes>"), None, "model <bytes>"
+    path = Path(model)
+    label = f"'{path}'"
+    if not path.is_file():
+        raise ModelLoadError(f"{label}: no such file")
+    proto = _parse_bytes(path.read_bytes(), label)
+    base_dir = str(path.resolve().parent)
+    check_external_data(proto, base_dir, label)
+    return proto, base_dir, label
+
+
+def _parse_bytes(data: bytes, label: str) -> onnx.ModelProto:
+    if not data:
+        raise ModelLoadError(f"{label} is empty, not an ONNX model")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise ModelLoadError(f"{label} is not a readable ONNX model (truncated or another format?): {e}") from None
+    if proto.ir_version <= 0 or not proto.HasField("graph"):
+        raise ModelLoadError(f"{label} is not an ONNX model: it has no IR version or no graph")
+    return proto
+
+
+def _all_tensors(g: onnx.GraphProto) -> list[onnx.TensorProto]:
+    out = list(g.initializer)
+    for node in g.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                out.append(a.t)
+            elif a.type == onnx.AttributeProto.TENSORS:
+                out.extend(a.tensors)
+            elif a.type == onnx.AttributeProto.GRAPH:
+                out.extend(_all_tensors(a.g))
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    out.extend(_all_tensors(sub))
+    return out
+
+
+def check_external_data(proto: onnx.ModelProto, base_dir: str, label: str) -> None:
+    """Refuse external-data locations that leave the model's directory (or do not exist)."""
+    root = os.path.realpath(base_dir)
+    for t in _all_tensors(proto.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        target = os.path.realpath(os.path.join(root, loc))
+        if not loc or os.path.isabs(loc) or os.path.commonpath([root, target]) != root:
+            raise ModelLoadError(
+                f"{label}: tensor '{t.name}' stores its data at {loc!r}, outside the model's directory; "
+                "nasc refuses such paths. Move the data file next to the model and point 'location' at it."
+            )
+        if not os.path.isfile(target):
+            raise ModelLoadError(f"{label}: external data file {loc!r} of tensor '{t.name}' is missing")
+
+
+# ---- structure and opset -------------------------------------------------------
+
+
+def check_structure(proto: onnx.ModelProto, label: str) -> None:
+    """Every operand defined, nodes sortable (no cycle); then onnx.checker. Sorts in place if needed."""
+    g = proto.graph
+    defined = {i.name for i in g.input} | {t.name for t in g.initializer} | {t.name for t in g.sparse_initializer}
+    producers: dict[str, int] = {}
+    for idx, node in enumerate(g.node):
+        for o in node.output:
+            if o:
+                producers[o] = idx
+    for node in g.node:
+        for name in (*node.input, *_outer_reads(node)):
+            if name and name not in defined and name not in producers:
+                raise ModelLoadError(
+                    f"{label}: node '{node.name or '?'}' ({node.op_type}) reads '{name}', which no node, graph input "
+                    "or initializer defines. Fix the exporter or the model."
+                )
+    for o in g.output:
+        if o.name not in defined and o.name not in producers:
+            raise ModelLoadError(f"{label}: graph output '{o.name}' is not produced by any node")
+    order = _toposort(g, defined, producers, label)
+    if order != list(range(len(g.node))):
+        nodes = [g.node[i] for i in order]
+        del g.node[:]
+        g.node.extend(nodes)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
+        raise ModelLoadError(f"{label} is not a valid ONNX model: {first}") from None
+
+
+def _outer_reads(node: onnx.NodeProto) -> list[str]:
+    from nasc.frontends.onnx_proto import outer_names
+
+    names: list[str] = []
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            names += outer_names(a.g)
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            for sub in a.graphs:
+                names += outer_names(sub)
+    return names
+
+
+def _toposort(g: onnx.GraphProto, defined: set[str], producers: dict[str, int], label: str) -> list[int]:
+    import networkx as nx
+
+    dg = nx.DiGraph()
+    dg.add_nodes_from(range(len(g.node)))
+    for idx, node in enumerate(g.node):
+        for name in (*node.input, *_outer_reads(node)):
+            if name and name not in defined:
+                dg.add_edge(producers[name], idx)
+    try:
+        return list(nx.lexicographical_topological_sort(dg))
+    except nx.NetworkXUnfeasible:
+        cycle = nx.find_cycle(dg)
+        names = " -> ".join(f"'{g.node[a].name or '?'}' ({g.node[a].op_type})" for a, _ in cycle)
+        raise ModelLoadError(f"{label}: the graph has a cycle: {names} -> back to the first") from None
+
+
+def default_opset(proto: onnx.ModelProto) -> int:
+    for imp in proto.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 1
+
+
+def to_canonical_opset(proto: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """Convert the default domain to opset 21 (newer opsets are kept as they are)."""
+    version = default_opset(proto)
+    if version >= CANONICAL_OPSET:
+        return proto
+    if version < MIN_OPSET:
+        raise UnsupportedModelError(
+            f"{label} uses opset {version}; nasc reads opsets {MIN_OPSET} and newer. Re-export it at opset 17 or later."
+        )
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(proto, CANONICAL_OPSET)
+    except Exception as e:  # the converter raises bare RuntimeErrors and C++ errors
+        raise UnsupportedModelError(
+            f"{label}: converting opset {version} to {CANONICAL_OPSET} failed ({str(e).splitlines()[0]}). "
+            f"Re-export the model at opset {CANONICAL_OPSET}."
+        ) from None
+
+
+# ---- building the IR ---------------------------------------------------------------
+
+
+def scope_of(node: onnx.NodeProto) -> str:
+    """The module path a node came from: nasc's own metadata, torch.export's name scopes, or the node name."""
+    meta = {p.key: p.value for p in node.metadata_props}
+    if "nasc.scope" in meta:
+        return meta["nasc.scope"]
+    scopes = meta.get("pkg.torch.onnx.name_scopes")
+    if scopes:
+        try:
+            import ast
+
+            parts = [p for p in ast.literal_eval(scopes) if p]
+        except (ValueError, SyntaxError):
+            parts = []
+        if parts:
+            return str(parts[-1])
+    name = node.name
+    if name.startswith("/") and name.count("/") >= 2:
+        parts = [p for p in name.split("/")[1:-1] if p]
+        return ".".join(parts)
+    return ""
+
+
+def _fixed_input_type(vi: onnx.ValueInfoProto, shapes: Mapping[str, Sequence[int]], label: str) -> Any:
+    t = type_from_onnx(vi.type)
+    if not isinstance(t, TensorType):
+        return t
+    given = shapes.get(vi.name)
+    if given is not None:
+        given = tuple(int(d) for d in given)
+        if t.shape is not None:
+            if len(given) != len(t.shape):
+                raise ShapeError(
+                    f"{label}: input '{vi.name}' has rank {len(t.shape)} ({t}), but the shape given has "
+                    f"rank {len(given)}: {'x'.join(map(str, given))}"
+                )
+            for k, (d, g) in enumerate(zip(t.shape, given)):
+                if isinstance(d, int) and d != g:
+                    raise ShapeError(f"{label}: input '{vi.name}' has dim {k} = {d} ({t}); the shape given says {g}")
+        if any(d <= 0 for d in given):
+            raise ShapeError(f"{label}: input '{vi.name}': dims must be positive, got {given}")
+        return TensorType(t.dtype, given)
+    if t.shape is None or not t.is_static:
+        dyn = "unknown rank" if t.shape is None else ", ".join(
+            f"{k}: {d!r}" for k, d in enumerate(t.shape) if not isinstance(d, int)
+        )
+        example = "x".join(str(d) if isinstance(d, int) else "N" for d in (t.shape or ("N",)))
+        raise ShapeError(
+            f"{label}: input '{vi.name}' ({t}) has dynamic dims [{dyn}]; fix them with "
+            f"input_shapes={{'{vi.name}': (...)}} or --input-shape {vi.name}={example}"
+        )
+    return t
+
+
+def build_graph(
+    proto: onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]],
+    base_dir: str | None,
+    label: str,
+    *,
+    verify_graph: bool = True,
+) -> Graph:
+    g = proto.graph
+    init_names = {t.name for t in g.initializer} | {t.name for t in g.sparse_initializer}
+    real_inputs = [vi for vi in g.input if vi.name not in init_names]
+    unknown = set(input_shapes) - {vi.name for vi in real_inputs}
+    if unknown:
+        raise UsageError(
+            f"{label}: input_shapes names {sorted(unknown)}, which are not inputs; the inputs are "
+            f"{[vi.name for vi in real_inputs]}"
+        )
+    graph = Graph(
+        name=g.name or "main",
+        opsets={("" if i.domain == "ai.onnx" else i.domain): int(i.version) for i in proto.opset_import},
+        meta={"producer": proto.producer_name, "doc_string": proto.doc_string,
+              "metadata_props": {p.key: p.value for p in proto.metadata_props}},
+    )
+    env: dict[str, Value] = {}
+    for vi in real_inputs:
+        env[vi.name] = graph.add_input(vi.name, _fixed_input_type(vi, input_shapes, label))
+    for t in g.initializer:
+        env[t.name] = graph.add_constant(lazy_tensor(t, base_dir), t.name)
+    for sp in g.sparse_initializer:
+        env[sp.values.name] = graph.add_constant(sparse_to_array(sp), sp.values.name)
+
+    for nproto in g.node:
+        _import_node(graph, nproto, env, label)
+
+    outs = []
+    for o in g.output:
+        outs.append(env[o.name])
+    graph.outputs = outs
+    graph.remove_dead()
+    if verify_graph:
+        verify(graph)
+    return graph
+
+
+def _constant_node_value(n: onnx.NodeProto) -> np.ndarray:
+    a = n.attribute[0]
+    kind = a.name
+    if kind == "value":
+        return tensor_to_array(a.t)
+    if kind == "sparse_value":
+        return sparse_to_array(a.sparse_tensor)
+    if kind == "value_float":
+        return np.array(a.f, np.float32)
+    if kind == "value_floats":
+        return np.array(list(a.floats), np.float32)
+    if kind == "value_int":
+        return np.array(a.i, np.int64)
+    if kind == "value_ints":
+        return np.array(list(a.ints), np.int64)
+    if kind == "value_string":
+        return np.array(a.s.decode(), dtype=object)
+    if kind == "value_strings":
+        return np.array([s.decode() for s in a.strings], dtype=object)
+    raise UnsupportedModelError(f"Constant node '{n.name}' has an unsupported attribute {kind!r}")
+
+
+def _import_node(graph: Graph, n: onnx.NodeProto, env: dict[str, Value], label: str) -> None:
+    domain = "" if n.domain == "ai.onnx" else n.domain
+    if n.op_type == "Constant" and domain == "" and len(n.attribute) == 1:
+        arr = _constant_node_value(n)
+        ctype = None
+        if n.attribute[0].name == "value":
+            ctype = TensorType(dtype_from_onnx(n.attribute[0].t.data_type), tuple(arr.shape))
+        env[n.output[0]] = graph.add_constant(arr, n.output[0], type=ctype)
+        return
+    entry = lookup(n.op_type, domain)
+    attrs: dict[str, Any] = {}
+    for a in n.attribute:
+        if a.ref_attr_name:
+            raise UnsupportedModelError(f"{label}: node '{n.name}' ({n.op_type}) uses a function attribute reference")
+        val = attr_from_onnx(a)
+        if entry is not None and a.name in entry.dtype_attrs and isinstance(val, int):
+            val = dtype_from_onnx(val) if val else val
+        attrs[a.name] = val
+    inputs = [env[name] if name else None for name in n.input]
+    # trailing omitted operands are dropped, as ONNX allows
+    while inputs and inputs[-1] is None:
+        inputs.pop()
+    captured = [name for a in attrs.values() for name in _captured(a)]
+    captures = [env[name] for name in dict.fromkeys(captured)]
+    outs = [Value(TensorType("f32", None), name) for name in n.output]
+    node = Node(n.op_type, inputs, outs, attrs, domain=domain, scope=scope_of(n), name=n.name, captures=captures)
+    try:
+        if entry is not None and entry.foldable and _fold(graph, node, entry, env):
+            return
+        types = entry.infer(node) if entry is not None else onnx_infer.infer_opaque(node, graph.opsets)
+    except InferenceError as e:
+        raise ShapeError(f"{label}: {e}") from None
+    for out, t in zip(outs, types):
+        out.type = t
+    graph.append(node)
+    for name, out in zip(n.output, outs):
+        if name:
+            env[name] = out
+
+
+def _captured(attr: Any) -> list[str]:
+    from nasc.ir.core import SubGraph
+
+    if isinstance(attr, SubGraph):
+        return list(attr.captured)
+    if isinstance(attr, tuple):
+        return [n for a in attr if isinstance(a, SubGraph) for n in a.captured]
+    return []
+
+
+def _fold(graph: Graph, node: Node, entry: Any, env: dict[str, Value]) -> bool:
+    """Replace a node of constants (or a Shape of a static tensor) by its constant results."""
+    args = []
+    for v in node.inputs:
+        if v is not None and v.is_const:
+            if int(np.prod(v.const.shape)) > FOLD_MAX_ELEMENTS:  # type: ignore[union-attr]
+                return False
+            args.append(v.data)
+        else:
+            args.append(None)
+    results = entry.fold(node, args)
+    if results is None or any(r.size > FOLD_MAX_ELEMENTS for r in results):
+        return False
+    types = entry.infer(node)
+    for out, arr, t in zip(node.outputs, results, types):
+        if out.name:
+            ctype = TensorType(t.dtype, tuple(arr.shape)) if isinstance(t, TensorType) else None
+            env[out.name] = graph.add_constant(arr, out.name, type=ctype)
+    return True
