@@ -17,6 +17,7 @@ from nasc.errors import ExportError
 from nasc.frontends.onnx_infer import node_to_onnx
 from nasc.frontends.onnx_proto import array_to_tensor, value_info
 from nasc.ir.core import Graph, Value
+from nasc.ir.ops.registry import lookup_node
 from nasc.ir.types import OpaqueType
 
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes: protobuf cannot hold 2 GiB
@@ -90,9 +91,13 @@ def to_onnx(graph: Graph, *, producer: str = "nasc") -> onnx.ModelProto:
     for name, v in identity_outputs:
         nodes.append(onnx.helper.make_node("Identity", [names(v)], [name], name=f"{name}_identity"))
 
+    # types of intermediate values, for readers and runtimes; only where nasc's own
+    # inference typed them (an opaque node's types came from ONNX inference, which a
+    # runtime may refine differently, e.g. across the branches of an If)
     vinfo = [
         value_info(names(o), o.type)
         for node in graph.nodes
+        if lookup_node(node) is not None
         for o in node.outputs
         if id(o) in names.of and names.of[id(o)] not in out_names and not _unknown(o)
     ]

@@ -242,7 +242,7 @@ def minilm_tokenizer() -> Any:
 
 
 @functools.cache
-def _last_hidden_state_class(base: type) -> type:
+def _last_hidden_state_class(base: Any) -> type:
     """A subclass of the HF model class whose forward returns only ``last_hidden_state``.
 
     Subclassing (rather than wrapping) keeps module names and state-dict keys identical to the
@@ -281,7 +281,8 @@ def minilm(
 
     d = _minilm_dir()
     model = transformers.AutoModel.from_pretrained(d, attn_implementation=attn_implementation)
-    model.__class__ = _last_hidden_state_class(type(model))
+    base_cls: Any = type(model)
+    model.__class__ = _last_hidden_state_class(base_cls)
     model.eval()
     tok = transformers.AutoTokenizer.from_pretrained(d)
     enc = tok(

@@ -35,7 +35,6 @@ from nasc.ir.ops.registry import InferenceError, lookup
 from nasc.ir.types import TensorType
 
 CANONICAL_OPSET = 21
-MIN_OPSET = 11
 FOLD_MAX_ELEMENTS = 1 << 16  # larger constant results are left to the simplify pass
 
 ModelLike = str | os.PathLike[str] | bytes | onnx.ModelProto
@@ -55,8 +54,10 @@ def load_onnx(
     """
     proto, base_dir, label = read_model(model)
     check_structure(proto, label)
+    # the opset converter drops node metadata (where torch.onnx keeps scopes): read scopes first
+    scopes = {o: scope_of(n) for n in proto.graph.node for o in n.output if o}
     proto = to_canonical_opset(proto, label)
-    return build_graph(proto, input_shapes or {}, base_dir, label, verify_graph=verify_graph)
+    return build_graph(proto, input_shapes or {}, base_dir, label, verify_graph=verify_graph, scopes=scopes)
 
 
 # ---- reading -----------------------------------------------------------------
@@ -189,22 +190,18 @@ def _toposort(g: onnx.GraphProto, defined: set[str], producers: dict[str, int], 
         raise ModelLoadError(f"{label}: the graph has a cycle: {names} -> back to the first") from None
 
 
-def default_opset(proto: onnx.ModelProto) -> int:
+def default_opset(proto: onnx.ModelProto) -> int | None:
     for imp in proto.opset_import:
         if imp.domain in ("", "ai.onnx"):
             return int(imp.version)
-    return 1
+    return None
 
 
 def to_canonical_opset(proto: onnx.ModelProto, label: str) -> onnx.ModelProto:
-    """Convert the default domain to opset 21 (newer opsets are kept as they are)."""
+    """Convert the default domain to opset 21 (newer opsets, and models without it, are kept as they are)."""
     version = default_opset(proto)
-    if version >= CANONICAL_OPSET:
+    if version is None or version >= CANONICAL_OPSET:
         return proto
-    if version < MIN_OPSET:
-        raise UnsupportedModelError(
-            f"{label} uses opset {version}; nasc reads opsets {MIN_OPSET} and newer. Re-export it at opset 17 or later."
-        )
     from onnx import version_converter
 
     try:
@@ -212,7 +209,7 @@ def to_canonical_opset(proto: onnx.ModelProto, label: str) -> onnx.ModelProto:
     except Exception as e:  # the converter raises bare RuntimeErrors and C++ errors
         raise UnsupportedModelError(
             f"{label}: converting opset {version} to {CANONICAL_OPSET} failed ({str(e).splitlines()[0]}). "
-            f"Re-export the model at opset {CANONICAL_OPSET}."
+            f"Re-export the model at opset {CANONICAL_OPSET} (or at least 17)."
         ) from None
 
 
@@ -226,19 +223,37 @@ def scope_of(node: onnx.NodeProto) -> str:
         return meta["nasc.scope"]
     scopes = meta.get("pkg.torch.onnx.name_scopes")
     if scopes:
+        # torch.onnx (dynamo): a list of full module paths from the root, ending with the fx node's name
         try:
             import ast
 
-            parts = [p for p in ast.literal_eval(scopes) if p]
+            parts = list(ast.literal_eval(scopes))
         except (ValueError, SyntaxError):
             parts = []
-        if parts:
-            return str(parts[-1])
+        if len(parts) >= 2:
+            return str(parts[-2])
     name = node.name
     if name.startswith("/") and name.count("/") >= 2:
-        parts = [p for p in name.split("/")[1:-1] if p]
-        return ".".join(parts)
+        return _torchscript_scope([p for p in name.split("/")[1:-1] if p])
     return ""
+
+
+def _torchscript_scope(segments: list[str]) -> str:
+    """Rebuild a module path from TorchScript-exporter name segments.
+
+    Each segment is the module's name cut back to its last non-numeric part plus
+    the numbers after it: ``features.3.conv.0.0`` is written ``/features/features.3/conv/conv.0/conv.0.0``.
+    A segment that extends the previous one adds only its suffix.
+    """
+    path: list[str] = []
+    prev = ""
+    for seg in segments:
+        if prev and seg.startswith(prev + "."):
+            path.extend(seg[len(prev) + 1 :].split("."))
+        else:
+            path.extend(seg.split("."))
+        prev = seg
+    return ".".join(path)
 
 
 def _fixed_input_type(vi: onnx.ValueInfoProto, shapes: Mapping[str, Sequence[int]], label: str) -> Any:
@@ -257,8 +272,8 @@ def _fixed_input_type(vi: onnx.ValueInfoProto, shapes: Mapping[str, Sequence[int
             for k, (d, g) in enumerate(zip(t.shape, given)):
                 if isinstance(d, int) and d != g:
                     raise ShapeError(f"{label}: input '{vi.name}' has dim {k} = {d} ({t}); the shape given says {g}")
-        if any(d <= 0 for d in given):
-            raise ShapeError(f"{label}: input '{vi.name}': dims must be positive, got {given}")
+        if any(d < 0 for d in given):
+            raise ShapeError(f"{label}: input '{vi.name}': dims cannot be negative, got {given}")
         return TensorType(t.dtype, given)
     if t.shape is None or not t.is_static:
         dyn = "unknown rank" if t.shape is None else ", ".join(
@@ -279,7 +294,9 @@ def build_graph(
     label: str,
     *,
     verify_graph: bool = True,
+    scopes: Mapping[str, str] | None = None,
 ) -> Graph:
+    """The IR graph of a checked, canonical-opset model; ``scopes`` maps result names to known scopes."""
     g = proto.graph
     init_names = {t.name for t in g.initializer} | {t.name for t in g.sparse_initializer}
     real_inputs = [vi for vi in g.input if vi.name not in init_names]
@@ -304,7 +321,7 @@ def build_graph(
         env[sp.values.name] = graph.add_constant(sparse_to_array(sp), sp.values.name)
 
     for nproto in g.node:
-        _import_node(graph, nproto, env, label)
+        _import_node(graph, nproto, env, label, scopes or {})
 
     outs = []
     for o in g.output:
@@ -338,7 +355,7 @@ def _constant_node_value(n: onnx.NodeProto) -> np.ndarray:
     raise UnsupportedModelError(f"Constant node '{n.name}' has an unsupported attribute {kind!r}")
 
 
-def _import_node(graph: Graph, n: onnx.NodeProto, env: dict[str, Value], label: str) -> None:
+def _import_node(graph: Graph, n: onnx.NodeProto, env: dict[str, Value], label: str, scopes: Mapping[str, str]) -> None:
     domain = "" if n.domain == "ai.onnx" else n.domain
     if n.op_type == "Constant" and domain == "" and len(n.attribute) == 1:
         arr = _constant_node_value(n)
@@ -363,7 +380,8 @@ def _import_node(graph: Graph, n: onnx.NodeProto, env: dict[str, Value], label: 
     captured = [name for a in attrs.values() for name in _captured(a)]
     captures = [env[name] for name in dict.fromkeys(captured)]
     outs = [Value(TensorType("f32", None), name) for name in n.output]
-    node = Node(n.op_type, inputs, outs, attrs, domain=domain, scope=scope_of(n), name=n.name, captures=captures)
+    scope = scope_of(n) or next((scopes[o] for o in n.output if scopes.get(o)), "")
+    node = Node(n.op_type, inputs, outs, attrs, domain=domain, scope=scope, name=n.name, captures=captures)
     try:
         if entry is not None and entry.foldable and _fold(graph, node, entry, env):
             return

@@ -47,17 +47,27 @@ class FoldableUnary(Unary):
     foldable = True
 
     def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
-        assert self.np_fn is not None and args[0] is not None
+        if self.np_fn is None or args[0] is None:
+            return None
         return [np.asarray(getattr(np, self.np_fn)(args[0])).astype(args[0].dtype)]
 
 
 register_many(
     ["Relu", "Sigmoid", "Tanh", "Erf", "Exp", "Log", "Reciprocal", "Softplus", "Softsign", "Sin", "Cos",
-     "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Round", "Sign", "IsNaN",
-     "IsInf", "Selu", "Elu", "Celu", "LeakyRelu", "ThresholdedRelu", "HardSigmoid", "HardSwish", "Mish",
+     "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Round", "Sign", "Selu", "Elu", "Celu", "LeakyRelu", "ThresholdedRelu", "HardSigmoid", "HardSwish", "Mish",
      "Shrink", "BitwiseNot", "Gelu", "Clip"],
     Unary,
 )
+
+
+class Predicate(Unary):
+    """IsNaN / IsInf: a bool per element."""
+
+    def infer(self, node: Node) -> list[Type]:
+        return [TensorType("bool", ttype(node, 0).shape)]
+
+
+register_many(["IsNaN", "IsInf"], Predicate)
 
 
 class _Neg(FoldableUnary):

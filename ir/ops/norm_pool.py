@@ -379,6 +379,8 @@ class _QDQ(OpDef):
         block = int(node.attr("block_size", 0))
         if x is None or s is None:
             return ("tensor" if s is not None and numel(s) == 1 and not block else "unknown", 0)
+        if not block and (len(s) == 0 or (len(s) == 1 and s[0] == 1)):
+            return ("tensor", 0)  # per-tensor: ``axis`` is ignored, even when x has no such axis
         axis = norm_axis(node, int(node.attr("axis", 1)), len(x)) if x else 0
         if node.has_input(2):
             zs = ttype(node, 2).shape
@@ -391,8 +393,6 @@ class _QDQ(OpDef):
                 want = -(-xd // block) if k == axis and isinstance(xd, int) else (UNKNOWN if k == axis else xd)
                 check_dim(node, d, want, f"scale axis {k} (block_size {block})")
             return ("block", axis)
-        if len(s) == 0 or (len(s) == 1 and s[0] == 1):
-            return ("tensor", axis)
         if len(s) != 1:
             raise InferenceError(f"{node.describe()}: scale must be a scalar or 1-D, got shape {s}")
         check_dim(node, s[0], x[axis], f"per-axis scale (axis {axis})")

@@ -133,7 +133,11 @@ class Range(OpDef):
         start, limit, delta = args[0], args[1], args[2]
         n = self._count(node, start, limit, delta)  # type: ignore[arg-type]
         s, d = np.asarray(start).reshape(()), np.asarray(delta).reshape(())
-        return [(s + np.arange(n, dtype=s.dtype) * d).astype(s.dtype).reshape(n)]
+        # accumulate start + delta + delta ... in the element type, as ONNX Runtime does
+        steps = np.full(n, d, dtype=s.dtype)
+        if n:
+            steps[0] = s
+        return [np.add.accumulate(steps, dtype=s.dtype)]
 
 
 @register
@@ -145,7 +149,10 @@ class EyeLike(OpDef):
         t = ttype(node, 0)
         if t.shape is not None and len(t.shape) != 2:
             raise InferenceError(f"{node.describe()}: needs a rank-2 operand, got {t}")
-        return [TensorType(node.attr("dtype", t.dtype), t.shape)]
+        dt = node.attr("dtype", t.dtype)
+        if not isinstance(dt, str) or not dtypes.is_dtype(dt):
+            raise InferenceError(f"{node.describe()}: attribute 'dtype' must be an element type, got {dt!r}")
+        return [TensorType(dt, t.shape)]
 
 
 # ---- triangular, cumulative, index ops -----------------------------------------------------

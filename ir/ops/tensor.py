@@ -318,10 +318,10 @@ class Concat(OpDef):
         if "axis" not in node.attrs:
             raise InferenceError(f"{node.describe()}: attribute 'axis' is required")
         axis = norm_axis(node, int(node.attr("axis")), r)
+        if any(len(s) != r for s in shapes):
+            raise InferenceError(f"{node.describe()}: operand ranks differ: {', '.join(map(str, ts))}")
         out: list[Dim] = []
         for k in range(r):
-            if any(len(s) != r for s in shapes):
-                raise InferenceError(f"{node.describe()}: operand ranks differ: {', '.join(map(str, ts))}")
             dims = [s[k] for s in shapes]
             if k == axis:
                 out.append(_sum(dims))
@@ -666,8 +666,12 @@ class Expand(OpDef):
         target = const_ints(node, 1)
         if target is None or t.shape is None:
             n = len_1d(node, 1)
-            rank = None if n is None or t.shape is None else max(n, len(t.shape))
-            return [TensorType(t.dtype, None if rank is None else (UNKNOWN,) * rank)]
+            if n is None or t.shape is None:
+                return [TensorType(t.dtype, None)]
+            # an input dim other than 1 survives broadcasting whatever the target dim is
+            r = max(n, len(t.shape))
+            lead = (UNKNOWN,) * (r - len(t.shape))
+            return [TensorType(t.dtype, lead + tuple(d if isinstance(d, int) and d != 1 else UNKNOWN for d in t.shape))]
         return [TensorType(t.dtype, broadcast(node, [t.shape, tuple(target)]))]
 
     def channels(self, node: Node) -> list[AxisGroup]:

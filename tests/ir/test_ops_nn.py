@@ -529,3 +529,18 @@ def test_inconsistent_operands_raise(op: str, operands: list[Operand], attrs: di
     with pytest.raises(InferenceError, match=match) as exc:
         ir_infer(op, operands, attrs)
     assert f"at node '{op.lower()}0'" in str(exc.value)
+
+
+def test_unknown_rank_is_graceful() -> None:
+    unk: Operand = ("f32", None)
+    assert ir_infer("MaxPool", [unk], {"kernel_shape": [2, 2]}) == [("f32", None)]
+    assert ir_infer("Gemm", [unk, f32(5, 6)]) == [("f32", None)]
+    assert ir_infer("MatMul", [f32(3, 4), unk]) == [("f32", None)]
+    assert ir_infer("LayerNormalization", [unk, f32(8)], n_out=2) == [("f32", None), ("f32", None)]
+    assert ir_infer("QuantizeLinear", [unk, f32()]) == [("u8", None)]
+    assert ir_infer("ConvTranspose", [unk, f32(4, 2, 3, 3)]) == [("f32", None)]
+    assert groups("Conv", [unk, f32(4, 3, 3, 3)]) == []
+    assert groups("Gemm", [f32(4, 5), unk]) == []
+    assert groups("MaxPool", [unk], {"kernel_shape": [2, 2]}) == []
+    assert groups("BatchNormalization", [unk] + [f32(4)] * 4) == []
+    assert cost("Conv", [unk, f32(4, 3, 3, 3)])[0] == 0
