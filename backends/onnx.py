@@ -56,10 +56,13 @@ def to_onnx(graph: Graph, *, producer: str = "nasc") -> onnx.ModelProto:
     for v in graph.inputs:
         names.of[id(v)] = v.name
 
-    # outputs keep their names; an output that is an input, a constant or another output goes through Identity
+    # outputs keep their names; a value that already has another exported name (an input,
+    # or a value listed twice) reaches its second name through an Identity node
     identity_outputs: list[tuple[str, Value]] = []
     for v, name in zip(graph.outputs, out_names):
-        if id(v) in names.of or v.producer is None:
+        if names.of.get(id(v)) == name:
+            continue
+        if id(v) in names.of:
             identity_outputs.append((name, v))
         else:
             names.of[id(v)] = name

@@ -53,7 +53,7 @@ def load_onnx(
     naming the problem for unreadable, invalid or unsupported models.
     """
     proto, base_dir, label = read_model(model)
-    check_structure(proto, label)
+    check_structure(proto, label, str(model) if isinstance(model, str | os.PathLike) else None)
     # the opset converter drops node metadata (where torch.onnx keeps scopes): read scopes first
     scopes = {o: scope_of(n) for n in proto.graph.node for o in n.output if o}
     proto = to_canonical_opset(proto, label)
@@ -129,7 +129,7 @@ def check_external_data(proto: onnx.ModelProto, base_dir: str, label: str) -> No
 # ---- structure and opset -------------------------------------------------------
 
 
-def check_structure(proto: onnx.ModelProto, label: str) -> None:
+def check_structure(proto: onnx.ModelProto, label: str, path: str | None = None) -> None:
     """Every operand defined, nodes sortable (no cycle); then onnx.checker. Sorts in place if needed."""
     g = proto.graph
     defined = {i.name for i in g.input} | {t.name for t in g.initializer} | {t.name for t in g.sparse_initializer}
@@ -149,14 +149,18 @@ def check_structure(proto: onnx.ModelProto, label: str) -> None:
         if o.name not in defined and o.name not in producers:
             raise ModelLoadError(f"{label}: graph output '{o.name}' is not produced by any node")
     order = _toposort(g, defined, producers, label)
-    if order != list(range(len(g.node))):
+    resorted = order != list(range(len(g.node)))
+    if resorted:
         nodes = [g.node[i] for i in order]
         del g.node[:]
         g.node.extend(nodes)
     try:
-        onnx.checker.check_model(proto)
+        # a file is checked from its path, so that external data resolves next to it
+        onnx.checker.check_model(path if path is not None and not resorted else proto)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
+        if resorted and "should be stored in" in first:
+            return  # external data of a re-sorted in-memory copy; its locations were checked already
         raise ModelLoadError(f"{label} is not a valid ONNX model: {first}") from None
 
 

@@ -14,7 +14,7 @@ Values and nodes compare by identity; names are hints for printing and export.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ Use = tuple["Node", int]
 class LazyArray:
     """A constant's contents, loaded on first access (large weights stay on disk or in the model proto)."""
 
-    __slots__ = ("shape", "dtype", "_loader", "_array", "source")
+    __slots__ = ("_array", "_loader", "dtype", "shape", "source")
 
     def __init__(
         self, shape: Sequence[int], dtype: str, loader: Callable[[], np.ndarray], source: Any = None
@@ -72,7 +72,7 @@ class SubGraph:
 class Value:
     """One SSA value: a graph input, a constant, or a node output."""
 
-    __slots__ = ("type", "name", "producer", "index", "const", "uses", "__weakref__")
+    __slots__ = ("__weakref__", "const", "index", "name", "producer", "type", "uses")
 
     def __init__(self, type: Type, name: str = "") -> None:
         self.type: Type = type
@@ -126,7 +126,7 @@ class Value:
 class Node:
     """One operation: op name (with domain), typed attributes, operands, results, and a scope."""
 
-    __slots__ = ("op", "domain", "attrs", "_inputs", "outputs", "scope", "name", "meta", "graph", "_captures")
+    __slots__ = ("_captures", "_inputs", "attrs", "domain", "graph", "meta", "name", "op", "outputs", "scope")
 
     def __init__(
         self,
@@ -400,31 +400,29 @@ class Graph:
 
         Graph nodes are ``id(node)`` with attributes ``node`` (the IR node), ``op`` and
         ``scope``; edges carry ``value`` and ``slot``. Inputs and constants are
-        sources named ``input:<name>`` / ``const:<name>`` with ``value`` set.
+        sources keyed ``("input", i)`` / ``("const", i)`` (their positions) with ``value`` set.
         """
         import networkx as nx
 
         g = nx.MultiDiGraph(name=self.name)
         src: dict[int, Any] = {}
-        for v in self.inputs:
-            key = f"input:{v.name}"
-            g.add_node(key, value=v, op="<input>", scope="")
-            src[id(v)] = key
-        for v in self.constants:
-            key = f"const:{v.name or id(v)}"
-            g.add_node(key, value=v, op="<const>", scope="")
-            src[id(v)] = key
+        for i, v in enumerate(self.inputs):
+            g.add_node(("input", i), value=v, op="<input>", scope="")
+            src[id(v)] = ("input", i)
+        for i, v in enumerate(self.constants):
+            g.add_node(("const", i), value=v, op="<const>", scope="")
+            src[id(v)] = ("const", i)
         for node in self.nodes:
             g.add_node(id(node), node=node, op=node.qualified_op, scope=node.scope)
             for out in node.outputs:
                 src[id(out)] = id(node)
         for node in self.nodes:
-            for slot, v in enumerate(node._inputs):
-                if v is not None and id(v) in src:
-                    g.add_edge(src[id(v)], id(node), value=v, slot=slot)
-            for i, v in enumerate(node._captures):
-                if id(v) in src:
-                    g.add_edge(src[id(v)], id(node), value=v, slot=-1 - i)
+            for slot, operand in enumerate(node._inputs):
+                if operand is not None and id(operand) in src:
+                    g.add_edge(src[id(operand)], id(node), value=operand, slot=slot)
+            for i, cap in enumerate(node._captures):
+                if id(cap) in src:
+                    g.add_edge(src[id(cap)], id(node), value=cap, slot=-1 - i)
         return g
 
     def clone(self) -> Graph:
@@ -443,13 +441,6 @@ class Graph:
         from nasc.ir.text import print_graph
 
         return print_graph(self)
-
-
-def iter_operands(nodes: Iterable[Node]) -> Iterator[tuple[Node, int, Value]]:
-    for node in nodes:
-        for i, v in enumerate(node.inputs):
-            if v is not None:
-                yield node, i, v
 
 
 __all__ = ["Graph", "LazyArray", "Node", "OpaqueType", "SubGraph", "TensorType", "Use", "Value"]

@@ -30,7 +30,7 @@ from nasc.ir import dtypes
 from nasc.ir.core import Graph, LazyArray, Node, SubGraph, Value
 from nasc.ir.types import OpaqueType, QuantParams, TensorType, Type
 
-INLINE_MAX = 16  # constants with at most this many elements are printed inline
+INLINE_MAX = 8  # constants with at most this many elements are printed inline
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-:/]+")
 
@@ -48,13 +48,25 @@ def _json_num(x: Any) -> str:
     return json.dumps(x.item() if isinstance(x, np.generic) else x)
 
 
+def _float_str(x: np.floating) -> str:
+    """The shortest text that reads back to the same value in ``x``'s own precision (JSON spelling)."""
+    if np.isnan(x):
+        return "NaN"
+    if np.isinf(x):
+        return "Infinity" if x > 0 else "-Infinity"
+    if x != 0 and not 1e-4 <= abs(float(x)) < 1e16:
+        return np.format_float_scientific(x, unique=True, trim="0")
+    return np.format_float_positional(x, unique=True, trim="0")
+
+
 def _array_str(arr: np.ndarray) -> str:
     flat = arr.reshape(-1)
-    if flat.dtype.kind in "fc" or flat.dtype.name.startswith(("bfloat", "float")):
-        items = [float(x) for x in flat.astype(np.float64)] if flat.dtype.kind != "c" else None
-        if items is None:
-            return json.dumps([[float(x.real), float(x.imag)] for x in flat])
-        return "[" + ", ".join(json.dumps(x) for x in items) + "]"
+    if flat.dtype.kind == "c":
+        return json.dumps([[float(x.real), float(x.imag)] for x in flat])
+    if flat.dtype.kind == "f" or flat.dtype.name.startswith(("bfloat", "float")):
+        if flat.dtype.kind != "f" or flat.dtype.itemsize < 2:  # ml_dtypes types: print via float32
+            flat = flat.astype(np.float32)
+        return "[" + ", ".join(_float_str(x) for x in flat) + "]"
     if flat.dtype.kind == "b":
         return json.dumps([bool(x) for x in flat])
     if flat.dtype.kind in "OSU":
@@ -260,9 +272,9 @@ def _parse_attr(cur: _Cursor) -> Any:
     val = cur.json()
     if isinstance(val, list):
         raw = cur.text[start : cur.pos]
-        if any(isinstance(x, float) for x in val) or re.search(r"[.eE]|NaN|Infinity", raw) and not any(
+        if any(isinstance(x, float) for x in val) or (re.search(r"[.eE]|NaN|Infinity", raw) and not any(
             isinstance(x, str) for x in val
-        ):
+        )):
             return tuple(float(x) for x in val)
         return tuple(val)
     return val

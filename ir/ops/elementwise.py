@@ -258,9 +258,10 @@ class Where(OpDef):
         return same_axes(node, [0, 1, 2], len(node.outputs[0].tensor_type.shape or ()))
 
     def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
-        if any(a is None for a in args):
+        c, x, y = args[0], args[1], args[2]
+        if c is None or x is None or y is None:
             return None
-        return [np.where(args[0], args[1], args[2]).astype(args[1].dtype)]  # type: ignore[arg-type,union-attr]
+        return [np.asarray(np.where(c, x, y)).astype(x.dtype)]
 
 
 @register

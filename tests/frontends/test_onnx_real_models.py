@@ -65,7 +65,7 @@ def test_mobilenet_v2_round_trip_is_exact_on_photos(mobilenet, tmp_path):
 
 
 def test_minilm_round_trip_is_exact_with_attention_mask(minilm, tmp_path):
-    exporter, path, inputs = minilm
+    _exporter, path, inputs = minilm
     assert inputs["attention_mask"].min() == 0  # padding present: the mask path is exercised
     graph, results = roundtrip_outputs(path, [inputs], tmp_path)
     (ref,), (got,) = results[0]

@@ -90,7 +90,7 @@ def test_to_networkx_has_one_edge_per_operand():
 
 
 def test_clone_is_independent_but_shares_weights():
-    g, v = small_graph()
+    g, _v = small_graph()
     c = g.clone()
     assert structural_diff(g, c) is None
     c.nodes[0].attrs["x"] = 1

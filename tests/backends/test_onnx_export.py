@@ -1,0 +1,97 @@
+"""The ONNX exporter: full checker, exact numerics, names, scopes, shared weights and tricky outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import nasc
+from nasc.backends.fidelity import ort_session, run_ort
+from nasc.backends.onnx import to_onnx
+from nasc.errors import ExportError
+from nasc.ir import Graph, TensorType, parse
+
+F = TensorType("f32", (2, 4))
+
+
+def run(graph: Graph, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    model = to_onnx(graph)
+    onnx.checker.check_model(model, full_check=True)
+    return run_ort(ort_session(model), feed)
+
+
+def test_parsed_graph_exports_and_runs():
+    g = parse('''graph "g" opsets {"": 21}
+input %x : f32[2,4]
+const %w : f32[4,4] = "w"
+const %b : f32[4] = dense[1.0, 2.0, 3.0, 4.0]
+%h : f32[2,4] = MatMul(%x, %w) @"layer.0" #"mm"
+%y : f32[2,4] = Add(%h, %b) @"layer.0" #"add"
+output %y
+''', {"w": np.eye(4, dtype=np.float32)})
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    (y,) = run(g, {"x": x})
+    np.testing.assert_array_equal(y, x + np.array([1, 2, 3, 4], np.float32))
+    m = to_onnx(g)
+    assert [n.name for n in m.graph.node] == ["mm", "add"]
+    assert {p.key: p.value for p in m.graph.node[0].metadata_props} == {"nasc.scope": "layer.0"}
+    assert sorted(t.name for t in m.graph.initializer) == ["b", "w"]
+
+
+def test_shared_weight_is_one_initializer():
+    g = Graph()
+    x = g.add_input("x", F)
+    w = g.add_constant(np.eye(4, dtype=np.float32) * 2, "shared.weight")
+    a = g.make_node("MatMul", [x, w], [F]).outputs[0]
+    g.outputs = [g.make_node("MatMul", [a, w], [F], out_names=["y"]).outputs[0]]
+    m = to_onnx(g)
+    assert [t.name for t in m.graph.initializer] == ["shared.weight"]
+    (y,) = run(g, {"x": np.ones((2, 4), np.float32)})
+    np.testing.assert_array_equal(y, np.full((2, 4), 4, np.float32))
+
+
+def test_outputs_that_are_inputs_constants_or_repeated_go_through_identity():
+    g = Graph()
+    x = g.add_input("x", F)
+    c = g.add_constant(np.ones((2, 4), np.float32), "c")
+    r = g.make_node("Relu", [x], [F], out_names=["r"]).outputs[0]
+    g.outputs = [x, c, r, r]
+    r.name = "r"
+    with pytest.raises(ExportError, match="duplicate names"):
+        to_onnx(g)
+    g.outputs = [x, c, r]
+    x_in = np.full((2, 4), -1, np.float32)
+    got = run(g, {"x": x_in})
+    np.testing.assert_array_equal(got[0], x_in)
+    np.testing.assert_array_equal(got[1], np.ones((2, 4), np.float32))
+    np.testing.assert_array_equal(got[2], np.zeros((2, 4), np.float32))
+
+
+def test_duplicate_value_names_are_made_unique():
+    g = Graph()
+    x = g.add_input("x", F)
+    a = g.make_node("Relu", [x], [F], out_names=["t"]).outputs[0]
+    b = g.make_node("Neg", [a], [F], out_names=["t"]).outputs[0]
+    g.outputs = [g.make_node("Abs", [b], [F], out_names=["y"]).outputs[0]]
+    (y,) = run(g, {"x": np.full((2, 4), 3, np.float32)})
+    np.testing.assert_array_equal(y, np.full((2, 4), 3, np.float32))
+
+
+def test_dtype_attributes_go_back_to_onnx_enums():
+    g = Graph()
+    x = g.add_input("x", F)
+    g.outputs = [g.make_node("Cast", [x], [TensorType("i64", (2, 4))], {"to": "i64"}, out_names=["y"]).outputs[0]]
+    m = to_onnx(g)
+    assert m.graph.node[0].attribute[0].i == onnx.TensorProto.INT64
+    assert run(g, {"x": np.full((2, 4), 2.7, np.float32)})[0].dtype == np.int64
+    back = nasc.load(m)
+    assert back.nodes[0].attrs["to"] == "i64"
+
+
+def test_nasc_domain_ops_are_refused_with_a_clear_error():
+    g = Graph(opsets={"": 21, "nasc": 1})
+    q = g.add_input("q", TensorType("f32", (1, 2, 4, 8)))
+    g.outputs = [g.make_node("Attention", [q, q, q], [TensorType("f32", (1, 2, 4, 8))], domain="nasc").outputs[0]]
+    with pytest.raises(ExportError, match=r"nasc\.Attention"):
+        to_onnx(g)

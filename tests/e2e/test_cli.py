@@ -1,0 +1,107 @@
+"""The `nasc` command as a user runs it: inspect, compile --target onnx, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from nasc.backends.fidelity import ort_session, run_ort
+
+
+def nasc_cmd(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nasc.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_inspect_json_has_the_promised_keys(digits_onnx):
+    r = nasc_cmd("inspect", str(digits_onnx), "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert {"nodes", "params", "macs", "ops", "inputs", "outputs"} <= d.keys()
+    assert d["inputs"] == [{"name": "image", "dtype": "f32", "shape": [1, 1, 8, 8]}]
+    assert d["outputs"] == [{"name": "logits", "dtype": "f32", "shape": [1, 10]}]
+    assert d["ops"]["Conv"] == 3 and d["params"] == 7450
+    # conv MACs: 16*64*9 + 16*64*144 + 32*16*144, head 320, plus elementwise work
+    assert d["macs"] >= 9216 + 147456 + 73728 + 320
+    assert d["largest_activation"]["shape"] == [1, 16, 8, 8]
+
+
+def test_inspect_table_output(digits_onnx):
+    r = nasc_cmd("inspect", str(digits_onnx))
+    assert r.returncode == 0, r.stderr
+    for text in ("image", "f32[1,1,8,8]", "logits", "nodes 10", "per scope", "res.conv", "largest activation"):
+        assert text in r.stdout
+
+
+def test_compile_onnx_writes_model_and_report_with_fidelity(digits_onnx, tmp_path):
+    out = tmp_path / "build"
+    r = nasc_cmd("compile", str(digits_onnx), "--target", "onnx", "-o", str(out), "--seed", "7")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json"]
+    rep = json.loads((out / "report.json").read_text())
+    fid = rep["fidelity"]
+    assert fid["seed"] == 7 and fid["max_abs_err"] <= 1e-6 and fid["cosine"] > 0.999999
+    assert "fidelity vs original" in r.stdout
+    onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
+    # the compiled model classifies the shipped test set as the original does
+    test = np.load(Path(digits_onnx).with_name("digits_test.npz"))
+    a, b = ort_session(str(digits_onnx)), ort_session(str(out / "model.onnx"))
+    x = test["image"][:50]
+    pa = [int(np.argmax(run_ort(a, {"image": x[i : i + 1]})[0])) for i in range(len(x))]
+    pb = [int(np.argmax(run_ort(b, {"image": x[i : i + 1]})[0])) for i in range(len(x))]
+    assert pa == pb and np.mean(np.array(pa) == test["label"][:50]) > 0.9
+
+
+def test_compile_with_input_shape_for_dynamic_model(tmp_path):
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    x = helper.make_tensor_value_info("x", T.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", T.FLOAT, ["batch", 4])
+    m = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                          opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    p = tmp_path / "dyn.onnx"
+    onnx.save(m, str(p))
+    r = nasc_cmd("compile", str(p), "-o", str(tmp_path / "o1"))
+    assert r.returncode == 2 and "dynamic dims" in r.stderr and "--input-shape x=Nx4" in r.stderr
+    r = nasc_cmd("compile", str(p), "-o", str(tmp_path / "o2"), "--input-shape", "x=3x4")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "o2" / "report.json").read_text())
+    assert rep["input_shapes"] == {"x": [3, 4]}
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "message"),
+    [
+        (lambda d: d / "missing.onnx", (), "no such file"),
+        (lambda d: (d / "t.txt").write_text("hello") and d / "t.txt", (), "not"),
+        (lambda d: (d / "trunc.onnx").write_bytes(b"\x08\x07\x12\x04ab") and d / "trunc.onnx", (), "ONNX model"),
+        (None, ("--input-shape", "image=1x1x8"), "rank"),
+        (None, ("--input-shape", "image:1x1x8x8"), "expected NAME=DxDxD"),
+        (None, ("--target", "fpga"), "unknown target 'fpga'"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_no_output_dir(tmp_path, digits_onnx, make, args, message):
+    model = make(tmp_path) if make else digits_onnx
+    out = tmp_path / "out"
+    r = nasc_cmd("compile", str(model), "-o", str(out), *args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stderr.startswith("nasc: error: ") and message in r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no half-written temp dir left
+
+
+def test_failed_build_leaves_an_existing_output_untouched(tmp_path, digits_onnx):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous build")
+    r = nasc_cmd("compile", str(digits_onnx), "-o", str(out), "--input-shape", "image=2x1x8")
+    assert r.returncode == 2
+    assert (out / "keep.txt").read_text() == "previous build"
