@@ -340,12 +340,17 @@ class Graph:
                 for v in (*node._inputs, *node._captures):
                     if v is not None:
                         live.add(id(v))
-        removed = [n for n in self.nodes if not any(n is k for k in keep)]
-        for node in reversed(removed):
-            for out in node.outputs:
-                out.uses.clear()
-            self.erase(node)
-        self.constants = [c for c in self.constants if c.uses or any(c is o for o in self.outputs)]
+        kept = {id(n) for n in keep}
+        removed = [n for n in self.nodes if id(n) not in kept]
+        gone = {id(n) for n in removed}
+        for node in removed:
+            for v in (*node._inputs, *node._captures):
+                if v is not None:
+                    v.uses = [(u, s) for u, s in v.uses if id(u) not in gone]
+            node.graph = None
+        self.nodes = [n for n in self.nodes if id(n) in kept]
+        outs = {id(o) for o in self.outputs}
+        self.constants = [c for c in self.constants if c.uses or id(c) in outs]
         return len(removed)
 
     def sort(self) -> None:
