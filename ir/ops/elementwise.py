@@ -70,32 +70,9 @@ class Predicate(Unary):
 register_many(["IsNaN", "IsInf"], Predicate)
 
 
-class _Neg(FoldableUnary):
-    np_fn = "negative"
-
-
-class _Abs(FoldableUnary):
-    np_fn = "abs"
-
-
-class _Floor(FoldableUnary):
-    np_fn = "floor"
-
-
-class _Ceil(FoldableUnary):
-    np_fn = "ceil"
-
-
-class _Sqrt(FoldableUnary):
-    np_fn = "sqrt"
-
-
-class _Not(FoldableUnary):
-    np_fn = "logical_not"
-
-
-for _name, _cls in {"Neg": _Neg, "Abs": _Abs, "Floor": _Floor, "Ceil": _Ceil, "Sqrt": _Sqrt, "Not": _Not}.items():
-    register(type(_name, (_cls,), {"name": _name}))
+_FOLDABLE_UNARY = {"Neg": "negative", "Abs": "abs", "Floor": "floor", "Ceil": "ceil", "Sqrt": "sqrt", "Not": "logical_not"}
+for _name, _fn in _FOLDABLE_UNARY.items():
+    register(type(_name, (FoldableUnary,), {"name": _name, "np_fn": _fn}))
 
 
 @register

@@ -18,6 +18,7 @@ from nasc.ir.ops.registry import (
     norm_axis,
     numel,
     register,
+    register_many,
     shape_of,
     ttype,
 )
@@ -327,14 +328,7 @@ class MaxPool(_Pool):
     name = "MaxPool"
 
 
-@register
-class AveragePool(_Pool):
-    name = "AveragePool"
-
-
-@register
-class LpPool(_Pool):
-    name = "LpPool"
+register_many(["AveragePool", "LpPool"], _Pool)
 
 
 class _GlobalPool(_Pool):
@@ -351,19 +345,7 @@ class _GlobalPool(_Pool):
         return Cost(numel(t.shape) if t.shape is not None else 0, io_bytes(node))
 
 
-@register
-class GlobalAveragePool(_GlobalPool):
-    name = "GlobalAveragePool"
-
-
-@register
-class GlobalMaxPool(_GlobalPool):
-    name = "GlobalMaxPool"
-
-
-@register
-class GlobalLpPool(_GlobalPool):
-    name = "GlobalLpPool"
+register_many(["GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"], _GlobalPool)
 
 
 # ---- quantization ----------------------------------------------------------------
