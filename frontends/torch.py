@@ -1,0 +1,271 @@
+"""PyTorch frontend: an nn.Module (through torch.export) or a saved ExportedProgram -> ir.Graph.
+
+Steps: ``torch.export.export`` (non-strict by default), decomposition to the
+core ATen op set, then one converter per ATen op (``frontends/torch_ops.py``)
+turns each FX node into IR nodes with ONNX semantics. What survives: module
+scopes from ``nn_module_stack``, constant names from the state-dict keys, and
+parameter identity (a tensor shared by two modules is one constant value).
+Every converted value is checked against the shape and dtype torch recorded for
+it. Ops without a converter are listed together in one error, which suggests
+``via="onnx"`` (torch.onnx's dynamo exporter, then the ONNX frontend).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nasc.errors import ModelLoadError, UnsupportedModelError, UsageError
+from nasc.frontends.torch_ops import CONVERTERS, Ctx, dtype_from_torch, target_name
+from nasc.ir import verify
+from nasc.ir.core import Graph, LazyArray, Value
+from nasc.ir.types import TensorType
+
+
+def from_torch(
+    module: torch.nn.Module,
+    example_inputs: Sequence[Any] | Mapping[str, Any],
+    dynamic_shapes: Any = None,
+    *,
+    via: str = "export",
+    strict: bool = False,
+    output_names: Sequence[str] | None = None,
+) -> Graph:
+    """Import an ``nn.Module`` as an IR graph, specialised to the example inputs' shapes.
+
+    ``example_inputs``: a tuple of positional inputs or a dict of keyword inputs.
+    ``dynamic_shapes`` is passed to ``torch.export.export``; the IR is still
+    static, at the example shapes. ``via="onnx"`` goes through
+    ``torch.onnx.export(dynamo=True)`` and the ONNX frontend instead, which
+    covers any op torch.onnx can export.
+    """
+    args, kwargs = _split_inputs(example_inputs)
+    module = module.eval()
+    if via == "onnx":
+        return _via_onnx(module, args, kwargs, dynamic_shapes, output_names)
+    if via != "export":
+        raise UsageError(f"via={via!r}: expected 'export' (torch.export) or 'onnx' (torch.onnx, then the ONNX frontend)")
+    try:
+        ep = torch.export.export(module, args, kwargs, dynamic_shapes=dynamic_shapes, strict=strict)
+    except Exception as e:  # torch.export's own errors are many types; report them as one
+        raise UnsupportedModelError(
+            f"torch.export.export failed on {type(module).__name__}: {_first_line(e)}. "
+            "Fix the model for torch.export, or try via='onnx'"
+        ) from e
+    return from_exported_program(ep, output_names=output_names)
+
+
+def load_pt2(path: str | os.PathLike[str]) -> Graph:
+    """Import a ``torch.export.save`` file (loaded by torch.export.load, which never unpickles arbitrary objects)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"'{p}': no such file")
+    try:
+        ep = torch.export.load(str(p))
+    except Exception as e:
+        raise ModelLoadError(f"'{p}' is not a readable torch.export program (.pt2): {_first_line(e)}") from None
+    return from_exported_program(ep)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    return tuple(example_inputs), {}
+
+
+def _via_onnx(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], dynamic_shapes: Any,
+              output_names: Sequence[str] | None) -> Graph:
+    import tempfile
+
+    from nasc.frontends.onnx import load_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        try:
+            prog = torch.onnx.export(module, args, kwargs=kwargs or None, dynamo=True, dynamic_shapes=dynamic_shapes,
+                                     output_names=list(output_names) if output_names else None)
+            assert prog is not None
+            prog.save(str(path), external_data=False)
+        except Exception as e:
+            raise UnsupportedModelError(f"torch.onnx.export failed on {type(module).__name__}: {_first_line(e)}") from e
+        names = [n for n in _input_names(module, args, kwargs)]
+        tensors = [*args, *kwargs.values()]
+        shapes = {n: tuple(t.shape) for n, t in zip(names, tensors) if isinstance(t, torch.Tensor)}
+        import onnx
+
+        proto = onnx.load(str(path))
+        present = {i.name for i in proto.graph.input}
+        return load_onnx(proto, {k: v for k, v in shapes.items() if k in present})
+
+
+def _input_names(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
+    import inspect
+
+    params = [p for p in inspect.signature(module.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return [p.name for p in params[: len(args)]] + list(kwargs)
+
+
+# ---- ExportedProgram -> Graph -------------------------------------------------------
+
+_INDEX = re.compile(r"\[(\d+)\]")
+_KEY = re.compile(r"\[['\"]([^'\"]+)['\"]\]")
+
+
+def module_path(stack: Mapping[str, Any] | None) -> str:
+    """The innermost module path of an ``nn_module_stack`` entry, as a dotted state-dict style path."""
+    if not stack:
+        return ""
+    path = str(list(stack.values())[-1][0])
+    path = re.sub(r"^L\['self'\]\.?|^L__self___?", "", path)
+    path = _KEY.sub(r".\1", _INDEX.sub(r".\1", path))
+    return path.strip(".")
+
+
+def from_exported_program(ep: Any, output_names: Sequence[str] | None = None) -> Graph:
+    """Convert a torch.export ExportedProgram (decomposed to core ATen here) into a verified IR graph."""
+    try:
+        ep = ep.run_decompositions()
+    except Exception as e:
+        raise UnsupportedModelError(f"decomposing to core ATen failed: {_first_line(e)}") from e
+    fx = ep.graph
+    _check_coverage(fx)
+
+    graph = Graph(name=type(ep.module()).__name__ if hasattr(ep, "module") else "main", opsets={"": 21})
+    sig = ep.graph_signature
+    named: dict[str, str] = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
+                             **sig.inputs_to_lifted_tensor_constants}
+    by_tensor: dict[tuple[int, tuple[int, ...], tuple[int, ...], int], Value] = {}
+    env: dict[str, Any] = {}
+    for node in fx.nodes:
+        if node.op == "placeholder":
+            if node.name in named:
+                key = named[node.name]
+                tensor = ep.state_dict[key] if key in ep.state_dict else ep.constants[key]
+                env[node.name] = _constant(graph, tensor, key, by_tensor)
+            else:
+                val = node.meta.get("val")
+                if isinstance(val, torch.Tensor):
+                    shape = tuple(_concrete(d) for d in val.shape)
+                    env[node.name] = graph.add_input(node.name, TensorType(dtype_from_torch(val.dtype), shape))
+                else:  # a Python scalar input: specialised to its example value
+                    env[node.name] = val
+        elif node.op == "call_function":
+            _convert(graph, node, env)
+        elif node.op == "get_attr":
+            tensor = getattr(ep.graph_module, str(node.target))
+            env[node.name] = _constant(graph, tensor, str(node.target), by_tensor)
+        elif node.op == "output":
+            outs = list(_flatten(node.args[0]))
+            values = [env[o.name] if hasattr(o, "name") else o for o in outs]
+            graph.outputs = [v for v in values if isinstance(v, Value)]
+    _name_outputs(graph, output_names)
+    graph.remove_dead()
+    verify(graph)
+    return graph
+
+
+def _name_outputs(graph: Graph, names: Sequence[str] | None) -> None:
+    if names is not None and len(names) != len(graph.outputs):
+        raise UsageError(f"output_names has {len(names)} names for {len(graph.outputs)} outputs")
+    default = ["output"] if len(graph.outputs) == 1 else [f"output_{i}" for i in range(len(graph.outputs))]
+    seen: set[int] = set()
+    for v, name in zip(graph.outputs, names or default):
+        if v.producer is None or id(v) in seen:  # an input, constant or repeated value: keep it, export adds Identity
+            continue
+        seen.add(id(v))
+        v.name = name
+
+
+def _flatten(x: Any) -> Any:
+    if isinstance(x, list | tuple):
+        for item in x:
+            yield from _flatten(item)
+    elif x is not None:
+        yield x
+
+
+def _concrete(d: Any) -> int:
+    """An int dim; symbolic dims (dynamic_shapes) are specialised to their example value."""
+    if isinstance(d, int):
+        return d
+    hint = getattr(getattr(d, "node", None), "hint", None)
+    if hint is None:
+        raise UnsupportedModelError(f"dimension {d} has no example value; give concrete example inputs")
+    return int(hint)
+
+
+def _constant(graph: Graph, tensor: torch.Tensor, key: str, by_tensor: dict[Any, Value]) -> Value:
+    """One constant per distinct tensor: parameters shared by several modules stay one value."""
+    t = tensor.detach()
+    ident = (t.untyped_storage().data_ptr(), tuple(t.shape), tuple(t.stride()), t.storage_offset()) if t.numel() else None
+    if ident is not None and ident in by_tensor:
+        return by_tensor[ident]
+    dtype = dtype_from_torch(t.dtype)
+    v = graph.add_constant(LazyArray(tuple(t.shape), dtype, lambda t=t: _to_numpy(t)), key)
+    if ident is not None:
+        by_tensor[ident] = v
+    return v
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy().copy()
+
+
+def _check_coverage(fx: Any) -> None:
+    missing: dict[str, list[str]] = {}
+    for node in fx.nodes:
+        if node.op == "call_function":
+            name = target_name(node.target)
+            if name not in CONVERTERS:
+                missing.setdefault(name, []).append(module_path(node.meta.get("nn_module_stack")) or "<root>")
+    if missing:
+        parts = [f"{op} (in {', '.join(sorted(set(paths))[:3])}{', ...' if len(set(paths)) > 3 else ''})"
+                 for op, paths in sorted(missing.items())]
+        raise UnsupportedModelError(
+            f"{len(missing)} ATen op(s) have no nasc converter: {'; '.join(parts)}. "
+            "Use via='onnx' (nasc.from_torch(..., via='onnx')) to go through torch.onnx and the ONNX frontend"
+        )
+
+
+def _convert(graph: Graph, node: Any, env: dict[str, Any]) -> None:
+    val = node.meta.get("val")
+    if isinstance(val, torch.SymInt | torch.SymFloat | torch.SymBool | int | float | bool):
+        env[node.name] = _concrete(val) if isinstance(val, torch.SymInt) else val
+        return
+    conv = CONVERTERS[target_name(node.target)]
+    ctx = Ctx(graph, node, module_path(node.meta.get("nn_module_stack")))
+    args = [_lookup(a, env) for a in node.args]
+    kwargs = {k: _lookup(a, env) for k, a in node.kwargs.items()}
+    try:
+        result = conv(ctx, *args, **kwargs)
+    except (UnsupportedModelError, UsageError):
+        raise
+    env[node.name] = result
+    ctx.check(result)
+
+
+def _lookup(a: Any, env: dict[str, Any]) -> Any:
+    if isinstance(a, torch.fx.Node):
+        return env[a.name]
+    if isinstance(a, list | tuple):
+        return type(a)(_lookup(x, env) for x in a)
+    return a
