@@ -7,7 +7,7 @@
 """
 
 from nasc import ir
-from nasc.api import Artifact, compile, export_onnx, load
+from nasc.api import Artifact, compile, export_onnx, from_torch, load
 from nasc.errors import (
     Error,
     ExportError,
@@ -35,6 +35,7 @@ __all__ = [
     "VerificationError",
     "compile",
     "export_onnx",
+    "from_torch",
     "ir",
     "load",
 ]

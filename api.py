@@ -26,13 +26,39 @@ def load(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None) ->
     """
     if isinstance(model, Graph):
         return model
-    if isinstance(model, str | os.PathLike):
-        p = Path(model)
-        if p.suffix == ".pt2":
-            raise UsageError(f"'{p}': torch.export files are not supported yet; export the model to ONNX first")
+    if _is_pt2(model):
+        from nasc.frontends.torch import load_pt2
+
+        return load_pt2(model, input_shapes)
+    if type(model).__module__.startswith("torch") or hasattr(model, "forward"):
+        raise UsageError("a torch module needs example inputs: use nasc.from_torch(module, example_inputs)")
     from nasc.frontends.onnx import load_onnx
 
     return load_onnx(model, input_shapes)
+
+
+def _is_pt2(model: Any) -> bool:
+    return isinstance(model, str | os.PathLike) and Path(model).suffix == ".pt2"
+
+
+def from_torch(
+    module: Any,
+    example_inputs: Any,
+    dynamic_shapes: Any = None,
+    *,
+    via: str = "export",
+    strict: bool = False,
+    output_names: Sequence[str] | None = None,
+) -> Graph:
+    """Import a torch ``nn.Module`` through torch.export (see :func:`nasc.frontends.torch.from_torch`).
+
+    ``example_inputs``: a tuple of positional inputs or a dict of keyword
+    inputs; the graph is static at their shapes. ``via="onnx"`` routes through
+    ``torch.onnx.export(dynamo=True)`` and the ONNX frontend instead.
+    """
+    from nasc.frontends.torch import from_torch as _from_torch
+
+    return _from_torch(module, example_inputs, dynamic_shapes, via=via, strict=strict, output_names=output_names)
 
 
 def export_onnx(graph: Graph, path: str | os.PathLike[str]) -> Path:
@@ -77,8 +103,7 @@ def compile(
     from nasc.backends.onnx import export_onnx as _export
 
     graph = load(model, input_shapes)
-    # the reference is the original model as the user gave it (a Graph has none)
-    original = None if isinstance(model, Graph) else str(model) if isinstance(model, str | os.PathLike) else model
+    reference = _reference(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -92,13 +117,13 @@ def compile(
             "summary": {k: v for k, v in graph.summary().items() if k in ("nodes", "params", "macs", "ops")},
             "files": {"model.onnx": path.stat().st_size},
         }
-        if original is not None:
-            ref_sess = fidelity.ort_session(original)
+        if reference is not None:
+            run_ref, ref_label = reference
             new_sess = fidelity.ort_session(str(path))
-            ref = [fidelity.run_ort(ref_sess, f) for f in feeds]
+            ref = [run_ref(f) for f in feeds]
             got = [fidelity.run_ort(new_sess, f) for f in feeds]
             report["fidelity"] = {**fidelity.compare(ref, got), "inputs": "random", "seed": seed,
-                                  "batches": fidelity_batches, "reference": "onnxruntime on the original model"}
+                                  "batches": fidelity_batches, "reference": ref_label}
         report["compile_time_s"] = round(time.perf_counter() - t0, 3)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         _replace_dir(tmp, out)
@@ -106,6 +131,20 @@ def compile(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Artifact(out, sorted(p.name for p in out.iterdir()), report)
+
+
+def _reference(model: Any) -> tuple[Any, str] | None:
+    """How to run the model as the user gave it, for the fidelity check (a Graph has no original)."""
+    if isinstance(model, Graph):
+        return None
+    if _is_pt2(model):
+        from nasc.frontends.torch import pt2_reference
+
+        return pt2_reference(model), "torch on the original program"
+    from nasc.backends import fidelity
+
+    sess = fidelity.ort_session(str(model) if isinstance(model, str | os.PathLike) else model)
+    return (lambda feed: fidelity.run_ort(sess, feed)), "onnxruntime on the original model"
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

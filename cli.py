@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("model", help="an .onnx file")
+        sp.add_argument("model", help="an .onnx file or a torch.export .pt2 file")
         sp.add_argument("--input-shape", action="append", metavar="NAME=DxD...",
                         help="fix an input's dynamic dims, e.g. x=1x3x224x224 (repeat per input)")
 

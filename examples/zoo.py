@@ -29,13 +29,17 @@ __all__ = [
     "IMAGENET_STD",
     "PHOTOS",
     "SENTENCES",
+    "ds_cnn",
+    "efficientnet_lite",
     "export_onnx",
     "imagenet_photos",
     "minilm",
     "minilm_tokenizer",
     "mobilenet_v2",
     "mobilenet_v2_weights_path",
+    "resnet18",
     "sentence_embedding",
+    "vit_block",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -209,6 +213,333 @@ def imagenet_photos(size: int = 224, names: tuple[str, ...] = PHOTOS) -> tuple[n
         img = (img - IMAGENET_MEAN) / IMAGENET_STD
         batch.append(img.transpose(2, 0, 1))
     return np.ascontiguousarray(np.stack(batch), dtype=np.float32), list(names)
+
+
+# ----------------------------------------------------------------------------------------------
+# Randomly initialised architectures (fixed seed): ResNet-18, EfficientNet-lite, a ViT block, DS-CNN
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _resnet_classes() -> tuple[type, type]:
+    import torch
+    from torch import nn
+
+    class BasicBlock(nn.Module):
+        expansion = 1
+
+        def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.relu = nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+            self.downsample = downsample
+            self.stride = stride
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            identity = x
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            if self.downsample is not None:
+                identity = self.downsample(x)
+            return self.relu(out + identity)
+
+    class ResNet(nn.Module):
+        """torchvision's ResNet with BasicBlock; module names and state-dict keys match ``resnet18``."""
+
+        def __init__(self, layers: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 1000) -> None:
+            super().__init__()
+            self.inplanes = 64
+            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            self.relu = nn.ReLU(inplace=True)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+            self.layer1 = self._make_layer(64, layers[0])
+            self.layer2 = self._make_layer(128, layers[1], stride=2)
+            self.layer3 = self._make_layer(256, layers[2], stride=2)
+            self.layer4 = self._make_layer(512, layers[3], stride=2)
+            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+            self.fc = nn.Linear(512 * BasicBlock.expansion, num_classes)
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                elif isinstance(m, nn.BatchNorm2d):
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+
+        def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+            downsample = None
+            if stride != 1 or self.inplanes != planes:
+                downsample = nn.Sequential(
+                    nn.Conv2d(self.inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+                )
+            layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
+            self.inplanes = planes
+            layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
+            return nn.Sequential(*layers)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            x = torch.flatten(self.avgpool(x), 1)
+            return self.fc(x)
+
+    for cls in (BasicBlock, ResNet):
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__
+    return BasicBlock, ResNet
+
+
+def _randomize_bn_stats(model: torch.nn.Module, seed: int) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters, so a wrong BN conversion cannot hide."""
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def resnet18(num_classes: int = 1000) -> torch.nn.Module:
+    """ResNet-18 (torchvision architecture and module names: ``conv1``, ``layer1.0.conv1``,
+    ``layer2.0.downsample.0``, ``fc``), randomly initialised with ``torch.manual_seed(0)``, eval mode.
+    NCHW float32 input; any spatial size >= 32 works (AdaptiveAvgPool2d(1) head)."""
+    import torch
+
+    torch.manual_seed(0)
+    _, cls = _resnet_classes()
+    model = cls(num_classes=num_classes)
+    _randomize_bn_stats(model, 0)
+    return model.eval()
+
+
+# (expand ratio, kernel, stride, output channels, repeats): EfficientNet-lite0's stages, fewer blocks.
+_EFFICIENTNET_LITE_SETTING = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 1),
+    (6, 3, 2, 80, 2),
+    (6, 5, 1, 112, 1),
+    (6, 5, 2, 192, 1),
+    (6, 3, 1, 320, 1),
+)
+
+
+@functools.cache
+def _efficientnet_classes() -> tuple[type, type, type, type]:
+    import torch
+    from torch import nn
+
+    class ConvBNAct(nn.Sequential):
+        """Conv2d(bias=False) -> BatchNorm2d -> ReLU6 (or no activation) as children 0, 1[, 2]."""
+
+        def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 1, stride: int = 1, groups: int = 1,
+                     act: bool = True) -> None:
+            layers: list[nn.Module] = [
+                nn.Conv2d(in_ch, out_ch, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=False),
+                nn.BatchNorm2d(out_ch),
+            ]
+            if act:
+                layers.append(nn.ReLU6(inplace=True))
+            super().__init__(*layers)
+
+    class SqueezeExcitation(nn.Module):
+        def __init__(self, channels: int, squeeze: int) -> None:
+            super().__init__()
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.fc1 = nn.Conv2d(channels, squeeze, 1)
+            self.relu = nn.ReLU()
+            self.fc2 = nn.Conv2d(squeeze, channels, 1)
+            self.sigmoid = nn.Sigmoid()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            s = self.sigmoid(self.fc2(self.relu(self.fc1(self.avgpool(x)))))
+            return x * s
+
+    class MBConv(nn.Module):
+        def __init__(self, inp: int, oup: int, expand: int, kernel: int, stride: int, se: bool) -> None:
+            super().__init__()
+            hidden = inp * expand
+            self.use_res_connect = stride == 1 and inp == oup
+            layers: list[nn.Module] = []
+            if expand != 1:
+                layers.append(ConvBNAct(inp, hidden, 1))
+            layers.append(ConvBNAct(hidden, hidden, kernel, stride, groups=hidden))
+            if se:
+                layers.append(SqueezeExcitation(hidden, max(1, inp // 4)))
+            layers.append(ConvBNAct(hidden, oup, 1, act=False))
+            self.block = nn.Sequential(*layers)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.block(x)
+            return x + y if self.use_res_connect else y
+
+    class EfficientNetLite(nn.Module):
+        def __init__(self, num_classes: int = 1000, se: bool = False, dropout: float = 0.2) -> None:
+            super().__init__()
+            self.stem = ConvBNAct(3, 32, 3, 2)
+            blocks: list[nn.Module] = []
+            inp = 32
+            for expand, kernel, stride, out, repeats in _EFFICIENTNET_LITE_SETTING:
+                for i in range(repeats):
+                    blocks.append(MBConv(inp, out, expand, kernel, stride if i == 0 else 1, se))
+                    inp = out
+            self.blocks = nn.Sequential(*blocks)
+            self.head = ConvBNAct(inp, 1280, 1)
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.dropout = nn.Dropout(dropout)
+            self.classifier = nn.Linear(1280, num_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.head(self.blocks(self.stem(x)))
+            x = torch.flatten(self.avgpool(x), 1)
+            return self.classifier(self.dropout(x))
+
+    for cls in (ConvBNAct, SqueezeExcitation, MBConv, EfficientNetLite):
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__
+    return ConvBNAct, SqueezeExcitation, MBConv, EfficientNetLite
+
+
+def efficientnet_lite(num_classes: int = 1000, se: bool = False) -> torch.nn.Module:
+    """A small EfficientNet-lite0-like net (lite0 widths, 9 MBConv blocks): stem conv-BN-ReLU6, MBConv blocks
+    (expand 1x1, depthwise 3x3/5x5, optional squeeze-excitation, project 1x1, residual where shapes match),
+    head conv, global pool, dropout, linear. Random init with ``torch.manual_seed(0)``, eval mode."""
+    import torch
+
+    torch.manual_seed(0)
+    *_, cls = _efficientnet_classes()
+    model = cls(num_classes=num_classes, se=se)
+    _randomize_bn_stats(model, 1)
+    return model.eval()
+
+
+@functools.cache
+def _vit_classes() -> tuple[type, type, type]:
+    from torch import nn
+
+    class Attention(nn.Module):
+        def __init__(self, dim: int, heads: int) -> None:
+            super().__init__()
+            self.heads = heads
+            self.scale = (dim // heads) ** -0.5
+            self.qkv = nn.Linear(dim, dim * 3)
+            self.proj = nn.Linear(dim, dim)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, n, c = x.shape
+            qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            attn = (q @ k.transpose(-2, -1)) * self.scale
+            attn = attn.softmax(dim=-1)
+            y = (attn @ v).transpose(1, 2).reshape(b, n, c)
+            return self.proj(y)
+
+    class Mlp(nn.Module):
+        def __init__(self, dim: int, hidden: int) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(dim, hidden)
+            self.act = nn.GELU()
+            self.fc2 = nn.Linear(hidden, dim)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(self.act(self.fc1(x)))
+
+    class Block(nn.Module):
+        """A timm-style pre-norm ViT encoder block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+        def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+            super().__init__()
+            self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+            self.attn = Attention(dim, heads)
+            self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+            self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+
+    for cls in (Attention, Mlp, Block):
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__
+    return Attention, Mlp, Block
+
+
+def vit_block(dim: int = 192, heads: int = 3, mlp_ratio: float = 4) -> torch.nn.Module:
+    """One ViT encoder block (ViT-Ti widths by default) with attention written out (qkv Linear, per-head
+    ``q @ k^T * scale``, softmax, ``@ v``, proj) and a GELU MLP; input ``[batch, tokens, dim]``.
+    Random init with ``torch.manual_seed(0)``, eval mode."""
+    import torch
+
+    torch.manual_seed(0)
+    *_, cls = _vit_classes()
+    model = cls(dim, heads, mlp_ratio)
+    with torch.no_grad():  # LayerNorm's default ones/zeros would not test the affine part
+        for norm in (model.norm1, model.norm2):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.1, 0.1)
+    return model.eval()
+
+
+@functools.cache
+def _ds_cnn_class() -> type:
+    import torch
+    from torch import nn
+
+    class DSCNN(nn.Module):
+        """DS-CNN-S from "Hello Edge" (Zhang et al. 2017): 64 channels, conv 10x4 stride 2, 4 depthwise-separable
+        blocks, average pool over what remains, linear. Input ``[batch, 1, 49 frames, 10 MFCCs]``."""
+
+        def __init__(self, num_classes: int = 12, channels: int = 64, blocks: int = 4,
+                     input_size: tuple[int, int] = (49, 10)) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, channels, (10, 4), stride=2, padding=(5, 1))
+            self.bn1 = nn.BatchNorm2d(channels)
+            self.relu1 = nn.ReLU()
+            layers: list[nn.Module] = []
+            for _ in range(blocks):
+                layers.append(nn.Sequential(
+                    nn.Conv2d(channels, channels, 3, 1, 1, groups=channels),
+                    nn.BatchNorm2d(channels),
+                    nn.ReLU(),
+                    nn.Conv2d(channels, channels, 1),
+                    nn.BatchNorm2d(channels),
+                    nn.ReLU(),
+                ))
+            self.blocks = nn.Sequential(*layers)
+            h = (input_size[0] + 2 * 5 - 10) // 2 + 1
+            w = (input_size[1] + 2 * 1 - 4) // 2 + 1
+            self.avgpool = nn.AvgPool2d((h, w))
+            self.fc = nn.Linear(channels, num_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.blocks(self.relu1(self.bn1(self.conv1(x))))
+            x = torch.flatten(self.avgpool(x), 1)
+            return self.fc(x)
+
+    DSCNN.__module__ = __name__
+    DSCNN.__qualname__ = DSCNN.__name__
+    return DSCNN
+
+
+def ds_cnn(num_classes: int = 12) -> torch.nn.Module:
+    """The keyword-spotting DS-CNN-S of "Hello Edge" (conv 10x4 stride 2 -> BN -> ReLU, 4 x [depthwise 3x3 -> BN
+    -> ReLU -> pointwise 1x1 -> BN -> ReLU], average pool, linear), input ``[1, 1, 49, 10]`` (MFCC frames x
+    coefficients). Random init with ``torch.manual_seed(0)``, eval mode."""
+    import torch
+
+    torch.manual_seed(0)
+    model = _ds_cnn_class()(num_classes=num_classes)
+    _randomize_bn_stats(model, 2)
+    return model.eval()
 
 
 # ----------------------------------------------------------------------------------------------

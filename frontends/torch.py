@@ -12,6 +12,8 @@ it. Ops without a converter are listed together in one error, which suggests
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -61,16 +63,84 @@ def from_torch(
     return from_exported_program(ep, output_names=output_names)
 
 
-def load_pt2(path: str | os.PathLike[str]) -> Graph:
-    """Import a ``torch.export.save`` file (loaded by torch.export.load, which never unpickles arbitrary objects)."""
+def read_pt2(path: str | os.PathLike[str]) -> Any:
+    """The ExportedProgram in a ``torch.export.save`` file.
+
+    ``torch.export.load`` reads tensors with ``weights_only`` unpickling and the
+    program as its own serialized format: no arbitrary object is unpickled.
+    """
+    import logging
+    import zipfile
+
     p = Path(path)
     if not p.is_file():
         raise ModelLoadError(f"'{p}': no such file")
+    if not zipfile.is_zipfile(p):
+        raise ModelLoadError(f"'{p}' is not a readable torch.export program (.pt2): not a zip archive")
+    quiet = logging.getLogger("torch.export")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # torch logs a traceback for files it then rejects anyway
     try:
-        ep = torch.export.load(str(p))
+        return torch.export.load(str(p))
     except Exception as e:
         raise ModelLoadError(f"'{p}' is not a readable torch.export program (.pt2): {_first_line(e)}") from None
+    finally:
+        quiet.setLevel(level)
+
+
+def load_pt2(path: str | os.PathLike[str], input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
+    """Import a ``.pt2`` file; dynamic dims take their example values unless ``input_shapes`` sets them."""
+    ep = read_pt2(path)
+    if input_shapes:
+        names = list(ep.graph_signature.user_inputs)
+        unknown = set(input_shapes) - set(names)
+        if unknown:
+            raise UsageError(f"'{path}': input_shapes names {sorted(unknown)}, which are not inputs; inputs: {names}")
+        args, kwargs = pt2_inputs(ep, {n: torch.zeros(tuple(s), dtype=_input_dtype(ep, n))
+                                       for n, s in input_shapes.items()})
+        try:
+            ep = torch.export.export(ep.module(), args, kwargs, strict=False)
+        except Exception as e:
+            raise UnsupportedModelError(f"'{path}' cannot be specialised to {dict(input_shapes)}: {_first_line(e)}") from e
     return from_exported_program(ep)
+
+
+def _input_dtype(ep: Any, name: str) -> torch.dtype:
+    for node in ep.graph.nodes:
+        if node.op == "placeholder" and node.name == name:
+            return node.meta["val"].dtype
+    raise UsageError(f"no input named {name!r}")
+
+
+def pt2_inputs(ep: Any, feed: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """(args, kwargs) for ``ep.module()``: the example inputs, with the named user inputs replaced from ``feed``."""
+    from torch.utils._pytree import tree_flatten, tree_unflatten
+
+    if ep.example_inputs is None:
+        raise UnsupportedModelError("the .pt2 file has no example inputs; save it with a recent torch.export")
+    leaves, spec = tree_flatten(ep.example_inputs)
+    names = list(ep.graph_signature.user_inputs)
+    if len(leaves) != len(names):
+        raise UnsupportedModelError(f"cannot match the program's {len(names)} inputs to its example inputs")
+    new = [torch.as_tensor(feed[n]) if n in feed else leaf for n, leaf in zip(names, leaves)]
+    args, kwargs = tree_unflatten(new, spec)
+    return tuple(args), dict(kwargs)
+
+
+def pt2_reference(path: str | os.PathLike[str]) -> Any:
+    """A function feed -> list of numpy outputs that runs the original program in torch (for fidelity)."""
+    from torch.utils._pytree import tree_flatten
+
+    ep = read_pt2(path)
+    mod = ep.module()
+
+    def run(feed: Mapping[str, Any]) -> list[np.ndarray]:
+        args, kwargs = pt2_inputs(ep, feed)
+        with torch.no_grad():
+            out = mod(*args, **kwargs)
+        return [t.detach().numpy() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+
+    return run
 
 
 def _first_line(e: BaseException) -> str:
@@ -95,8 +165,10 @@ def _via_onnx(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         try:
-            prog = torch.onnx.export(module, args, kwargs=kwargs or None, dynamo=True, dynamic_shapes=dynamic_shapes,
-                                     output_names=list(output_names) if output_names else None)
+            with contextlib.redirect_stdout(io.StringIO()):  # torch.onnx prints its progress
+                prog = torch.onnx.export(module, args, kwargs=kwargs or None, dynamo=True, verbose=False,
+                                         dynamic_shapes=dynamic_shapes,
+                                         output_names=list(output_names) if output_names else None)
             assert prog is not None
             prog.save(str(path), external_data=False)
         except Exception as e:
