@@ -45,10 +45,11 @@ class _Names:
 
 
 def to_onnx(graph: Graph, *, producer: str = "nasc") -> onnx.ModelProto:
-    """The ModelProto for ``graph``. Raises ExportError for what ONNX cannot express."""
-    nasc_ops = sorted({n.qualified_op for n in graph.nodes if n.domain == "nasc"})
-    if nasc_ops:
-        raise ExportError(f"ops {nasc_ops} have no ONNX form yet; run without the pass that made them")
+    """The ModelProto for ``graph``. Raises ExportError for what ONNX cannot express.
+
+    nasc's own ops (domain "nasc") are decomposed into standard ops first.
+    """
+    graph = lower_nasc_ops(graph)
     out_names = [v.name or f"output_{i}" for i, v in enumerate(graph.outputs)]
     if len(set(out_names)) != len(out_names):
         raise ExportError(f"graph outputs have duplicate names {out_names}; give each output its own name")
@@ -118,6 +119,24 @@ def to_onnx(graph: Graph, *, producer: str = "nasc") -> onnx.ModelProto:
     for k, v in graph.meta.get("metadata_props", {}).items():
         model.metadata_props.add(key=k, value=v)
     return model
+
+
+def lower_nasc_ops(graph: Graph) -> Graph:
+    """``graph`` with every nasc-domain op replaced by its standard decomposition (a copy if any)."""
+    if not any(n.domain == "nasc" for n in graph.nodes):
+        return graph
+    graph = graph.clone()
+    for node in [n for n in graph.nodes if n.domain == "nasc"]:
+        entry = lookup_node(node)
+        outs = entry.decompose(graph, node) if entry is not None else None
+        if outs is None:
+            raise ExportError(f"{node.describe()} has no ONNX form")
+        for old, new in zip(node.outputs, outs):
+            new.name = old.name
+            graph.replace_all_uses_with(old, new)
+        graph.erase(node)
+    graph.opsets.pop("nasc", None)
+    return graph
 
 
 def _unknown(v: Value) -> bool:

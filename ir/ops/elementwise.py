@@ -7,13 +7,14 @@ from typing import ClassVar
 import numpy as np
 
 from nasc.ir import dtypes
-from nasc.ir.core import Node
+from nasc.ir.core import Graph, Node, Value
 from nasc.ir.ops.registry import (
     AxisGroup,
     Cost,
     InferenceError,
     OpDef,
     broadcast,
+    emit,
     io_bytes,
     numel,
     register,
@@ -271,3 +272,34 @@ class CastLike(Unary):
 
     def infer(self, node: Node) -> list[Type]:
         return [TensorType(ttype(node, 1).dtype, ttype(node, 0).shape)]
+
+
+# ---- nasc activations: idioms the fuse pass names so that backends can fuse them ----------------
+
+
+@register
+class Relu6(Unary):
+    """nasc.Relu6: min(max(x, 0), 6), which ONNX spells Clip(x, 0, 6)."""
+
+    name = "Relu6"
+    domain = "nasc"
+
+    def decompose(self, graph: Graph, node: Node) -> list[Value] | None:
+        x = node.input(0)
+        npdt = dtypes.to_numpy(x.dtype)
+        lo = graph.add_constant(np.array(0, npdt), f"{node.name}/zero")
+        hi = graph.add_constant(np.array(6, npdt), f"{node.name}/six")
+        return [emit(graph, node, "Clip", [x, lo, hi])]
+
+
+@register
+class SiLU(Unary):
+    """nasc.SiLU: x * sigmoid(x) (swish)."""
+
+    name = "SiLU"
+    domain = "nasc"
+    flops_per_elem = 4
+
+    def decompose(self, graph: Graph, node: Node) -> list[Value] | None:
+        x = node.input(0)
+        return [emit(graph, node, "Mul", [x, emit(graph, node, "Sigmoid", [x])])]

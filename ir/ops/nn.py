@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import math
 
-from nasc.ir.core import Node
+import numpy as np
+
+from nasc.ir.core import Graph, Node, Value
+from nasc.ir.dtypes import to_numpy
 from nasc.ir.ops.norm_pool import attr_ints, check_dim, infer_shape, known, unify, window_out
 from nasc.ir.ops.registry import (
+    emit,
     AxisGroup,
     AxisRef,
     Cost,
@@ -412,6 +416,18 @@ class Attention(OpDef):
             AxisGroup((("in", 2, 3), ("out", 0, 3))),
         ]
 
+    def decompose(self, graph: Graph, node: Node) -> list[Value] | None:
+        """softmax(q @ k^T * scale + mask) @ v in standard ops."""
+        q, k, v = node.input(0), node.input(1), node.input(2)
+        kt = emit(graph, node, "Transpose", [k], {"perm": (0, 1, 3, 2)})
+        scores = emit(graph, node, "MatMul", [q, kt])
+        scale = graph.add_constant(np.array(self.scale(node), dtype=to_numpy(q.dtype)), f"{node.name}/scale")
+        scores = emit(graph, node, "Mul", [scores, scale])
+        if node.has_input(3):
+            scores = emit(graph, node, "Add", [scores, node.input(3)])
+        probs = emit(graph, node, "Softmax", [scores], {"axis": -1})
+        return [emit(graph, node, "MatMul", [probs, v])]
+
     def scale(self, node: Node) -> float:
         """The softmax scale: the ``scale`` attribute, else 1/sqrt(D)."""
         s = node.attr("scale")
@@ -421,3 +437,14 @@ class Attention(OpDef):
         if d is None or not isinstance(d[-1], int):
             raise InferenceError(f"{node.describe()}: no 'scale' and q's head size is unknown")
         return 1.0 / math.sqrt(d[-1])
+
+
+@register
+class OnnxAttention(Attention):
+    """ONNX Attention (opset 23) in its 4-D form: the same contract as nasc's, without the KV-cache extras."""
+
+    name = "Attention"
+    domain = ""
+
+    def decompose(self, graph: Graph, node: Node) -> list[Value] | None:
+        return None  # a standard op: nothing to lower

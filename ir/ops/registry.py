@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from nasc.errors import ShapeError
-from nasc.ir.core import Node, Value
+from nasc.ir.core import Graph, Node, Value
 from nasc.ir.types import UNKNOWN, Dim, Shape, TensorType, Type
 
 
@@ -82,6 +82,10 @@ class OpDef:
         """Results from constant operands, or None when this op does not fold."""
         return None
 
+    def decompose(self, graph: Graph, node: Node) -> list[Value] | None:
+        """For ops outside ONNX (domain "nasc"): emit standard ops before ``node`` computing its results."""
+        return None
+
 
 _REGISTRY: dict[tuple[str, str], OpDef] = {}
 
@@ -129,6 +133,22 @@ def infer_node(node: Node) -> list[Type] | None:
     if opaque_inference is not None:
         return opaque_inference(node)
     return None
+
+
+def emit(graph: Graph, anchor: Node, op: str, inputs: Sequence[Value | None], attrs: dict[str, Any] | None = None,
+         *, domain: str = "", name: str = "", n_out: int = 1) -> Any:
+    """Insert a node before ``anchor`` (inheriting its scope), typed by the registry; returns its result(s)."""
+    k = anchor.meta.get("emitted", 0)
+    anchor.meta["emitted"] = k + 1
+    node = graph.make_node(op, list(inputs), [TensorType("f32", None)] * n_out, attrs or {}, domain=domain,
+                           scope=anchor.scope, name=name or f"{anchor.name}/{op}" + (f"_{k}" if k else ""),
+                           before=anchor)
+    types = infer_node(node)
+    if types is None:
+        raise InferenceError(f"{node.describe()} cannot be typed")
+    for out, t in zip(node.outputs, types):
+        out.type = t
+    return node.outputs[0] if n_out == 1 else list(node.outputs)
 
 
 # ---- helpers shared by entries ---------------------------------------------

@@ -89,9 +89,26 @@ def test_dtype_attributes_go_back_to_onnx_enums():
     assert back.nodes[0].attrs["to"] == "i64"
 
 
-def test_nasc_domain_ops_are_refused_with_a_clear_error():
+def test_nasc_ops_export_as_their_standard_decomposition():
     g = Graph(opsets={"": 21, "nasc": 1})
     q = g.add_input("q", TensorType("f32", (1, 2, 4, 8)))
-    g.outputs = [g.make_node("Attention", [q, q, q], [TensorType("f32", (1, 2, 4, 8))], domain="nasc").outputs[0]]
-    with pytest.raises(ExportError, match=r"nasc\.Attention"):
-        to_onnx(g)
+    k = g.add_input("k", TensorType("f32", (1, 2, 5, 8)))
+    v = g.add_input("v", TensorType("f32", (1, 2, 5, 3)))
+    mask = g.add_constant(np.triu(np.full((4, 5), -1e4, np.float32), 1), "mask")
+    att = g.make_node("Attention", [q, k, v, mask], [TensorType("f32", (1, 2, 4, 3))], {"scale": 0.25},
+                      domain="nasc", name="att").outputs[0]
+    r6 = g.make_node("Relu6", [att], [TensorType("f32", (1, 2, 4, 3))], domain="nasc").outputs[0]
+    g.outputs = [g.make_node("SiLU", [r6], [TensorType("f32", (1, 2, 4, 3))], domain="nasc",
+                             out_names=["y"]).outputs[0]]
+    m = to_onnx(g)
+    assert {n.domain for n in m.graph.node} == {""} and "nasc" not in {o.domain for o in m.opset_import}
+    assert len(g.nodes) == 3  # the graph itself is untouched
+    rng = np.random.default_rng(0)
+    feed = {"q": rng.standard_normal((1, 2, 4, 8), np.float32) * 3, "k": rng.standard_normal((1, 2, 5, 8), np.float32),
+            "v": rng.standard_normal((1, 2, 5, 3), np.float32) * 4}
+    s_ = feed["q"] @ feed["k"].transpose(0, 1, 3, 2) * 0.25 + mask.data
+    p = np.exp(s_ - s_.max(-1, keepdims=True))
+    ref = np.clip((p / p.sum(-1, keepdims=True)) @ feed["v"], 0, 6)
+    ref = ref / (1 + np.exp(-ref))
+    (y,) = run(g, feed)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
