@@ -7,7 +7,7 @@
 """
 
 from nasc import ir
-from nasc.api import Artifact, compile, export_onnx, from_torch, load
+from nasc.api import Artifact, compile, export_onnx, from_torch, load, optimize
 from nasc.errors import (
     Error,
     ExportError,
@@ -38,4 +38,5 @@ __all__ = [
     "from_torch",
     "ir",
     "load",
+    "optimize",
 ]

@@ -68,6 +68,37 @@ def export_onnx(graph: Graph, path: str | os.PathLike[str]) -> Path:
     return _export(graph, path)
 
 
+def optimize(
+    graph: Graph,
+    pipeline: str | Any,
+    calib: Sequence[Mapping[str, Any]] | None = None,
+    target: Any = None,
+    *,
+    seed: int = 0,
+    verify: bool = True,
+    print_ir_after_all: bool = False,
+    log: Any = None,
+) -> Graph:
+    """Run a pass pipeline (text like ``"simplify,fuse"`` or a Pipeline) on a copy of ``graph``.
+
+    ``calib`` is a list of feeds (input name -> array) for passes that measure.
+    The verifier runs after every pass unless ``verify=False``. The returned
+    graph's ``meta["passes"]`` holds each pass's report section.
+    """
+    from nasc.backends.fidelity import run_graph
+    from nasc.passes.manager import PassContext, Pipeline
+
+    pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(str(pipeline))
+    out = graph.clone()
+    ctx = PassContext(target=target, calib=[dict(f) for f in calib] if calib is not None else None, seed=seed,
+                      runner=run_graph, verify=verify, print_ir_after_all=print_ir_after_all,
+                      log=log or (lambda _m: None))
+    pipe.run(out, ctx)
+    out.meta["pipeline"] = str(pipe)
+    out.meta["passes"] = ctx.report.to_dict()
+    return out
+
+
 @dataclass
 class Artifact:
     """What ``compile`` produced: the output directory, its files and the report."""
@@ -83,15 +114,23 @@ def compile(
     out: str | os.PathLike[str] | None = None,
     *,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    passes: str | None = None,
+    calib: str | Sequence[Mapping[str, Any]] | None = None,
     seed: int = 0,
     fidelity_batches: int = 2,
+    verify: bool = True,
+    print_ir_after_all: bool = False,
+    log: Any = None,
 ) -> Artifact:
     """Load ``model``, build it for ``target`` into directory ``out``, and check it against the original.
 
     The directory is written whole or not at all: it is assembled next to
     ``out`` and moved into place only when the build and its checks succeed.
-    ``report.json`` holds the fidelity against the original model under ONNX
-    Runtime on seeded random inputs (``seed``), sizes and the graph summary.
+    ``passes`` is a pipeline run before the build; ``calib`` an ``.npz`` path
+    or a list of feeds. ``report.json`` holds the pipeline, each pass's report,
+    and the fidelity against the original model on the calibration inputs (or
+    on seeded random inputs when there are none: a warning says that lossy
+    passes need real data), sizes and the graph summary.
     """
     if target not in TARGETS:
         raise UsageError(f"unknown target {target!r}; targets: {', '.join(TARGETS)}")
@@ -102,18 +141,36 @@ def compile(
     from nasc.backends import fidelity
     from nasc.backends.onnx import export_onnx as _export
 
+    log = log or (lambda _m: None)
     graph = load(model, input_shapes)
     reference = _reference(model)
+    from nasc.passes.manager import Pipeline
+
+    pipeline = Pipeline.parse(passes or "")
+    feeds_calib = fidelity.load_calibration(calib, graph) if isinstance(calib, str | os.PathLike) else (
+        [dict(f) for f in calib] if calib is not None else None)
+    warnings: list[str] = []
+    if pipeline.lossy and not feeds_calib:
+        warnings.append("lossy passes ran without calibration data (--calib): their choices and this fidelity "
+                        "check used random inputs, which say little about real accuracy")
+    if pipeline.passes:
+        graph = optimize(graph, pipeline, feeds_calib, target, seed=seed, verify=verify,
+                         print_ir_after_all=print_ir_after_all, log=log)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         path = _export(graph, tmp / "model.onnx")
-        feeds = fidelity.random_inputs(graph, seed, fidelity_batches)
+        if feeds_calib:
+            feeds, inputs_label = feeds_calib[:64], f"{min(len(feeds_calib), 64)} calibration samples"
+        else:
+            feeds, inputs_label = fidelity.random_inputs(graph, seed, fidelity_batches), "random"
         report: dict[str, Any] = {
             "target": target,
             "model": str(model) if isinstance(model, str | os.PathLike) else type(model).__name__,
             "input_shapes": {v.name: list(v.shape) for v in graph.inputs},
-            "pipeline": "",
+            "pipeline": str(pipeline),
+            "passes": graph.meta.get("passes", []),
+            "warnings": warnings,
             "summary": {k: v for k, v in graph.summary().items() if k in ("nodes", "params", "macs", "ops")},
             "files": {"model.onnx": path.stat().st_size},
         }
@@ -122,7 +179,7 @@ def compile(
             new_sess = fidelity.ort_session(str(path))
             ref = [run_ref(f) for f in feeds]
             got = [fidelity.run_ort(new_sess, f) for f in feeds]
-            report["fidelity"] = {**fidelity.compare(ref, got), "inputs": "random", "seed": seed,
+            report["fidelity"] = {**fidelity.compare(ref, got), "inputs": inputs_label, "seed": seed,
                                   "batches": fidelity_batches, "reference": ref_label}
         report["compile_time_s"] = round(time.perf_counter() - t0, 3)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")

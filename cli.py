@@ -100,17 +100,43 @@ def cmd_compile(args: argparse.Namespace) -> int:
     import nasc
 
     art = nasc.compile(args.model, args.target, args.output, input_shapes=parse_input_shapes(args.input_shape),
-                       seed=args.seed)
+                       passes=args.passes, calib=args.calib, seed=args.seed, verify=not args.no_verify,
+                       print_ir_after_all=args.print_ir_after_all, log=print)
     rep = art.report
+    for w in rep.get("warnings", []):
+        print(f"nasc: warning: {w}", file=sys.stderr)
     print(f"wrote {art.out}/ ({', '.join(art.files)})")
     fid = rep.get("fidelity")
     if fid:
         extra = f", top1 agreement {fid['top1_agreement']:.3f}" if "top1_agreement" in fid else ""
-        print(f"fidelity vs original (onnxruntime, random inputs, seed {fid['seed']}): "
-              f"max abs err {fid['max_abs_err']:.3g}, cosine {fid['cosine']:.6f}{extra}")
+        inputs = "random inputs, seed " + str(fid["seed"]) if fid["inputs"] == "random" else fid["inputs"]
+        print(f"fidelity vs original ({inputs}): max abs err {fid['max_abs_err']:.3g}, "
+              f"max rel err {fid['max_rel_err']:.3g}, cosine {fid['cosine']:.6f}{extra}")
     s = rep["summary"]
     print(f"nodes {s['nodes']}, params {_human(s['params'])}, MACs {_human(s['macs'])}, "
           f"model.onnx {_bytes(rep['files']['model.onnx'])}")
+    return 0
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from nasc.passes.manager import describe_pass, registered_passes
+
+    con = Console()
+    for name, cls in registered_passes().items():
+        kind = "lossy" if cls.lossy else "exact"
+        con.print(f"[bold]{name}[/] ({kind}): {cls.summary()}")
+        rows = describe_pass(cls)
+        if rows:
+            t = Table(show_header=True, box=None, padding=(0, 2))
+            for col in ("option", "type", "default"):
+                t.add_column(col)
+            for row in rows:
+                t.add_row(*row)
+            con.print(t)
+    con.print('pipeline syntax: pass,pass{option=value option=value},...  e.g. "simplify,fuse"')
     return 0
 
 
@@ -134,8 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("--target", default="onnx", help="build target (onnx)")
     sp.add_argument("-o", "--output", required=True, help="output directory (written whole or not at all)")
-    sp.add_argument("--seed", type=int, default=0, help="seed of the random inputs used for the fidelity check")
+    sp.add_argument("--passes", default="", metavar="PIPELINE", help='passes to run first, e.g. "simplify,fuse"')
+    sp.add_argument("--calib", default=None, metavar="FILE.npz",
+                    help="calibration inputs: one array per model input, first axis = samples")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the random inputs used when there is no --calib")
+    sp.add_argument("--print-ir-after-all", action="store_true", help="print the IR after each pass")
+    sp.add_argument("--no-verify", action="store_true", help="skip the IR verifier between passes")
     sp.set_defaults(func=cmd_compile)
+
+    sp = sub.add_parser("passes", help="list the passes with their options")
+    sp.set_defaults(func=cmd_passes)
     return p
 
 

@@ -83,3 +83,74 @@ def compare(ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndarr
     if top1_total:
         out["top1_agreement"] = top1_hits / top1_total
     return out
+
+
+def run_graph(graph: Any, feeds: Sequence[Mapping[str, np.ndarray]], values: Sequence[Any] | None = None
+              ) -> list[list[np.ndarray]]:
+    """Run an IR graph under ONNX Runtime: the graph's outputs, or the given values (read as extra outputs).
+
+    This is the reference runtime passes use (through PassContext.runner) to read
+    intermediate activations: the graph is exported with those values as outputs.
+    """
+    from nasc.backends.onnx import to_onnx
+
+    g = graph
+    if values is not None:
+        g = graph.clone()
+        # the clone keeps values in order: map the requested ones by position
+        pos = {id(v): i for i, v in enumerate(graph.values())}
+        clone_vals = list(g.values())
+        g.outputs = [clone_vals[pos[id(v)]] for v in values]
+        for i, v in enumerate(g.outputs):
+            if not v.name:
+                v.name = f"probe_{i}"
+        names = [v.name for v in g.outputs]
+        if len(set(names)) != len(names):
+            for i, v in enumerate(g.outputs):
+                v.name = f"{v.name}__probe{i}"
+    sess = ort_session(to_onnx(g))
+    return [run_ort(sess, f) for f in feeds]
+
+
+def load_calibration(path: str, graph: Any, limit: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Calibration feeds from an .npz: one array per model input, first axis = samples.
+
+    Each sample has the input's shape; for an input whose batch dim is 1 the
+    samples may also leave it out (``[N, 1, 8, 8]`` for an input ``[1, 1, 8, 8]``).
+    """
+    from nasc.errors import UsageError
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"calibration file '{path}' is not a readable .npz: {e}") from None
+    names = [v.name for v in graph.inputs]
+    missing = [n for n in names if n not in data.files]
+    if missing:
+        raise UsageError(f"calibration file '{path}' has no array for input(s) {missing}; it has {data.files}, "
+                         f"the model's inputs are {names}")
+    per_input: dict[str, np.ndarray] = {}
+    counts = set()
+    for v in graph.inputs:
+        arr = data[v.name]
+        shape = v.tensor_type.static_shape
+        if arr.shape[1:] == shape:
+            samples = arr
+        elif shape and shape[0] == 1 and arr.shape[1:] == shape[1:]:
+            samples = arr[:, None]
+        else:
+            raise UsageError(f"calibration array '{v.name}' has shape {arr.shape}; expected [samples, "
+                             f"{', '.join(map(str, shape))}] for input '{v.name}' {v.type}")
+        want = dtypes.to_numpy(v.tensor_type.dtype)
+        if samples.dtype != want:
+            if samples.dtype.kind != np.dtype(want).kind:
+                raise UsageError(f"calibration array '{v.name}' is {samples.dtype}, input '{v.name}' is {v.type}")
+            samples = samples.astype(want)
+        per_input[v.name] = samples
+        counts.add(len(samples))
+    if len(counts) != 1:
+        raise UsageError(f"calibration arrays in '{path}' have different sample counts: {sorted(counts)}")
+    n = counts.pop()
+    if limit is not None:
+        n = min(n, limit)
+    return [{k: a[i] for k, a in per_input.items()} for i in range(n)]

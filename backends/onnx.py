@@ -82,6 +82,7 @@ def to_onnx(graph: Graph, *, producer: str = "nasc") -> onnx.ModelProto:
         initializers.append(t)
 
     nodes = []
+    node_names: set[str] = set()
     for node in graph.nodes:
         ins = [names(v) if v is not None else "" for v in node.inputs]
         outs = [names(o) if (o.uses or any(o is x for x in graph.outputs)) else names.fresh(o.name) for o in node.outputs]
@@ -89,6 +90,11 @@ def to_onnx(graph: Graph, *, producer: str = "nasc") -> onnx.ModelProto:
         for i, c in enumerate(node.captures):
             subgraph_names[_captured_name(node, i)] = names(c)
         proto = node_to_onnx(node, ins, outs, graph.opsets, subgraph_names)
+        if proto.name:  # node names must be unique in ONNX; rewrites may repeat one
+            base, k = proto.name, 1
+            while proto.name in node_names:
+                proto.name, k = f"{base}_{k}", k + 1
+            node_names.add(proto.name)
         if node.scope:
             proto.metadata_props.add(key="nasc.scope", value=node.scope)
         nodes.append(proto)

@@ -149,14 +149,7 @@ class Pass:
 
     def given_options(self) -> dict[str, Any]:
         """Options that differ from their defaults, in declaration order."""
-        out = {}
-        for f in self.option_fields():
-            value = getattr(self, f.name)
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-            if value != default:
-                out[f.name] = value
-        return out
+        return {f.name: getattr(self, f.name) for f in self.option_fields() if getattr(self, f.name) != _default(f)}
 
     def __str__(self) -> str:
         opts = self.given_options()
@@ -188,21 +181,28 @@ def _load_builtin_passes() -> None:
     from nasc.passes import fuse, simplify  # noqa: F401  (registration side effects)
 
 
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
 def describe_pass(cls: type[Pass]) -> list[tuple[str, str, str]]:
     """(option, type, default) rows for ``nasc passes``."""
-    rows = []
     types = cls.option_types()
-    for f in cls.option_fields():
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        rows.append((f.name.replace("_", "-"), _type_name(types[f.name]), _format_value(default)))
-    return rows
+    return [(f.name.replace("_", "-"), _type_name(types[f.name]), _format_value(_default(f)))
+            for f in cls.option_fields()]
 
 
 # ---- pipelines --------------------------------------------------------------------------------
 
 
 def _split_top(text: str) -> list[str]:
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch == "{":
             depth += 1

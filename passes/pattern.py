@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from nasc.ir.core import Graph, Node, Value
-from nasc.ir.ops.registry import emit
 from nasc.ir.types import TensorType
 
 

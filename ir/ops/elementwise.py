@@ -175,12 +175,12 @@ class Binary(OpDef):
         return [np.asarray(res).astype(dt)]
 
 
-_BINARY = {
+_BINARY: dict[str, str | None] = {
     "Add": "add", "Sub": "subtract", "Mul": "multiply", "Div": "divide", "Pow": "power", "Mod": "mod",
     "BitwiseAnd": "bitwise_and", "BitwiseOr": "bitwise_or", "BitwiseXor": "bitwise_xor", "BitShift": None,
 }
-for _name, _fn in _BINARY.items():
-    register(type(_name, (Binary,), {"name": _name, "np_fn": _fn}))
+for _bname, _bfn in _BINARY.items():
+    register(type(_bname, (Binary,), {"name": _bname, "np_fn": _bfn}))
 
 _COMPARE = {
     "Equal": "equal", "Less": "less", "Greater": "greater", "LessOrEqual": "less_equal",

@@ -14,13 +14,13 @@ from nasc.ir.core import Graph, Node, Value
 from nasc.ir.dtypes import to_numpy
 from nasc.ir.ops.norm_pool import attr_ints, check_dim, infer_shape, known, unify, window_out
 from nasc.ir.ops.registry import (
-    emit,
     AxisGroup,
     AxisRef,
     Cost,
     InferenceError,
     OpDef,
     broadcast,
+    emit,
     io_bytes,
     numel,
     register,
