@@ -122,7 +122,7 @@ def fold_bn_before_conv(graph: Graph, m: Match, ctx: Any) -> Value | None:
     wd = w.data.astype(np.float64)
     w_new = wd * f.reshape((1, -1) + (1,) * (wd.ndim - 2))
     b_old = m.array("b").astype(np.float64) if "b" in m else np.zeros(wd.shape[0])
-    b_new = b_old + np.einsum("oi...,i->o", wd, t)
+    b_new = b_old + (wd * t.reshape((1, -1) + (1,) * (wd.ndim - 2))).sum(axis=tuple(range(1, wd.ndim)))
     ins = [m.value("x"), new_const(graph, w, w_new, "w"), new_const(graph, m.value("bias"), b_new, "b")]
     return emit(graph, conv, "Conv", ins, dict(conv.attrs), name=conv.name)
 

@@ -230,7 +230,9 @@ def rewrite_greedy(graph: Graph, rules: Sequence[Rule], ctx: Any, max_sweeps: in
     changed = False
     for _ in range(max_sweeps):
         fired = False
-        for node in list(graph.nodes):
+        # last node first: where patterns nest (LayerNorm with or without its affine tail) the larger match,
+        # which ends later, gets the first try
+        for node in reversed(list(graph.nodes)):
             if node.graph is not graph:
                 continue
             for rule in rules:

@@ -39,6 +39,7 @@ class Simplify(Pass):
             step = False
             if self.fold:
                 step |= fold_constants(graph, ctx)
+                step |= refine_types(graph, ctx)
             step |= remove_noops(graph, ctx)
             if self.cse:
                 step |= dedupe_constants(graph, ctx) | eliminate_common_subexpressions(graph, ctx)
@@ -50,6 +51,12 @@ class Simplify(Pass):
             if not step:
                 break
         return changed
+
+
+def _erase_if_unused(graph: Graph, node: Node) -> None:
+    """Drop a node whose results were all replaced, so dead-code counts only code that was dead before."""
+    if all(not o.uses and not any(o is g for g in graph.outputs) for o in node.outputs):
+        graph.erase(node)
 
 
 # ---- folding ------------------------------------------------------------------------------------
@@ -74,6 +81,7 @@ def _foldable(node: Node, const_ids: set[int]) -> bool:
 def fold_constants(graph: Graph, ctx: PassContext) -> bool:
     """Replace nodes computed from constants alone (and Shape/Size of static tensors) by constants."""
     const_ids = {id(c) for c in graph.constants}
+    pending_ids: set[int] = set()  # results of nodes left for the runner
     changed = False
     pending: list[Node] = []
     for node in list(graph.nodes):
@@ -83,17 +91,19 @@ def fold_constants(graph: Graph, ctx: PassContext) -> bool:
                     for v in node.inputs]
             if all(a is not None for a, v in zip(args, node.inputs) if v is not None) or node.op in ("Shape", "Size"):
                 results = entry.fold(node, args)
-                if results is not None:
+                budget = max(SMALL, sum(_numel(v) for v in node.inputs if v is not None and id(v) in const_ids))
+                if results is not None and all(r.size <= budget for r in results):
                     for out, arr in zip(node.outputs, results):
                         c = graph.add_constant(arr, out.name, type=TensorType(out.tensor_type.dtype, arr.shape))
                         graph.replace_all_uses_with(out, c)
                         const_ids.add(id(c))
+                    _erase_if_unused(graph, node)
                     ctx.count("fold-shape" if node.op in ("Shape", "Size") else "fold-numpy")
                     changed = True
                     continue
-        if _foldable(node, const_ids):
+        if _foldable(node, const_ids | pending_ids):
             pending.append(node)
-            const_ids.update(id(o) for o in node.outputs)
+            pending_ids.update(id(o) for o in node.outputs)
     if pending and ctx.runner is not None:
         changed |= _fold_with_runner(graph, pending, ctx)
     elif pending:
@@ -129,8 +139,30 @@ def _fold_with_runner(graph: Graph, nodes: list[Node], ctx: PassContext) -> bool
     for o, arr in zip(wanted, results):
         c = graph.add_constant(np.asarray(arr), o.name, type=TensorType(o.tensor_type.dtype, np.asarray(arr).shape))
         graph.replace_all_uses_with(o, c)
+    for n in reversed(nodes):
+        _erase_if_unused(graph, n)
     ctx.count("fold-constant", len(nodes))
     return True
+
+
+def refine_types(graph: Graph, ctx: PassContext) -> bool:
+    """Re-infer result types where folding made shapes known (a Reshape whose shape became a constant)."""
+    from nasc.ir.ops.registry import InferenceError, infer_node
+
+    changed = False
+    for node in graph.nodes:
+        if lookup_node(node) is None or all(isinstance(o.type, TensorType) and o.type.is_static for o in node.outputs):
+            continue
+        try:
+            types = infer_node(node)
+        except InferenceError:
+            continue
+        for out, t in zip(node.outputs, types or []):
+            if isinstance(t, TensorType) and t.is_static and t != out.type:
+                out.type = t
+                changed = True
+                ctx.count("refine-shape")
+    return changed
 
 
 # ---- no-ops ---------------------------------------------------------------------------------------
@@ -175,6 +207,7 @@ def remove_noops(graph: Graph, ctx: PassContext) -> bool:
         if keep is None:
             continue
         graph.replace_all_uses_with(node.outputs[0], keep)
+        _erase_if_unused(graph, node)
         ctx.count(f"remove-{node.op.lower()}")
         changed = True
     return changed
@@ -231,6 +264,7 @@ def eliminate_common_subexpressions(graph: Graph, ctx: PassContext) -> bool:
             continue
         for a, b in zip(node.outputs, first.outputs):
             graph.replace_all_uses_with(a, b)
+        _erase_if_unused(graph, node)
         ctx.count("cse")
         changed = True
     return changed
