@@ -94,7 +94,10 @@ class Ctx:
         # FX names never contain ".", so the extra nodes of one conversion cannot collide with another FX node
         name = self.node.name if self._count == 0 else f"{self.node.name}.{self._count}"
         self._count += 1
-        node = self.graph.make_node(op, list(inputs), [TensorType("f32", None)] * n_out, attrs or {}, domain=domain,
+        inputs = list(inputs)
+        while inputs and inputs[-1] is None:  # omitted trailing optional inputs (ONNX Runtime rejects some as "")
+            inputs.pop()
+        node = self.graph.make_node(op, inputs, [TensorType("f32", None)] * n_out, attrs or {}, domain=domain,
                                     scope=self.scope, name=name, out_names=[name] if n_out == 1 else None)
         _type_node(node)
         return node.outputs[0] if n_out == 1 else list(node.outputs)
@@ -237,9 +240,30 @@ for _names, _op in (
     (("aten.pow.Tensor_Tensor", "aten.pow.Tensor_Scalar"), "Pow"),
     (("aten.maximum.default",), "Max"),
     (("aten.minimum.default",), "Min"),
-    (("aten.remainder.Tensor", "aten.remainder.Scalar"), "Mod"),
 ):
     aten(*_names)(_binary(_op))
+
+
+@aten("aten.remainder.Tensor", "aten.remainder.Scalar")
+def _remainder(ctx: Ctx, a: Any, b: Any) -> Value:
+    """Python-style modulo (the result takes the divisor's sign). ONNX Mod does that for integers only; floats
+    need fmod=1, then ATen's correction: add the divisor where the remainder is non-zero and the signs differ."""
+    dt = ctx.out_dtype
+    x, y = ctx.tensor(a, dt), ctx.tensor(b, dt)
+    if dt not in dtypes.FLOAT_DTYPES:
+        return ctx.op("Mod", [x, y])
+    m = ctx.op("Mod", [x, y], {"fmod": 1})
+    zero = ctx.scalar(0, dt)
+    differ = ctx.op("Xor", [ctx.op("Less", [m, zero]), ctx.op("Less", [y, zero])])
+    fix = ctx.op("And", [ctx.op("Not", [ctx.op("Equal", [m, zero])]), differ])
+    return ctx.op("Where", [fix, ctx.op("Add", [m, y]), m])
+
+
+@aten("aten.fmod.Tensor", "aten.fmod.Scalar")
+def _fmod(ctx: Ctx, a: Any, b: Any) -> Value:
+    """C-style remainder (the dividend's sign): ONNX Mod with fmod=1, for integers and floats alike."""
+    dt = ctx.out_dtype
+    return ctx.op("Mod", [ctx.tensor(a, dt), ctx.tensor(b, dt)], {"fmod": 1})
 
 
 @aten("aten.rsub.Scalar", "aten.rsub.Tensor")
@@ -314,9 +338,59 @@ def _unary(onnx_op: str) -> Converter:
 for _name, _op in {
     "relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "exp": "Exp", "log": "Log", "sqrt": "Sqrt", "neg": "Neg",
     "abs": "Abs", "erf": "Erf", "reciprocal": "Reciprocal", "floor": "Floor", "ceil": "Ceil", "sin": "Sin",
-    "cos": "Cos", "sign": "Sign", "round": "Round", "hardswish": "HardSwish", "isnan": "IsNaN",
+    "cos": "Cos", "sign": "Sign", "round": "Round", "hardswish": "HardSwish", "tan": "Tan", "asin": "Asin",
+    "acos": "Acos", "atan": "Atan", "sinh": "Sinh", "cosh": "Cosh", "asinh": "Asinh", "acosh": "Acosh",
+    "atanh": "Atanh",
 }.items():
     aten(f"aten.{_name}.default")(_unary(_op))
+
+
+def _predicate(onnx_op: str) -> Converter:
+    def conv(ctx: Ctx, x: Value) -> Value:  # the operand keeps its type; the result is bool
+        return ctx.op(onnx_op, [x])
+
+    return conv
+
+
+aten("aten.isnan.default")(_predicate("IsNaN"))
+aten("aten.isinf.default")(_predicate("IsInf"))
+
+
+@aten("aten.expm1.default", "aten.log1p.default")
+def _expm1_log1p(ctx: Ctx, x: Value) -> Value:
+    x = ctx.cast(x, ctx.out_dtype)
+    one = ctx.scalar(1, x.dtype)
+    if "expm1" in target_name(ctx.node.target):
+        return ctx.op("Sub", [ctx.op("Exp", [x]), one])
+    return ctx.op("Log", [ctx.op("Add", [x, one])])
+
+
+@aten("aten.log2.default", "aten.log10.default")
+def _log_base(ctx: Ctx, x: Value) -> Value:
+    base = 2.0 if "log2" in target_name(ctx.node.target) else 10.0
+    return ctx.op("Div", [ctx.op("Log", [ctx.cast(x, ctx.out_dtype)]), ctx.scalar(math.log(base), ctx.out_dtype)])
+
+
+@aten("aten.trunc.default")
+def _trunc(ctx: Ctx, x: Value) -> Value:
+    if x.dtype not in dtypes.FLOAT_DTYPES:
+        return x
+    neg = ctx.op("Less", [x, ctx.scalar(0, x.dtype)])
+    return ctx.op("Where", [neg, ctx.op("Ceil", [x]), ctx.op("Floor", [x])])
+
+
+@aten("aten.elu.default")
+def _elu(ctx: Ctx, x: Value, alpha: float = 1.0, scale: float = 1.0, input_scale: float = 1.0) -> Value:
+    """ELU, SELU and CELU: scale * (x if x > 0 else alpha * (exp(x * input_scale) - 1))."""
+    if input_scale == 1 and scale == 1:
+        return ctx.op("Elu", [x], {"alpha": float(alpha)})
+    if input_scale == 1:
+        return ctx.op("Selu", [x], {"alpha": float(alpha), "gamma": float(scale)})
+    dt = x.dtype
+    neg = ctx.op("Mul", [ctx.op("Sub", [ctx.op("Exp", [ctx.op("Mul", [x, ctx.scalar(input_scale, dt)])]),
+                                        ctx.scalar(1, dt)]), ctx.scalar(alpha, dt)])
+    y = ctx.op("Where", [ctx.op("Greater", [x, ctx.scalar(0, dt)]), x, neg])
+    return ctx.op("Mul", [y, ctx.scalar(scale, dt)])
 
 
 @aten("aten.rsqrt.default")
@@ -364,6 +438,17 @@ def _clamp(ctx: Ctx, x: Value, lo: Any = None, hi: Any = None) -> Value:
     return ctx.op("Clip", [x, None if lo is None else ctx.scalar(lo, dt), None if hi is None else ctx.scalar(hi, dt)])
 
 
+@aten("aten.clamp.Tensor")
+def _clamp_tensor(ctx: Ctx, x: Value, lo: Any = None, hi: Any = None) -> Value:
+    dt = ctx.out_dtype
+    y = ctx.cast(x, dt)
+    if lo is not None:
+        y = ctx.op("Max", [y, ctx.tensor(lo, dt)])
+    if hi is not None:
+        y = ctx.op("Min", [y, ctx.tensor(hi, dt)])
+    return y
+
+
 @aten("aten.where.self")
 def _where(ctx: Ctx, cond: Value, a: Any, b: Any) -> Value:
     dt = ctx.out_dtype
@@ -406,26 +491,6 @@ def _convolution(ctx: Ctx, x: Value, w: Value, b: Value | None, stride: Sequence
     return ctx.op("Conv", [x, w, b], attrs)
 
 
-@aten("aten._native_batch_norm_legit_no_training.default")
-def _batch_norm(ctx: Ctx, x: Value, w: Value | None, b: Value | None, mean: Value, var: Value, momentum: float,
-                eps: float) -> list[Any]:
-    c = x.shape[1]
-    w = w if w is not None else ctx.const(np.ones(c), x.dtype)
-    b = b if b is not None else ctx.const(np.zeros(c), x.dtype)
-    y = ctx.op("BatchNormalization", [x, w, b, mean, var], {"epsilon": float(eps)})
-    return [y, None, None]
-
-
-@aten("aten.native_layer_norm.default")
-def _layer_norm(ctx: Ctx, x: Value, normalized_shape: Sequence[int], w: Value | None, b: Value | None,
-                eps: float) -> list[Any]:
-    axis = -len(normalized_shape)
-    shape = list(normalized_shape)
-    w = w if w is not None else ctx.const(np.ones(shape), x.dtype)
-    y = ctx.op("LayerNormalization", [x, w, b], {"axis": axis, "epsilon": float(eps)})
-    return [y, None, None]
-
-
 # ---- softmax and reductions ---------------------------------------------------------------------
 
 
@@ -435,20 +500,113 @@ def _softmax(ctx: Ctx, x: Value, dim: int, half_to_float: bool = False) -> Value
     return ctx.cast(ctx.op(op, [x], {"axis": _axis(dim, _rank(x))}), ctx.out_dtype)
 
 
+def _dims(x: Value, dims: int | Sequence[int] | None) -> list[int]:
+    """torch's reduction dims as non-negative axes; None or [] mean all of them."""
+    if isinstance(dims, int):
+        dims = [dims]
+    return list(range(_rank(x))) if not dims else [_axis(d, _rank(x)) for d in dims]
+
+
 def _reduce(onnx_op: str) -> Converter:
-    def conv(ctx: Ctx, x: Value, dims: Sequence[int] | None = None, keepdim: bool = False, **kwargs: Any) -> Value:
-        dims = list(range(_rank(x))) if not dims else [_axis(d, _rank(x)) for d in dims]
-        x = ctx.cast(x, ctx.out_dtype) if onnx_op in ("ReduceSum", "ReduceMean") else x
-        return ctx.op(onnx_op, [x, ctx.ints(dims)], {"keepdims": int(bool(keepdim))})
+    def conv(ctx: Ctx, x: Value, dims: int | Sequence[int] | None = None, keepdim: bool = False,
+             **kwargs: Any) -> Value:
+        if onnx_op in ("ReduceSum", "ReduceMean", "ReduceProd"):  # torch accumulates ints and bools in int64
+            x = ctx.cast(x, ctx.out_dtype)
+        return ctx.op(onnx_op, [x, ctx.ints(_dims(x, dims))], {"keepdims": int(bool(keepdim))})
 
     return conv
 
 
 aten("aten.mean.dim", "aten.mean.default")(_reduce("ReduceMean"))
 aten("aten.sum.dim_IntList", "aten.sum.default")(_reduce("ReduceSum"))
-aten("aten.amax.default")(_reduce("ReduceMax"))
-aten("aten.amin.default")(_reduce("ReduceMin"))
-aten("aten.prod.dim_int")(_reduce("ReduceProd"))
+aten("aten.amax.default", "aten.max.default")(_reduce("ReduceMax"))
+aten("aten.amin.default", "aten.min.default")(_reduce("ReduceMin"))
+aten("aten.prod.dim_int", "aten.prod.default")(_reduce("ReduceProd"))
+
+
+@aten("aten.max.dim", "aten.min.dim")
+def _max_dim(ctx: Ctx, x: Value, dim: int, keepdim: bool = False) -> list[Value]:
+    """(values, indices); ONNX ArgMax/ArgMin pick the first of equal elements, as torch does."""
+    is_max = "max" in target_name(ctx.node.target)
+    axis, keep = _axis(dim, _rank(x)), int(bool(keepdim))
+    values = ctx.op("ReduceMax" if is_max else "ReduceMin", [x, ctx.ints([axis])], {"keepdims": keep})
+    return [values, ctx.op("ArgMax" if is_max else "ArgMin", [x], {"axis": axis, "keepdims": keep})]
+
+
+@aten("aten.any.dim", "aten.any.dims", "aten.any.default", "aten.all.dim", "aten.all.dims", "aten.all.default")
+def _any_all(ctx: Ctx, x: Value, dims: int | Sequence[int] | None = None, keepdim: bool = False) -> Value:
+    """Reduce the truth values (non-zero, NaN included) as 0/1 int32 with ReduceMax (any) or ReduceMin (all)."""
+    op = "ReduceMax" if ".any." in target_name(ctx.node.target) else "ReduceMin"
+    flags = ctx.cast(ctx.cast(x, "bool"), "i32")
+    r = ctx.op(op, [flags, ctx.ints(_dims(x, dims))], {"keepdims": int(bool(keepdim))})
+    return ctx.cast(r, ctx.out_dtype)
+
+
+def _var(ctx: Ctx, x: Value, dims: int | Sequence[int] | None, correction: float | None,
+         keepdim: bool) -> tuple[Value, Value]:
+    """(variance, mean): sum((x - mean)^2) / (N - correction), correction 1 unless given."""
+    axes = _dims(x, dims)
+    n = math.prod(x.shape[a] for a in axes)
+    mean = ctx.op("ReduceMean", [x, ctx.ints(axes)], {"keepdims": 1})
+    d = ctx.op("Sub", [x, mean])
+    ss = ctx.op("ReduceSum", [ctx.op("Mul", [d, d]), ctx.ints(axes)], {"keepdims": int(bool(keepdim))})
+    var = ctx.op("Div", [ss, ctx.scalar(n - (1 if correction is None else correction), x.dtype)])
+    if not keepdim:
+        mean = ctx.op("Squeeze", [mean, ctx.ints(axes)])
+    return var, mean
+
+
+@aten("aten.var.correction")
+def _var_correction(ctx: Ctx, x: Value, dims: Any = None, *, correction: float | None = None,
+                    keepdim: bool = False) -> Value:
+    return _var(ctx, x, dims, correction, keepdim)[0]
+
+
+@aten("aten.var_mean.correction")
+def _var_mean(ctx: Ctx, x: Value, dims: Any = None, *, correction: float | None = None,
+              keepdim: bool = False) -> list[Value]:
+    return list(_var(ctx, x, dims, correction, keepdim))
+
+
+@aten("aten.linalg_vector_norm.default")
+def _vector_norm(ctx: Ctx, x: Value, ord: float = 2, dims: Any = None, keepdim: bool = False, *,
+                 dtype: Any = None) -> Value:
+    x = ctx.cast(x, ctx.out_dtype)
+    axes, keep = ctx.ints(_dims(x, dims)), {"keepdims": int(bool(keepdim))}
+    if ord == 2:
+        return ctx.op("ReduceL2", [x, axes], keep)
+    if ord == 1:
+        return ctx.op("ReduceL1", [x, axes], keep)
+    if math.isinf(ord):
+        return ctx.op("ReduceMax" if ord > 0 else "ReduceMin", [ctx.op("Abs", [x]), axes], keep)
+    if ord == 0:
+        nonzero = ctx.cast(ctx.op("Not", [ctx.op("Equal", [x, ctx.scalar(0, x.dtype)])]), x.dtype)
+        return ctx.op("ReduceSum", [nonzero, axes], keep)
+    p = ctx.scalar(ord, x.dtype)
+    total = ctx.op("ReduceSum", [ctx.op("Pow", [ctx.op("Abs", [x]), p]), axes], keep)
+    return ctx.op("Pow", [total, ctx.op("Reciprocal", [p])])
+
+
+@aten("aten.cumsum.default")
+def _cumsum(ctx: Ctx, x: Value, dim: int, *, dtype: Any = None) -> Value:
+    return ctx.op("CumSum", [ctx.cast(x, ctx.out_dtype), ctx.const(np.array(_axis(dim, _rank(x)), np.int64))])
+
+
+@aten("aten.topk.default")
+def _topk(ctx: Ctx, x: Value, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> list[Value]:
+    attrs = {"axis": _axis(dim, _rank(x)), "largest": int(bool(largest)), "sorted": 1}
+    return ctx.op("TopK", [x, ctx.ints([k])], attrs, n_out=2)
+
+
+@aten("aten.sort.default", "aten.sort.stable")
+def _sort(ctx: Ctx, x: Value, *args: Any, dim: int = -1, descending: bool = False, stable: bool | None = None
+          ) -> list[Value]:
+    """A full TopK; ONNX orders equal elements by index, which is a stable sort."""
+    if target_name(ctx.node.target) == "aten.sort.default":
+        dim, descending = (list(args) + [dim, descending][len(args):])[:2]
+    axis = _axis(dim, _rank(x))
+    attrs = {"axis": axis, "largest": int(bool(descending)), "sorted": 1}
+    return ctx.op("TopK", [x, ctx.ints([x.shape[axis]])], attrs, n_out=2)
 
 
 @aten("aten.argmax.default", "aten.argmin.default")
@@ -573,6 +731,33 @@ def _index(ctx: Ctx, x: Value, indices: Sequence[Value | None]) -> Value:
     return y
 
 
+@aten("aten.index_select.default")
+def _index_select(ctx: Ctx, x: Value, dim: int, index: Value) -> Value:
+    return ctx.op("Gather", [x, ctx.cast(index, "i64")], {"axis": _axis(dim, _rank(x))})
+
+
+@aten("aten.gather.default")
+def _gather(ctx: Ctx, x: Value, dim: int, index: Value, *, sparse_grad: bool = False) -> Value:
+    return ctx.op("GatherElements", [x, ctx.cast(index, "i64")], {"axis": _axis(dim, _rank(x))})
+
+
+@aten("aten.repeat.default")
+def _repeat(ctx: Ctx, x: Value, repeats: Sequence[int]) -> Value:
+    extra = len(repeats) - _rank(x)  # torch prepends dims of size 1 when given more repeats than dims
+    if extra > 0:
+        x = ctx.op("Reshape", [x, ctx.ints([1] * extra + list(x.shape))])
+    return ctx.op("Tile", [x, ctx.ints(repeats)])
+
+
+@aten("aten.flip.default")
+def _flip(ctx: Ctx, x: Value, dims: Sequence[int]) -> Value:
+    axes = [_axis(d, _rank(x)) for d in dims]
+    if not axes:
+        return x
+    n = len(axes)
+    return ctx.op("Slice", [x, ctx.ints([-1] * n), ctx.ints([-INT64_MAX - 1] * n), ctx.ints(axes), ctx.ints([-1] * n)])
+
+
 @aten("aten.embedding.default")
 def _embedding(ctx: Ctx, weight: Value, ids: Value, *args: Any) -> Value:
     return ctx.op("Gather", [weight, ids], {"axis": 0})
@@ -590,50 +775,35 @@ def _pad(ctx: Ctx, x: Value, pad: Sequence[int], value: float = 0.0) -> Value:
     return ctx.op("Pad", [x, ctx.ints(begins + ends), ctx.scalar(value, x.dtype)], {"mode": "constant"})
 
 
-# ---- pooling ---------------------------------------------------------------------------------
+# ---- Python scalar arithmetic, runtime assertions, data-dependent shapes --------------------------------
 
 
-def _pool_attrs(k: int, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int],
-                ceil_mode: bool) -> dict[str, Any]:
-    kernel = tuple(kernel) * (k if len(kernel) == 1 else 1)
-    stride = tuple(stride or kernel) * (k if len(stride or kernel) == 1 else 1)
-    padding = tuple(padding) * (k if len(padding) == 1 else 1)
-    return {"kernel_shape": kernel, "strides": stride, "pads": padding * 2, "ceil_mode": int(bool(ceil_mode))}
+@aten("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "eq", "ne", "lt", "le", "gt", "ge",
+      "and_", "or_", "not_", "sym_not", "sym_float", "sym_int", "sym_max", "sym_min")
+def _python_scalar(ctx: Ctx, *args: Any) -> Any:
+    """operator.* / torch.sym_* on Python scalars (the shapes are static, so they are constants)."""
+    import builtins
+    import operator
+
+    name = target_name(ctx.node.target)
+    fn = {"sym_not": operator.not_, "sym_float": float, "sym_int": int, "sym_max": builtins.max,
+          "sym_min": builtins.min}.get(name) or getattr(operator, name)
+    return fn(*args)
 
 
-@aten("aten.max_pool2d_with_indices.default", "aten.max_pool1d_with_indices.default",
-      "aten.max_pool3d_with_indices.default")
-def _max_pool(ctx: Ctx, x: Value, kernel: Sequence[int], stride: Sequence[int] = (), padding: Sequence[int] = (0,),
-              dilation: Sequence[int] = (1,), ceil_mode: bool = False) -> list[Any]:
-    k = _rank(x) - 2
-    attrs = _pool_attrs(k, kernel, stride, padding, ceil_mode)
-    attrs["dilations"] = tuple(dilation) * (k if len(dilation) == 1 else 1)
-    return [ctx.op("MaxPool", [x], attrs), None]
+@aten("aten._assert_scalar.default", "aten.sym_constrain_range_for_size.default", "aten.sym_constrain_range.default",
+      "aten._assert_async.msg")
+def _assertion(ctx: Ctx, *args: Any, **kwargs: Any) -> None:
+    return None
 
 
-@aten("aten.avg_pool2d.default", "aten.avg_pool1d.default", "aten.avg_pool3d.default")
-def _avg_pool(ctx: Ctx, x: Value, kernel: Sequence[int], stride: Sequence[int] = (), padding: Sequence[int] = (0,),
-              ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None) -> Value:
-    if divisor_override is not None:
-        raise UnsupportedModelError(f"avg_pool with divisor_override at node '{ctx.node.name}'; use via='onnx'")
-    attrs = _pool_attrs(_rank(x) - 2, kernel, stride, padding, ceil_mode)
-    attrs["count_include_pad"] = int(bool(count_include_pad))
-    return ctx.op("AveragePool", [x], attrs)
+@aten("aten.nonzero.default", "aten.masked_select.default", "aten._local_scalar_dense.default",
+      "aten.unique_consecutive.default", "aten._unique2.default")
+def _data_dependent(ctx: Ctx, *args: Any, **kwargs: Any) -> Any:
+    raise UnsupportedModelError(
+        f"{target_name(ctx.node.target)} at node '{ctx.node.name}' (scope '{ctx.scope or '<root>'}') has a "
+        "data-dependent result shape (or value), which a static-shape IR cannot hold; use via='onnx'"
+    )
 
 
-@aten("aten._adaptive_avg_pool2d.default", "aten.adaptive_avg_pool1d.default", "aten._adaptive_avg_pool3d.default")
-def _adaptive_avg_pool(ctx: Ctx, x: Value, output_size: Sequence[int]) -> Value:
-    spatial = x.shape[2:]
-    out = tuple(output_size) * (len(spatial) if len(output_size) == 1 else 1)
-    if all(o == 1 for o in out):
-        return ctx.op("GlobalAveragePool", [x])
-    if any(s % o for s, o in zip(spatial, out)):
-        raise UnsupportedModelError(
-            f"adaptive_avg_pool from {spatial} to {out} (node '{ctx.node.name}') has uneven windows; use via='onnx'"
-        )
-    kernel = tuple(s // o for s, o in zip(spatial, out))
-    return ctx.op("AveragePool", [x], {"kernel_shape": kernel, "strides": kernel})
-
-
-def _unused(*_: Any) -> None:  # keep math imported for converters that need it
-    math.prod(())
+import nasc.frontends.torch_ops_nn  # noqa: E402,F401  (registers the normalization, pooling and resize converters)

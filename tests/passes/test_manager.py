@@ -41,7 +41,7 @@ class _Knobs(Pass):
     flag: bool = False
     mode: str = "fast"
     bits: tuple[int, ...] = (8, 4)
-    flash: ByteSize = ByteSize(1_000_000)
+    flash: ByteSize = ByteSize(1_000_000)  # noqa: RUF009  (an immutable int)
     latency: Duration | None = None
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
