@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any
 
 from nasc.ir.core import Graph, Node, Value
-from nasc.ir.ops.registry import Cost, lookup_node
+from nasc.ir.ops.registry import Cost, InferenceError, lookup_node
 from nasc.ir.types import TensorType
 
 
@@ -17,7 +17,7 @@ def node_cost(node: Node) -> Cost:
         return Cost()
     try:
         return entry.cost(node)
-    except (ValueError, TypeError, KeyError, IndexError):
+    except (ValueError, TypeError, KeyError, IndexError, InferenceError):  # unknown shapes or non-tensors
         return Cost()
 
 

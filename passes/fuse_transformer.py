@@ -2,7 +2,7 @@
 
 Exporters spell these as chains of elementwise ops; the rewrites here turn each
 chain back into one op (ONNX LayerNormalization and Gelu, and nasc.Attention,
-or ONNX Attention where the graph's opset has it) so that backends can fuse them.
+which export writes as ONNX Attention where the opset has it) so that backends can fuse them.
 """
 
 from __future__ import annotations
@@ -140,11 +140,9 @@ def to_attention(graph: Graph, m: Match, ctx: Any) -> Value | None:
     root = m.node("root")
     k = emit(graph, root, "Transpose", [kt], {"perm": (0, 1, 3, 2)})
     inputs = [q, k, v] + ([m.value("mask")] if "mask" in m else [])
-    onnx_has_attention = graph.opsets.get("", 0) >= 23
-    if not onnx_has_attention:
-        graph.opsets.setdefault("nasc", 1)
-    return emit(graph, root, "Attention", inputs, {"scale": scale}, domain="" if onnx_has_attention else "nasc",
-                name=root.name)
+    graph.opsets.setdefault("nasc", 1)
+    # nasc.Attention in the IR; export writes ONNX Attention where the opset has it (23+), else its decomposition
+    return emit(graph, root, "Attention", inputs, {"scale": scale}, domain="nasc", name=root.name)
 
 
 TRANSFORMER_RULES = [

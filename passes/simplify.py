@@ -181,8 +181,8 @@ def _noop_result(node: Node) -> Value | None:
         return x
     if op == "Dropout":
         return x if len(node.outputs) == 1 or not node.outputs[1].uses else None
-    if not isinstance(x.type, TensorType) or x.type != out.type:
-        return None
+    if not isinstance(x.type, TensorType) or not x.type.is_static or x.type != out.type:
+        return None  # unknown dims compare equal without being equal
     if op in ("Cast", "Reshape", "Expand", "Squeeze", "Unsqueeze", "Flatten", "CastLike"):
         return x  # same type in and out: nothing moved
     if op == "Transpose":

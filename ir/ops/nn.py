@@ -417,8 +417,13 @@ class Attention(OpDef):
         ]
 
     def decompose(self, graph: Graph, node: Node) -> list[Value] | None:
-        """softmax(q @ k^T * scale + mask) @ v in standard ops."""
+        """ONNX Attention where the graph's opset has it (23+), else softmax(q @ k^T * scale + mask) @ v."""
         q, k, v = node.input(0), node.input(1), node.input(2)
+        mask_ok = not node.has_input(3) or len(shape_of(node, 3)) >= 2  # ONNX Attention wants a 2-4-D mask
+        if graph.opsets.get("", 0) >= 23 and mask_ok:
+            onnx_att = graph.make_node("Attention", list(node.inputs), [node.outputs[0].type],
+                                       {"scale": self.scale(node)}, scope=node.scope, name=node.name, before=node)
+            return list(onnx_att.outputs)
         kt = emit(graph, node, "Transpose", [k], {"perm": (0, 1, 3, 2)})
         scores = emit(graph, node, "MatMul", [q, kt])
         scale = graph.add_constant(np.array(self.scale(node), dtype=to_numpy(q.dtype)), f"{node.name}/scale")
@@ -438,13 +443,3 @@ class Attention(OpDef):
             raise InferenceError(f"{node.describe()}: no 'scale' and q's head size is unknown")
         return 1.0 / math.sqrt(d[-1])
 
-
-@register
-class OnnxAttention(Attention):
-    """ONNX Attention (opset 23) in its 4-D form: the same contract as nasc's, without the KV-cache extras."""
-
-    name = "Attention"
-    domain = ""
-
-    def decompose(self, graph: Graph, node: Node) -> list[Value] | None:
-        return None  # a standard op: nothing to lower

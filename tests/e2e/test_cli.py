@@ -105,3 +105,39 @@ def test_failed_build_leaves_an_existing_output_untouched(tmp_path, digits_onnx)
     r = nasc_cmd("compile", str(digits_onnx), "-o", str(out), "--input-shape", "image=2x1x8")
     assert r.returncode == 2
     assert (out / "keep.txt").read_text() == "previous build"
+
+
+def test_passes_lists_every_pass_with_options():
+    r = nasc_cmd("passes")
+    assert r.returncode == 0, r.stderr
+    for text in ("simplify (exact)", "fuse (exact)", "max-iterations", "transformer", "pipeline syntax"):
+        assert text in r.stdout
+
+
+def test_compile_runs_a_pipeline_on_calibration_data(digits_onnx, tmp_path):
+    out = tmp_path / "b"
+    calib = Path(digits_onnx).with_name("digits_test.npz")
+    r = nasc_cmd("compile", str(digits_onnx), "-o", str(out), "--passes", "simplify,fuse", "--calib", str(calib),
+                 "--print-ir-after-all")
+    assert r.returncode == 0, r.stderr
+    assert "simplify: " in r.stdout and "fuse: " in r.stdout and "// ----- IR after fuse -----" in r.stdout
+    assert "fidelity vs original (64 calibration samples)" in r.stdout
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["pipeline"] == "simplify,fuse" and [p["pass"] for p in rep["passes"]] == ["simplify", "fuse"]
+    assert rep["fidelity"]["inputs"] == "64 calibration samples" and rep["fidelity"]["top1_agreement"] == 1.0
+
+
+@pytest.mark.parametrize(("arrays", "message"), [
+    ({"img": np.zeros((4, 1, 8, 8), np.float32)}, "no array for input(s) ['image']"),
+    ({"image": np.zeros((4, 3, 8, 8), np.float32)}, "expected [samples, 1, 1, 8, 8]"),
+])
+def test_bad_calibration_files_are_clear_errors(digits_onnx, tmp_path, arrays, message):
+    calib = tmp_path / "c.npz"
+    np.savez(calib, **arrays)
+    r = nasc_cmd("compile", str(digits_onnx), "-o", str(tmp_path / "o"), "--calib", str(calib))
+    assert r.returncode == 2 and message in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_bad_pipeline_is_a_clear_error(digits_onnx, tmp_path):
+    r = nasc_cmd("compile", str(digits_onnx), "-o", str(tmp_path / "o"), "--passes", "simplify,fusee")
+    assert r.returncode == 2 and "unknown pass 'fusee' (did you mean 'fuse'?)" in r.stderr

@@ -299,20 +299,70 @@ CASES: list[tuple[str, nn.Module, tuple[torch.Tensor, ...], str]] = [
 ]
 
 
-def convert_and_run(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[Graph, list[Any], list[np.ndarray]]:
+class Bundle(nn.Module):
+    """Every case as a child module named after it, so the whole table is exported and converted once: each
+    from_torch call costs most of a second in torch.export's decomposition alone, whatever the module's size."""
+
+    def __init__(self, cases: list[tuple[str, nn.Module, tuple[torch.Tensor, ...], str]]) -> None:
+        super().__init__()
+        self.names = [c[0] for c in cases]
+        self.arity = [len(c[2]) for c in cases]
+        for name, module, _, _ in cases:
+            self.add_module(name, module)
+
+    def forward(self, *xs: torch.Tensor) -> tuple[Any, ...]:
+        outs, k = [], 0
+        for name, n in zip(self.names, self.arity):
+            outs.append(getattr(self, name)(*xs[k : k + n]))
+            k += n
+        return tuple(outs)
+
+
+def _as_list(out: Any) -> list[torch.Tensor]:
+    return list(out) if isinstance(out, tuple | list) else [out]
+
+
+def convert_and_run(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[Graph, list[np.ndarray],
+                                                                                   list[np.ndarray]]:
+    """(graph, torch's outputs, ONNX Runtime's outputs of the converted graph), flattened."""
     graph = from_torch(module, inputs)
     verify(graph)
     with torch.no_grad():
-        ref = module(*inputs)
-    refs = [r.numpy() for r in (ref if isinstance(ref, tuple | list) else [ref])]
+        ref = [r.numpy() for out in _as_list(module(*inputs)) for r in _as_list(out)]
     assert len(graph.inputs) == len(inputs)
     feeds = {v.name: x.numpy() for v, x in zip(graph.inputs, inputs)}
-    return graph, refs, run_ort(ort_session(to_onnx(graph)), feeds)
+    return graph, ref, run_ort(ort_session(to_onnx(graph)), feeds)
 
 
-@pytest.mark.parametrize(("module", "inputs", "ir_op"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_op_matches_torch(module: nn.Module, inputs: tuple[torch.Tensor, ...], ir_op: str) -> None:
-    graph, refs, got = convert_and_run(module, inputs)
+@pytest.fixture(scope="module")
+def bundle() -> dict[str, tuple[set[str], list[np.ndarray], list[np.ndarray]]] | None:
+    """Per case: (IR ops in its scope, torch's outputs, ONNX Runtime's outputs), from one conversion of all cases.
+    None when that conversion fails; each case then converts on its own, so the failure is pinned to its cases."""
+    # clones: torch.export would merge inputs that are the same tensor object
+    inputs = tuple(x.clone() for _, _, xs, _ in CASES for x in xs)
+    try:
+        graph, ref, got = convert_and_run(Bundle(CASES), inputs)
+    except Exception:
+        return None
+    with torch.no_grad():
+        counts = [len(_as_list(m(*xs))) for _, m, xs, _ in CASES]
+    result, k = {}, 0
+    for (name, *_), n in zip(CASES, counts):
+        ops = {node.op for node in graph.nodes if node.scope == name or node.scope.startswith(name + ".")}
+        result[name] = (ops, ref[k : k + n], got[k : k + n])
+        k += n
+    assert k == len(got)
+    return result
+
+
+@pytest.mark.parametrize(("name", "module", "inputs", "ir_op"), CASES, ids=[c[0] for c in CASES])
+def test_op_matches_torch(bundle: dict[str, Any] | None, name: str, module: nn.Module,
+                          inputs: tuple[torch.Tensor, ...], ir_op: str) -> None:
+    if bundle is None:
+        graph, refs, got = convert_and_run(module, inputs)
+        ops = {n.op for n in graph.nodes}
+    else:
+        ops, refs, got = bundle[name]
     assert len(got) == len(refs)
     for g, r in zip(got, refs):
         assert g.shape == r.shape and g.dtype == r.dtype, (g.shape, g.dtype, r.shape, r.dtype)
@@ -320,7 +370,6 @@ def test_op_matches_torch(module: nn.Module, inputs: tuple[torch.Tensor, ...], i
             np.testing.assert_allclose(g, r, rtol=RTOL, atol=ATOL)
         else:
             np.testing.assert_array_equal(g, r)
-    ops = {n.op for n in graph.nodes}
     assert ir_op in ops, sorted(ops)
 
 
@@ -329,16 +378,23 @@ def test_case_ids_are_unique() -> None:
     assert len(ids) == len(set(ids))
 
 
+def test_one_case_converts_on_its_own() -> None:
+    """The bundle shares one graph; a case converted alone gives the same answer."""
+    _, refs, got = convert_and_run(_encoder_layer(), (_randn(2, 10, 64),))
+    np.testing.assert_allclose(got[0], refs[0], rtol=RTOL, atol=ATOL)
+
+
 @pytest.mark.parametrize(
     ("fn", "inputs", "what"),
     [
-        (lambda x: x[x > 0], (X3,), "aten.index.Tensor"),
-        (lambda x: torch.nonzero(x > 0), (X3,), "nonzero"),
+        (lambda x: x[x > 0], (X3,), "boolean-mask indexing at node 'index'"),
+        (lambda x: torch.nonzero(x > 0), (X3,), "aten.nonzero.default at node 'nonzero'"),
+        (lambda x: F.max_pool2d(x, 2, return_indices=True)[1].float(), (X4,), "its indices are used"),
     ],
-    ids=["bool_mask_index", "nonzero"],
+    ids=["bool_mask_index", "nonzero", "max_pool_indices"],
 )
-def test_data_dependent_shapes_raise_with_onnx_hint(fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...],
-                                                    what: str) -> None:
+def test_unconvertible_ops_raise_with_onnx_hint(fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...],
+                                                what: str) -> None:
     with pytest.raises(UnsupportedModelError, match="via='onnx'") as e:
         from_torch(Fn(fn), inputs)
     assert what in str(e.value)

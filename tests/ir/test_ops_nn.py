@@ -352,7 +352,7 @@ def test_attention_inference() -> None:
     assert out == [("f32", (1, 4, "S", 8))]
     assert ir_infer("Attention", [("f32", None), f32(1, 4, 7, 16), f32(1, 4, 7, 8)], domain="nasc") == [("f32", None)]
     entry = lookup("Attention", "nasc")
-    assert entry is not None and isinstance(lookup("Attention"), type(entry))  # ONNX Attention (opset 23) shares it
+    assert entry is not None and lookup("Attention") is None  # ONNX's Attention is more general: carried opaquely
     node = ir_node("Attention", [f32(2, 8, 10, 64), f32(2, 8, 12, 64), f32(2, 8, 12, 32)], domain="nasc")
     assert entry.cost(node).macs == 2 * 8 * 10 * 12 * (64 + 32)
     assert math.isclose(entry.scale(node), 1 / 8)  # type: ignore[attr-defined]

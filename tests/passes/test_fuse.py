@@ -222,10 +222,13 @@ def test_attention_with_a_computed_scale_does_not_fire():
     assert count(out, "nasc.Attention") == 0 and count(out, "Softmax") == 1
 
 
-def test_attention_uses_onnx_attention_when_the_opset_has_it():
+def test_attention_exports_as_onnx_attention_when_the_opset_has_it():
+    from nasc.backends.onnx import to_onnx
+
     text = ATTENTION.replace('opsets {"": 21}', 'opsets {"": 23}')
-    out = nasc.optimize(parse(text), "fuse")
-    assert [n.qualified_op for n in out.nodes] == ["Attention"]
+    out = run_golden(text, "fuse", rtol=1e-5, atol=1e-6)
+    assert [n.qualified_op for n in out.nodes] == ["nasc.Attention"]
+    assert [n.op_type for n in to_onnx(out).graph.node] == ["Attention"]
 
 
 def test_the_report_line_says_what_happened():
