@@ -15,8 +15,6 @@ from typing import Any
 from nasc.errors import UsageError
 from nasc.ir.core import Graph
 
-TARGETS = ("onnx",)
-
 
 def load(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
     """Load a model as a verified IR graph.
@@ -101,11 +99,35 @@ def optimize(
 
 @dataclass
 class Artifact:
-    """What ``compile`` produced: the output directory, its files and the report."""
+    """What ``compile`` produced: the output directory, its files and the report; ``run`` executes it."""
 
     out: Path
     files: list[str]
     report: dict[str, Any] = field(default_factory=dict)
+    _runner: Any = field(default=None, repr=False)
+
+    def run(self, inputs: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
+        """Run the built model on a dict by input name or a list in input order."""
+        if self._runner is None:
+            self._runner = _load_runner(self.out)
+        return list(self._runner(inputs))
+
+
+def _load_runner(out: Path) -> Any:
+    if (out / "model.so").is_file():
+        from nasc.runtime import load as load_compiled
+
+        return load_compiled(out).run
+    from nasc.backends import fidelity
+
+    sess = fidelity.ort_session(str(out / "model.onnx"))
+    names = [i.name for i in sess.get_inputs()]
+
+    def run(inputs: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
+        feed = dict(inputs) if isinstance(inputs, Mapping) else dict(zip(names, inputs))
+        return fidelity.run_ort(sess, feed)
+
+    return run
 
 
 def compile(
@@ -116,36 +138,43 @@ def compile(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     passes: str | None = None,
     calib: str | Sequence[Mapping[str, Any]] | None = None,
+    tune_trials: int = 0,
     seed: int = 0,
     fidelity_batches: int = 2,
+    measure_latency: bool = True,
     verify: bool = True,
     print_ir_after_all: bool = False,
     log: Any = None,
 ) -> Artifact:
     """Load ``model``, build it for ``target`` into directory ``out``, and check it against the original.
 
+    ``target``: ``onnx``, ``cpu`` (this host), ``cpu:<llvm-mcpu>``, ``gpu[:sm_XX]`` or a JSON TVM target.
     The directory is written whole or not at all: it is assembled next to
     ``out`` and moved into place only when the build and its checks succeed.
     ``passes`` is a pipeline run before the build; ``calib`` an ``.npz`` path
     or a list of feeds. ``report.json`` holds the pipeline, each pass's report,
-    and the fidelity against the original model on the calibration inputs (or
-    on seeded random inputs when there are none: a warning says that lossy
-    passes need real data), sizes and the graph summary.
+    the fidelity against the original model on the calibration inputs (or on
+    seeded random inputs when there are none: a warning says that lossy passes
+    need real data), for CPU builds the latency of nasc and ONNX Runtime on the
+    same inputs, sizes and the graph summary.
     """
-    if target not in TARGETS:
-        raise UsageError(f"unknown target {target!r}; targets: {', '.join(TARGETS)}")
     if out is None:
         raise UsageError("compile needs an output directory (out=...)")
+    if tune_trials:
+        raise UsageError("tuning (--tune-trials) is not available yet; build with the default schedules")
+    tvm_target = None
+    if target != "onnx":
+        from nasc.backends.tvm.target import parse_target
+
+        tvm_target = parse_target(target)
     out = Path(out)
     t0 = time.perf_counter()
     from nasc.backends import fidelity
-    from nasc.backends.onnx import export_onnx as _export
+    from nasc.passes.manager import Pipeline
 
     log = log or (lambda _m: None)
     graph = load(model, input_shapes)
     reference = _reference(model)
-    from nasc.passes.manager import Pipeline
-
     pipeline = Pipeline.parse(passes or "")
     feeds_calib = fidelity.load_calibration(calib, graph) if isinstance(calib, str | os.PathLike) else (
         [dict(f) for f in calib] if calib is not None else None)
@@ -156,10 +185,8 @@ def compile(
     if pipeline.passes:
         graph = optimize(graph, pipeline, feeds_calib, target, seed=seed, verify=verify,
                          print_ir_after_all=print_ir_after_all, log=log)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = _make_tmp(out)
     try:
-        path = _export(graph, tmp / "model.onnx")
         if feeds_calib:
             feeds, inputs_label = feeds_calib[:64], f"{min(len(feeds_calib), 64)} calibration samples"
         else:
@@ -172,22 +199,73 @@ def compile(
             "passes": graph.meta.get("passes", []),
             "warnings": warnings,
             "summary": {k: v for k, v in graph.summary().items() if k in ("nodes", "params", "macs", "ops")},
-            "files": {"model.onnx": path.stat().st_size},
         }
-        if reference is not None:
+        runner = _build(graph, tvm_target, tmp, str(pipeline), report)
+        if reference is not None and runner is not None:
             run_ref, ref_label = reference
-            new_sess = fidelity.ort_session(str(path))
             ref = [run_ref(f) for f in feeds]
-            got = [fidelity.run_ort(new_sess, f) for f in feeds]
+            got = [runner(f) for f in feeds]
             report["fidelity"] = {**fidelity.compare(ref, got), "inputs": inputs_label, "seed": seed,
                                   "batches": fidelity_batches, "reference": ref_label}
+        elif runner is None:
+            report["fidelity"] = None
+            warnings.append(f"no {tvm_target.kind if tvm_target else ''} device here: the build was not run; "
+                            "run it on the device and compare there")
         report["compile_time_s"] = round(time.perf_counter() - t0, 3)
+        if measure_latency and tvm_target is not None and tvm_target.kind == "cpu":
+            report["latency_ms"] = _latency(tmp, model, graph, feeds[0])
+        report["files"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Artifact(out, sorted(p.name for p in out.iterdir()), report)
+
+
+def _make_tmp(out: Path) -> Path:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise UsageError(f"cannot write the output directory '{out}': {e.strerror or e}") from None
+
+
+def _build(graph: Graph, tvm_target: Any, tmp: Path, pipeline: str, report: dict[str, Any]) -> Any:
+    """Write the artifact into ``tmp``; return a function feed -> outputs that runs it here (None if it cannot)."""
+    if tvm_target is None:
+        from nasc.backends.onnx import export_onnx as _export
+
+        _export(graph, tmp / "model.onnx")
+        return _load_runner(tmp)
+    from nasc.backends.tvm.build import build, write_artifact
+
+    ex, facts = build(graph, tvm_target)
+    write_artifact(ex, graph, tvm_target, tmp, pipeline)
+    report["build"] = facts
+    if tvm_target.kind != "cpu":
+        return None
+    return _load_runner(tmp)
+
+
+def _latency(tmp: Path, model: Any, graph: Graph, feed: Mapping[str, Any]) -> dict[str, float]:
+    """Median ms of the built model and of ONNX Runtime (the original ONNX model, else nasc's export) on ``feed``."""
+    from nasc.backends import fidelity
+    from nasc.runtime import load as load_compiled
+
+    result = {"nasc": round(load_compiled(tmp).latency_ms(feed), 4)}
+    if (isinstance(model, str | os.PathLike) and not _is_pt2(model)) or _is_onnx_proto(model):
+        src = str(model) if isinstance(model, str | os.PathLike) else model
+    else:
+        from nasc.backends.onnx import to_onnx
+
+        src = to_onnx(graph)
+    result["onnxruntime"] = round(fidelity.ort_latency_ms(src, feed), 4)
+    return result
+
+
+def _is_onnx_proto(model: Any) -> bool:
+    return type(model).__name__ == "ModelProto" or isinstance(model, bytes | bytearray)
 
 
 def _reference(model: Any) -> tuple[Any, str] | None:

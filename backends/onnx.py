@@ -85,6 +85,8 @@ def to_onnx(graph: Graph, *, producer: str = "nasc") -> onnx.ModelProto:
     node_names: set[str] = set()
     for node in graph.nodes:
         ins = [names(v) if v is not None else "" for v in node.inputs]
+        while ins and ins[-1] == "":  # trailing omitted operands are left out (some runtimes choke on "")
+            ins.pop()
         outs = [names(o) if (o.uses or any(o is x for x in graph.outputs)) else names.fresh(o.name) for o in node.outputs]
         subgraph_names = {}
         for i, c in enumerate(node.captures):

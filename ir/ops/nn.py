@@ -419,7 +419,9 @@ class Attention(OpDef):
     def decompose(self, graph: Graph, node: Node) -> list[Value] | None:
         """ONNX Attention where the graph's opset has it (23+), else softmax(q @ k^T * scale + mask) @ v."""
         q, k, v = node.input(0), node.input(1), node.input(2)
-        mask_ok = not node.has_input(3) or len(shape_of(node, 3)) >= 2  # ONNX Attention wants a 2-4-D mask
+        # ONNX Attention (as ORT implements it) wants a 2-4-D mask spelling out the query length
+        mask_ok = not node.has_input(3) or (len(shape_of(node, 3)) >= 2
+                                            and shape_of(node, 3)[-2] == shape_of(node, 0)[2])
         if graph.opsets.get("", 0) >= 23 and mask_ok:
             onnx_att = graph.make_node("Attention", list(node.inputs), [node.outputs[0].type],
                                        {"scale": self.scale(node)}, scope=node.scope, name=node.name, before=node)

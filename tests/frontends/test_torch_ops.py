@@ -109,12 +109,12 @@ PAD[1, 7:] = True
 CASES: list[tuple[str, nn.Module, tuple[torch.Tensor, ...], str]] = [
     # activations
     ("silu", nn.SiLU(), (X4,), "Sigmoid"),
-    ("hardswish", nn.Hardswish(), (X4 * 4,), "Clip"),
-    ("hardsigmoid", nn.Hardsigmoid(), (X4 * 4,), "Clip"),
+    ("hardswish", nn.Hardswish(), (X4 * 4,), "HardSwish"),
+    ("hardsigmoid", nn.Hardsigmoid(), (X4 * 4,), "HardSigmoid"),
     ("relu6", nn.ReLU6(), (X4 * 8,), "Clip"),
     ("leaky_relu", nn.LeakyReLU(0.2), (X4,), "LeakyRelu"),
-    ("prelu_channel", _seeded(lambda: nn.PReLU(4)), (X4,), "Where"),
-    ("prelu_single", nn.PReLU(), (X4,), "Where"),
+    ("prelu_channel", _seeded(lambda: nn.PReLU(4)), (X4,), "PRelu"),
+    ("prelu_single", nn.PReLU(), (X4,), "PRelu"),
     ("elu", nn.ELU(0.7), (X4,), "Elu"),
     ("selu", nn.SELU(), (X4,), "Selu"),
     ("celu", nn.CELU(1.3), (X4,), "Exp"),
@@ -334,16 +334,19 @@ def convert_and_run(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tupl
     return graph, ref, run_ort(ort_session(to_onnx(graph)), feeds)
 
 
+Bundled = dict[str, tuple[set[str], list[np.ndarray], list[np.ndarray]]]
+
+
 @pytest.fixture(scope="module")
-def bundle() -> dict[str, tuple[set[str], list[np.ndarray], list[np.ndarray]]] | None:
+def bundle() -> Bundled | Exception:
     """Per case: (IR ops in its scope, torch's outputs, ONNX Runtime's outputs), from one conversion of all cases.
-    None when that conversion fails; each case then converts on its own, so the failure is pinned to its cases."""
+    The exception when that conversion fails: each case then converts on its own, pinning the failure to it."""
     # clones: torch.export would merge inputs that are the same tensor object
     inputs = tuple(x.clone() for _, _, xs, _ in CASES for x in xs)
     try:
         graph, ref, got = convert_and_run(Bundle(CASES), inputs)
-    except Exception:
-        return None
+    except Exception as e:
+        return e
     with torch.no_grad():
         counts = [len(_as_list(m(*xs))) for _, m, xs, _ in CASES]
     result, k = {}, 0
@@ -355,10 +358,15 @@ def bundle() -> dict[str, tuple[set[str], list[np.ndarray], list[np.ndarray]]] |
     return result
 
 
+def test_all_cases_convert_together(bundle: Bundled | Exception) -> None:
+    if isinstance(bundle, Exception):
+        raise bundle
+
+
 @pytest.mark.parametrize(("name", "module", "inputs", "ir_op"), CASES, ids=[c[0] for c in CASES])
-def test_op_matches_torch(bundle: dict[str, Any] | None, name: str, module: nn.Module,
+def test_op_matches_torch(bundle: Bundled | Exception, name: str, module: nn.Module,
                           inputs: tuple[torch.Tensor, ...], ir_op: str) -> None:
-    if bundle is None:
+    if isinstance(bundle, Exception):
         graph, refs, got = convert_and_run(module, inputs)
         ops = {n.op for n in graph.nodes}
     else:

@@ -1,0 +1,61 @@
+"""Build an IR graph with TVM for a CPU or GPU target: Relax lowering, default schedules, a shared library."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm import relax
+
+from nasc.backends.tvm.lower import to_relax, tvm_dtype
+from nasc.backends.tvm.target import TvmTarget
+from nasc.ir.core import Graph
+
+
+def build(graph: Graph, target: TvmTarget) -> tuple[Any, dict[str, Any]]:
+    """The compiled executable and build facts (times, how kernels were scheduled)."""
+    t0 = time.perf_counter()
+    mod = to_relax(graph)
+    t_lower = time.perf_counter() - t0
+    tgt = target.tvm()
+    facts: dict[str, Any] = {"lower_s": round(t_lower, 3)}
+    if target.kind == "cpu":
+        mod, sched = _schedule_cpu(mod, tgt)
+        facts["schedules"] = sched
+    t1 = time.perf_counter()
+    with tgt:
+        ex = tvm.compile(mod, target=tgt)
+    facts["codegen_s"] = round(time.perf_counter() - t1, 3)
+    return ex, facts
+
+
+def _schedule_cpu(mod: tvm.IRModule, tgt: Any) -> tuple[tvm.IRModule, dict[str, Any]]:
+    try:
+        from nasc.backends.tvm.schedules import apply_default_schedules, schedule_report
+    except ImportError:
+        return mod, {"default": "TVM's unscheduled loops"}
+    scheduled = apply_default_schedules(mod, tgt)
+    return scheduled, schedule_report(scheduled)
+
+
+def write_artifact(ex: Any, graph: Graph, target: TvmTarget, out: Path, pipeline: str) -> list[str]:
+    """``model.so`` (TVM export_library) and ``model.json`` (I/O names, shapes, dtypes, target, pipeline)."""
+    ex.export_library(str(out / "model.so"))
+    meta = {
+        "format": "nasc-tvm-1",
+        "target": target.spec,
+        "device": target.kind,
+        "pipeline": pipeline,
+        "inputs": [{"name": v.name, "shape": list(v.shape), "dtype": tvm_dtype(v.dtype)} for v in graph.inputs],
+        "outputs": [{"name": v.name, "shape": list(v.shape), "dtype": tvm_dtype(v.dtype)} for v in graph.outputs],
+    }
+    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return ["model.so", "model.json"]
+
+
+def vm_for(ex: Any, kind: str) -> Any:
+    dev = tvm.cpu() if kind == "cpu" else tvm.cuda()
+    return relax.VirtualMachine(ex, dev), dev

@@ -1,0 +1,581 @@
+"""Default (untuned) CPU schedules for TVM Relax modules.
+
+TVM 0.27's default CPU pipeline lowers every PrimFunc as naive serial loops. ``apply_default_schedules``
+gives each PrimFunc of a legalized and fused Relax module a hand-written schedule chosen by inspecting its
+blocks:
+
+* ``conv2d``: NCHW conv2d (regular, grouped, depthwise) with its fused elementwise epilogue. Register tile
+  of output channels x output columns, the reduction computed at that tile under the epilogue, the tile's
+  columns vectorized at the host vector width, the outer (batch, channel-block, row) loops fused and run in
+  parallel. Padding stays a separate parallel copy.
+* ``matmul``: dense / matmul / batch_matmul (``[..., M, K] x [..., K, N]``) with its epilogue. Register tile
+  of rows x columns (columns vectorized), reduction under the epilogue tile, outer loops parallel.
+* ``row_reduction``: softmax, layer norm, mean, ...: the output's leading (row) loops fused and parallel,
+  every producer computed at the row, the innermost loop vectorized.
+* ``injective``: elementwise / layout kernels: intermediates inlined, outer loops parallel, innermost loop
+  vectorized when its extent allows.
+* ``generic``: fallback for anything else (and for templates that fail): each block parallel over its outer
+  spatial loops, vectorized where legal.
+* ``none``: every template failed; the PrimFunc is left unscheduled.
+
+Each scheduled PrimFunc gets ``tirx.is_scheduled = True`` (so later passes keep it) and
+``nasc.schedule = <template name>``; :func:`schedule_report` reads the latter back.
+
+Call it after legalization and fusion, e.g.::
+
+    with target:
+        mod = relax.get_pipeline("zero")(mod)   # LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR
+    mod = apply_default_schedules(mod, target)
+    ex = tvm.compile(mod, target)                # the default build pipeline keeps the scheduled PrimFuncs
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.sym.pattern import detect_linear_equation
+
+__all__ = ["TEMPLATE_ATTR", "apply_default_schedules", "schedule_report"]
+
+logger = logging.getLogger(__name__)
+
+_get_sblock_realize = tvm.get_global_func("s_tir.schedule.GetSBlockRealize")
+
+TEMPLATE_ATTR = "nasc.schedule"
+SCHEDULED_ATTR = "tirx.is_scheduled"
+
+# Below this many output elements a kernel runs serially: the thread pool's fork/join costs more.
+_PARALLEL_MIN_ELEMS = 4096
+# Vector accumulators a register tile may use (AVX2 and AVX-512 both have 16+ vector registers).
+_MAX_ACC_VECTORS = 12
+
+
+# ----------------------------------------------------------------------------------------------
+# Target helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _vector_lanes(target: tvm.target.Target) -> int:
+    """float32 lanes of the widest vector unit the target has (16 for AVX-512, 8 for AVX2, 4 otherwise)."""
+    try:
+        if tvm.target.codegen.target_has_features("avx512f", target):
+            return 16
+        if tvm.target.codegen.target_has_features("avx2", target) or tvm.target.codegen.target_has_features(
+            "avx", target
+        ):
+            return 8
+    except Exception:  # noqa: BLE001 - non-x86 or feature query unavailable
+        pass
+    return 4
+
+
+# ----------------------------------------------------------------------------------------------
+# Block / loop inspection
+# ----------------------------------------------------------------------------------------------
+
+
+def _int(expr: object) -> int | None:
+    if isinstance(expr, int):
+        return expr
+    if isinstance(expr, tirx.IntImm):
+        return int(expr.value)
+    return None
+
+
+def _extent(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV) -> int | None:
+    return _int(sch.get(loop).extent)
+
+
+def _extents(sch: s_tir.Schedule, loops: list) -> list[int]:
+    out = []
+    for lp in loops:
+        ext = _extent(sch, lp)
+        if ext is None:
+            raise ValueError("dynamic loop extent")
+        out.append(ext)
+    return out
+
+
+def _is_reduction(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
+def _blocks(sch: s_tir.Schedule) -> list:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _is_output(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    outs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
+    return sch.get(block).name_hint in outs
+
+
+def _vars_in(expr: object) -> list:
+    return list(tirx.analysis.undefined_vars(expr))
+
+
+def _loops_by_iter(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, loops: list) -> dict[int, object]:
+    """Map block-iter index -> the loop (among ``loops``) that drives it; unit loops are simply absent."""
+    realize = _get_sblock_realize(sch, block)
+    values = list(realize.iter_values)
+    out: dict[int, object] = {}
+    for loop in loops:
+        lvar = sch.get(loop).loop_var
+        users = [i for i, v in enumerate(values) if any(u.same_as(lvar) for u in _vars_in(v))]
+        if len(users) != 1:
+            raise ValueError("loop drives several block iters")
+        out[users[0]] = loop
+    return out
+
+
+def _divisor_at_most(n: int, cap: int) -> int:
+    for d in range(min(n, cap), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def _vec_factor(extent: int, lanes: int, max_vectors: int = 2) -> int:
+    """Innermost tile for a vectorized loop: a multiple of ``lanes`` dividing ``extent`` where possible."""
+    for mult in range(max_vectors, 0, -1):
+        if extent % (lanes * mult) == 0:
+            return lanes * mult
+    if extent <= lanes * max_vectors:
+        return extent
+    best = _divisor_at_most(extent, lanes * max_vectors)
+    return best if best >= lanes // 2 else lanes
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared building blocks
+# ----------------------------------------------------------------------------------------------
+
+
+def _inline_spatial(sch: s_tir.Schedule, keep: tuple = (), single_consumer_only: bool = False) -> None:
+    """compute_inline every spatial, non-output block (except ``keep``) that allows it."""
+    keep_names = {sch.get(b).name_hint for b in keep}
+    changed = True
+    while changed:
+        changed = False
+        for block in _blocks(sch):
+            name = sch.get(block).name_hint
+            if name in keep_names or _is_reduction(sch, block) or _is_output(sch, block):
+                continue
+            if single_consumer_only and len(sch.get_consumers(block)) > 1:
+                continue
+            try:
+                sch.compute_inline(block)
+                changed = True
+            except Exception:  # noqa: BLE001 - not inlinable; leave it
+                continue
+
+
+def _schedule_spatial_block(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
+    """Parallel over the outer loops, vectorize the innermost loop when its extent allows."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    exts = _extents(sch, loops)
+    total = 1
+    for e in exts:
+        total *= e
+    inner = loops[-1]
+    outer = list(loops[:-1])
+    if exts[-1] % lanes == 0 and exts[-1] >= lanes:
+        if exts[-1] > lanes:
+            o, i = sch.split(inner, factors=[None, lanes])
+            outer.append(o)
+            inner = i
+        sch.vectorize(inner)
+    elif 4 <= exts[-1] <= 2 * lanes:
+        sch.vectorize(inner)
+    if outer and total >= _PARALLEL_MIN_ELEMS:
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        sch.parallel(fused)
+
+
+def _schedule_reduction_block(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
+    """A standalone reduction block: parallel over the leading spatial loops; the last spatial loop is moved
+    inside the reduction loops and vectorized when it is wide enough (pooling, channel-wise means)."""
+    loops = sch.get_loops(block)
+    ivs = sch.get(block).iter_vars
+    if len(loops) != len(ivs):
+        raise ValueError("loop / iter mismatch")
+    exts = _extents(sch, loops)
+    spatial = [lp for lp, iv in zip(loops, ivs, strict=True) if iv.iter_type == tirx.IterVar.DataPar]
+    reduce = [lp for lp, iv in zip(loops, ivs, strict=True) if iv.iter_type == tirx.IterVar.CommReduce]
+    sp_exts = [e for e, iv in zip(exts, ivs, strict=True) if iv.iter_type == tirx.IterVar.DataPar]
+    if not spatial or not reduce:
+        raise ValueError("not a spatial+reduction block")
+    total = 1
+    for e in sp_exts:
+        total *= e
+    outer = list(spatial[:-1])
+    last = spatial[-1]
+    vec = None
+    if sp_exts[-1] >= lanes and sp_exts[-1] % lanes == 0:
+        o, vec = sch.split(last, factors=[None, lanes])
+        outer.append(o)
+    else:
+        outer.append(last)
+    order = outer + reduce + ([vec] if vec is not None else [])
+    sch.reorder(*order)
+    par = None
+    if outer:
+        par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        if total >= _PARALLEL_MIN_ELEMS // 4:
+            sch.parallel(par)
+    if vec is not None:
+        sch.vectorize(vec)
+        sch.decompose_reduction(block, reduce[0])
+
+
+def _epilogue_of(sch: s_tir.Schedule, red: s_tir.schedule.SBlockRV) -> s_tir.schedule.SBlockRV:
+    """The single elementwise consumer of ``red`` (after inlining), or a new ``local`` cache_write block."""
+    consumers = list(sch.get_consumers(red))
+    if not consumers:
+        return sch.cache_write(red, 0, "local")
+    if len(consumers) != 1:
+        raise ValueError("reduction has several consumers")
+    epi = consumers[0]
+    if _is_reduction(sch, epi):
+        raise ValueError("consumer is a reduction")
+    return epi
+
+
+# ----------------------------------------------------------------------------------------------
+# Templates
+# ----------------------------------------------------------------------------------------------
+
+
+CONV_MAX_CO = 8
+
+
+def _conv_w_factor(width: int, lanes: int) -> int:
+    """Output columns per register tile: one full vector when ``width`` allows, else the largest divisor
+    of ``width`` in [4, lanes) (a short vector beats a ragged pair of full ones), else ``width`` itself."""
+    if width % lanes == 0:
+        return lanes
+    if width <= lanes:
+        return width
+    for d in range(lanes - 1, 3, -1):
+        if width % d == 0:
+            return d
+    return _divisor_at_most(width, lanes)
+
+
+def _conv_parts(sch: s_tir.Schedule) -> tuple:
+    blocks = _blocks(sch)
+    reds = [b for b in blocks if _is_reduction(sch, b)]
+    if len(reds) != 1:
+        raise ValueError("conv template needs exactly one reduction block")
+    red = reds[0]
+    ivs = sch.get(red).iter_vars
+    kinds = "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in ivs)
+    if kinds != "SSSSRRR":
+        raise ValueError(f"not a conv2d NCHW block: {kinds}")
+    return red
+
+
+def _conv_stride_w(sch: s_tir.Schedule, red: s_tir.schedule.SBlockRV) -> tuple[int, int]:
+    """(read index of the data operand, stride along W) of a conv2d NCHW block."""
+    blk = sch.get(red)
+    xx = blk.iter_vars[3].var
+    for idx, region in enumerate(blk.reads):
+        if len(region.region) != 4:
+            continue
+        w_index = region.region[3].min
+        if not any(v.same_as(xx) for v in _vars_in(w_index)):
+            continue
+        coef = detect_linear_equation(w_index, [xx])
+        if len(coef) != 2 or _int(coef[0]) is None:
+            raise ValueError("non-linear conv input index")
+        return idx, int(_int(coef[0]))
+    raise ValueError("no conv data operand")
+
+
+def _deinterleave_strided_input(sch: s_tir.Schedule, red: s_tir.schedule.SBlockRV, pads: list) -> list:
+    """For a W-strided conv, store its (padded) input as ``[n, c, h, w % s, w // s]`` so the vectorized
+    output columns read contiguous input. Returns the (possibly new) input-producing blocks."""
+    idx, stride = _conv_stride_w(sch, red)
+    if stride <= 1:
+        return pads
+    data = sch.get(red).reads[idx].source
+    producer = None
+    for blk in pads:
+        if any(w.source.same_as(data) for w in sch.get(blk).writes):
+            producer = blk
+    if producer is None:
+        producer = sch.cache_read(red, idx, "global")
+        pads = [*pads, producer]
+    width = _int(sch.get(producer).writes[0].source.shape[3])
+    if width is None or width % stride:
+        return pads
+    sch.transform_layout(producer, ("write", 0), lambda n, c, h, w: (n, c, h, w % stride, w // stride))
+    return pads
+
+
+def _template_conv2d(sch: s_tir.Schedule, lanes: int) -> None:
+    red = _conv_parts(sch)
+    pads = [b for b in sch.get_producers(red) if not _is_reduction(sch, b)]
+    _inline_spatial(sch, keep=tuple(pads))
+    pads = _deinterleave_strided_input(sch, red, pads)
+    epi = _epilogue_of(sch, red)
+    e_loops = sch.get_loops(epi)
+    if len(e_loops) != 4:
+        raise ValueError("epilogue is not 4-D")
+    n, co, oh, ow = e_loops
+    _, c_out, _, w_out = _extents(sch, e_loops)
+    ow_i = _conv_w_factor(w_out, lanes)
+    vectors = -(-ow_i // lanes)
+    co_i = _divisor_at_most(c_out, max(1, min(CONV_MAX_CO, _MAX_ACC_VECTORS // vectors)))
+    co_o, co_in = sch.split(co, factors=[None, co_i])
+    ow_o, ow_in = sch.split(ow, factors=[None, ow_i])
+    sch.reorder(n, co_o, oh, ow_o, co_in, ow_in)
+    outer = sch.fuse(n, co_o, oh)
+    sch.parallel(outer)
+    sch.compute_at(red, ow_o)
+    # loops compute_at made under the tile, by block iter (n, ff, yy, xx, rc, ry, rx); unit loops are absent
+    by_iter = _loops_by_iter(sch, red, sch.get_loops(red)[2:])
+    reduce = [by_iter[i] for i in (4, 5, 6) if i in by_iter]
+    tile = [by_iter[i] for i in (1, 3) if i in by_iter]
+    if not reduce:
+        raise ValueError("no reduction loops")
+    sch.reorder(*reduce, *tile)
+    if 1 in by_iter:
+        sch.unroll(by_iter[1])
+    if 3 in by_iter:
+        sch.vectorize(by_iter[3])
+    if 6 in by_iter and (_extent(sch, by_iter[6]) or 0) <= 7:
+        sch.unroll(by_iter[6])
+    sch.decompose_reduction(red, reduce[0])
+    sch.unroll(co_in)
+    sch.vectorize(ow_in)
+    for pad in pads:
+        _schedule_spatial_block(sch, pad, lanes)
+
+
+def _matmul_parts(sch: s_tir.Schedule) -> s_tir.schedule.SBlockRV:
+    blocks = _blocks(sch)
+    reds = [b for b in blocks if _is_reduction(sch, b)]
+    if len(reds) != 1:
+        raise ValueError("matmul template needs exactly one reduction block")
+    red = reds[0]
+    blk = sch.get(red)
+    ivs = blk.iter_vars
+    kinds = "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in ivs)
+    if len(kinds) < 3 or not kinds.endswith("SSR") or "R" in kinds[:-1]:
+        raise ValueError(f"not a matmul block: {kinds}")
+    if len(blk.reads) != 2:
+        raise ValueError("matmul needs two operands")
+    j_var = ivs[-2].var
+    k_var = ivs[-1].var
+    # B must be [..., K, N]: N (vectorized) contiguous.
+    ok = False
+    for region in blk.reads:
+        last = _vars_in(region.region[-1].min)
+        has_j = any(v.same_as(j_var) for v in last)
+        has_k = any(v.same_as(k_var) for v in last)
+        if has_j and not has_k:
+            ok = True
+    if not ok:
+        raise ValueError("matmul with a transposed right operand")
+    return red
+
+
+def _template_matmul(sch: s_tir.Schedule, lanes: int) -> None:
+    red = _matmul_parts(sch)
+    _inline_spatial(sch)
+    epi = _epilogue_of(sch, red)
+    e_loops = sch.get_loops(epi)
+    n_red = len(sch.get(red).iter_vars) - 1
+    if len(e_loops) != n_red:
+        raise ValueError("epilogue rank differs from the matmul")
+    exts = _extents(sch, e_loops)
+    batch = list(e_loops[:-2])
+    i, j = e_loops[-2], e_loops[-1]
+    m, n = exts[-2], exts[-1]
+    j_i = _vec_factor(n, lanes)
+    vectors = -(-j_i // lanes)
+    i_i = _divisor_at_most(m, max(1, _MAX_ACC_VECTORS // vectors // 2 * 2 if vectors > 1 else 8))
+    i_o, i_in = sch.split(i, factors=[None, i_i])
+    j_o, j_in = sch.split(j, factors=[None, j_i])
+    sch.reorder(*batch, j_o, i_o, i_in, j_in)
+    outer_list = [*batch, j_o, i_o]
+    outer = sch.fuse(*outer_list) if len(outer_list) > 1 else outer_list[0]
+    total = 1
+    for e in exts:
+        total *= e
+    if total >= _PARALLEL_MIN_ELEMS // 4:
+        sch.parallel(outer)
+    sch.compute_at(red, outer)
+    by_iter = _loops_by_iter(sch, red, sch.get_loops(red)[1:])
+    ii, jj, kk = by_iter.get(n_red - 2), by_iter.get(n_red - 1), by_iter.get(n_red)
+    if kk is None:
+        raise ValueError("no reduction loop")
+    sch.reorder(*[lp for lp in (kk, ii, jj) if lp is not None])
+    if ii is not None:
+        sch.unroll(ii)
+    if jj is not None:
+        sch.vectorize(jj)
+    sch.decompose_reduction(red, kk)
+    sch.unroll(i_in)
+    sch.vectorize(j_in)
+
+
+def _template_row_reduction(sch: s_tir.Schedule, lanes: int) -> None:
+    blocks = _blocks(sch)
+    if not any(_is_reduction(sch, b) for b in blocks):
+        raise ValueError("no reduction")
+    _inline_spatial(sch, single_consumer_only=True)
+    outs = list(sch.get_output_blocks(sch.get_sblock("root")))
+    if len(outs) != 1:
+        raise ValueError("row template needs one output block")
+    out = outs[0]
+    if _is_reduction(sch, out):
+        # a single reduction producing the output (mean, pooling, sum)
+        if len(_blocks(sch)) != 1:
+            raise ValueError("reduction output with producers")
+        _schedule_reduction_block(sch, out, lanes)
+        return
+    loops = sch.get_loops(out)
+    if len(loops) < 2:
+        raise ValueError("row template needs >= 2 loops")
+    exts = _extents(sch, loops)
+    rows = list(loops[:-1])
+    row = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+    total = 1
+    for e in exts:
+        total *= e
+    producers = [b for b in _blocks(sch) if sch.get(b).name_hint != sch.get(out).name_hint]
+    for block in reversed(producers):
+        sch.compute_at(block, row)
+    if total >= _PARALLEL_MIN_ELEMS // 4:
+        sch.parallel(row)
+    for block in [*producers, out]:
+        if _is_reduction(sch, block):
+            continue
+        b_loops = sch.get_loops(block)
+        if len(b_loops) < 2:
+            continue
+        inner = b_loops[-1]
+        ext = _extent(sch, inner) or 0
+        if ext >= lanes and ext % lanes == 0:
+            if ext > lanes:
+                _, inner = sch.split(inner, factors=[None, lanes])
+            sch.vectorize(inner)
+
+
+def _template_injective(sch: s_tir.Schedule, lanes: int) -> None:
+    blocks = _blocks(sch)
+    if any(_is_reduction(sch, b) for b in blocks):
+        raise ValueError("has a reduction")
+    _inline_spatial(sch)
+    for block in _blocks(sch):
+        _schedule_spatial_block(sch, block, lanes)
+
+
+def _template_generic(sch: s_tir.Schedule, lanes: int) -> None:
+    _inline_spatial(sch, single_consumer_only=True)
+    for block in _blocks(sch):
+        try:
+            if _is_reduction(sch, block):
+                _schedule_reduction_block(sch, block, lanes)
+            else:
+                _schedule_spatial_block(sch, block, lanes)
+        except Exception:  # noqa: BLE001 - this block stays as it is (the schedule state is unchanged on error)
+            continue
+
+
+_Template = Callable[[s_tir.Schedule, int], None]
+
+_TEMPLATES: dict[str, _Template] = {
+    "conv2d": _template_conv2d,
+    "matmul": _template_matmul,
+    "row_reduction": _template_row_reduction,
+    "injective": _template_injective,
+    "generic": _template_generic,
+}
+
+
+def _candidates(func: tirx.PrimFunc) -> list[str]:
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    try:
+        blocks = _blocks(sch)
+    except Exception:  # noqa: BLE001
+        return ["generic"]
+    reds = [b for b in blocks if _is_reduction(sch, b)]
+    if not reds:
+        return ["injective", "generic"]
+    if len(reds) == 1:
+        for name, probe in (("conv2d", _conv_parts), ("matmul", _matmul_parts)):
+            try:
+                probe(sch)
+                return [name, "row_reduction", "generic"]
+            except Exception:  # noqa: BLE001, S112 - not this kind
+                continue
+    return ["row_reduction", "generic"]
+
+
+def _schedule_func(func: tirx.PrimFunc, lanes: int) -> tuple[tirx.PrimFunc, str]:
+    for name in _candidates(func):
+        try:
+            sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+            _TEMPLATES[name](sch, lanes)
+            return sch.mod["main"], name
+        except Exception as exc:  # noqa: BLE001 - try the next, simpler template
+            logger.debug("template %s failed: %s", name, exc)
+            continue
+    return func, "none"
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------
+
+
+def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Schedule every PrimFunc of a legalized + fused Relax module for the CPU ``target``.
+
+    PrimFuncs already marked ``tirx.is_scheduled`` (e.g. by MetaSchedule's database) are left alone. The
+    result compiles with ``tvm.compile(mod, target)`` (or ``relax.build``); its LegalizeOps finds no Relax
+    operators left and the scheduled PrimFuncs are lowered as they are.
+    """
+    lanes = _vector_lanes(target)
+    updates: dict[tvm.ir.GlobalVar, tirx.PrimFunc] = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        attrs = func.attrs
+        if attrs is not None and SCHEDULED_ATTR in attrs and bool(attrs[SCHEDULED_ATTR]):
+            continue
+        new_func, name = _schedule_func(func, lanes)
+        new_func = new_func.with_attr(TEMPLATE_ATTR, name)
+        if name != "none":
+            new_func = new_func.with_attr(SCHEDULED_ATTR, True)
+        updates[gvar] = new_func
+    if not updates:
+        return mod
+    mod = mod.shallow_copy() if hasattr(mod, "shallow_copy") else tvm.IRModule(dict(mod.functions_items()))
+    for gvar, func in updates.items():
+        mod[gvar] = func
+    return mod
+
+
+def schedule_report(mod: tvm.IRModule) -> dict[str, str]:
+    """PrimFunc name -> template that scheduled it (``"prescheduled"`` if scheduled elsewhere, ``"none"``
+    if no template applied, ``"unscheduled"`` if apply_default_schedules never saw it)."""
+    report: dict[str, str] = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        attrs = func.attrs
+        if attrs is not None and TEMPLATE_ATTR in attrs:
+            report[gvar.name_hint] = str(attrs[TEMPLATE_ATTR])
+        elif attrs is not None and SCHEDULED_ATTR in attrs and bool(attrs[SCHEDULED_ATTR]):
+            report[gvar.name_hint] = "prescheduled"
+        else:
+            report[gvar.name_hint] = "unscheduled"
+    return report

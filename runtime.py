@@ -1,0 +1,82 @@
+"""Run a compiled nasc artifact: ``nasc.runtime.load(DIR).run(inputs)``.
+
+Needs only numpy and TVM's runtime: no frontend, no torch, no onnx.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasc.errors import ModelLoadError, UsageError
+
+
+class CompiledModel:
+    """A loaded ``model.so`` with its ``model.json``: run it with a dict by input name or a list in order."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        d = Path(directory)
+        meta_path, lib_path = d / "model.json", d / "model.so"
+        if not meta_path.is_file() or not lib_path.is_file():
+            raise ModelLoadError(f"'{d}' is not a nasc build for cpu/gpu (model.so and model.json are missing)")
+        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        import tvm
+        from tvm import relax
+
+        self._tvm = tvm
+        lib = tvm.runtime.load_module(str(lib_path))
+        self.device = tvm.cpu() if self.meta.get("device", "cpu") == "cpu" else tvm.cuda()
+        self._vm = relax.VirtualMachine(lib, self.device)
+        self.input_names = [i["name"] for i in self.meta["inputs"]]
+        self.output_names = [o["name"] for o in self.meta["outputs"]]
+
+    def _args(self, inputs: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
+        if isinstance(inputs, Mapping):
+            missing = [n for n in self.input_names if n not in inputs]
+            if missing:
+                raise UsageError(f"inputs {missing} are missing; the model takes {self.input_names}")
+            values = [inputs[n] for n in self.input_names]
+        else:
+            values = list(inputs)
+            if len(values) != len(self.input_names):
+                raise UsageError(f"{len(values)} inputs given; the model takes {self.input_names}")
+        args = []
+        for spec, v in zip(self.meta["inputs"], values):
+            arr = np.ascontiguousarray(np.asarray(v, dtype=spec["dtype"]))
+            if list(arr.shape) != spec["shape"]:
+                raise UsageError(f"input '{spec['name']}' has shape {list(arr.shape)}; the model takes {spec['shape']}")
+            args.append(self._tvm.runtime.tensor(arr, self.device))
+        return args
+
+    def run(self, inputs: Mapping[str, Any] | Sequence[Any]) -> list[np.ndarray]:
+        out = self._vm["main"](*self._args(inputs))
+        if hasattr(out, "numpy"):
+            return [out.numpy()]
+        return [o.numpy() for o in out]
+
+    def latency_ms(self, inputs: Mapping[str, Any] | Sequence[Any], repeat: int = 50, warmup: int = 5,
+                   min_seconds: float = 0.5) -> float:
+        """Median wall time of one run, after ``warmup`` runs; repeats until ``min_seconds`` have passed."""
+        args = self._args(inputs)
+        fn = self._vm["main"]
+        for _ in range(warmup):
+            fn(*args)
+        times: list[float] = []
+        start = time.perf_counter()
+        while len(times) < repeat or (time.perf_counter() - start < min_seconds and len(times) < 10 * repeat):
+            t0 = time.perf_counter()
+            fn(*args)
+            self.device.sync()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times) * 1000)
+
+
+def load(directory: str | os.PathLike[str]) -> CompiledModel:
+    """Load a ``nasc compile --target cpu|gpu`` output directory."""
+    return CompiledModel(directory)
