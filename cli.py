@@ -112,9 +112,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
         inputs = "random inputs, seed " + str(fid["seed"]) if fid["inputs"] == "random" else fid["inputs"]
         print(f"fidelity vs original ({inputs}): max abs err {fid['max_abs_err']:.3g}, "
               f"max rel err {fid['max_rel_err']:.3g}, cosine {fid['cosine']:.6f}{extra}")
+    lat = rep.get("latency_ms")
+    if lat:
+        print(f"latency (median, batch as built): nasc {lat['nasc']:.3f} ms, onnxruntime {lat['onnxruntime']:.3f} ms "
+              f"({lat['nasc'] / lat['onnxruntime']:.2f}x)")
     s = rep["summary"]
-    print(f"nodes {s['nodes']}, params {_human(s['params'])}, MACs {_human(s['macs'])}, "
-          f"model.onnx {_bytes(rep['files']['model.onnx'])}")
+    files = ", ".join(f"{name} {_bytes(size)}" for name, size in rep["files"].items() if name != "report.json")
+    print(f"nodes {s['nodes']}, params {_human(s['params'])}, MACs {_human(s['macs'])}; {files}")
     return 0
 
 
@@ -158,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("compile", help="build a model for a target into a directory")
     common(sp)
-    sp.add_argument("--target", default="onnx", help="build target (onnx)")
+    sp.add_argument("--target", default="onnx",
+                    help="onnx, cpu (this host), cpu:<llvm-mcpu>, gpu, gpu:sm_XX, or a JSON TVM target")
     sp.add_argument("-o", "--output", required=True, help="output directory (written whole or not at all)")
     sp.add_argument("--passes", default="", metavar="PIPELINE", help='passes to run first, e.g. "simplify,fuse"')
     sp.add_argument("--calib", default=None, metavar="FILE.npz",

@@ -53,7 +53,24 @@ def write_artifact(ex: Any, graph: Graph, target: TvmTarget, out: Path, pipeline
         "outputs": [{"name": v.name, "shape": list(v.shape), "dtype": tvm_dtype(v.dtype)} for v in graph.outputs],
     }
     (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return ["model.so", "model.json"]
+    files = ["model.so", "model.json"]
+    if target.kind == "gpu":  # the CUDA C that the library carries, for reading and for offline nvcc checks
+        src = cuda_source(ex)
+        if src:
+            (out / "kernels.cu").write_text(src)
+            files.append("kernels.cu")
+    return files
+
+
+def cuda_source(ex: Any) -> str:
+    """The CUDA C source inside a GPU build ('' when there is none)."""
+    stack = [ex.mod]
+    while stack:
+        m = stack.pop()
+        if getattr(m, "kind", "") == "cuda":
+            return str(m.inspect_source("cuda"))
+        stack.extend(m.imports)
+    return ""
 
 
 def vm_for(ex: Any, kind: str) -> Any:

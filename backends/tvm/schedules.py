@@ -385,36 +385,64 @@ def _matmul_parts(sch: s_tir.Schedule) -> s_tir.schedule.SBlockRV:
     return red
 
 
+def _rhs_depends_on_batch(sch: s_tir.Schedule, red: s_tir.schedule.SBlockRV) -> bool:
+    """Whether the right operand ([..., K, N]) is indexed by any batch iter (batch_matmul) or not (dense)."""
+    blk = sch.get(red)
+    ivs = blk.iter_vars
+    j_var = ivs[-2].var
+    batch_vars = [iv.var for iv in ivs[:-3]]
+    for region in blk.reads:
+        if any(v.same_as(j_var) for v in _vars_in(region.region[-1].min)):
+            used = [v for rng in region.region for v in _vars_in(rng.min)]
+            return any(u.same_as(b) for u in used for b in batch_vars)
+    return True
+
+
+MATMUL_MAX_VECTORS = 2
+
+
 def _template_matmul(sch: s_tir.Schedule, lanes: int) -> None:
     red = _matmul_parts(sch)
     _inline_spatial(sch)
+    fold_batch = not _rhs_depends_on_batch(sch, red)
     epi = _epilogue_of(sch, red)
     e_loops = sch.get_loops(epi)
     n_red = len(sch.get(red).iter_vars) - 1
     if len(e_loops) != n_red:
         raise ValueError("epilogue rank differs from the matmul")
     exts = _extents(sch, e_loops)
+    total = 1
+    for e in exts:
+        total *= e
     batch = list(e_loops[:-2])
     i, j = e_loops[-2], e_loops[-1]
-    m, n = exts[-2], exts[-1]
-    j_i = _vec_factor(n, lanes)
+    i_ext, n = exts[-2], exts[-1]
+    j_i = _vec_factor(n, lanes, MATMUL_MAX_VECTORS)
     vectors = -(-j_i // lanes)
-    i_i = _divisor_at_most(m, max(1, _MAX_ACC_VECTORS // vectors // 2 * 2 if vectors > 1 else 8))
+    cap = max(1, _MAX_ACC_VECTORS // vectors // 2 * 2 if vectors > 1 else 8)
+    if fold_batch and batch:
+        # dense with leading dims: rows of all batches form one M dimension (e.g. [seq, 1, d] x [d, n])
+        m = total // n
+        i_i = _divisor_at_most(i_ext, cap) if i_ext > 1 else _divisor_at_most(m, cap)
+        i = sch.fuse(*batch, i)
+        batch = []
+    else:
+        i_i = _divisor_at_most(i_ext, cap)
     i_o, i_in = sch.split(i, factors=[None, i_i])
     j_o, j_in = sch.split(j, factors=[None, j_i])
     sch.reorder(*batch, j_o, i_o, i_in, j_in)
     outer_list = [*batch, j_o, i_o]
     outer = sch.fuse(*outer_list) if len(outer_list) > 1 else outer_list[0]
-    total = 1
-    for e in exts:
-        total *= e
     if total >= _PARALLEL_MIN_ELEMS // 4:
         sch.parallel(outer)
     sch.compute_at(red, outer)
     by_iter = _loops_by_iter(sch, red, sch.get_loops(red)[1:])
-    ii, jj, kk = by_iter.get(n_red - 2), by_iter.get(n_red - 1), by_iter.get(n_red)
+    jj, kk = by_iter.pop(n_red - 1, None), by_iter.pop(n_red, None)
     if kk is None:
         raise ValueError("no reduction loop")
+    if len(by_iter) > 1:
+        raise ValueError("row tile spans several batch dims")
+    ii = next(iter(by_iter.values()), None)
     sch.reorder(*[lp for lp in (kk, ii, jj) if lp is not None])
     if ii is not None:
         sch.unroll(ii)

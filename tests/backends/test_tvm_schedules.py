@@ -1,0 +1,183 @@
+"""nasc's default TVM CPU schedules: each kernel kind gets its template, compiles and matches numpy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from tvm import relax  # noqa: E402
+
+from nasc.backends.tvm.schedules import apply_default_schedules, schedule_report  # noqa: E402
+
+RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def target() -> tvm.target.Target:
+    return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": 2})
+
+
+def build_module(shapes: list[tuple[int, ...]], body: Callable[..., object]) -> tvm.IRModule:
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"x{i}", relax.TensorType(s, "float32")) for i, s in enumerate(shapes)]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(body(*params))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def compile_and_run(
+    mod: tvm.IRModule, target: tvm.target.Target, inputs: list[np.ndarray]
+) -> tuple[np.ndarray, dict[str, str]]:
+    with target:
+        fused = relax.get_pipeline("zero")(mod)
+    sched = apply_default_schedules(fused, target)
+    report = schedule_report(sched)
+    ex = tvm.compile(sched, target)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(a) for a in inputs])
+    return out.numpy(), report
+
+
+def rand(*shape: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed + len(shape) + sum(shape)).standard_normal(shape).astype(np.float32)
+
+
+def conv2d_ref(x: np.ndarray, w: np.ndarray, stride: int, pad: int, groups: int) -> np.ndarray:
+    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    n, c, _, _ = x.shape
+    o, cg, kh, kw = w.shape
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+    og = o // groups
+    outs = []
+    for g in range(groups):
+        xs = win[:, g * cg : (g + 1) * cg]
+        ws = w[g * og : (g + 1) * og]
+        outs.append(np.einsum("nchwij,ocij->nohw", xs, ws, optimize=True))
+    return np.concatenate(outs, axis=1)
+
+
+def check(got: np.ndarray, want: np.ndarray) -> None:
+    scale = max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL * scale)
+
+
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "size", "stride", "groups"),
+    [
+        (8, 16, 16, 1, 1),  # regular 3x3, width a multiple of the vector
+        (8, 16, 14, 2, 1),  # strided: input de-interleaved, odd output width 7
+        (12, 12, 10, 1, 12),  # depthwise, width 10 (short vectors)
+        (8, 16, 12, 1, 4),  # grouped
+    ],
+)
+def test_conv2d_bias_relu(target, c_in, c_out, size, stride, groups):
+    x, w, b = rand(1, c_in, size, size), rand(c_out, c_in // groups, 3, 3, seed=1), rand(1, c_out, 1, 1, seed=2)
+
+    def body(xv, wv, bv):
+        y = relax.op.nn.conv2d(xv, wv, strides=stride, padding=1, groups=groups)
+        return relax.op.nn.relu(relax.op.add(y, bv))
+
+    mod = build_module([x.shape, w.shape, b.shape], body)
+    got, report = compile_and_run(mod, target, [x, w, b])
+    check(got, np.maximum(conv2d_ref(x, w, stride, 1, groups) + b, 0))
+    assert sorted(report.values()) == ["conv2d", "injective"] or set(report.values()) == {"conv2d"}, report
+    assert "conv2d" in report.values()
+
+
+def test_conv2d_1x1_residual(target):
+    x, w, r = rand(1, 16, 8, 8), rand(24, 16, 1, 1, seed=1), rand(1, 24, 8, 8, seed=2)
+    mod = build_module(
+        [x.shape, w.shape, r.shape],
+        lambda xv, wv, rv: relax.op.clip(relax.op.add(relax.op.nn.conv2d(xv, wv), rv), 0.0, 6.0),
+    )
+    got, report = compile_and_run(mod, target, [x, w, r])
+    check(got, np.clip(conv2d_ref(x, w, 1, 0, 1) + r, 0, 6))
+    assert set(report.values()) == {"conv2d"}, report
+
+
+def test_dense_bias(target):
+    x, w, b = rand(6, 40), rand(40, 48, seed=1), rand(48, seed=2)
+    mod = build_module([x.shape, w.shape, b.shape], lambda xv, wv, bv: relax.op.add(relax.op.matmul(xv, wv), bv))
+    got, report = compile_and_run(mod, target, [x, w, b])
+    check(got, x @ w + b)
+    assert set(report.values()) == {"matmul"}, report
+
+
+def test_dense_with_leading_dims(target):
+    # [seq, 1, d] x [d, n]: the rows of all leading dims are tiled as one M dimension
+    x, w = rand(12, 1, 32), rand(32, 24, seed=1)
+    mod = build_module([x.shape, w.shape], lambda xv, wv: relax.op.nn.relu(relax.op.matmul(xv, wv)))
+    got, report = compile_and_run(mod, target, [x, w])
+    check(got, np.maximum(x @ w, 0))
+    assert set(report.values()) == {"matmul"}, report
+
+
+def test_batch_matmul(target):
+    a, b = rand(3, 16, 20), rand(3, 20, 24, seed=1)
+    mod = build_module([a.shape, b.shape], lambda av, bv: relax.op.matmul(av, bv))
+    got, report = compile_and_run(mod, target, [a, b])
+    check(got, a @ b)
+    assert set(report.values()) == {"matmul"}, report
+
+
+def test_softmax(target):
+    x = rand(2, 4, 16, 24)
+    mod = build_module([x.shape], lambda xv: relax.op.nn.softmax(xv, axis=-1))
+    got, report = compile_and_run(mod, target, [x])
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    check(got, e / e.sum(axis=-1, keepdims=True))
+    assert set(report.values()) == {"row_reduction"}, report
+
+
+def test_layer_norm(target):
+    x, g, b = rand(1, 10, 64), rand(64, seed=1), rand(64, seed=2)
+    mod = build_module(
+        [x.shape, g.shape, b.shape], lambda xv, gv, bv: relax.op.nn.layer_norm(xv, gv, bv, axes=[-1], epsilon=1e-5)
+    )
+    got, report = compile_and_run(mod, target, [x, g, b])
+    mu = x.mean(axis=-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+    check(got, (x - mu) / np.sqrt(var + 1e-5) * g + b)
+    assert set(report.values()) == {"row_reduction"}, report
+
+
+def test_pooling_and_mean(target):
+    x = rand(1, 8, 16, 16)
+    mod = build_module(
+        [x.shape],
+        lambda xv: relax.op.mean(relax.op.nn.max_pool2d(xv, pool_size=2, strides=2), axis=[2, 3], keepdims=True),
+    )
+    got, report = compile_and_run(mod, target, [x])
+    pooled = x.reshape(1, 8, 8, 2, 8, 2).max(axis=(3, 5))
+    check(got, pooled.mean(axis=(2, 3), keepdims=True))
+    assert "none" not in report.values(), report
+
+
+def test_unrecognised_kernel_gets_a_safe_schedule(target):
+    # cumsum legalizes to a sequential scan: no specific template, must still compile and be right
+    x = rand(4, 33)
+    mod = build_module([x.shape], lambda xv: relax.op.cumsum(relax.op.multiply(xv, xv), axis=1))
+    got, report = compile_and_run(mod, target, [x])
+    check(got, np.cumsum(x * x, axis=1))
+    assert report, report
+
+
+def test_report_names_every_primfunc_and_keeps_prescheduled(target):
+    x, w = rand(4, 16), rand(16, 8, seed=1)
+    mod = build_module([x.shape, w.shape], lambda xv, wv: relax.op.nn.softmax(relax.op.matmul(xv, wv)))
+    with target:
+        fused = relax.get_pipeline("zero")(mod)
+    prims = [gv.name_hint for gv, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    sched = apply_default_schedules(fused, target)
+    report = schedule_report(sched)
+    assert sorted(report) == sorted(prims)
+    assert "none" not in report.values()
+    # a second application leaves the already-scheduled functions alone
+    again = apply_default_schedules(sched, target)
+    assert schedule_report(again) == report
