@@ -144,6 +144,22 @@ def cmd_passes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from nasc.bench import bench
+
+    rows = bench(args.model, args.target, input_shapes=parse_input_shapes(args.input_shape), passes=args.passes)
+    t = Table(title=f"{args.model}: median latency, batch as built")
+    for col in ("runtime", "ms", "vs onnxruntime"):
+        t.add_column(col, justify="left" if col == "runtime" else "right")
+    for r in rows:
+        t.add_row(r["runtime"], f"{r['ms']:.3f}", f"{r['ratio']:.2f}x")
+    Console().print(t)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nasc", description="A model compiler for deployment.")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
@@ -172,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--print-ir-after-all", action="store_true", help="print the IR after each pass")
     sp.add_argument("--no-verify", action="store_true", help="skip the IR verifier between passes")
     sp.set_defaults(func=cmd_compile)
+
+    sp = sub.add_parser("bench", help="median latency of ONNX Runtime, torch (for .pt2) and nasc's build")
+    common(sp)
+    sp.add_argument("--target", default="cpu", help="cpu (this host) or cpu:<llvm-mcpu>")
+    sp.add_argument("--passes", default="simplify,fuse", metavar="PIPELINE", help="passes before the build")
+    sp.set_defaults(func=cmd_bench)
 
     sp = sub.add_parser("passes", help="list the passes with their options")
     sp.set_defaults(func=cmd_passes)

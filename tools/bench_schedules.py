@@ -9,8 +9,9 @@ For each model (exported from torch with the TorchScript exporter, opset 17, bat
 * TVM default: TVM's ONNX frontend, legalize + fuse ("zero" pipeline), ``tvm.compile`` (naive loops);
 * TVM sched: the same module through ``apply_default_schedules`` before ``tvm.compile``.
 
-Latency is the median over ``--runs`` runs after warm-up (the unscheduled build is slow, so it gets
-``--default-runs``). Numerics: max abs error of both TVM builds against ORT, and that error relative to
+Latency is the median over ``--runs`` runs; ORT and the scheduled build are timed in alternating blocks of
+5 runs (each after a warm-up run) so background load hits both alike. The unscheduled build is slow: it
+gets ``--default-runs`` runs, timed on its own. Numerics: max abs error of both TVM builds against ORT, and that error relative to
 max |ORT output|. The last lines count which template scheduled each PrimFunc.
 """
 
@@ -78,28 +79,34 @@ def time_it(fn: Any, runs: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def run_ort(path: Path, x: np.ndarray, runs: int) -> tuple[float, np.ndarray]:
+def time_interleaved(fns: list[Any], runs: int, block: int = 5) -> list[float]:
+    """Median ms of each of ``fns``, timed in alternating blocks of ``block`` runs (each block after one
+    discarded warm-up run), so background load on the machine hits all of them alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    while len(times[0]) < runs:
+        for fn, ts in zip(fns, times, strict=True):
+            fn()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                ts.append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(ts) for ts in times]
+
+
+def ort_session(path: Path) -> Any:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = THREADS
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    out = sess.run(None, {name: x})[0]
-    ms = time_it(lambda: sess.run(None, {name: x}), runs)
-    del sess
-    gc.collect()
-    return ms, out
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def tvm_target() -> Any:
     import tvm
 
-    return tvm.target.Target(
-        {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": THREADS}
-    )
+    return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": THREADS})
 
 
 def tvm_fused(path: Path) -> Any:
@@ -120,6 +127,22 @@ def tvm_fused(path: Path) -> Any:
     )
     with tvm_target():
         return seq(mod)
+
+
+def tvm_runner(mod: Any, x: np.ndarray) -> tuple[Any, np.ndarray, float]:
+    """Compile ``mod``; return a zero-argument runner, the output and the build time in seconds."""
+    import tvm
+    from tvm import relax
+
+    t0 = time.perf_counter()
+    ex = tvm.compile(mod, tvm_target())
+    build_s = time.perf_counter() - t0
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    inp = tvm.runtime.tensor(x)
+    out = vm["main"](inp)
+    if not hasattr(out, "numpy"):
+        out = out[0]
+    return (lambda: vm["main"](inp)), out.numpy(), build_s
 
 
 def run_tvm(mod: Any, x: np.ndarray, runs: int) -> tuple[float, np.ndarray, float]:
@@ -154,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     templates: Counter[str] = Counter()
     for name in args.models.split(","):
         path, x = export(name, cache=args.cache)
-        ort_ms, ref = run_ort(path, x, args.runs)
+        sess = ort_session(path)
+        in_name = sess.get_inputs()[0].name
+        ref = sess.run(None, {in_name: x})[0]
         fused = tvm_fused(path)
         scale = float(np.abs(ref).max()) or 1.0
         if args.no_default:
@@ -167,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         sched_s = time.perf_counter() - t0
         report = schedule_report(sched)
         templates.update(report.values())
-        sch_ms, sch_out, build_s = run_tvm(sched, x, args.runs)
+        tvm_fn, sch_out, build_s = tvm_runner(sched, x)
+        ort_ms, sch_ms = time_interleaved([lambda s=sess, feed={in_name: x}: s.run(None, feed), tvm_fn], args.runs)
+        sess = None
+        gc.collect()
         sch_err = float(np.abs(sch_out - ref).max())
         counts = Counter(report.values())
         rows.append((name, ort_ms, def_ms, sch_ms, def_err, sch_err, scale, sched_s, build_s, counts))

@@ -67,7 +67,7 @@ def _vector_lanes(target: tvm.target.Target) -> int:
             "avx", target
         ):
             return 8
-    except Exception:  # noqa: BLE001 - non-x86 or feature query unavailable
+    except Exception:  # non-x86 or feature query unavailable
         pass
     return 4
 
@@ -168,7 +168,7 @@ def _inline_spatial(sch: s_tir.Schedule, keep: tuple = (), single_consumer_only:
             try:
                 sch.compute_inline(block)
                 changed = True
-            except Exception:  # noqa: BLE001 - not inlinable; leave it
+            except Exception:  # not inlinable; leave it
                 continue
 
 
@@ -513,7 +513,7 @@ def _template_generic(sch: s_tir.Schedule, lanes: int) -> None:
                 _schedule_reduction_block(sch, block, lanes)
             else:
                 _schedule_spatial_block(sch, block, lanes)
-        except Exception:  # noqa: BLE001 - this block stays as it is (the schedule state is unchanged on error)
+        except Exception:  # this block stays as it is (the schedule state is unchanged on error)
             continue
 
 
@@ -532,7 +532,7 @@ def _candidates(func: tirx.PrimFunc) -> list[str]:
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     try:
         blocks = _blocks(sch)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return ["generic"]
     reds = [b for b in blocks if _is_reduction(sch, b)]
     if not reds:
@@ -542,7 +542,7 @@ def _candidates(func: tirx.PrimFunc) -> list[str]:
             try:
                 probe(sch)
                 return [name, "row_reduction", "generic"]
-            except Exception:  # noqa: BLE001, S112 - not this kind
+            except Exception:  # not this kind
                 continue
     return ["row_reduction", "generic"]
 
@@ -553,7 +553,7 @@ def _schedule_func(func: tirx.PrimFunc, lanes: int) -> tuple[tirx.PrimFunc, str]
             sch = s_tir.Schedule(tvm.IRModule({"main": func}))
             _TEMPLATES[name](sch, lanes)
             return sch.mod["main"], name
-        except Exception as exc:  # noqa: BLE001 - try the next, simpler template
+        except Exception as exc:  # try the next, simpler template
             logger.debug("template %s failed: %s", name, exc)
             continue
     return func, "none"
@@ -586,10 +586,8 @@ def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm
         updates[gvar] = new_func
     if not updates:
         return mod
-    mod = mod.shallow_copy() if hasattr(mod, "shallow_copy") else tvm.IRModule(dict(mod.functions_items()))
-    for gvar, func in updates.items():
-        mod[gvar] = func
-    return mod
+    funcs = {gvar: updates.get(gvar, func) for gvar, func in mod.functions_items()}
+    return tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos)
 
 
 def schedule_report(mod: tvm.IRModule) -> dict[str, str]:

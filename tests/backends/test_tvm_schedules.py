@@ -50,7 +50,6 @@ def rand(*shape: int, seed: int = 0) -> np.ndarray:
 
 def conv2d_ref(x: np.ndarray, w: np.ndarray, stride: int, pad: int, groups: int) -> np.ndarray:
     x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    n, c, _, _ = x.shape
     o, cg, kh, kw = w.shape
     win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
     og = o // groups
@@ -86,8 +85,7 @@ def test_conv2d_bias_relu(target, c_in, c_out, size, stride, groups):
     mod = build_module([x.shape, w.shape, b.shape], body)
     got, report = compile_and_run(mod, target, [x, w, b])
     check(got, np.maximum(conv2d_ref(x, w, stride, 1, groups) + b, 0))
-    assert sorted(report.values()) == ["conv2d", "injective"] or set(report.values()) == {"conv2d"}, report
-    assert "conv2d" in report.values()
+    assert set(report.values()) == {"conv2d"}, report
 
 
 def test_conv2d_1x1_residual(target):
@@ -160,12 +158,12 @@ def test_pooling_and_mean(target):
 
 
 def test_unrecognised_kernel_gets_a_safe_schedule(target):
-    # cumsum legalizes to a sequential scan: no specific template, must still compile and be right
+    # argmax reduces with a two-value (index, max) combiner: no specific template fits, generic must
     x = rand(4, 33)
-    mod = build_module([x.shape], lambda xv: relax.op.cumsum(relax.op.multiply(xv, xv), axis=1))
+    mod = build_module([x.shape], lambda xv: relax.op.argmax(xv, axis=1))
     got, report = compile_and_run(mod, target, [x])
-    check(got, np.cumsum(x * x, axis=1))
-    assert report, report
+    np.testing.assert_array_equal(got, x.argmax(axis=1))
+    assert set(report.values()) == {"generic"}, report
 
 
 def test_report_names_every_primfunc_and_keeps_prescheduled(target):

@@ -141,3 +141,10 @@ def test_bad_calibration_files_are_clear_errors(digits_onnx, tmp_path, arrays, m
 def test_a_bad_pipeline_is_a_clear_error(digits_onnx, tmp_path):
     r = nasc_cmd("compile", str(digits_onnx), "-o", str(tmp_path / "o"), "--passes", "simplify,fusee")
     assert r.returncode == 2 and "unknown pass 'fusee' (did you mean 'fuse'?)" in r.stderr
+
+
+def test_bench_prints_one_table_with_onnxruntime_and_nasc(digits_onnx):
+    r = nasc_cmd("bench", str(digits_onnx))
+    assert r.returncode == 0, r.stderr
+    assert "onnxruntime (all optimizations" in r.stdout and "nasc cpu (default schedules" in r.stdout
+    assert r.stdout.count("x │") >= 2 or r.stdout.count("x ") >= 2

@@ -1,0 +1,58 @@
+"""``nasc bench``: one latency table for a model — ONNX Runtime, torch eager (for .pt2), nasc's build."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _median_ms(fn: Any, repeat: int = 50, warmup: int = 5, min_seconds: float = 0.5) -> float:
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeat or (time.perf_counter() - start < min_seconds and len(times) < 10 * repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
+
+
+def bench(model: Any, target: str = "cpu", *, input_shapes: Mapping[str, Sequence[int]] | None = None,
+          passes: str = "simplify,fuse", seed: int = 0) -> list[dict[str, Any]]:
+    """Rows of (runtime, median ms, ratio to ONNX Runtime), all measured in this process on the same inputs."""
+    from nasc.api import _is_pt2, compile, load
+    from nasc.backends import fidelity
+    from nasc.backends.onnx import to_onnx
+
+    graph = load(model, input_shapes)
+    feed = fidelity.random_inputs(graph, seed)[0]
+    rows: list[dict[str, Any]] = []
+    onnx_src = to_onnx(graph) if _is_pt2(model) or not isinstance(model, str | os.PathLike) else str(model)
+    rows.append({"runtime": f"onnxruntime (all optimizations, {os.cpu_count()} threads)",
+                 "ms": fidelity.ort_latency_ms(onnx_src, feed)})
+    if _is_pt2(model):
+        import torch
+
+        from nasc.frontends.torch import pt2_inputs, read_pt2
+
+        ep = read_pt2(model)
+        mod = ep.module()
+        args, kwargs = pt2_inputs(ep, feed)
+        with torch.no_grad():
+            rows.append({"runtime": "torch eager", "ms": _median_ms(lambda: mod(*args, **kwargs))})
+    with tempfile.TemporaryDirectory() as tmp:
+        art = compile(graph, target, os.path.join(tmp, "build"), passes=passes, measure_latency=False)
+        from nasc.runtime import load as load_compiled
+
+        compiled = load_compiled(art.out)
+        rows.append({"runtime": f"nasc {target} (default schedules, passes {passes})", "ms": compiled.latency_ms(feed)})
+    base = rows[0]["ms"]
+    for r in rows:
+        r["ratio"] = r["ms"] / base
+    return rows

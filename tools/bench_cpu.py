@@ -1,0 +1,80 @@
+"""CPU benchmark: ONNX Runtime vs torch eager vs nasc's default-schedule build, one table per model.
+
+    python tools/bench_cpu.py [--models mobilenet_v2,resnet18,transformer,minilm] [--write docs/benchmarks.md]
+
+All numbers are medians of one batch-1 run, measured in this process on the same
+inputs after warm-up; ONNX Runtime runs with all graph optimizations and one thread per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MODELS = ("mobilenet_v2", "resnet18", "transformer", "minilm")
+
+
+def _model(name: str) -> tuple[Any, Any, str]:
+    import torch
+
+    from nasc.examples import zoo
+
+    torch.manual_seed(0)
+    if name == "mobilenet_v2":
+        return zoo.mobilenet_v2(), (torch.zeros(1, 3, 224, 224),), "MobileNetV2, ImageNet weights, 1x3x224x224"
+    if name == "resnet18":
+        return zoo.resnet18(), (torch.zeros(1, 3, 224, 224),), "ResNet-18 (torchvision layout, seeded), 1x3x224x224"
+    if name == "transformer":
+        layer = torch.nn.TransformerEncoderLayer(256, 4, 1024, dropout=0.0, batch_first=True)
+        enc = torch.nn.TransformerEncoder(layer, 4, enable_nested_tensor=False).eval()
+        return enc, (torch.randn(1, 64, 256),), "Transformer encoder, 4 layers, d=256, 4 heads, seq 64"
+    if name == "minilm":
+        module, inputs = zoo.minilm(max_length=128)
+        return module, inputs, "all-MiniLM-L6-v2, seq 128"
+    raise SystemExit(f"unknown model {name}")
+
+
+def run(name: str) -> tuple[str, list[dict[str, Any]], float]:
+    import torch
+
+    from nasc.bench import bench
+
+    module, inputs, title = _model(name)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.pt2"
+        args, kwargs = ((), dict(inputs)) if isinstance(inputs, dict) else (tuple(inputs), {})
+        torch.export.save(torch.export.export(module.eval(), args, kwargs), str(path))
+        rows = bench(path, "cpu")
+    return title, rows, time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--write", type=Path, default=None)
+    args = p.parse_args()
+    import tvm
+
+    lines = ["# Benchmarks (CPU)", "", f"Produced by `python tools/bench_cpu.py` on {platform.machine()}, "
+             f"{os.cpu_count()} cores, LLVM mcpu `{tvm.target.codegen.llvm_get_system_cpu()}`, "
+             f"TVM {tvm.__version__}. Median ms of one batch-1 run; no tuning (default schedules).", ""]
+    for name in args.models.split(","):
+        title, rows, secs = run(name)
+        print(f"\n{title} ({secs:.0f} s)")
+        lines += [f"## {title}", "", "| runtime | ms | vs ONNX Runtime |", "|---|---:|---:|"]
+        for r in rows:
+            print(f"  {r['runtime']:<60} {r['ms']:9.3f} ms  {r['ratio']:6.2f}x")
+            lines.append(f"| {r['runtime']} | {r['ms']:.3f} | {r['ratio']:.2f}x |")
+        lines.append("")
+    if args.write:
+        args.write.write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
