@@ -33,12 +33,23 @@ def build(graph: Graph, target: TvmTarget) -> tuple[Any, dict[str, Any]]:
 
 
 def _schedule_cpu(mod: tvm.IRModule, tgt: Any) -> tuple[tvm.IRModule, dict[str, Any]]:
-    try:
-        from nasc.backends.tvm.schedules import apply_default_schedules, schedule_report
-    except ImportError:
-        return mod, {"default": "TVM's unscheduled loops"}
-    scheduled = apply_default_schedules(mod, tgt)
-    return scheduled, schedule_report(scheduled)
+    """Legalize and fuse, then give every fused kernel nasc's default CPU schedule (schedules.py).
+
+    The schedules must come after FuseTIR (fusion would discard them); tvm.compile then lowers the
+    scheduled kernels as they are.
+    """
+    from nasc.backends.tvm.schedules import apply_default_schedules, schedule_report
+
+    seq = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                    relax.transform.CanonicalizeBindings(), relax.transform.FoldConstant()])
+    with tgt:
+        fused = relax.get_pipeline("zero")(seq(mod))
+    scheduled = apply_default_schedules(fused, tgt)
+    report = schedule_report(scheduled)
+    counts: dict[str, int] = {}
+    for template in report.values():
+        counts[template] = counts.get(template, 0) + 1
+    return scheduled, {"templates": counts, "kernels": report}
 
 
 def write_artifact(ex: Any, graph: Graph, target: TvmTarget, out: Path, pipeline: str) -> list[str]:
