@@ -217,8 +217,8 @@ def remove_noops(graph: Graph, ctx: PassContext) -> bool:
 
 
 def _array_key(a: np.ndarray) -> tuple[Any, ...]:
-    a = np.ascontiguousarray(a)
-    return (a.dtype.str, a.shape, hashlib.sha1(a.tobytes()).hexdigest())
+    # the shape is taken before ascontiguousarray, which turns a 0-d array into a 1-d one
+    return (a.dtype.str, a.shape, hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest())
 
 
 def dedupe_constants(graph: Graph, ctx: PassContext) -> bool:

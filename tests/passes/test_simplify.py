@@ -122,3 +122,17 @@ output %y
     out = run_golden(before, "simplify")
     assert count(out, "Expand") == 1 and max(c.tensor_type.numel for c in out.constants) == 2
     assert np.isfinite(out.constants[0].data).all()
+
+
+def test_a_scalar_and_a_one_element_vector_are_different_constants():
+    before = '''graph "g" opsets {"": 21}
+input %x : f32[3,4]
+const %i0 : i64[] = dense[0]
+const %i1 : i64[1] = dense[0]
+%a : f32[4] = Gather(%x, %i0) {axis=0} #"scalar_index"
+%b : f32[1,4] = Gather(%x, %i1) {axis=0} #"vector_index"
+%y : f32[1,4] = Add(%a, %b) #"add"
+output %y
+'''
+    out = run_golden(before, "simplify")
+    assert len(out.constants) == 2
