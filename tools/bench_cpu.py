@@ -61,7 +61,7 @@ def main() -> None:
     args = p.parse_args()
     import tvm
 
-    lines = ["# Benchmarks (CPU)", "", f"Produced by `python tools/bench_cpu.py` on {platform.machine()}, "
+    lines = [f"Produced by `python tools/bench_cpu.py` on {platform.machine()}, "
              f"{os.cpu_count()} cores, LLVM mcpu `{tvm.target.codegen.llvm_get_system_cpu()}`, "
              f"TVM {tvm.__version__}. Median ms of one batch-1 run; no tuning (default schedules).", ""]
     for name in args.models.split(","):
@@ -73,7 +73,20 @@ def main() -> None:
             lines.append(f"| {r['runtime']} | {r['ms']:.3f} | {r['ratio']:.2f}x |")
         lines.append("")
     if args.write:
-        args.write.write_text("\n".join(lines))
+        write_between_markers(args.write, "\n".join(lines))
+
+
+BEGIN, END = "<!-- bench_cpu:begin -->", "<!-- bench_cpu:end -->"
+
+
+def write_between_markers(path: Path, body: str) -> None:
+    """Replace the generated part of ``path`` (between the markers), keeping the hand-written rest."""
+    text = path.read_text() if path.exists() else f"{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text = f"{text.rstrip()}\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
 
 
 if __name__ == "__main__":
