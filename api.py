@@ -142,6 +142,9 @@ def compile(
     seed: int = 0,
     fidelity_batches: int = 2,
     measure_latency: bool = True,
+    tuning_db: str | os.PathLike[str] | None = None,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
     verify: bool = True,
     print_ir_after_all: bool = False,
     log: Any = None,
@@ -160,8 +163,6 @@ def compile(
     """
     if out is None:
         raise UsageError("compile needs an output directory (out=...)")
-    if tune_trials:
-        raise UsageError("tuning (--tune-trials) is not available yet; build with the default schedules")
     tvm_target = None
     if target != "onnx":
         from nasc.backends.tvm.target import parse_target
@@ -200,7 +201,9 @@ def compile(
             "warnings": warnings,
             "summary": {k: v for k, v in graph.summary().items() if k in ("nodes", "params", "macs", "ops")},
         }
-        runner = _build(graph, tvm_target, tmp, str(pipeline), report)
+        tuning = {"tune_trials": tune_trials, "tuning_db": tuning_db, "rpc_tracker": rpc_tracker,
+                  "rpc_key": rpc_key, "log": log}
+        runner = _build(graph, tvm_target, tmp, str(pipeline), report, tuning)
         if reference is not None and runner is not None:
             run_ref, ref_label = reference
             ref = [run_ref(f) for f in feeds]
@@ -231,16 +234,26 @@ def _make_tmp(out: Path) -> Path:
         raise UsageError(f"cannot write the output directory '{out}': {e.strerror or e}") from None
 
 
-def _build(graph: Graph, tvm_target: Any, tmp: Path, pipeline: str, report: dict[str, Any]) -> Any:
+def _build(graph: Graph, tvm_target: Any, tmp: Path, pipeline: str, report: dict[str, Any],
+           tuning: dict[str, Any]) -> Any:
     """Write the artifact into ``tmp``; return a function feed -> outputs that runs it here (None if it cannot)."""
     if tvm_target is None:
+        if tuning["tune_trials"]:
+            raise UsageError("--tune-trials applies to the cpu and gpu targets, not onnx")
         from nasc.backends.onnx import export_onnx as _export
 
         _export(graph, tmp / "model.onnx")
         return _load_runner(tmp)
     from nasc.backends.tvm.build import build, write_artifact
 
-    ex, facts = build(graph, tvm_target)
+    rpc = None
+    if tuning["rpc_tracker"]:
+        from nasc.backends.tvm.tune import RpcConfig
+
+        rpc = RpcConfig.parse(tuning["rpc_tracker"], tuning["rpc_key"])
+    db = Path(tuning["tuning_db"]) if tuning["tuning_db"] else None
+    ex, facts = build(graph, tvm_target, tune_trials=int(tuning["tune_trials"]), tuning_db=db, rpc=rpc,
+                      log=tuning["log"])
     write_artifact(ex, graph, tvm_target, tmp, pipeline)
     report["build"] = facts
     if tvm_target.kind != "cpu":

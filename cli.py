@@ -101,6 +101,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     art = nasc.compile(args.model, args.target, args.output, input_shapes=parse_input_shapes(args.input_shape),
                        passes=args.passes, calib=args.calib, seed=args.seed, verify=not args.no_verify,
+                       tune_trials=args.tune_trials, tuning_db=args.tuning_db, rpc_tracker=args.rpc_tracker,
+                       rpc_key=args.rpc_key,
                        print_ir_after_all=args.print_ir_after_all, log=print)
     rep = art.report
     for w in rep.get("warnings", []):
@@ -112,6 +114,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
         inputs = "random inputs, seed " + str(fid["seed"]) if fid["inputs"] == "random" else fid["inputs"]
         print(f"fidelity vs original ({inputs}): max abs err {fid['max_abs_err']:.3g}, "
               f"max rel err {fid['max_rel_err']:.3g}, cosine {fid['cosine']:.6f}{extra}")
+    tuning = rep.get("build", {}).get("tuning")
+    if tuning:
+        print(f"tuning: {tuning['tasks']} kernels, {tuning['reused']} from the database, {tuning['tuned']} tuned now "
+              f"with {tuning['trials']} trials ({tuning['time_s']} s); database {tuning['database']}")
     lat = rep.get("latency_ms")
     if lat:
         print(f"latency (median, batch as built): nasc {lat['nasc']:.3f} ms, onnxruntime {lat['onnxruntime']:.3f} ms "
@@ -185,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--calib", default=None, metavar="FILE.npz",
                     help="calibration inputs: one array per model input, first axis = samples")
     sp.add_argument("--seed", type=int, default=0, help="seed of the random inputs used when there is no --calib")
+    sp.add_argument("--tune-trials", type=int, default=0, metavar="N",
+                    help="MetaSchedule trials for kernels the tuning database lacks (0: nasc's default schedules)")
+    sp.add_argument("--tuning-db", default=None, metavar="DIR", help="tuning database (default ~/.cache/nasc/tuning/<target>)")
+    sp.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="measure on devices of a TVM RPC tracker")
+    sp.add_argument("--rpc-key", default=None, metavar="KEY", help="the device key registered with the tracker")
     sp.add_argument("--print-ir-after-all", action="store_true", help="print the IR after each pass")
     sp.add_argument("--no-verify", action="store_true", help="skip the IR verifier between passes")
     sp.set_defaults(func=cmd_compile)

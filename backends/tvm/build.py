@@ -15,15 +15,31 @@ from nasc.backends.tvm.target import TvmTarget
 from nasc.ir.core import Graph
 
 
-def build(graph: Graph, target: TvmTarget) -> tuple[Any, dict[str, Any]]:
-    """The compiled executable and build facts (times, how kernels were scheduled)."""
+def build(graph: Graph, target: TvmTarget, *, tune_trials: int = 0, tuning_db: Path | None = None,
+          rpc: Any = None, log: Any = None) -> tuple[Any, dict[str, Any]]:
+    """The compiled executable and build facts (times, tuning, how kernels were scheduled).
+
+    With ``tune_trials`` > 0 (or an explicit ``tuning_db``), kernels come from the MetaSchedule
+    database for the target (tuning first what it lacks); the rest get nasc's default schedules.
+    """
     t0 = time.perf_counter()
     mod = to_relax(graph)
     t_lower = time.perf_counter() - t0
     tgt = target.tvm()
     facts: dict[str, Any] = {"lower_s": round(t_lower, 3)}
+    database = None
+    if tune_trials > 0 or tuning_db is not None:
+        from nasc.backends.tvm.tune import default_db_dir, open_database, tune
+
+        db_dir = tuning_db or default_db_dir(target.key)
+        t1 = time.perf_counter()
+        with tgt:
+            fused = relax.get_pipeline("zero")(_prepare(mod))
+        facts["tuning"] = tune(fused, tgt, tune_trials, db_dir, rpc, log)
+        facts["tuning"]["time_s"] = round(time.perf_counter() - t1, 2)
+        database = open_database(db_dir)
     if target.kind == "cpu":
-        mod, sched = _schedule_cpu(mod, tgt)
+        mod, sched = _schedule_cpu(mod, tgt, database)
         facts["schedules"] = sched
     t1 = time.perf_counter()
     with tgt:
@@ -32,18 +48,27 @@ def build(graph: Graph, target: TvmTarget) -> tuple[Any, dict[str, Any]]:
     return ex, facts
 
 
-def _schedule_cpu(mod: tvm.IRModule, tgt: Any) -> tuple[tvm.IRModule, dict[str, Any]]:
-    """Legalize and fuse, then give every fused kernel nasc's default CPU schedule (schedules.py).
+def _prepare(mod: tvm.IRModule) -> tvm.IRModule:
+    seq = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                    relax.transform.CanonicalizeBindings(), relax.transform.FoldConstant()])
+    return seq(mod)
+
+
+def _schedule_cpu(mod: tvm.IRModule, tgt: Any, database: Any = None) -> tuple[tvm.IRModule, dict[str, Any]]:
+    """Legalize and fuse (applying tuned records when a database is given), then give every kernel
+    without a record nasc's default CPU schedule (schedules.py).
 
     The schedules must come after FuseTIR (fusion would discard them); tvm.compile then lowers the
     scheduled kernels as they are.
     """
     from nasc.backends.tvm.schedules import apply_default_schedules, schedule_report
 
-    seq = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
-                                    relax.transform.CanonicalizeBindings(), relax.transform.FoldConstant()])
     with tgt:
-        fused = relax.get_pipeline("zero")(seq(mod))
+        if database is not None:
+            with database:
+                fused = relax.get_pipeline("zero")(_prepare(mod))
+        else:
+            fused = relax.get_pipeline("zero")(_prepare(mod))
     scheduled = apply_default_schedules(fused, tgt)
     report = schedule_report(scheduled)
     counts: dict[str, int] = {}

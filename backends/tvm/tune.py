@@ -1,0 +1,109 @@
+"""Autotuning with MetaSchedule: an on-disk database per target, reused across builds and models.
+
+Tasks (fused kernels) already in the database are not tuned again: a second
+build of the same model, or of another model that shares kernels, spends no
+trials on them. Records are appended as they are measured, so interrupting
+tuning keeps what was found. Measurement runs locally, or on devices registered
+with TVM's RPC tracker (TVM's own RPC; nasc writes no transport).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+
+from nasc.errors import UsageError
+
+
+def default_db_dir(target_key: str) -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nasc" / "tuning" / target_key
+
+
+@dataclass(frozen=True)
+class RpcConfig:
+    tracker_host: str
+    tracker_port: int
+    key: str
+
+    @classmethod
+    def parse(cls, tracker: str, key: str | None) -> RpcConfig:
+        host, sep, port = tracker.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise UsageError(f"--rpc-tracker {tracker!r}: expected HOST:PORT")
+        if not key:
+            raise UsageError("--rpc-tracker needs --rpc-key, the key the devices registered with")
+        return cls(host, int(port), key)
+
+
+def _build_module(mod: tvm.IRModule, target: tvm.target.Target, _params: Any) -> Any:
+    """Candidate builder: the stock one without its import of tensor intrinsics (20-40 s per fresh worker)."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def open_database(db_dir: Path) -> ms.database.JSONDatabase:
+    db_dir.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(work_dir=str(db_dir))
+
+
+def tune(fused: tvm.IRModule, target: tvm.target.Target, trials: int, db_dir: Path, rpc: RpcConfig | None = None,
+         log: Any = None) -> dict[str, Any]:
+    """Tune the kernels of a legalized+fused Relax module that the database lacks; returns what was done."""
+    log = log or (lambda _m: None)
+    database = open_database(db_dir)
+    tasks = ms.relax_integration.extract_tasks(fused, target)
+    todo = [t for t in tasks if not database.has_workload(t.dispatched[0])]
+    facts: dict[str, Any] = {"database": str(db_dir), "tasks": len(tasks), "reused": len(tasks) - len(todo),
+                             "tuned": len(todo), "trials": 0}
+    if not todo or trials <= 0:
+        return facts
+    work_dir = str(db_dir / "logs")
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, work_dir)
+    runner: Any = "local"
+    if rpc is not None:
+        runner = ms.runner.RPCRunner(
+            rpc_config=ms.runner.RPCConfig(tracker_host=rpc.tracker_host, tracker_port=rpc.tracker_port,
+                                           tracker_key=rpc.key, session_timeout_sec=60),
+            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50))
+    progress = _Progress(trials, log)
+    callbacks = [*ms.measure_callback.MeasureCallback.create("default"), progress]
+    try:
+        ms.relax_integration.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=trials,
+            num_trials_per_iter=min(64, max(8, trials // max(len(todo), 1))),
+            builder=ms.builder.LocalBuilder(f_build=_build_module, timeout_sec=60), runner=runner,
+            database=database, measure_callbacks=callbacks)
+    finally:
+        progress.close()
+    facts["trials"] = progress.done
+    return facts
+
+
+@derived_object
+class _Progress(ms.measure_callback.PyMeasureCallback):
+    """A rich progress bar over measured candidates."""
+
+    def __init__(self, total: int, log: Any) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.done = 0
+        self._bar = Progress(TextColumn("tuning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             transient=True)
+        self._task = self._bar.add_task("tuning", total=total)
+        self._bar.start()
+
+    def apply(self, task_scheduler: Any, task_id: int, measure_candidates: Any, builder_results: Any,
+              runner_results: Any) -> None:
+        self.done += len(measure_candidates)
+        self._bar.update(self._task, completed=self.done)
+
+    def close(self) -> None:
+        self._bar.stop()
