@@ -24,7 +24,8 @@ def _median_ms(fn: Any, repeat: int = 50, warmup: int = 5, min_seconds: float = 
 
 
 def bench(model: Any, target: str = "cpu", *, input_shapes: Mapping[str, Sequence[int]] | None = None,
-          passes: str = "simplify,fuse", seed: int = 0) -> list[dict[str, Any]]:
+          passes: str = "simplify,fuse", seed: int = 0, tune_trials: int = 0,
+          tuning_db: str | None = None) -> list[dict[str, Any]]:
     """Rows of (runtime, median ms, ratio to ONNX Runtime), all measured in this process on the same inputs."""
     from nasc.api import _is_pt2, compile, load
     from nasc.backends import fidelity
@@ -52,6 +53,14 @@ def bench(model: Any, target: str = "cpu", *, input_shapes: Mapping[str, Sequenc
 
         compiled = load_compiled(art.out)
         rows.append({"runtime": f"nasc {target} (default schedules, passes {passes})", "ms": compiled.latency_ms(feed)})
+        if tune_trials:
+            t0 = time.perf_counter()
+            art = compile(graph, target, os.path.join(tmp, "tuned"), passes=passes, measure_latency=False,
+                          tune_trials=tune_trials, tuning_db=tuning_db)
+            tuning = art.report["build"]["tuning"]
+            rows.append({"runtime": f"nasc {target} tuned ({tuning['trials']} new trials, {tuning['reused']} of "
+                                    f"{tuning['tasks']} kernels from the database, {time.perf_counter() - t0:.0f} s)",
+                         "ms": load_compiled(art.out).latency_ms(feed)})
     base = rows[0]["ms"]
     for r in rows:
         r["ratio"] = r["ms"] / base
