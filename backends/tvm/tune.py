@@ -9,7 +9,10 @@ with TVM's RPC tracker (TVM's own RPC; nasc writes no transport).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +69,8 @@ def tune(fused: tvm.IRModule, target: tvm.target.Target, trials: int, db_dir: Pa
     if not todo or trials <= 0:
         return facts
     work_dir = str(db_dir / "logs")
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, work_dir)
+    with _meta_schedule_logging():
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(todo, work_dir)
     runner: Any = "local"
     if rpc is not None:
         runner = ms.runner.RPCRunner(
@@ -85,6 +89,25 @@ def tune(fused: tvm.IRModule, target: tvm.target.Target, trials: int, db_dir: Pa
         progress.close()
     facts["trials"] = progress.done
     return facts
+
+
+@contextlib.contextmanager
+def _meta_schedule_logging() -> Iterator[None]:
+    """MetaSchedule rebuilds its logging config from the handlers on its logger and fails on unnamed ones
+    (which test runners and other libraries attach): detach those while it does, and keep its console
+    quiet (the per-task logs still go to the database's logs/ folder)."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    foreign = [h for h in logger.handlers if not h.get_name()]
+    for h in foreign:
+        logger.removeHandler(h)
+    try:
+        yield
+    finally:
+        for h in foreign:
+            logger.addHandler(h)
+        for h in logger.handlers:
+            if (h.get_name() or "").endswith(".console"):
+                h.setLevel(logging.WARNING)
 
 
 @derived_object
