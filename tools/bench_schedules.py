@@ -146,19 +146,8 @@ def tvm_runner(mod: Any, x: np.ndarray) -> tuple[Any, np.ndarray, float]:
 
 
 def run_tvm(mod: Any, x: np.ndarray, runs: int) -> tuple[float, np.ndarray, float]:
-    import tvm
-    from tvm import relax
-
-    t0 = time.perf_counter()
-    ex = tvm.compile(mod, tvm_target())
-    build_s = time.perf_counter() - t0
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    inp = tvm.runtime.tensor(x)
-    out = vm["main"](inp)
-    if not hasattr(out, "numpy"):
-        out = out[0]
-    ms = time_it(lambda: vm["main"](inp), runs, warmup=1 if runs < 5 else 3)
-    return ms, out.numpy(), build_s
+    run, out, build_s = tvm_runner(mod, x)
+    return time_it(run, runs, warmup=1 if runs < 5 else 3), out, build_s
 
 
 def main(argv: list[str] | None = None) -> int:
