@@ -8,20 +8,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-
-def _median_ms(fn: Any, repeat: int = 50, warmup: int = 5, min_seconds: float = 0.5) -> float:
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeat or (time.perf_counter() - start < min_seconds and len(times) < 10 * repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000)
-
 
 def bench(model: Any, target: str = "cpu", *, input_shapes: Mapping[str, Sequence[int]] | None = None,
           passes: str = "simplify,fuse", seed: int = 0, tune_trials: int = 0,
@@ -30,6 +16,7 @@ def bench(model: Any, target: str = "cpu", *, input_shapes: Mapping[str, Sequenc
     from nasc.api import _is_pt2, compile, load
     from nasc.backends import fidelity
     from nasc.backends.onnx import to_onnx
+    from nasc.runtime import median_ms
 
     graph = load(model, input_shapes)
     feed = fidelity.random_inputs(graph, seed)[0]
@@ -46,7 +33,7 @@ def bench(model: Any, target: str = "cpu", *, input_shapes: Mapping[str, Sequenc
         mod = ep.module()
         args, kwargs = pt2_inputs(ep, feed)
         with torch.no_grad():
-            rows.append({"runtime": "torch eager", "ms": _median_ms(lambda: mod(*args, **kwargs))})
+            rows.append({"runtime": "torch eager", "ms": median_ms(lambda: mod(*args, **kwargs))})
     with tempfile.TemporaryDirectory() as tmp:
         art = compile(graph, target, os.path.join(tmp, "build"), passes=passes, measure_latency=False)
         from nasc.runtime import load as load_compiled

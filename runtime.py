@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,16 +65,26 @@ class CompiledModel:
         """Median wall time of one run, after ``warmup`` runs; repeats until ``min_seconds`` have passed."""
         args = self._args(inputs)
         fn = self._vm["main"]
-        for _ in range(warmup):
-            fn(*args)
-        times: list[float] = []
-        start = time.perf_counter()
-        while len(times) < repeat or (time.perf_counter() - start < min_seconds and len(times) < 10 * repeat):
-            t0 = time.perf_counter()
+
+        def once() -> None:
             fn(*args)
             self.device.sync()
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times) * 1000)
+
+        return median_ms(once, repeat, warmup, min_seconds)
+
+
+def median_ms(fn: Callable[[], Any], repeat: int = 50, warmup: int = 5, min_seconds: float = 0.5) -> float:
+    """Median wall time of ``fn()`` in ms after ``warmup`` calls: at least ``repeat`` calls, more (up to 10x)
+    until ``min_seconds`` have passed. The one timing loop of nasc's latency figures."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeat or (time.perf_counter() - start < min_seconds and len(times) < 10 * repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
 
 
 def load(directory: str | os.PathLike[str]) -> CompiledModel:

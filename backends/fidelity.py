@@ -54,7 +54,6 @@ def ort_latency_ms(model: onnx.ModelProto | str | bytes, feed: Mapping[str, np.n
                    warmup: int = 5, min_seconds: float = 0.5) -> float:
     """Median ms of one ONNX Runtime run (all graph optimizations, one thread per core), warm-up excluded."""
     import os
-    import time
 
     import onnxruntime as ort
 
@@ -66,15 +65,9 @@ def ort_latency_ms(model: onnx.ModelProto | str | bytes, feed: Mapping[str, np.n
     sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     f = {k: v for k, v in feed.items() if k in names}
-    for _ in range(warmup):
-        sess.run(None, f)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeat or (time.perf_counter() - start < min_seconds and len(times) < 10 * repeat):
-        t0 = time.perf_counter()
-        sess.run(None, f)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000)
+    from nasc.runtime import median_ms
+
+    return median_ms(lambda: sess.run(None, f), repeat, warmup, min_seconds)
 
 
 def run_ort(session: Any, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:

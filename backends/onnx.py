@@ -16,7 +16,7 @@ import onnx
 from nasc.errors import ExportError
 from nasc.frontends.onnx_infer import node_to_onnx
 from nasc.frontends.onnx_proto import array_to_tensor, value_info
-from nasc.ir.core import Graph, Value
+from nasc.ir.core import Graph, Value, captured_names
 from nasc.ir.ops.registry import lookup_node
 from nasc.ir.types import OpaqueType
 
@@ -88,9 +88,7 @@ def to_onnx(graph: Graph, *, producer: str = "nasc") -> onnx.ModelProto:
         while ins and ins[-1] == "":  # trailing omitted operands are left out (some runtimes choke on "")
             ins.pop()
         outs = [names(o) if (o.uses or any(o is x for x in graph.outputs)) else names.fresh(o.name) for o in node.outputs]
-        subgraph_names = {}
-        for i, c in enumerate(node.captures):
-            subgraph_names[_captured_name(node, i)] = names(c)
+        subgraph_names = {outer: names(c) for outer, c in zip(captured_names(node.attrs), node.captures)}
         proto = node_to_onnx(node, ins, outs, graph.opsets, subgraph_names)
         if proto.name:  # node names must be unique in ONNX; rewrites may repeat one
             base, k = proto.name, 1
@@ -149,13 +147,6 @@ def lower_nasc_ops(graph: Graph) -> Graph:
 
 def _unknown(v: Value) -> bool:
     return isinstance(v.type, OpaqueType) and not v.type.payload
-
-
-def _captured_name(node, i: int) -> str:  # type: ignore[no-untyped-def]
-    from nasc.frontends.onnx_infer import _subgraphs
-
-    names = list(dict.fromkeys(n for sg in _subgraphs(node) for n in sg.captured))
-    return names[i]
 
 
 def export_onnx(graph: Graph, path: str | os.PathLike[str], *, check: bool = True) -> Path:

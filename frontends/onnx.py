@@ -30,7 +30,7 @@ from nasc.frontends.onnx_proto import (
     type_from_onnx,
 )
 from nasc.ir import verify
-from nasc.ir.core import Graph, Node, Value
+from nasc.ir.core import Graph, Node, Value, captured_names
 from nasc.ir.ops.registry import InferenceError, lookup
 from nasc.ir.types import TensorType
 
@@ -381,8 +381,7 @@ def _import_node(graph: Graph, n: onnx.NodeProto, env: dict[str, Value], label: 
     # trailing omitted operands are dropped, as ONNX allows
     while inputs and inputs[-1] is None:
         inputs.pop()
-    captured = [name for a in attrs.values() for name in _captured(a)]
-    captures = [env[name] for name in dict.fromkeys(captured)]
+    captures = [env[name] for name in captured_names(attrs)]
     outs = [Value(TensorType("f32", None), name) for name in n.output]
     scope = scope_of(n) or next((scopes[o] for o in n.output if scopes.get(o)), "")
     node = Node(n.op_type, inputs, outs, attrs, domain=domain, scope=scope, name=n.name, captures=captures)
@@ -398,16 +397,6 @@ def _import_node(graph: Graph, n: onnx.NodeProto, env: dict[str, Value], label: 
     for name, out in zip(n.output, outs):
         if name:
             env[name] = out
-
-
-def _captured(attr: Any) -> list[str]:
-    from nasc.ir.core import SubGraph
-
-    if isinstance(attr, SubGraph):
-        return list(attr.captured)
-    if isinstance(attr, tuple):
-        return [n for a in attr if isinstance(a, SubGraph) for n in a.captured]
-    return []
 
 
 def _fold(graph: Graph, node: Node, entry: Any, env: dict[str, Value]) -> bool:

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from nasc.frontends.onnx_proto import array_to_tensor, attr_to_onnx, type_from_onnx, value_info
-from nasc.ir.core import Node
+from nasc.ir.core import Node, captured_names
 from nasc.ir.ops import registry
 from nasc.ir.types import OpaqueType, Type
 
@@ -59,11 +59,7 @@ def infer_opaque(node: Node, opsets: dict[str, int]) -> list[Type]:
         if v.is_const and int(np.prod(v.const.shape)) <= _SMALL:  # type: ignore[union-attr]
             inits.append(array_to_tensor(v.data, name, v.dtype))
         inputs.append(value_info(name, v.type))
-    captured = {}
-    for sub in _subgraphs(node):
-        for outer in sub.captured:
-            captured.setdefault(outer, outer)
-    for outer, c in zip(captured, node.captures):
+    for outer, c in zip(captured_names(node.attrs), node.captures):
         inputs.append(value_info(outer, c.type))
     out_names = [f"out{i}" for i in range(len(node.outputs))]
     proto = node_to_onnx(node, in_names, out_names, opsets)
@@ -88,18 +84,6 @@ def infer_opaque(node: Node, opsets: dict[str, int]) -> list[Type]:
         except ValueError:
             types.append(UNKNOWN_TYPE)
     return types
-
-
-def _subgraphs(node: Node) -> list:
-    from nasc.ir.core import SubGraph
-
-    out = []
-    for v in node.attrs.values():
-        if isinstance(v, SubGraph):
-            out.append(v)
-        elif isinstance(v, tuple):
-            out.extend(x for x in v if isinstance(x, SubGraph))
-    return out
 
 
 def _hook(node: Node) -> list[Type] | None:

@@ -173,7 +173,7 @@ def _via_onnx(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
             prog.save(str(path), external_data=False)
         except Exception as e:
             raise UnsupportedModelError(f"torch.onnx.export failed on {type(module).__name__}: {_first_line(e)}") from e
-        names = [n for n in _input_names(module, args, kwargs)]
+        names = _input_names(module, args, kwargs)
         tensors = [*args, *kwargs.values()]
         shapes = {n: tuple(t.shape) for n, t in zip(names, tensors) if isinstance(t, torch.Tensor)}
         import onnx

@@ -20,8 +20,8 @@ import torch
 
 from nasc.errors import UnsupportedModelError
 from nasc.ir import dtypes
-from nasc.ir.core import Graph, Node, Value
-from nasc.ir.ops.registry import infer_node
+from nasc.ir.core import Graph, Value
+from nasc.ir.ops.registry import type_node
 from nasc.ir.types import TensorType
 
 Converter = Callable[..., Any]
@@ -99,7 +99,7 @@ class Ctx:
             inputs.pop()
         node = self.graph.make_node(op, inputs, [TensorType("f32", None)] * n_out, attrs or {}, domain=domain,
                                     scope=self.scope, name=name, out_names=[name] if n_out == 1 else None)
-        _type_node(node)
+        type_node(node)
         return node.outputs[0] if n_out == 1 else list(node.outputs)
 
     def const(self, array: Any, dtype: str | None = None) -> Value:
@@ -138,14 +138,6 @@ class Ctx:
                     f"converter for {target_name(self.node.target)} (node '{self.node.name}', scope '{self.scope}') "
                     f"produced {r.type}, torch says {want}"
                 )
-
-
-def _type_node(node: Node) -> None:
-    types = infer_node(node)
-    if types is None:
-        raise UnsupportedModelError(f"{node.describe()} cannot be typed")
-    for out, t in zip(node.outputs, types):
-        out.type = t
 
 
 def _rank(v: Value) -> int:

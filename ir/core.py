@@ -69,6 +69,19 @@ class SubGraph:
     captured: tuple[str, ...] = ()
 
 
+def captured_names(attrs: dict[str, Any]) -> list[str]:
+    """Outer-scope names the SubGraph attributes in ``attrs`` read, once each, in order.
+
+    A node's ``captures`` list its values in exactly this order.
+    """
+    names: dict[str, None] = {}
+    for a in attrs.values():
+        for sg in (a,) if isinstance(a, SubGraph) else a if isinstance(a, tuple) else ():
+            if isinstance(sg, SubGraph):
+                names.update(dict.fromkeys(sg.captured))
+    return list(names)
+
+
 class Value:
     """One SSA value: a graph input, a constant, or a node output."""
 

@@ -143,12 +143,17 @@ def emit(graph: Graph, anchor: Node, op: str, inputs: Sequence[Value | None], at
     node = graph.make_node(op, list(inputs), [TensorType("f32", None)] * n_out, attrs or {}, domain=domain,
                            scope=anchor.scope, name=name or f"{anchor.name}/{op}" + (f"_{k}" if k else ""),
                            before=anchor)
+    type_node(node)
+    return node.outputs[0] if n_out == 1 else list(node.outputs)
+
+
+def type_node(node: Node) -> None:
+    """Set ``node``'s result types from its op's inference (for nodes built with placeholder types)."""
     types = infer_node(node)
     if types is None:
         raise InferenceError(f"{node.describe()} cannot be typed")
     for out, t in zip(node.outputs, types):
         out.type = t
-    return node.outputs[0] if n_out == 1 else list(node.outputs)
 
 
 # ---- helpers shared by entries ---------------------------------------------
