@@ -148,10 +148,15 @@ def compile(
     verify: bool = True,
     print_ir_after_all: bool = False,
     log: Any = None,
+    verify_on: str | Sequence[str] | None = None,
+    budget_check: bool = True,
 ) -> Artifact:
     """Load ``model``, build it for ``target`` into directory ``out``, and check it against the original.
 
-    ``target``: ``onnx``, ``cpu`` (this host), ``cpu:<llvm-mcpu>``, ``gpu[:sm_XX]`` or a JSON TVM target.
+    ``target``: ``onnx``, ``cpu`` (this host), ``cpu:<llvm-mcpu>``, ``gpu[:sm_XX]``, a JSON TVM target, or
+    ``mcu[:BOARD]`` (a C project; ``verify_on`` = ``host`` (default, when gcc is here), ``qemu``, both
+    (``"host,qemu"``) or ``none`` says where it is built and run to check it; ``budget_check=False`` builds a
+    model that exceeds the board's SRAM or flash).
     The directory is written whole or not at all: it is assembled next to
     ``out`` and moved into place only when the build and its checks succeed.
     ``passes`` is a pipeline run before the build; ``calib`` an ``.npz`` path
@@ -164,7 +169,14 @@ def compile(
     if out is None:
         raise UsageError("compile needs an output directory (out=...)")
     tvm_target = None
-    if target != "onnx":
+    board = None
+    modes: list[str] = []
+    if target.split(":")[0] == "mcu":
+        from nasc.backends.mcu.boards import parse_board
+
+        board = parse_board(target)
+        modes = _verify_modes(verify_on)
+    elif target != "onnx":
         from nasc.backends.tvm.target import parse_target
 
         tvm_target = parse_target(target)
@@ -203,27 +215,121 @@ def compile(
         }
         tuning = {"tune_trials": tune_trials, "tuning_db": tuning_db, "rpc_tracker": rpc_tracker,
                   "rpc_key": rpc_key, "log": log}
-        runner = _build(graph, tvm_target, tmp, str(pipeline), report, tuning)
-        if reference is not None and runner is not None:
-            run_ref, ref_label = reference
-            ref = [run_ref(f) for f in feeds]
-            got = [runner(f) for f in feeds]
-            report["fidelity"] = {**fidelity.compare(ref, got), "inputs": inputs_label, "seed": seed,
-                                  "batches": fidelity_batches, "reference": ref_label}
-        elif runner is None:
-            report["fidelity"] = None
-            warnings.append(f"no {tvm_target.kind if tvm_target else ''} device here: the build was not run; "
-                            "run it on the device and compare there")
+        if board is not None:
+            if tune_trials:
+                raise UsageError("--tune-trials applies to the cpu and gpu targets, not mcu")
+            _compile_mcu(graph, board, tmp, modes, budget_check, reference, feeds, inputs_label,
+                         _labelled(calib, feeds_calib), report, log)
+        else:
+            runner = _build(graph, tvm_target, tmp, str(pipeline), report, tuning)
+            if reference is not None and runner is not None:
+                run_ref, ref_label = reference
+                ref = [run_ref(f) for f in feeds]
+                got = [runner(f) for f in feeds]
+                report["fidelity"] = {**fidelity.compare(ref, got), "inputs": inputs_label, "seed": seed,
+                                      "batches": fidelity_batches, "reference": ref_label}
+            elif runner is None:
+                report["fidelity"] = None
+                warnings.append(f"no {tvm_target.kind if tvm_target else ''} device here: the build was not run; "
+                                "run it on the device and compare there")
         report["compile_time_s"] = round(time.perf_counter() - t0, 3)
         if measure_latency and tvm_target is not None and tvm_target.kind == "cpu":
             report["latency_ms"] = _latency(tmp, model, graph, feeds[0])
-        report["files"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
+        report["files"] = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Artifact(out, sorted(p.name for p in out.iterdir()), report)
+
+
+def _verify_modes(verify_on: str | Sequence[str] | None) -> list[str]:
+    import shutil
+
+    if verify_on is None:
+        return ["host"] if shutil.which("gcc") and shutil.which("make") else []
+    modes = [m.strip() for m in (verify_on.split(",") if isinstance(verify_on, str) else verify_on) if m.strip()]
+    bad = [m for m in modes if m not in ("host", "qemu", "none")]
+    if bad:
+        raise UsageError(f"--verify {','.join(bad)}: expected host, qemu, host,qemu or none")
+    if "none" in modes:
+        return []
+    from nasc.backends.mcu.verify import require_tools
+
+    for m in modes:
+        require_tools(m)
+    return modes
+
+
+def _compile_mcu(graph: Graph, board: Any, tmp: Path, modes: list[str], budget_check: bool, reference: Any,
+                 feeds: list[dict[str, Any]], inputs_label: str, labelled: Any, report: dict[str, Any],
+                 log: Any) -> None:
+    from nasc.backends.mcu.build import build_mcu
+
+    mcu = build_mcu(graph, board, tmp, model=report["model"], pipeline=report["pipeline"], budget_check=budget_check)
+    report.update({k: v for k, v in mcu.facts.items() if k != "files"})
+    if modes:
+        _verify_mcu(mcu, graph, tmp, modes, reference, feeds, inputs_label, labelled, report, log)
+    else:
+        report["fidelity"] = None
+        report["warnings"].append("the C project was not built or run here (--verify none): its outputs are "
+                                  "unchecked")
+
+
+def _verify_mcu(mcu: Any, graph: Graph, tmp: Path, modes: list[str], reference: Any, feeds: list[dict[str, Any]],
+                inputs_label: str, labelled: tuple[list[dict[str, Any]], Any] | None, report: dict[str, Any],
+                log: Any) -> None:
+    """Build and run the C project (host gcc and/or QEMU) on the fidelity inputs and compare with the reference
+    (the original model; nasc's own graph under ONNX Runtime when there is none); with labelled calibration
+    data, also measure accuracy on all of it."""
+    from nasc.backends import fidelity
+    from nasc.backends.mcu.boards import BOARDS
+    from nasc.backends.mcu.verify import run_project
+
+    if reference is None:
+        from nasc.backends.onnx import to_onnx
+
+        sess = fidelity.ort_session(to_onnx(graph))
+        reference = (lambda f: fidelity.run_ort(sess, f)), "onnxruntime on nasc's graph (no original model given)"
+    run_ref, ref_label = reference
+    ref = [run_ref(f) for f in feeds]
+    board = BOARDS[report["board"]["name"]]
+    report["verify"] = {}
+    for mode in modes:
+        log(f"mcu: building and running the C project on {mode}")
+        entry: dict[str, Any] = {"ran_on": "host gcc" if mode == "host" else
+                                 f"qemu-system-arm -M {board.qemu_machine} ({board.cflags[0]})"}
+        got = run_project(tmp, mode, mcu.inputs, mcu.outputs, feeds)
+        entry.update({**fidelity.compare(ref, got), "inputs": inputs_label, "reference": ref_label})
+        if labelled is not None:
+            lab_feeds, labels = labelled
+            outs = run_project(tmp, mode, mcu.inputs, mcu.outputs, lab_feeds)
+            entry["accuracy"] = {"nasc": _accuracy([o[0] for o in outs], labels),
+                                 "reference": _accuracy([run_ref(f)[0] for f in lab_feeds], labels),
+                                 "samples": len(lab_feeds)}
+        report["verify"][mode] = entry
+    report["fidelity"] = {**report["verify"][modes[0]]}
+
+
+def _labelled(calib: Any, feeds: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], Any] | None:
+    """Calibration feeds with their class labels, when the .npz has a ``label`` (or ``labels``) array."""
+    import numpy as np
+
+    if not isinstance(calib, str | os.PathLike) or not feeds:
+        return None
+    with np.load(calib, allow_pickle=False) as data:
+        key = next((k for k in ("label", "labels") if k in data.files), None)
+        if key is None or len(data[key]) != len(feeds):
+            return None
+        return feeds, data[key]
+
+
+def _accuracy(outputs: Sequence[Any], labels: Any) -> float:
+    import numpy as np
+
+    pred = np.array([int(np.argmax(np.asarray(o).reshape(-1))) for o in outputs])
+    return round(float(np.mean(pred == np.asarray(labels).reshape(-1)[: len(pred)])), 4)
 
 
 def _make_tmp(out: Path) -> Path:

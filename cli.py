@@ -102,14 +102,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
     art = nasc.compile(args.model, args.target, args.output, input_shapes=parse_input_shapes(args.input_shape),
                        passes=args.passes, calib=args.calib, seed=args.seed, verify=not args.no_verify,
                        tune_trials=args.tune_trials, tuning_db=args.tuning_db, rpc_tracker=args.rpc_tracker,
-                       rpc_key=args.rpc_key,
+                       rpc_key=args.rpc_key, verify_on=args.verify, budget_check=not args.no_budget_check,
                        print_ir_after_all=args.print_ir_after_all, log=print)
     rep = art.report
     for w in rep.get("warnings", []):
         print(f"nasc: warning: {w}", file=sys.stderr)
     print(f"wrote {art.out}/ ({', '.join(art.files)})")
+    if "arena_bytes" in rep:
+        _print_mcu(rep)
     fid = rep.get("fidelity")
-    if fid:
+    if fid and "verify" not in rep:  # mcu builds printed theirs per machine above
         extra = f", top1 agreement {fid['top1_agreement']:.3f}" if "top1_agreement" in fid else ""
         inputs = "random inputs, seed " + str(fid["seed"]) if fid["inputs"] == "random" else fid["inputs"]
         print(f"fidelity vs original ({inputs}): max abs err {fid['max_abs_err']:.3g}, "
@@ -126,6 +128,22 @@ def cmd_compile(args: argparse.Namespace) -> int:
     files = ", ".join(f"{name} {_bytes(size)}" for name, size in rep["files"].items() if name != "report.json")
     print(f"nodes {s['nodes']}, params {_human(s['params'])}, MACs {_human(s['macs'])}; {files}")
     return 0
+
+
+def _print_mcu(rep: dict) -> None:
+    b = rep["board"]
+    flash = rep["flash_bytes"]
+    print(f"board {b['name']} ({b['core']}): SRAM {_bytes(rep['sram_bytes'])} of {_bytes(b['sram_bytes'])} "
+          f"(arena {_bytes(rep['arena_bytes'])}, lower bound {_bytes(rep['arena_lower_bound_bytes'])}, "
+          f"all tensors {_bytes(rep['naive_bytes'])}); flash "
+          + (f"{_bytes(flash)} of {_bytes(b['flash_bytes'])}" if flash is not None else "not measured (no arm-none-eabi-gcc)")
+          + f" (weights {_bytes(rep['weights_bytes'])})")
+    for mode, v in rep.get("verify", {}).items():
+        acc = v.get("accuracy")
+        acc_text = (f"; accuracy {acc['nasc']:.2%} on {acc['samples']} labelled samples "
+                    f"(reference {acc['reference']:.2%})") if acc else ""
+        print(f"ran on {v['ran_on']}: max abs err {v['max_abs_err']:.3g} vs {v['reference']} "
+              f"({v['inputs']}){acc_text}")
 
 
 def cmd_passes(args: argparse.Namespace) -> int:
@@ -186,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("compile", help="build a model for a target into a directory")
     common(sp)
     sp.add_argument("--target", default="onnx",
-                    help="onnx, cpu (this host), cpu:<llvm-mcpu>, gpu, gpu:sm_XX, or a JSON TVM target")
+                    help="onnx, cpu (this host), cpu:<llvm-mcpu>, gpu, gpu:sm_XX, a JSON TVM target, or mcu[:BOARD] "
+                         "(boards: cortex-m4, cortex-m7, stm32f746, stm32f411, nrf52840, ...)")
     sp.add_argument("-o", "--output", required=True, help="output directory (written whole or not at all)")
     sp.add_argument("--passes", default="", metavar="PIPELINE", help='passes to run first, e.g. "simplify,fuse"')
     sp.add_argument("--calib", default=None, metavar="FILE.npz",
@@ -199,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rpc-key", default=None, metavar="KEY", help="the device key registered with the tracker")
     sp.add_argument("--print-ir-after-all", action="store_true", help="print the IR after each pass")
     sp.add_argument("--no-verify", action="store_true", help="skip the IR verifier between passes")
+    sp.add_argument("--verify", default=None, metavar="WHERE",
+                    help="mcu: build and run the C project to check it on host (gcc; the default), qemu "
+                         "(arm-none-eabi-gcc + the emulated board), host,qemu, or none")
+    sp.add_argument("--no-budget-check", action="store_true",
+                    help="mcu: build even when the model exceeds the board's SRAM or flash")
     sp.set_defaults(func=cmd_compile)
 
     sp = sub.add_parser("bench", help="median latency of ONNX Runtime, torch (for .pt2) and nasc's build")

@@ -1,0 +1,375 @@
+"""IR -> Relax -> fused TIR kernels, scheduled for memory and printed as plain C with a pointer ABI.
+
+TVM 0.27 has no C runtime, AOT executor or unpacked calling convention any more
+(../shared/TVM-NOTES.md, "Plain C kernels"). This module keeps TVM for what it is
+good at (legalization, fusion, TIR lowering, C printing) and does the rest:
+
+- every fused kernel is scheduled so that its intermediates stay in scalars or
+  small buffers (spatial blocks inlined, each reduction computed under its
+  elementwise epilogue), which keeps kernel workspaces out of the arena;
+- each kernel gets a plain-pointer signature ``int32_t k(float* a, ...)``;
+- the Relax ``main`` becomes a :class:`~nasc.backends.mcu.plan.Program`
+  (kernel calls over named buffers, reshapes as aliases, constants as weights).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import ir, relax, s_tir, tirx
+
+from nasc.backends.mcu.plan import Buffer, Program, Step
+from nasc.errors import UnsupportedModelError
+
+KERNEL_PREFIX = "nasc_k_"
+
+
+@dataclass
+class Weight:
+    name: str
+    array: np.ndarray
+    users: list[str] = field(default_factory=list)  # steps reading it
+
+
+@dataclass
+class Kernels:
+    """The C source of all kernels and the call sequence that uses them."""
+
+    source: str
+    program: Program
+    weights: dict[str, Weight]
+    calls: dict[str, list[str]]  # step name -> argument buffers, in the kernel's parameter order
+    dtypes: dict[str, str]  # buffer -> TVM dtype
+    shapes: dict[str, list[int]]
+    inputs: list[str]
+    outputs: list[str]
+    stack_bytes: dict[str, int]  # kernel -> bytes of local arrays (on the stack)
+
+
+def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Relax legalization and fusion, with reshapes left as Relax reshapes (aliases, not copies)."""
+    seq = tvm.transform.Sequential([
+        relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
+        relax.transform.FoldConstant(), relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(), relax.transform.RewriteDataflowReshape(),
+        relax.transform.CanonicalizeBindings(), relax.transform.DeadCodeElimination(),
+    ])
+    with target:
+        return seq(mod)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scheduling for memory
+# ----------------------------------------------------------------------------------------------
+
+
+def _blocks(sch: s_tir.Schedule) -> list:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _is_reduction(sch: s_tir.Schedule, block: Any) -> bool:
+    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
+def _outputs(sch: s_tir.Schedule) -> set[str]:
+    return {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
+
+
+def _inline(sch: s_tir.Schedule) -> None:
+    changed = True
+    while changed:
+        changed = False
+        outs = _outputs(sch)
+        for block in _blocks(sch):
+            if _is_reduction(sch, block) or sch.get(block).name_hint in outs:
+                continue
+            try:
+                sch.compute_inline(block)
+                changed = True
+            except Exception:
+                continue
+
+
+def _loop_for_consumer(sch: s_tir.Schedule, red: Any, consumer: Any) -> Any | None:
+    """The innermost loop of ``consumer`` that indexes ``red``'s output, if computing ``red`` there
+    recomputes nothing (every enclosing loop indexes that output too, or has extent 1)."""
+    out_buf = sch.get(red).writes[0].source
+    block = sch.get(consumer)
+    used: set[Any] = set()
+    for region in block.reads:
+        if region.source.same_as(out_buf):
+            for r in region.region:
+                used.update(v for v in tirx.analysis.undefined_vars(r.min))
+    iter_vars = [iv.var for iv in block.iter_vars]
+    values = list(_realize_of(sch, consumer).iter_values)
+    loops = sch.get_loops(consumer)
+    loop_vars = [sch.get(lp).loop_var for lp in loops]
+    used_loops: set[int] = set()
+    for iv, val in zip(iter_vars, values):
+        if any(iv.same_as(u) for u in used):
+            for v in tirx.analysis.undefined_vars(val):
+                for li, lv in enumerate(loop_vars):
+                    if lv.same_as(v):
+                        used_loops.add(li)
+    if not used_loops:
+        return None
+    deepest = max(used_loops)
+    for li in range(deepest):
+        ext = sch.get(loops[li]).extent
+        if li not in used_loops and not (isinstance(ext, tirx.IntImm) and int(ext) == 1):
+            return None
+    return loops[deepest]
+
+
+def _realize_of(sch: s_tir.Schedule, block: Any) -> Any:
+    return tvm.get_global_func("s_tir.schedule.GetSBlockRealize")(sch, block)
+
+
+def schedule_for_memory(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Inline spatial blocks and compute each reduction where its consumer needs it, so that a fused
+    kernel keeps its intermediates in scalars or small buffers instead of whole tensors."""
+    sch = s_tir.Schedule(func)
+    _inline(sch)
+    for block in reversed(_blocks(sch)):
+        if not _is_reduction(sch, block):
+            continue
+        consumers = list(sch.get_consumers(block))
+        if len(consumers) == 1:
+            loop = _loop_for_consumer(sch, block, consumers[0])
+            if loop is not None:
+                try:
+                    sch.compute_at(block, loop, preserve_unit_loops=True)
+                except Exception:
+                    pass
+        loops = sch.get_loops(block)
+        ivs = sch.get(block).iter_vars
+        red_loops = [lp for lp in loops[len(loops) - len(ivs):]
+                     if _drives_reduction(sch, block, lp)] if len(loops) >= len(ivs) else []
+        if red_loops:
+            try:
+                sch.decompose_reduction(block, red_loops[0])
+            except Exception:
+                pass
+    return sch.mod["main"]
+
+
+def _drives_reduction(sch: s_tir.Schedule, block: Any, loop: Any) -> bool:
+    lv = sch.get(loop).loop_var
+    values = list(_realize_of(sch, block).iter_values)
+    for iv, val in zip(sch.get(block).iter_vars, values):
+        if iv.iter_type == tirx.IterVar.CommReduce and any(v.same_as(lv) for v in tirx.analysis.undefined_vars(val)):
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Lowering to a plain-pointer C function
+# ----------------------------------------------------------------------------------------------
+
+
+def _lower_seq(target: tvm.target.Target) -> tvm.transform.Pass:
+    return tvm.transform.Sequential([
+        tirx.transform.BindTarget(target), s_tir.transform.LowerInitBlock(),
+        s_tir.transform.PlanAndUpdateBufferAllocationLocation(), s_tir.transform.ConvertBlocksToOpaque(),
+        s_tir.transform.CompactBufferAllocation(), s_tir.transform.LowerMatchBuffer(),
+        s_tir.transform.LowerOpaqueBlock(), tirx.transform.FlattenBuffer(), tirx.transform.NarrowDataType(32),
+        s_tir.transform.LoopPartition(), tirx.transform.VectorizeLoop(False), tirx.transform.StorageRewrite(),
+        tirx.transform.UnrollLoop(), tirx.transform.StmtSimplify(), tirx.transform.RemoveNoOp(),
+        tirx.transform.CommonSubexprElim(),
+    ])
+
+
+def _unpacked(func: tirx.PrimFunc, symbol: str) -> tirx.PrimFunc:
+    """Each buffer parameter becomes a plain data pointer with a DeclBuffer over it; the body sits in the
+    device attributes that LowerTVMBuiltin reads when it turns large allocations into workspace calls."""
+    ptrs = [tirx.Var(p.name, ir.PointerType(ir.PrimType(str(p.dtype)))) for p in func.params]
+    decls = [tirx.DeclBuffer(p, data=q) for p, q in zip(func.params, ptrs)]
+    body = tirx.AttrStmt(ir.StringImm("default"), "device_id", tirx.IntImm("int32", 0),
+                         tirx.AttrStmt(ir.StringImm("default"), "device_type", tirx.IntImm("int32", 1), func.body))
+    out = tirx.PrimFunc(ptrs, tirx.SeqStmt([*decls, body]), ret_type=ir.PrimType("int32"), attrs=func.attrs)
+    return out.with_attr("global_symbol", symbol)
+
+
+def lower_kernels(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target) -> str:
+    """C source for ``funcs`` (name -> scheduled PrimFunc), each ``int32_t name(T* ...)`` returning 0."""
+    mod = _lower_seq(target)(tvm.IRModule({n: f.with_attr("global_symbol", n) for n, f in funcs.items()}))
+    mod = tvm.IRModule({n: _unpacked(mod[n], n) for n in funcs})
+    mod = tirx.transform.LowerTVMBuiltin()(mod)
+    # A plain `return 0` after the workspace frees that LowerTVMBuiltin placed (the shim defines the macro).
+    ok = tirx.Evaluate(tirx.call_extern("int32", "NASC_KERNEL_OK"))
+    mod = tvm.IRModule({n: mod[n].with_body(tirx.SeqStmt([mod[n].body, ok])) for n in funcs})
+    mod = tirx.transform.LowerIntrin()(mod)
+    src = str(tvm.get_global_func("target.build.c")(mod, target).inspect_source())
+    return _strip_runtime(src)
+
+
+_RUNTIME_INCLUDE = re.compile(r'#include "tvm/[^"]+"\n')
+
+
+_OK_PROTOTYPE = re.compile(r'(#ifdef __cplusplus\nextern "C"\n#endif\n)?TVM_DLL int32_t NASC_KERNEL_OK\(\);\n')
+
+
+def _strip_runtime(src: str) -> str:
+    src = _OK_PROTOTYPE.sub("", _RUNTIME_INCLUDE.sub("", src))
+    src = src.replace("void* __tvm_ffi__library_ctx = NULL;\n", "")
+    return '#include "nasc_shim.h"\n' + src
+
+
+_WORKSPACE = re.compile(r"TVMBackendAllocWorkspace\(\s*\d+,\s*[^,]+,\s*\(uint64_t\)(\d+)")
+_FUNC = re.compile(r"^TVM_DLL int32_t (\w+)\(", re.M)
+_STACK_ARRAY = re.compile(r"^\s+(float|double|int8_t|uint8_t|int16_t|int32_t|int64_t|bool)\s+\w+\[(\d+)\];", re.M)
+_CSIZE = {"float": 4, "double": 8, "int8_t": 1, "uint8_t": 1, "int16_t": 2, "int32_t": 4, "int64_t": 8, "bool": 1}
+
+
+def workspace_bytes(src: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Per kernel: bytes requested from the workspace allocator (all live at once at worst, LIFO), and
+    bytes of local arrays on the stack, read off the generated C."""
+    from nasc.backends.mcu.plan import align
+
+    ws: dict[str, int] = {}
+    stack: dict[str, int] = {}
+    starts = [(m.start(), m.group(1)) for m in _FUNC.finditer(src)]
+    for k, (pos, name) in enumerate(starts):
+        body = src[pos: starts[k + 1][0] if k + 1 < len(starts) else len(src)]
+        ws[name] = sum(align(int(m.group(1))) for m in _WORKSPACE.finditer(body))
+        stack[name] = sum(_CSIZE[m.group(1)] * int(m.group(2)) for m in _STACK_ARRAY.finditer(body))
+    return ws, stack
+
+
+# ----------------------------------------------------------------------------------------------
+# The call sequence
+# ----------------------------------------------------------------------------------------------
+
+
+def _c_ident(text: str) -> str:
+    return re.sub(r"\W", "_", text)
+
+
+def build_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> Kernels:
+    """Fuse, schedule and print the kernels of Relax module ``mod`` and read its call sequence."""
+    fused = fuse(mod, target)
+    main = fused["main"]
+    buffers: dict[str, Buffer] = {}
+    dtypes: dict[str, str] = {}
+    shapes: dict[str, list[int]] = {}
+    weights: dict[str, Weight] = {}
+    const_names: dict[Any, str] = {}
+    steps: list[Step] = []
+    calls: dict[str, list[str]] = {}
+    names: dict[Any, str] = {}
+    kernel_funcs: dict[str, tirx.PrimFunc] = {}
+    inplace: dict[str, bool] = {}
+
+    def add_buffer(name: str, ty: Any, kind: str, alias_of: str | None = None) -> None:
+        shape = [int(d) for d in ty.shape]
+        dtype = str(ty.dtype)
+        buffers[name] = Buffer(name, int(np.prod(shape, dtype=np.int64)) * _itemsize(dtype), kind, alias_of)
+        dtypes[name] = dtype
+        shapes[name] = shape
+
+    inputs = []
+    for p in main.params:
+        name = f"in{len(inputs)}"
+        names[p] = name
+        add_buffer(name, p.ty, "input")
+        inputs.append(name)
+
+    def operand(e: Any) -> str:
+        if isinstance(e, ir.GenericConst):
+            key = e
+            for c, n in const_names.items():
+                if c.same_as(e):
+                    return n
+            name = f"w{len(weights)}"
+            const_names[key] = name
+            arr = e.value.numpy()
+            weights[name] = Weight(name, arr)
+            buffers[name] = Buffer(name, arr.nbytes, "weight")
+            dtypes[name] = str(arr.dtype)
+            shapes[name] = list(arr.shape)
+            return name
+        if isinstance(e, relax.Var) and e in names:
+            return names[e]
+        raise UnsupportedModelError(f"the MCU backend cannot pass {type(e).__name__} {e} to a kernel")
+
+    body = main.body
+    for block in body.blocks:
+        for binding in block.bindings:
+            var, value = binding.var, binding.value
+            if isinstance(value, relax.Call) and value.op.same_as(ir.Op.get("relax.call_tir")):
+                gv = value.args[0]
+                kname = KERNEL_PREFIX + _c_ident(gv.name_hint)
+                if kname not in kernel_funcs:
+                    func = fused[gv]
+                    kernel_funcs[kname] = schedule_for_memory(func)
+                    inplace[kname] = _is_inplace_safe(kernel_funcs[kname])
+                args = [operand(a) for a in value.args[1].fields]
+                sname = f"s{len(steps)}"
+                out_ty = var.ty
+                outs: list[str] = []
+                if isinstance(out_ty, relax.TupleType):
+                    raise UnsupportedModelError(f"kernel {gv.name_hint} has several outputs; the MCU backend "
+                                                "supports single-output kernels")
+                oname = f"t{len(buffers)}"
+                add_buffer(oname, out_ty, "arena")
+                names[var] = oname
+                outs.append(oname)
+                steps.append(Step(sname, kname, [a for a in args], outs, inplace_ok=inplace[kname],
+                                  label=gv.name_hint))
+                calls[sname] = args + outs
+            elif isinstance(value, relax.Call) and value.op.same_as(ir.Op.get("relax.reshape")):
+                src = operand(value.args[0])
+                oname = f"t{len(buffers)}"
+                add_buffer(oname, var.ty, buffers[src].kind if buffers[src].kind != "weight" else "weight", src)
+                names[var] = oname
+            elif isinstance(value, relax.Var) and value in names:
+                names[var] = names[value]
+            elif isinstance(value, relax.Tuple):
+                names[var] = ""  # the output tuple, handled below
+            else:
+                raise UnsupportedModelError(f"the MCU backend cannot lower Relax binding {var.name} = {value}")
+    result = body.body
+    fields = list(result.fields) if isinstance(result, relax.Tuple) else [result]
+    outputs = [operand(f) for f in fields]
+    prog = Program(buffers, [])
+    for o in outputs:  # a kernel writing a model output writes into the caller's buffer
+        root = prog.root(o)
+        if buffers[root].kind == "arena":
+            buffers[root].kind = "output"
+    src = lower_kernels(kernel_funcs, target)
+    ws, stack = workspace_bytes(src)
+    for s in steps:
+        s.workspace = ws.get(s.kernel, 0)
+    for w in weights.values():
+        w.users = [s.name for s in steps if w.name in s.reads]
+    prog.steps = steps
+    return Kernels(src, prog, weights, calls, dtypes, shapes, inputs, outputs, stack)
+
+
+def _is_inplace_safe(func: tirx.PrimFunc) -> bool:
+    """A kernel whose output may overwrite an input of the same shape: after scheduling it is one
+    spatial block that reads each buffer only at the index it writes (pure elementwise)."""
+    sch = s_tir.Schedule(func)
+    blocks = _blocks(sch)
+    if len(blocks) != 1 or _is_reduction(sch, blocks[0]):
+        return False
+    b = sch.get(blocks[0])
+    out = b.writes[0]
+    for r in b.reads:
+        if [int(x) for x in r.source.shape] != [int(x) for x in out.source.shape]:
+            continue
+        if not all(tvm.ir.structural_equal(x.min, y.min) and tvm.ir.structural_equal(x.extent, y.extent)
+                   for x, y in zip(r.region, out.region)):
+            return False
+    return True
+
+
+def _itemsize(dtype: str) -> int:
+    if dtype == "bool":
+        return 1
+    return int(np.dtype(dtype).itemsize)
