@@ -138,7 +138,7 @@ def _print_mcu(rep: dict) -> None:
           f"all tensors {_bytes(rep['naive_bytes'])}); flash "
           + (f"{_bytes(flash)} of {_bytes(b['flash_bytes'])}" if flash is not None else "not measured (no arm-none-eabi-gcc)")
           + f" (weights {_bytes(rep['weights_bytes'])})")
-    for mode, v in rep.get("verify", {}).items():
+    for v in rep.get("verify", {}).values():
         acc = v.get("accuracy")
         acc_text = (f"; accuracy {acc['nasc']:.2%} on {acc['samples']} labelled samples "
                     f"(reference {acc['reference']:.2%})") if acc else ""

@@ -263,7 +263,7 @@ def build_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> Kernels:
     calls: dict[str, list[str]] = {}
     names: dict[Any, str] = {}
     kernel_funcs: dict[str, tirx.PrimFunc] = {}
-    inplace: dict[str, bool] = {}
+    inplace: dict[str, list[int]] = {}
 
     def add_buffer(name: str, ty: Any, kind: str, alias_of: str | None = None) -> None:
         shape = [int(d) for d in ty.shape]
@@ -307,7 +307,7 @@ def build_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> Kernels:
                 if kname not in kernel_funcs:
                     func = fused[gv]
                     kernel_funcs[kname] = schedule_for_memory(func)
-                    inplace[kname] = _is_inplace_safe(kernel_funcs[kname])
+                    inplace[kname] = inplace_params(kernel_funcs[kname])
                 args = [operand(a) for a in value.args[1].fields]
                 sname = f"s{len(steps)}"
                 out_ty = var.ty
@@ -319,7 +319,7 @@ def build_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> Kernels:
                 add_buffer(oname, out_ty, "arena")
                 names[var] = oname
                 outs.append(oname)
-                steps.append(Step(sname, kname, [a for a in args], outs, inplace_ok=inplace[kname],
+                steps.append(Step(sname, kname, list(args), outs, inplace=[args[i] for i in inplace[kname]],
                                   label=gv.name_hint))
                 calls[sname] = args + outs
             elif isinstance(value, relax.Call) and value.op.same_as(ir.Op.get("relax.reshape")):
@@ -351,22 +351,28 @@ def build_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> Kernels:
     return Kernels(src, prog, weights, calls, dtypes, shapes, inputs, outputs, stack)
 
 
-def _is_inplace_safe(func: tirx.PrimFunc) -> bool:
-    """A kernel whose output may overwrite an input of the same shape: after scheduling it is one
-    spatial block that reads each buffer only at the index it writes (pure elementwise)."""
+def inplace_params(func: tirx.PrimFunc) -> list[int]:
+    """Parameters (by position) that the kernel's output may overwrite: the kernel is one spatial block after
+    scheduling, and reads that parameter, of the output's shape, only at the index it writes."""
     sch = s_tir.Schedule(func)
     blocks = _blocks(sch)
     if len(blocks) != 1 or _is_reduction(sch, blocks[0]):
-        return False
+        return []
     b = sch.get(blocks[0])
+    if len(b.writes) != 1:
+        return []
     out = b.writes[0]
-    for r in b.reads:
-        if [int(x) for x in r.source.shape] != [int(x) for x in out.source.shape]:
+    out_shape = [int(x) for x in out.source.shape]
+    ok = []
+    for pos, param in enumerate(func.params[:-1]):
+        regions = [r for r in b.reads if r.source.same_as(param)]
+        if len(regions) != 1 or [int(x) for x in param.shape] != out_shape:
             continue
-        if not all(tvm.ir.structural_equal(x.min, y.min) and tvm.ir.structural_equal(x.extent, y.extent)
-                   for x, y in zip(r.region, out.region)):
-            return False
-    return True
+        r = regions[0]
+        if all(tvm.ir.structural_equal(x.min, y.min) and tvm.ir.structural_equal(x.extent, y.extent)
+               for x, y in zip(r.region, out.region, strict=True)):
+            ok.append(pos)
+    return ok
 
 
 def _itemsize(dtype: str) -> int:

@@ -53,7 +53,7 @@ class Step:
     reads: list[str]
     writes: list[str]
     workspace: int = 0
-    inplace_ok: bool = False
+    inplace: list[str] = field(default_factory=list)  # reads whose buffer the output may take over
     label: str = ""
 
 
@@ -198,7 +198,7 @@ def intervals_for(prog: Program, order: Sequence[int]) -> tuple[dict[str, Interv
             if b.kind != "arena" or root in iv or root in aliases:
                 continue
             end = max(last_use.get(root, p), p)
-            target = _inplace_target(prog, s, root, p, iv, aliases, last_use) if s.inplace_ok else None
+            target = _inplace_target(prog, s, root, p, iv, aliases, last_use) if s.inplace else None
             if target is not None:
                 aliases[root] = target
                 iv[target].end = max(iv[target].end, end)
@@ -212,7 +212,7 @@ def intervals_for(prog: Program, order: Sequence[int]) -> tuple[dict[str, Interv
 
 def _inplace_target(prog: Program, s: Step, out: str, p: int, iv: dict[str, Interval], aliases: dict[str, str],
                     last_use: dict[str, int]) -> str | None:
-    for r in s.reads:
+    for r in s.inplace:
         root = prog.root(r)
         held = aliases.get(root, root)
         if held in iv and last_use.get(root) == p and iv[held].end == p and iv[held].nbytes == align(
