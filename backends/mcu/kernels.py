@@ -379,3 +379,20 @@ def _itemsize(dtype: str) -> int:
     if dtype == "bool":
         return 1
     return int(np.dtype(dtype).itemsize)
+
+
+def tvm_static_plan_bytes(mod: tvm.IRModule, target: tvm.target.Target) -> int:
+    """Bytes of storage that TVM's own planner (StaticPlanBlockMemory) allocates for the same fused module,
+    outputs excluded as in nasc's arena (for comparison in tools/bench_mcu.py; kernel workspaces not counted)."""
+    fused = fuse(mod, target)
+    seq = tvm.transform.Sequential([relax.transform.ToNonDataflow(), relax.transform.RemovePurityChecking(),
+                                    relax.transform.CallTIRRewrite(), relax.transform.StaticPlanBlockMemory()])
+    with target:
+        planned = seq(fused)
+    alloc = ir.Op.get("relax.memory.alloc_storage")
+    total = 0
+    for block in planned["main"].body.blocks:
+        for b in block.bindings:
+            if isinstance(b.value, relax.Call) and b.value.op.same_as(alloc):
+                total += int(np.prod([int(v) for v in b.value.args[0].values]))
+    return total
