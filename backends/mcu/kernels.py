@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import ir, relax, s_tir, tirx
 
 from nasc.backends.mcu.plan import Buffer, Program, Step
@@ -264,6 +265,7 @@ def build_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> Kernels:
     names: dict[Any, str] = {}
     kernel_funcs: dict[str, tirx.PrimFunc] = {}
     inplace: dict[str, list[int]] = {}
+    tuples: dict[Any, list[str]] = {}
 
     def add_buffer(name: str, ty: Any, kind: str, alias_of: str | None = None) -> None:
         shape = [int(d) for d in ty.shape]
@@ -312,13 +314,14 @@ def build_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> Kernels:
                 sname = f"s{len(steps)}"
                 out_ty = var.ty
                 outs: list[str] = []
+                for ty in (out_ty.fields if isinstance(out_ty, relax.TupleType) else [out_ty]):
+                    oname = f"t{len(buffers)}"
+                    add_buffer(oname, ty, "arena")
+                    outs.append(oname)
                 if isinstance(out_ty, relax.TupleType):
-                    raise UnsupportedModelError(f"kernel {gv.name_hint} has several outputs; the MCU backend "
-                                                "supports single-output kernels")
-                oname = f"t{len(buffers)}"
-                add_buffer(oname, out_ty, "arena")
-                names[var] = oname
-                outs.append(oname)
+                    tuples[var] = outs
+                else:
+                    names[var] = outs[0]
                 steps.append(Step(sname, kname, list(args), outs, inplace=[args[i] for i in inplace[kname]],
                                   label=gv.name_hint))
                 calls[sname] = args + outs
@@ -330,12 +333,16 @@ def build_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> Kernels:
             elif isinstance(value, relax.Var) and value in names:
                 names[var] = names[value]
             elif isinstance(value, relax.Tuple):
-                names[var] = ""  # the output tuple, handled below
+                tuples[var] = [operand(f) for f in value.fields]
+            elif isinstance(value, relax.TupleGetItem) and value.tuple_value in tuples:
+                names[var] = tuples[value.tuple_value][value.index]
             else:
                 raise UnsupportedModelError(f"the MCU backend cannot lower Relax binding {var.name} = {value}")
     result = body.body
-    fields = list(result.fields) if isinstance(result, relax.Tuple) else [result]
-    outputs = [operand(f) for f in fields]
+    if isinstance(result, relax.Var) and result in tuples:
+        outputs = list(tuples[result])
+    else:
+        outputs = [operand(f) for f in (result.fields if isinstance(result, relax.Tuple) else [result])]
     prog = Program(buffers, [])
     for o in outputs:  # a kernel writing a model output writes into the caller's buffer
         root = prog.root(o)
@@ -369,7 +376,7 @@ def inplace_params(func: tirx.PrimFunc) -> list[int]:
         if len(regions) != 1 or [int(x) for x in param.shape] != out_shape:
             continue
         r = regions[0]
-        if all(tvm.ir.structural_equal(x.min, y.min) and tvm.ir.structural_equal(x.extent, y.extent)
+        if all(tvm_ffi.structural_equal(x.min, y.min) and tvm_ffi.structural_equal(x.extent, y.extent)
                for x, y in zip(r.region, out.region, strict=True)):
             ok.append(pos)
     return ok

@@ -187,3 +187,26 @@ def test_weights_round_trip_exactly_through_c(tmp_path: Path) -> None:
     text = " ".join(_array_rows(vals)).replace("f,", ",")
     back = np.array([float(t) for t in text.replace(",", " ").split()], dtype=np.float32)
     assert back.tobytes() == vals.tobytes()
+
+
+def test_multi_output_kernel_and_an_output_that_is_an_input(tmp_path: Path) -> None:
+    """Split (one kernel, two results) feeding two outputs, and a model output that is the model input."""
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as h
+
+    outs = [h.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in (("a", [1, 3, 4]), ("b", [1, 5, 4]),
+                                                                           ("c", [1, 8, 4]))]
+    g = h.make_graph([h.make_node("Split", ["x", "split"], ["s0", "s1"], axis=1, name="sp"),
+                      h.make_node("Relu", ["s0"], ["a"], name="r"), h.make_node("Sigmoid", ["s1"], ["b"], name="sg"),
+                      h.make_node("Identity", ["x"], ["c"], name="id")], "g",
+                     [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4])], outs,
+                     [h.make_tensor("split", TensorProto.INT64, [2], [3, 5])])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 21)])
+    m.ir_version = 10
+    onnx.save(m, tmp_path / "split.onnx")
+    art = nasc.compile(tmp_path / "split.onnx", "mcu", tmp_path / "out", passes="simplify", verify_on="host")
+    assert art.report["verify"]["host"]["max_abs_err"] <= 1e-6
+    model_c = (tmp_path / "out" / "model.c").read_text()
+    assert "memcpy(" in model_c  # the output that is the input is copied
+    assert len(art.report["steps"]) == 3
