@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from doc_tables import write_between_markers  # noqa: E402
+from doc_tables import write_between_markers
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("digits", "mobilenet_v2_035", "ds_cnn", "transformer")
@@ -49,8 +49,8 @@ def _export(name: str, tmp: Path) -> tuple[Path, str]:
 
 def run(name: str, verify: str) -> dict[str, Any]:
     import nasc
-    from nasc.backends.mcu.build import c_target
     from nasc.backends.mcu.boards import BOARDS
+    from nasc.backends.mcu.build import c_target
     from nasc.backends.mcu.kernels import tvm_static_plan_bytes
     from nasc.backends.tvm.lower import to_relax
 
