@@ -150,13 +150,15 @@ def compile(
     log: Any = None,
     verify_on: str | Sequence[str] | None = None,
     budget_check: bool = True,
+    allow_random_calib: bool = False,
 ) -> Artifact:
     """Load ``model``, build it for ``target`` into directory ``out``, and check it against the original.
 
     ``target``: ``onnx``, ``cpu`` (this host), ``cpu:<llvm-mcpu>``, ``gpu[:sm_XX]``, a JSON TVM target, or
     ``mcu[:BOARD]`` (a C project; ``verify_on`` = ``host`` (default, when gcc is here), ``qemu``, both
     (``"host,qemu"``) or ``none`` says where it is built and run to check it; ``budget_check=False`` builds a
-    model that exceeds the board's SRAM or flash).
+    model that exceeds the board's SRAM or flash). Quantization passes need ``calib``; with
+    ``allow_random_calib=True`` they run on seeded random inputs instead (with a warning).
     The directory is written whole or not at all: it is assembled next to
     ``out`` and moved into place only when the build and its checks succeed.
     ``passes`` is a pipeline run before the build; ``calib`` an ``.npz`` path
@@ -192,11 +194,15 @@ def compile(
     feeds_calib = fidelity.load_calibration(calib, graph) if isinstance(calib, str | os.PathLike) else (
         [dict(f) for f in calib] if calib is not None else None)
     warnings: list[str] = []
+    pass_calib = feeds_calib
     if pipeline.lossy and not feeds_calib:
         warnings.append("lossy passes ran without calibration data (--calib): their choices and this fidelity "
                         "check used random inputs, which say little about real accuracy")
+        if allow_random_calib:
+            pass_calib = fidelity.random_inputs(graph, seed, 8)
+    params_before = graph.summary()["param_bytes"]
     if pipeline.passes:
-        graph = optimize(graph, pipeline, feeds_calib, target, seed=seed, verify=verify,
+        graph = optimize(graph, pipeline, pass_calib, target, seed=seed, verify=verify,
                          print_ir_after_all=print_ir_after_all, log=log)
     tmp = _make_tmp(out)
     try:
@@ -212,7 +218,11 @@ def compile(
             "passes": graph.meta.get("passes", []),
             "warnings": warnings,
             "summary": {k: v for k, v in graph.summary().items() if k in ("nodes", "params", "macs", "ops")},
+            "param_bytes": {"before": params_before, "after": graph.summary()["param_bytes"]},
         }
+        for key in ("quant_policy", "quantization"):
+            if key in graph.meta:
+                report[key] = graph.meta[key]
         tuning = {"tune_trials": tune_trials, "tuning_db": tuning_db, "rpc_tracker": rpc_tracker,
                   "rpc_key": rpc_key, "log": log}
         if board is not None:
@@ -228,6 +238,12 @@ def compile(
                 got = [runner(f) for f in feeds]
                 report["fidelity"] = {**fidelity.compare(ref, got), "inputs": inputs_label, "seed": seed,
                                       "batches": fidelity_batches, "reference": ref_label}
+                labelled = _labelled(calib, feeds_calib)
+                if labelled is not None:
+                    lab_feeds, labels = labelled
+                    report["accuracy"] = {"nasc": _accuracy([runner(f)[0] for f in lab_feeds], labels),
+                                          "reference": _accuracy([run_ref(f)[0] for f in lab_feeds], labels),
+                                          "samples": len(lab_feeds)}
             elif runner is None:
                 report["fidelity"] = None
                 warnings.append(f"no {tvm_target.kind if tvm_target else ''} device here: the build was not run; "
@@ -236,6 +252,8 @@ def compile(
         if measure_latency and tvm_target is not None and tvm_target.kind == "cpu":
             report["latency_ms"] = _latency(tmp, model, graph, feeds[0])
         report["files"] = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        if isinstance(model, str | os.PathLike) and Path(model).is_file():
+            report["model_file_bytes"] = Path(model).stat().st_size
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         _replace_dir(tmp, out)
     except BaseException:

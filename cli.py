@@ -103,6 +103,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
                        passes=args.passes, calib=args.calib, seed=args.seed, verify=not args.no_verify,
                        tune_trials=args.tune_trials, tuning_db=args.tuning_db, rpc_tracker=args.rpc_tracker,
                        rpc_key=args.rpc_key, verify_on=args.verify, budget_check=not args.no_budget_check,
+                       allow_random_calib=args.allow_random_calib,
                        print_ir_after_all=args.print_ir_after_all, log=print)
     rep = art.report
     for w in rep.get("warnings", []):
@@ -124,10 +125,25 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if lat:
         print(f"latency (median, batch as built): nasc {lat['nasc']:.3f} ms, onnxruntime {lat['onnxruntime']:.3f} ms "
               f"({lat['nasc'] / lat['onnxruntime']:.2f}x)")
+    acc = rep.get("accuracy")
+    if acc:
+        print(f"accuracy on {acc['samples']} labelled samples: {acc['nasc']:.2%} (original {acc['reference']:.2%})")
+    if "quantization" in rep:
+        pb = rep["param_bytes"]
+        print(f"weights {_bytes(pb['before'])} -> {_bytes(pb['after'])}"
+              + (f"; policy: {_policy_line(rep['quant_policy'])}" if rep.get("quant_policy") else ""))
     s = rep["summary"]
     files = ", ".join(f"{name} {_bytes(size)}" for name, size in rep["files"].items() if name != "report.json")
     print(f"nodes {s['nodes']}, params {_human(s['params'])}, MACs {_human(s['macs'])}; {files}")
     return 0
+
+
+def _policy_line(policy: dict) -> str:
+    counts: dict[str, int] = {}
+    for entry in policy.values():
+        if not entry.get("weightless"):
+            counts[f"int{entry['bits']}"] = counts.get(f"int{entry['bits']}", 0) + 1
+    return ", ".join(f"{n} layers {b}" for b, n in sorted(counts.items(), reverse=True))
 
 
 def _print_mcu(rep: dict) -> None:
@@ -221,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--verify", default=None, metavar="WHERE",
                     help="mcu: build and run the C project to check it on host (gcc; the default), qemu "
                          "(arm-none-eabi-gcc + the emulated board), host,qemu, or none")
+    sp.add_argument("--allow-random-calib", action="store_true",
+                    help="let quantization passes calibrate on random inputs when there is no --calib "
+                         "(their ranges then say little about real data)")
     sp.add_argument("--no-budget-check", action="store_true",
                     help="mcu: build even when the model exceeds the board's SRAM or flash")
     sp.set_defaults(func=cmd_compile)

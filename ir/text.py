@@ -12,7 +12,8 @@ One line per input, constant, node and the outputs::
 
 Small constants are printed inline (``dense[...]``); large ones by a key that
 ``parse`` looks up in its ``constants`` dict (or fills from a seeded generator
-when absent, for tests). ``_`` is an omitted optional operand. Value names are
+when absent, for tests). ``_`` is an omitted optional operand. A quantization policy
+(``graph.meta["quant_policy"]``) prints as ``quant-policy "layer" {"bits": 4, ...}`` lines after the graph line. Value names are
 made unique for printing; values themselves are told apart by identity.
 """
 
@@ -31,6 +32,8 @@ from nasc.ir.core import Graph, LazyArray, Node, SubGraph, Value
 from nasc.ir.types import OpaqueType, QuantParams, TensorType, Type
 
 INLINE_MAX = 8  # constants with at most this many elements are printed inline
+#: graph.meta key of the quantization policy (layer -> bits, sensitivity, bytes), printed as ``quant-policy`` lines
+POLICY_KEY = "quant_policy"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-:/]+")
 
@@ -119,6 +122,8 @@ def print_graph(graph: Graph, inline_max: int = INLINE_MAX) -> str:
     """The text form of ``graph`` (see the module docstring)."""
     namer = _Namer()
     lines = [f"graph {json.dumps(graph.name)} opsets {json.dumps(graph.opsets, sort_keys=True)}"]
+    for layer, entry in graph.meta.get(POLICY_KEY, {}).items():
+        lines.append(f"quant-policy {json.dumps(layer)} {json.dumps(entry, sort_keys=True)}")
     for v in graph.inputs:
         lines.append(f"input {namer.ref(v)} : {type_str(v.type)}")
     for v in graph.constants:
@@ -327,7 +332,10 @@ def parse(text: str, constants: dict[str, np.ndarray] | None = None) -> Graph:
             continue
         if outputs_seen:
             raise cur.error("nothing may follow the output line")
-        if cur.eat("input "):
+        if cur.eat("quant-policy "):
+            layer = cur.json()
+            graph.meta.setdefault(POLICY_KEY, {})[layer] = cur.json()
+        elif cur.eat("input "):
             name = cur.name()
             cur.expect(":")
             define(cur, name, graph.add_input(name, _parse_type(cur)))

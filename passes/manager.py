@@ -178,7 +178,7 @@ def registered_passes() -> dict[str, type[Pass]]:
 
 
 def _load_builtin_passes() -> None:
-    from nasc.passes import fuse, simplify  # noqa: F401  (registration side effects)
+    from nasc.passes import fuse, quantize, simplify  # noqa: F401  (registration side effects)
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:

@@ -1,0 +1,484 @@
+"""Quantization passes: ``quant-policy`` (choose a weight width per layer under budgets) and ``quantize``
+(realise it as QDQ pairs: int8 / packed int4 weights, uint8 activations, int32 biases).
+
+Both are lossy. Their accuracy is measured, never assumed: the policy is chosen from sensitivities
+measured on the calibration inputs, and every build reports its error against the float model.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nasc.errors import UsageError
+from nasc.ir import dtypes
+from nasc.ir.core import Graph, Node, Value
+from nasc.ir.ops.registry import emit
+from nasc.ir.text import POLICY_KEY
+from nasc.passes import quant_math as qm
+from nasc.passes.manager import ByteSize, Duration, Pass, PassContext, register_pass
+
+SENSITIVITY_SAMPLES = 16
+
+
+@dataclass
+class Layer:
+    """A quantizable node: its weight operand (None for a matmul of two activations), the weight's channel
+    axis, and the operands quantized as activations."""
+
+    node: Node
+    key: str
+    weight: int | None
+    axis: int
+    acts: list[int]
+    macs: int = 0
+
+    @property
+    def weight_value(self) -> Value | None:
+        return self.node.input(self.weight) if self.weight is not None else None
+
+
+def _is_float_const(v: Value | None) -> bool:
+    return v is not None and v.is_const and v.dtype in ("f32", "f16", "bf16") and v.tensor_type.is_static
+
+
+def find_layers(graph: Graph, keep_float: str = "") -> list[Layer]:
+    """Conv, ConvTranspose, Gemm and MatMul with a constant float weight; MatMul of two activations and
+    nasc.Attention (their activation operands only). Layers whose scope or name matches ``keep_float`` stay
+    float."""
+    from nasc.ir.analysis import node_cost
+
+    rx = re.compile(keep_float) if keep_float else None
+    layers: list[Layer] = []
+    seen: set[str] = set()
+    for i, n in enumerate(graph.nodes):
+        if rx is not None and (rx.search(n.scope or "") or rx.search(n.name or "")):
+            continue
+        layer = _layer_of(n)
+        if layer is None:
+            continue
+        key = n.name or f"{n.op}_{i}"
+        while key in seen:
+            key += "'"
+        seen.add(key)
+        layer.key = key
+        layer.macs = node_cost(n).macs
+        layers.append(layer)
+    return layers
+
+
+def _layer_of(n: Node) -> Layer | None:
+    op = n.qualified_op
+    if op in ("Conv", "ConvTranspose") and _is_float_const(n.input(1)) and not n.input(0).is_const:
+        if op == "ConvTranspose" and int(n.attr("group") or 1) != 1:
+            return None
+        return Layer(n, "", 1, 0 if op == "Conv" else 1, [0])
+    if op == "Gemm" and _is_float_const(n.input(1)) and not int(n.attr("transA") or 0):
+        return Layer(n, "", 1, 0 if int(n.attr("transB") or 0) else 1, [0])
+    if op == "MatMul":
+        a, b = n.input(0), n.input(1)
+        if _is_float_const(b) and not a.is_const and len(b.shape) >= 2:
+            return Layer(n, "", 1, len(b.shape) - 1, [0])
+        if not a.is_const and not b.is_const and a.dtype == "f32" and b.dtype == "f32":
+            return Layer(n, "", None, 0, [0, 1])
+    if op == "nasc.Attention":
+        return Layer(n, "", None, 0, [0, 1, 2])
+    return None
+
+
+# ---- measuring -------------------------------------------------------------------------------------
+
+
+def _need_calib(ctx: PassContext, pass_name: str) -> list[dict[str, np.ndarray]]:
+    if not ctx.calib:
+        raise UsageError(f"{pass_name} needs calibration data (--calib FILE.npz, or calib=[...] in Python): "
+                         "quantization ranges and sensitivities measured on random inputs are meaningless. "
+                         "Use --allow-random-calib to go ahead anyway")
+    return ctx.calib
+
+
+def activation_ranges(graph: Graph, layers: list[Layer], ctx: PassContext, feeds: list[dict[str, np.ndarray]],
+                      method: str, percentile: float) -> dict[int, tuple[float, float, np.ndarray]]:
+    """Per activation value (by id): its calibrated range and its per-channel mean (for bias correction)."""
+    values: list[Value] = []
+    for layer in layers:
+        for i in layer.acts:
+            v = layer.node.input(i)
+            if v is not None and not v.is_const and all(v is not u for u in values):
+                values.append(v)
+    if not values:
+        return {}
+    per_feed = ctx.evaluate(graph, feeds, values)
+    out: dict[int, tuple[float, float, np.ndarray]] = {}
+    for j, v in enumerate(values):
+        samples = [np.asarray(f[j], dtype=np.float32) for f in per_feed]
+        lo, hi = qm.act_range(samples, method, percentile)
+        out[id(v)] = (lo, hi, _channel_means(samples))
+    return out
+
+
+def _channel_means(samples: list[np.ndarray]) -> np.ndarray:
+    """Mean per channel: axis 1 for rank-4 (NCHW) tensors, the last axis otherwise."""
+    if samples[0].ndim == 4:
+        return np.mean(np.stack([s.mean(axis=(0, 2, 3)) for s in samples]), axis=0)
+    return np.mean(np.stack([s.reshape(-1, s.shape[-1]).mean(axis=0) for s in samples]), axis=0)
+
+
+# ---- realising QDQ ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Rewriter:
+    graph: Graph
+    ranges: dict[int, tuple[float, float, np.ndarray]]
+    bias_correction: bool
+    act_cache: dict[int, Value] = field(default_factory=dict)
+    weight_cache: dict[tuple[int, int], tuple[Value, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    bytes_before: int = 0
+    bytes_after: int = 0
+
+    def act(self, layer: Layer, i: int) -> None:
+        x = layer.node.input(i)
+        if x is None or x.is_const or id(x) not in self.ranges:
+            return
+        if id(x) not in self.act_cache:
+            lo, hi, _ = self.ranges[id(x)]
+            scale, zp = qm.act_qparams(lo, hi)
+            g = self.graph
+            s = g.add_constant(np.array(scale, dtype=np.float32), name=f"{x.name}_scale")
+            z = g.add_constant(np.array(zp, dtype=np.uint8), name=f"{x.name}_zero_point")
+            q = emit(g, layer.node, "QuantizeLinear", [x, s, z], name=f"{x.name}/QuantizeLinear")
+            self.act_cache[id(x)] = emit(g, layer.node, "DequantizeLinear", [q, s, z], name=f"{x.name}/DequantizeLinear")
+        self.graph.set_input(layer.node, i, self.act_cache[id(x)])
+
+    def weight(self, layer: Layer, bits: int) -> None:
+        w = layer.weight_value
+        assert w is not None and layer.weight is not None
+        key = (id(w), bits)
+        if key not in self.weight_cache:
+            data = np.asarray(w.data, dtype=np.float32)
+            q, scale = qm.quantize_weight(data, bits, layer.axis)
+            dt = qm.weight_dtype(bits)
+            g = self.graph
+            qv = g.add_constant(q.astype(dtypes.to_numpy(dt)), name=f"{w.name}_quantized")
+            sv = g.add_constant(scale, name=f"{w.name}_scale")
+            zv = g.add_constant(np.zeros(scale.shape, dtype=dtypes.to_numpy(dt)), name=f"{w.name}_zero_point")
+            deq = emit(g, layer.node, "DequantizeLinear", [qv, sv, zv], {"axis": layer.axis},
+                       name=f"{w.name}/DequantizeLinear")
+            self.weight_cache[key] = (deq, qm.dequantize_weight(q, scale, layer.axis) - data, scale)
+            self.bytes_before += w.tensor_type.nbytes
+            self.bytes_after += qv.tensor_type.nbytes + sv.tensor_type.nbytes + zv.tensor_type.nbytes
+        deq, delta, scale = self.weight_cache[key]
+        self.graph.set_input(layer.node, layer.weight, deq)
+        self.bias(layer, delta, scale)
+
+    def bias(self, layer: Layer, delta: np.ndarray, w_scale: np.ndarray) -> None:
+        """Bias correction (remove the mean shift the weight rounding causes on calibration data) and an
+        int32 bias at scale s_x * s_w, for Conv and Gemm."""
+        n = layer.node
+        if n.qualified_op not in ("Conv", "Gemm"):
+            return
+        x = n.input(0)
+        src = _source_of(x)
+        info = self.ranges.get(id(src)) if src is not None else None
+        b = n.input(2)
+        if info is None or (b is not None and not _is_float_const(b)):
+            return
+        out_ch = delta.shape[layer.axis]
+        bias = np.zeros(out_ch, dtype=np.float32) if b is None else np.asarray(b.data, np.float32).reshape(-1)
+        if bias.size != out_ch:
+            return
+        if self.bias_correction:
+            bias = bias - _mean_shift(n, delta, info[2])
+        lo, hi, _ = info
+        s_x, _ = qm.act_qparams(lo, hi)
+        scale = (np.float32(s_x) * w_scale).astype(np.float32)
+        qb = np.clip(np.round(bias / scale), -(2**31) + 1, 2**31 - 1).astype(np.int32)
+        g = self.graph
+        base = b.name if b is not None else f"{n.name}_bias"
+        bq = g.add_constant(qb, name=f"{base}_quantized")
+        bs = g.add_constant(scale, name=f"{base}_scale")
+        bz = g.add_constant(np.zeros(out_ch, dtype=np.int32), name=f"{base}_zero_point")
+        deq = emit(g, n, "DequantizeLinear", [bq, bs, bz], {"axis": 0}, name=f"{base}/DequantizeLinear")
+        if b is not None:
+            self.bytes_before += b.tensor_type.nbytes
+        self.bytes_after += bq.tensor_type.nbytes + bs.tensor_type.nbytes + bz.tensor_type.nbytes
+        if len(n.inputs) < 3:
+            g.set_inputs(n, [*n.inputs, deq])
+        else:
+            g.set_input(n, 2, deq)
+
+
+def _source_of(x: Value) -> Value | None:
+    """The float activation behind a DequantizeLinear(QuantizeLinear(a)) pair."""
+    p = x.producer
+    if p is None or p.op != "DequantizeLinear":
+        return x
+    q = p.input(0).producer
+    return q.input(0) if q is not None and q.op == "QuantizeLinear" else None
+
+
+def _mean_shift(n: Node, delta: np.ndarray, mean_x: np.ndarray) -> np.ndarray:
+    """E[(W_q - W) x] per output channel from the per-channel input means."""
+    if n.op == "Gemm":
+        return (delta @ mean_x) if int(n.attr("transB") or 0) else (mean_x @ delta)
+    groups = int(n.attr("group") or 1)
+    co, ci_g = delta.shape[0], delta.shape[1]
+    per = delta.reshape(co, ci_g, -1).sum(axis=2)  # [Co, Ci/g]
+    out = np.zeros(co, dtype=np.float32)
+    for c in range(co):
+        gi = c // (co // groups)
+        out[c] = float(per[c] @ mean_x[gi * ci_g:(gi + 1) * ci_g])
+    return out
+
+
+def realise(graph: Graph, layers: list[Layer], bits: dict[str, int], ranges: dict[int, tuple[float, float, np.ndarray]],
+            bias_correction: bool) -> _Rewriter:
+    """Insert the QDQ pairs of ``layers`` (weight width per layer key, 0 = keep float)."""
+    rw = _Rewriter(graph, ranges, bias_correction)
+    for layer in layers:
+        b = bits.get(layer.key, 0)
+        if layer.weight is not None and b == 0:
+            continue
+        for i in layer.acts:
+            rw.act(layer, i)
+        if layer.weight is not None:
+            rw.weight(layer, b)
+    return rw
+
+
+# ---- the passes ------------------------------------------------------------------------------------
+
+
+@register_pass
+@dataclass(frozen=True)
+class Quantize(Pass):
+    """Quantize weights (per-channel int8, or packed int4 where the policy says) and activations (per-tensor
+    uint8) as QDQ pairs, with int32 biases and bias correction.
+
+    Realises the policy of a preceding quant-policy pass, else ``bits`` for every layer. Needs calibration
+    inputs for the activation ranges (``calib``: minmax, percentile or mse). Lossy: int8 typically moves
+    outputs by ~1% of their range; the report measures it.
+    """
+
+    name = "quantize"
+    lossy = True
+    bits: int = 8
+    act_bits: int = 8
+    calib: str = "minmax"
+    percentile: float = 99.99
+    bias_correction: bool = True
+    keep_float: str = ""
+
+    def run(self, graph: Graph, ctx: PassContext) -> bool:
+        if self.act_bits != 8:
+            raise UsageError(f"quantize: act-bits={self.act_bits}; activations are quantized to 8 bits (uint8)")
+        if self.calib not in ("minmax", "percentile", "mse"):
+            raise UsageError(f"quantize: calib={self.calib!r}; expected minmax, percentile or mse")
+        feeds = _need_calib(ctx, "quantize")
+        layers = find_layers(graph, self.keep_float)
+        policy = graph.meta.get(POLICY_KEY)
+        if policy:
+            bits = {k: int(v["bits"]) for k, v in policy.items()}
+            layers = [lay for lay in layers if lay.key in bits]
+        else:
+            qm.weight_dtype(self.bits)
+            bits = {lay.key: self.bits for lay in layers}
+        ranges = activation_ranges(graph, layers, ctx, feeds, self.calib, self.percentile)
+        rw = realise(graph, layers, bits, ranges, self.bias_correction)
+        for lay in layers:
+            if lay.weight is not None and bits.get(lay.key):
+                ctx.count(f"int{bits[lay.key]}-{lay.node.op}")
+            elif lay.weight is None:
+                ctx.count(f"int8-act-{lay.node.op}")
+        graph.remove_dead()
+        graph.meta["quantization"] = {"weights_bytes_before": rw.bytes_before, "weights_bytes_after": rw.bytes_after,
+                                      "calib": self.calib, "samples": len(feeds), "layers": len(layers)}
+        ctx.note(f"quantized weights {rw.bytes_before} → {rw.bytes_after} bytes; activation ranges from "
+                 f"{len(feeds)} calibration samples ({self.calib})")
+        return bool(layers)
+
+
+# ---- the policy -------------------------------------------------------------------------------------
+
+# Estimated cycles per MAC by weight width, for the latency budget (documented as an estimate: Cortex-M4/M7
+# single-cycle FP MAC; two 8-bit MACs per cycle with SMLAD; int4 adds unpacking). CPU: per ns at 2 cores.
+_CYCLES_PER_MAC = {32: 1.0, 8: 0.5, 4: 0.6}
+_CPU_MACS_PER_S = {32: 50e9, 8: 100e9, 4: 80e9}
+
+
+def _board(target: Any) -> Any:
+    if isinstance(target, str) and target.split(":")[0] == "mcu":
+        from nasc.backends.mcu.boards import parse_board
+
+        return parse_board(target)
+    return None
+
+
+def _latency_s(macs: int, bits: int, board: Any) -> float:
+    if board is not None:
+        return macs * _CYCLES_PER_MAC[bits] / (board.clock_mhz * 1e6)
+    return macs / _CPU_MACS_PER_S[bits]
+
+
+def _weight_bytes(w: Value, bits: int, axis: int) -> int:
+    channels = int(w.shape[axis % len(w.shape)])
+    numel = int(np.prod(w.shape))
+    return (numel * bits + 7) // 8 + 4 * channels + (channels * bits + 7) // 8
+
+
+def _score(metric: str, ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
+    errs = []
+    for r, g in zip(ref, got):
+        for a, b in zip(r, g):
+            a = np.asarray(a, np.float64).reshape(-1)
+            b = np.asarray(b, np.float64).reshape(-1)
+            rel = float(np.sum((a - b) ** 2) / max(np.sum(a * a), 1e-30))
+            if metric == "mse":
+                errs.append(rel)
+            elif metric == "cosine":
+                errs.append(1.0 - float(a @ b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-30))
+            else:  # top1: flips, with the relative error to break ties
+                errs.append(float(np.argmax(a) != np.argmax(b)) + 1e-3 * rel)
+    return float(np.mean(errs)) if errs else 0.0
+
+
+def _clone_mapped(graph: Graph) -> tuple[Graph, dict[int, Value], dict[int, Node]]:
+    g2 = graph.clone()
+    vals = dict(zip((id(v) for v in graph.values()), g2.values()))
+    nodes = dict(zip((id(n) for n in graph.nodes), g2.nodes))
+    return g2, vals, nodes
+
+
+def _sensitivity(graph: Graph, layer: Layer, bits: int, ranges: dict[int, tuple[float, float, np.ndarray]],
+                 ctx: PassContext, feeds: list[dict[str, np.ndarray]], ref: list[list[np.ndarray]],
+                 metric: str) -> float:
+    """The metric between the float model and the model with only ``layer`` quantized (weight at ``bits``,
+    its activation inputs at 8 bits)."""
+    g2, vals, nodes = _clone_mapped(graph)
+    mapped = {id(vals[k]) if k in vals else k: r for k, r in ranges.items()}
+    lay2 = Layer(nodes[id(layer.node)], layer.key, layer.weight, layer.axis, layer.acts, layer.macs)
+    realise(g2, [lay2], {layer.key: bits}, mapped, bias_correction=True)
+    return _score(metric, ref, ctx.evaluate(g2, feeds))
+
+
+@register_pass
+@dataclass(frozen=True)
+class QuantPolicy(Pass):
+    """Choose a weight width per layer (from ``bits``) minimising measured sensitivity under flash, SRAM
+    and latency budgets (scipy milp); the ``quantize`` pass that follows realises it.
+
+    Sensitivity: the output error (``metric``) with that layer alone quantized, on up to 16 calibration
+    inputs. Budgets default to the target board's SRAM and flash. Activations are 8-bit. The policy is
+    stored on the graph and printed in its text form. Changes no numbers itself.
+    """
+
+    name = "quant-policy"
+    lossy = True
+    bits: tuple[int, ...] = (8, 4)
+    act_bits: int = 8
+    flash: ByteSize | None = None
+    sram: ByteSize | None = None
+    latency: Duration | None = None
+    keep_float: str = ""
+    metric: str = "mse"
+
+    def run(self, graph: Graph, ctx: PassContext) -> bool:
+        if self.metric not in ("mse", "cosine", "top1"):
+            raise UsageError(f"quant-policy: metric={self.metric!r}; expected mse, cosine or top1")
+        if not self.bits:
+            raise UsageError("quant-policy: bits needs at least one width, e.g. bits=8,4")
+        for b in self.bits:
+            qm.weight_dtype(b)
+        if self.act_bits != 8:
+            raise UsageError(f"quant-policy: act-bits={self.act_bits}; activations are quantized to 8 bits")
+        feeds = _need_calib(ctx, "quant-policy")[:SENSITIVITY_SAMPLES]
+        board = _board(ctx.target)
+        layers = find_layers(graph, self.keep_float)
+        ranges = activation_ranges(graph, layers, ctx, feeds, "minmax", 99.99)
+        ref = ctx.evaluate(graph, feeds)
+        widths = sorted(set(self.bits), reverse=True)
+        choices: list[qm.Choice] = []
+        policy: dict[str, dict[str, Any]] = {}
+        for i, lay in enumerate(layers):
+            ctx.log(f"quant-policy: measuring layer {i + 1}/{len(layers)} {lay.key}")
+            if lay.weight is None:
+                s = _sensitivity(graph, lay, 8, ranges, ctx, feeds, ref, self.metric)
+                policy[lay.key] = {"op": lay.node.op, "bits": self.act_bits, "weightless": True, "sensitivity": s}
+                continue
+            w = lay.weight_value
+            assert w is not None
+            sens = [_sensitivity(graph, lay, b, ranges, ctx, feeds, ref, self.metric) for b in widths]
+            costs = {"flash": [float(_weight_bytes(w, b, lay.axis)) for b in widths],
+                     "latency": [_latency_s(lay.macs, b, board) for b in widths]}
+            choices.append(qm.Choice(lay.key, widths, sens, costs))
+        budgets, fixed = self._budgets(graph, layers, board)
+        try:
+            picks = qm.solve(choices, budgets, fixed)
+        except qm.Infeasible as e:
+            raise UsageError(self._infeasible(e.smallest, budgets)) from None
+        for c, p in zip(choices, picks):
+            policy[c.layer] = {"op": next(lay.node.op for lay in layers if lay.key == c.layer), "bits": c.options[p],
+                               "sensitivity": c.sensitivity[p], "bytes": int(c.costs["flash"][p]),
+                               "candidates": {str(b): s for b, s in zip(c.options, c.sensitivity)}}
+        graph.meta[POLICY_KEY] = policy
+        total = fixed.get("flash", 0.0) + sum(c.costs["flash"][p] for c, p in zip(choices, picks))
+        counts = {b: sum(1 for c, p in zip(choices, picks) if c.options[p] == b) for b in widths}
+        for b, n in counts.items():
+            if n:
+                ctx.count(f"int{b}", n)
+        ctx.note(f"policy: {', '.join(f'{n} layers int{b}' for b, n in counts.items() if n)}; weights "
+                 f"{int(total)} bytes" + (f" (budget {budgets['flash']:.0f})" if "flash" in budgets else "") +
+                 f"; summed sensitivity ({self.metric}) "
+                 f"{sum(c.sensitivity[p] for c, p in zip(choices, picks)):.3g}")
+        return False
+
+    def _budgets(self, graph: Graph, layers: list[Layer], board: Any) -> tuple[dict[str, float], dict[str, float]]:
+        weights = {id(lay.weight_value) for lay in layers if lay.weight is not None}
+        other = sum(c.tensor_type.nbytes for c in graph.constants if id(c) not in weights and c.tensor_type.is_static)
+        flash = self.flash if self.flash is not None else (board.flash_bytes if board is not None else None)
+        budgets: dict[str, float] = {}
+        fixed: dict[str, float] = {}
+        if flash is not None:
+            budgets["flash"] = float(flash)
+            fixed["flash"] = float(other)
+        if self.latency is not None:
+            budgets["latency"] = float(self.latency)
+            quantized = {id(lay.node) for lay in layers if lay.weight is not None}
+            fixed["latency"] = sum(_latency_s(node_cost_macs(n), 32, board) for n in graph.nodes
+                                   if id(n) not in quantized)
+        sram = self.sram if self.sram is not None else (board.sram_bytes if board is not None else None)
+        if sram is not None:
+            need = _activation_peak_bytes(graph, self.act_bits)
+            if need > sram:
+                raise UsageError(f"quant-policy: activations need at least {need} bytes of SRAM at "
+                                 f"{self.act_bits} bits (the largest layer's inputs and outputs), over the budget "
+                                 f"sram={sram}; no choice of weight widths changes that")
+        return budgets, fixed
+
+    def _infeasible(self, smallest: dict[str, float], budgets: dict[str, float]) -> str:
+        parts = []
+        for k, limit in budgets.items():
+            if smallest[k] > limit:
+                unit = "bytes" if k == "flash" else "s"
+                parts.append(f"{k}={limit:g} {unit} is infeasible: the smallest reachable with bits="
+                             f"{','.join(map(str, self.bits))} is {smallest[k]:.6g} {unit}")
+        return "quant-policy: " + "; ".join(parts) + ". Raise the budget, allow narrower widths, or prune first"
+
+
+def node_cost_macs(n: Node) -> int:
+    from nasc.ir.analysis import node_cost
+
+    return node_cost(n).macs
+
+
+def _activation_peak_bytes(graph: Graph, act_bits: int) -> int:
+    """A lower bound on activation memory: the largest node's non-constant inputs plus outputs at act_bits."""
+    best = 0
+    for n in graph.nodes:
+        tensors = [v for v in (*n.inputs, *n.outputs) if v is not None and not v.is_const and v.tensor_type.is_static]
+        best = max(best, sum(int(np.prod(v.shape)) for v in tensors) * act_bits // 8)
+    return best
