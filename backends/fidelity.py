@@ -41,11 +41,15 @@ def random_inputs(graph: Graph, seed: int, batches: int = 1) -> list[dict[str, n
     return out
 
 
-def ort_session(model: onnx.ModelProto | str | bytes) -> Any:
+def ort_session(model: onnx.ModelProto | str | bytes, *, exact: bool = False) -> Any:
+    """An ONNX Runtime CPU session. ``exact``: basic graph optimizations only, so that QDQ pairs keep their
+    ONNX semantics (ORT's fused int8 kernels round and, on x86 without VNNI, saturate differently)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if exact:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
@@ -110,7 +114,9 @@ def run_graph(graph: Any, feeds: Sequence[Mapping[str, np.ndarray]], values: Seq
     """Run an IR graph under ONNX Runtime: the graph's outputs, or the given values (read as extra outputs).
 
     This is the reference runtime passes use (through PassContext.runner) to read
-    intermediate activations: the graph is exported with those values as outputs.
+    intermediate activations: the graph is exported with those values as outputs. It runs with basic
+    graph optimizations only (``ort_session(exact=True)``): a quantized graph is evaluated by the ONNX
+    semantics of its QDQ pairs, not by whatever int8 kernels ORT picks on this CPU.
     """
     from nasc.backends.onnx import to_onnx
 
@@ -128,7 +134,7 @@ def run_graph(graph: Any, feeds: Sequence[Mapping[str, np.ndarray]], values: Seq
         if len(set(names)) != len(names):
             for i, v in enumerate(g.outputs):
                 v.name = f"{v.name}__probe{i}"
-    sess = ort_session(to_onnx(g))
+    sess = ort_session(to_onnx(g), exact=True)
     return [run_ort(sess, f) for f in feeds]
 
 

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def qmax(bits: int) -> int:
-    return (1 << (bits - 1)) - 1
+def qmax(bits: int, reduce_range: bool = False) -> int:
+    """Largest weight magnitude: 127 / 7, or 63 / 3 with ``reduce_range`` (one bit less, so that u8 x s8
+    pair sums fit int16: ONNX Runtime's int8 kernels on x86 without VNNI saturate otherwise)."""
+    return (1 << (bits - (2 if reduce_range else 1))) - 1
 
 
 def weight_dtype(bits: int) -> str:
@@ -29,17 +31,18 @@ def weight_dtype(bits: int) -> str:
     raise ValueError(f"weight bits {bits}: supported widths are 8 and 4")
 
 
-def quantize_weight(w: np.ndarray, bits: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
+def quantize_weight(w: np.ndarray, bits: int, axis: int, reduce_range: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel symmetric quantization of ``w`` along ``axis``: (integer values as int8, scales as f32)."""
     w = np.asarray(w, dtype=np.float32)
     axis = axis % w.ndim
     red = tuple(i for i in range(w.ndim) if i != axis)
     amax = np.max(np.abs(w), axis=red) if red else np.abs(w)
-    scale = (amax / qmax(bits)).astype(np.float32)
+    top = qmax(bits, reduce_range)
+    scale = (amax / top).astype(np.float32)
     scale[scale == 0] = 1.0  # an all-zero channel: any scale represents it exactly
     shape = [1] * w.ndim
     shape[axis] = -1
-    q = np.clip(np.round(w / scale.reshape(shape)), -qmax(bits), qmax(bits)).astype(np.int8)
+    q = np.clip(np.round(w / scale.reshape(shape)), -top, top).astype(np.int8)
     return q, scale
 
 

@@ -135,6 +135,7 @@ class _Rewriter:
     graph: Graph
     ranges: dict[int, tuple[float, float, np.ndarray]]
     bias_correction: bool
+    reduce_range: bool = False
     act_cache: dict[int, Value] = field(default_factory=dict)
     weight_cache: dict[tuple[int, int], tuple[Value, np.ndarray, np.ndarray]] = field(default_factory=dict)
     bytes_before: int = 0
@@ -160,7 +161,7 @@ class _Rewriter:
         key = (id(w), bits)
         if key not in self.weight_cache:
             data = np.asarray(w.data, dtype=np.float32)
-            q, scale = qm.quantize_weight(data, bits, layer.axis)
+            q, scale = qm.quantize_weight(data, bits, layer.axis, self.reduce_range)
             dt = qm.weight_dtype(bits)
             g = self.graph
             qv = g.add_constant(q.astype(dtypes.to_numpy(dt)), name=f"{w.name}_quantized")
@@ -236,9 +237,9 @@ def _mean_shift(n: Node, delta: np.ndarray, mean_x: np.ndarray) -> np.ndarray:
 
 
 def realise(graph: Graph, layers: list[Layer], bits: dict[str, int], ranges: dict[int, tuple[float, float, np.ndarray]],
-            bias_correction: bool) -> _Rewriter:
+            bias_correction: bool, reduce_range: bool = False) -> _Rewriter:
     """Insert the QDQ pairs of ``layers`` (weight width per layer key, 0 = keep float)."""
-    rw = _Rewriter(graph, ranges, bias_correction)
+    rw = _Rewriter(graph, ranges, bias_correction, reduce_range)
     for layer in layers:
         b = bits.get(layer.key, 0)
         if layer.weight is not None and b == 0:
@@ -261,7 +262,8 @@ class Quantize(Pass):
 
     Realises the policy of a preceding quant-policy pass, else ``bits`` for every layer. Needs calibration
     inputs for the activation ranges (``calib``: minmax, percentile or mse). Lossy: int8 typically moves
-    outputs by ~1% of their range; the report measures it.
+    outputs by ~1% of their range; the report measures it. ``reduce-range`` keeps weights to 7 (3) bits:
+    for ONNX Runtime on x86 CPUs without VNNI, whose u8 x s8 kernels saturate on full-range weights.
     """
 
     name = "quantize"
@@ -272,6 +274,7 @@ class Quantize(Pass):
     percentile: float = 99.99
     bias_correction: bool = True
     keep_float: str = ""
+    reduce_range: bool = False
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         if self.act_bits != 8:
@@ -288,7 +291,7 @@ class Quantize(Pass):
             qm.weight_dtype(self.bits)
             bits = {lay.key: self.bits for lay in layers}
         ranges = activation_ranges(graph, layers, ctx, feeds, self.calib, self.percentile)
-        rw = realise(graph, layers, bits, ranges, self.bias_correction)
+        rw = realise(graph, layers, bits, ranges, self.bias_correction, self.reduce_range)
         for lay in layers:
             if lay.weight is not None and bits.get(lay.key):
                 ctx.count(f"int{bits[lay.key]}-{lay.node.op}")
