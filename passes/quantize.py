@@ -166,12 +166,12 @@ class _Rewriter:
             g = self.graph
             qv = g.add_constant(q.astype(dtypes.to_numpy(dt)), name=f"{w.name}_quantized")
             sv = g.add_constant(scale, name=f"{w.name}_scale")
-            zv = g.add_constant(np.zeros(scale.shape, dtype=dtypes.to_numpy(dt)), name=f"{w.name}_zero_point")
-            deq = emit(g, layer.node, "DequantizeLinear", [qv, sv, zv], {"axis": layer.axis},
+            # symmetric: the zero point is 0, ONNX's default when the operand is left out
+            deq = emit(g, layer.node, "DequantizeLinear", [qv, sv], {"axis": layer.axis},
                        name=f"{w.name}/DequantizeLinear")
             self.weight_cache[key] = (deq, qm.dequantize_weight(q, scale, layer.axis) - data, scale)
             self.bytes_before += w.tensor_type.nbytes
-            self.bytes_after += qv.tensor_type.nbytes + sv.tensor_type.nbytes + zv.tensor_type.nbytes
+            self.bytes_after += qv.tensor_type.nbytes + sv.tensor_type.nbytes
         deq, delta, scale = self.weight_cache[key]
         self.graph.set_input(layer.node, layer.weight, deq)
         self.bias(layer, delta, scale)
@@ -202,11 +202,10 @@ class _Rewriter:
         base = b.name if b is not None else f"{n.name}_bias"
         bq = g.add_constant(qb, name=f"{base}_quantized")
         bs = g.add_constant(scale, name=f"{base}_scale")
-        bz = g.add_constant(np.zeros(out_ch, dtype=np.int32), name=f"{base}_zero_point")
-        deq = emit(g, n, "DequantizeLinear", [bq, bs, bz], {"axis": 0}, name=f"{base}/DequantizeLinear")
+        deq = emit(g, n, "DequantizeLinear", [bq, bs], {"axis": 0}, name=f"{base}/DequantizeLinear")
         if b is not None:
             self.bytes_before += b.tensor_type.nbytes
-        self.bytes_after += bq.tensor_type.nbytes + bs.tensor_type.nbytes + bz.tensor_type.nbytes
+        self.bytes_after += bq.tensor_type.nbytes + bs.tensor_type.nbytes
         if len(n.inputs) < 3:
             g.set_inputs(n, [*n.inputs, deq])
         else:
@@ -257,10 +256,9 @@ def realise(graph: Graph, layers: list[Layer], bits: dict[str, int], ranges: dic
 @register_pass
 @dataclass(frozen=True)
 class Quantize(Pass):
-    """Quantize weights (per-channel int8, or packed int4 where the policy says) and activations (per-tensor
-    uint8) as QDQ pairs, with int32 biases and bias correction.
+    """Quantize weights (int8 / packed int4 per channel) and activations (uint8 per tensor) as QDQ pairs.
 
-    Realises the policy of a preceding quant-policy pass, else ``bits`` for every layer. Needs calibration
+    Biases become int32 at scale s_x * s_w, with bias correction. Realises the policy of a preceding quant-policy pass, else ``bits`` for every layer. Needs calibration
     inputs for the activation ranges (``calib``: minmax, percentile or mse). Lossy: int8 typically moves
     outputs by ~1% of their range; the report measures it. ``reduce-range`` keeps weights to 7 (3) bits:
     for ONNX Runtime on x86 CPUs without VNNI, whose u8 x s8 kernels saturate on full-range weights.
@@ -328,9 +326,10 @@ def _latency_s(macs: int, bits: int, board: Any) -> float:
 
 
 def _weight_bytes(w: Value, bits: int, axis: int) -> int:
+    """What ``quantize`` stores for a weight: the packed integers and one f32 scale per channel."""
     channels = int(w.shape[axis % len(w.shape)])
     numel = int(np.prod(w.shape))
-    return (numel * bits + 7) // 8 + 4 * channels + (channels * bits + 7) // 8
+    return (numel * bits + 7) // 8 + 4 * channels
 
 
 def _score(metric: str, ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
@@ -371,10 +370,9 @@ def _sensitivity(graph: Graph, layer: Layer, bits: int, ranges: dict[int, tuple[
 @register_pass
 @dataclass(frozen=True)
 class QuantPolicy(Pass):
-    """Choose a weight width per layer (from ``bits``) minimising measured sensitivity under flash, SRAM
-    and latency budgets (scipy milp); the ``quantize`` pass that follows realises it.
+    """Choose each layer's weight width, minimising measured sensitivity under flash/SRAM/latency budgets.
 
-    Sensitivity: the output error (``metric``) with that layer alone quantized, on up to 16 calibration
+    The ``quantize`` pass that follows realises it (scipy milp picks the widths). Sensitivity: the output error (``metric``) with that layer alone quantized, on up to 16 calibration
     inputs. Budgets default to the target board's SRAM and flash. Activations are 8-bit. The policy is
     stored on the graph and printed in its text form. Changes no numbers itself.
     """
@@ -441,7 +439,13 @@ class QuantPolicy(Pass):
 
     def _budgets(self, graph: Graph, layers: list[Layer], board: Any) -> tuple[dict[str, float], dict[str, float]]:
         weights = {id(lay.weight_value) for lay in layers if lay.weight is not None}
-        other = sum(c.tensor_type.nbytes for c in graph.constants if id(c) not in weights and c.tensor_type.is_static)
+        biases = {id(lay.node.input(2)) for lay in layers
+                  if lay.weight is not None and lay.node.op in ("Conv", "Gemm") and _is_float_const(lay.node.input(2))}
+        acts = {id(lay.node.input(i)) for lay in layers for i in lay.acts if not lay.node.input(i).is_const}
+        # what quantize leaves: other constants as they are, int32 biases with an f32 scale per channel
+        # (twice the float bias), and an f32 scale + u8 zero point per quantized activation
+        other = sum(c.tensor_type.nbytes * (2 if id(c) in biases else 1) for c in graph.constants
+                    if id(c) not in weights and c.tensor_type.is_static) + 5 * len(acts)
         flash = self.flash if self.flash is not None else (board.flash_bytes if board is not None else None)
         budgets: dict[str, float] = {}
         fixed: dict[str, float] = {}
