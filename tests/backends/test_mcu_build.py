@@ -210,3 +210,22 @@ def test_multi_output_kernel_and_an_output_that_is_an_input(tmp_path: Path) -> N
     model_c = (tmp_path / "out" / "model.c").read_text()
     assert "memcpy(" in model_c  # the output that is the input is copied
     assert len(art.report["steps"]) == 3
+
+
+def test_cmake_snippet_builds_into_a_firmware_project(tmp_path: Path) -> None:
+    """nasc_model.cmake dropped into a CMake project (host compiler here) links and runs nasc_run."""
+    nasc.compile(DIGITS, "mcu", tmp_path / "model", verify_on="none")
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.13)\nproject(fw C)\n"
+        f"include({tmp_path / 'model' / 'nasc_model.cmake'})\n"
+        "add_executable(fw main.c)\ntarget_link_libraries(fw PRIVATE nasc_model)\n")
+    (app / "main.c").write_text(
+        '#include <stdio.h>\n#include "model.h"\n'
+        "static float in[NASC_INPUT0_SIZE], out[NASC_OUTPUT0_SIZE];\n"
+        'int main(void) { int rc = nasc_run(in, out); printf("rc=%d n=%d\\n", rc, NASC_OUTPUT0_SIZE); return rc; }\n')
+    subprocess.run(["cmake", "-S", str(app), "-B", str(app / "build")], check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", str(app / "build")], check=True, capture_output=True)
+    out = subprocess.run([str(app / "build" / "fw")], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "rc=0 n=10"
