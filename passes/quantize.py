@@ -18,6 +18,7 @@ from nasc.ir import dtypes
 from nasc.ir.core import Graph, Node, Value
 from nasc.ir.ops.registry import emit
 from nasc.ir.text import POLICY_KEY
+from nasc.ir.types import TensorType
 from nasc.passes import quant_math as qm
 from nasc.passes.manager import ByteSize, Duration, Pass, PassContext, register_pass
 
@@ -89,6 +90,46 @@ def _layer_of(n: Node) -> Layer | None:
     return None
 
 
+#: ops whose inputs and output quantize when ``outputs`` is on, so that integer kernels can cover them
+INTEGER_OPS = ("Add", "GlobalAveragePool", "AveragePool", "MaxPool")
+
+
+def integer_ops(graph: Graph, keep_float: str = "") -> list[Layer]:
+    """Add of two activations and pooling: they stay float in QDQ form but join integer regions."""
+    rx = re.compile(keep_float) if keep_float else None
+    out = []
+    for n in graph.nodes:
+        if n.op not in INTEGER_OPS or n.domain or (rx is not None and (rx.search(n.scope or "") or
+                                                                       rx.search(n.name or ""))):
+            continue
+        acts = [i for i, v in enumerate(n.inputs) if v is not None and not v.is_const and v.dtype == "f32"]
+        # only where every input comes from an integer-capable op: a transformer's mask Add or a residual
+        # from a LayerNorm would be quantized over ranges that make no sense for uint8
+        if not acts or (n.op == "Add" and len(acts) != 2) or not all(_from_integer_op(n.input(i)) for i in acts):
+            continue
+        out.append(Layer(n, n.name or n.op, None, 0, acts))
+    return out
+
+
+def _from_integer_op(v: Value) -> bool:
+    p = v.producer
+    while p is not None and p.op in ("Relu", "Clip") and not p.domain:
+        p = p.input(0).producer
+    return p is not None and not p.domain and p.op in ("Conv", "Gemm", *INTEGER_OPS)
+
+
+def chain_end(v: Value) -> Value:
+    """``v`` followed through a single-reader chain of Relu / Clip (the activations integer kernels fold in)."""
+    while len(v.uses) == 1 and v.uses[0][0].op in ("Relu", "Clip") and not v.uses[0][0].domain:
+        node = v.uses[0][0]
+        if node.op == "Clip" and not all(x is None or x.is_const for x in node.inputs[1:]):
+            break
+        if any(o is v for o in node.graph.outputs) if node.graph is not None else False:
+            break
+        v = node.outputs[0]
+    return v
+
+
 # ---- measuring -------------------------------------------------------------------------------------
 
 
@@ -101,14 +142,14 @@ def _need_calib(ctx: PassContext, pass_name: str) -> list[dict[str, np.ndarray]]
 
 
 def activation_ranges(graph: Graph, layers: list[Layer], ctx: PassContext, feeds: list[dict[str, np.ndarray]],
-                      method: str, percentile: float) -> dict[int, tuple[float, float, np.ndarray]]:
+                      method: str, percentile: float, extra: list[Value] | None = None
+                      ) -> dict[int, tuple[float, float, np.ndarray]]:
     """Per activation value (by id): its calibrated range and its per-channel mean (for bias correction)."""
     values: list[Value] = []
-    for layer in layers:
-        for i in layer.acts:
-            v = layer.node.input(i)
-            if v is not None and not v.is_const and all(v is not u for u in values):
-                values.append(v)
+    candidates = [layer.node.input(i) for layer in layers for i in layer.acts] + list(extra or [])
+    for v in candidates:
+        if v is not None and not v.is_const and all(v is not u for u in values):
+            values.append(v)
     if not values:
         return {}
     per_feed = ctx.evaluate(graph, feeds, values)
@@ -154,6 +195,26 @@ class _Rewriter:
             q = emit(g, layer.node, "QuantizeLinear", [x, s, z], name=f"{x.name}/QuantizeLinear")
             self.act_cache[id(x)] = emit(g, layer.node, "DequantizeLinear", [q, s, z], name=f"{x.name}/DequantizeLinear")
         self.graph.set_input(layer.node, i, self.act_cache[id(x)])
+
+    def output(self, v: Value) -> None:
+        """QDQ after ``v`` for all its readers (graph outputs included: the DQ result takes over its name)."""
+        if id(v) not in self.ranges or v.producer is None:
+            return
+        lo, hi, _ = self.ranges[id(v)]
+        scale, zp = qm.act_qparams(lo, hi)
+        g = self.graph
+        s = g.add_constant(np.array(scale, dtype=np.float32), name=f"{v.name}_scale")
+        z = g.add_constant(np.array(zp, dtype=np.uint8), name=f"{v.name}_zero_point")
+        prod = v.producer
+        q = g.make_node("QuantizeLinear", [v, s, z], [TensorType("u8", v.shape)], scope=prod.scope,
+                        name=f"{v.name}/QuantizeLinear", after=prod)
+        dq = g.make_node("DequantizeLinear", [q.outputs[0], s, z], [v.type], scope=prod.scope,
+                         name=f"{v.name}/DequantizeLinear", after=q)
+        for node, i in [(n, i) for n, i in v.uses if n is not q and i >= 0]:
+            g.set_input(node, i, dq.outputs[0])
+        if any(o is v for o in g.outputs):
+            g.outputs = [dq.outputs[0] if o is v else o for o in g.outputs]
+            dq.outputs[0].name, v.name = v.name, f"{v.name}_float"
 
     def weight(self, layer: Layer, bits: int) -> None:
         w = layer.weight_value
@@ -238,7 +299,10 @@ def _mean_shift(n: Node, delta: np.ndarray, mean_x: np.ndarray) -> np.ndarray:
 def realise(graph: Graph, layers: list[Layer], bits: dict[str, int], ranges: dict[int, tuple[float, float, np.ndarray]],
             bias_correction: bool, reduce_range: bool = False) -> _Rewriter:
     """Insert the QDQ pairs of ``layers`` (weight width per layer key, 0 = keep float)."""
-    rw = _Rewriter(graph, ranges, bias_correction, reduce_range)
+    return realise_with(_Rewriter(graph, ranges, bias_correction, reduce_range), layers, bits)
+
+
+def realise_with(rw: _Rewriter, layers: list[Layer], bits: dict[str, int]) -> _Rewriter:
     for layer in layers:
         b = bits.get(layer.key, 0)
         if layer.weight is not None and b == 0:
@@ -273,6 +337,7 @@ class Quantize(Pass):
     bias_correction: bool = True
     keep_float: str = ""
     reduce_range: bool = False
+    outputs: bool = True
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         if self.act_bits != 8:
@@ -288,8 +353,17 @@ class Quantize(Pass):
         else:
             qm.weight_dtype(self.bits)
             bits = {lay.key: self.bits for lay in layers}
-        ranges = activation_ranges(graph, layers, ctx, feeds, self.calib, self.percentile)
-        rw = realise(graph, layers, bits, ranges, self.bias_correction, self.reduce_range)
+        joined = integer_ops(graph, self.keep_float) if self.outputs else []
+        ends = [chain_end(lay.node.outputs[0]) for lay in layers + joined
+                if self.outputs and lay.node.op in ("Conv", "Gemm", *INTEGER_OPS)
+                and (lay.weight is None or bits.get(lay.key))]
+        ranges = activation_ranges(graph, layers + joined, ctx, feeds, self.calib, self.percentile, ends)
+        rw = _Rewriter(graph, ranges, self.bias_correction, self.reduce_range)
+        for v in ends:  # outputs first: a later layer then reads their DQ and needs no pair of its own
+            if all(u is not v for u in ends[:ends.index(v)]):
+                rw.output(v)
+        order = {id(n): i for i, n in enumerate(graph.nodes)}
+        realise_with(rw, sorted(layers + joined, key=lambda lay: order[id(lay.node)]), bits)
         for lay in layers:
             if lay.weight is not None and bits.get(lay.key):
                 ctx.count(f"int{bits[lay.key]}-{lay.node.op}")
