@@ -308,7 +308,7 @@ def _verify_mcu(mcu: Any, graph: Graph, tmp: Path, modes: list[str], reference: 
     if reference is None:
         from nasc.backends.onnx import to_onnx
 
-        sess = fidelity.ort_session(to_onnx(graph))
+        sess = fidelity.ort_session(to_onnx(graph), exact=True)
         reference = (lambda f: fidelity.run_ort(sess, f)), "onnxruntime on nasc's graph (no original model given)"
     run_ref, ref_label = reference
     ref = [run_ref(f) for f in feeds]

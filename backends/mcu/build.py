@@ -46,7 +46,8 @@ def build_mcu(graph: Graph, board: Board, out: Path, *, model: str, pipeline: st
     """
     from nasc.backends.tvm.lower import to_relax
 
-    k = build_kernels(to_relax(graph), c_target(board))
+    integer: dict[str, Any] = {}
+    k = build_kernels(to_relax(graph, facts=integer), c_target(board))
     p = plan(k.program, orders)
     check_plan(k.program, p)
     labels = layer_labels(graph, k)
@@ -78,6 +79,7 @@ def build_mcu(graph: Graph, board: Board, out: Path, *, model: str, pipeline: st
         "stack_bytes_max_kernel": max(k.stack_bytes.values(), default=0),
         "sram_bytes": p.arena_bytes + max(k.stack_bytes.values(), default=0),
         "plan": p.strategy,
+        **integer,
         "kernels": len({s.kernel for s in k.program.steps}),
         "steps": steps,
         "files": files,

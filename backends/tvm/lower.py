@@ -81,7 +81,7 @@ def _np(v: Value) -> np.ndarray:
 
 
 def check_coverage(graph: Graph) -> None:
-    from nasc.backends.tvm import ops
+    from nasc.backends.tvm import ops, qops  # noqa: F401  (registration side effects)
 
     missing = [n for n in graph.nodes if n.qualified_op not in LOWERINGS]
     if missing:
@@ -99,8 +99,17 @@ def check_coverage(graph: Graph) -> None:
         raise UnsupportedModelError(f"value %{v.name} has type {v.type}; TVM builds need static tensor shapes")
 
 
-def to_relax(graph: Graph, func_name: str = "main") -> tvm.IRModule:
-    """The Relax module computing ``graph`` (one function, inputs in graph order, a tuple of outputs if several)."""
+def to_relax(graph: Graph, func_name: str = "main", facts: dict[str, Any] | None = None) -> tvm.IRModule:
+    """The Relax module computing ``graph`` (one function, inputs in graph order, a tuple of outputs if several).
+
+    QDQ patterns become integer ops first (qint.integerize); ``facts["integer"]`` then says which ops run
+    in integers and which stay in float between a dequantize and a quantize.
+    """
+    from nasc.backends.tvm.qint import integerize
+
+    graph, report = integerize(graph)
+    if facts is not None and report.integer:
+        facts["integer"] = report.to_dict()
     check_coverage(graph)
     bb = relax.BlockBuilder()
     lx = Lx(bb)
