@@ -113,14 +113,14 @@ def integer_ops(graph: Graph, keep_float: str = "") -> list[Layer]:
 
 def _from_integer_op(v: Value) -> bool:
     p = v.producer
-    while p is not None and p.op in ("Relu", "Clip") and not p.domain:
+    while p is not None and p.qualified_op in ("Relu", "Clip", "nasc.Relu6"):
         p = p.input(0).producer
     return p is not None and not p.domain and p.op in ("Conv", "Gemm", *INTEGER_OPS)
 
 
 def chain_end(v: Value) -> Value:
     """``v`` followed through a single-reader chain of Relu / Clip (the activations integer kernels fold in)."""
-    while len(v.uses) == 1 and v.uses[0][0].op in ("Relu", "Clip") and not v.uses[0][0].domain:
+    while len(v.uses) == 1 and v.uses[0][0].qualified_op in ("Relu", "Clip", "nasc.Relu6"):
         node = v.uses[0][0]
         if node.op == "Clip" and not all(x is None or x.is_const for x in node.inputs[1:]):
             break
@@ -246,7 +246,7 @@ class _Rewriter:
         x = n.input(0)
         src = _source_of(x)
         info = self.ranges.get(id(src)) if src is not None else None
-        b = n.input(2)
+        b = n.input(2) if n.has_input(2) else None
         if info is None or (b is not None and not _is_float_const(b)):
             return
         out_ch = delta.shape[layer.axis]
@@ -513,8 +513,8 @@ class QuantPolicy(Pass):
 
     def _budgets(self, graph: Graph, layers: list[Layer], board: Any) -> tuple[dict[str, float], dict[str, float]]:
         weights = {id(lay.weight_value) for lay in layers if lay.weight is not None}
-        biases = {id(lay.node.input(2)) for lay in layers
-                  if lay.weight is not None and lay.node.op in ("Conv", "Gemm") and _is_float_const(lay.node.input(2))}
+        biases = {id(lay.node.input(2)) for lay in layers if lay.weight is not None and lay.node.op in ("Conv", "Gemm")
+                  and lay.node.has_input(2) and _is_float_const(lay.node.input(2))}
         acts = {id(lay.node.input(i)) for lay in layers for i in lay.acts if not lay.node.input(i).is_const}
         # what quantize leaves: other constants as they are, int32 biases with an f32 scale per channel
         # (twice the float bias), and an f32 scale + u8 zero point per quantized activation

@@ -1,8 +1,8 @@
 """Relax lowerings of QuantizeLinear / DequantizeLinear and of nasc's integer ops (``nasc.ir.ops.quant``).
 
-The integer ops compute exactly as their numpy reference: activations widened to int16 minus their zero
-point, int8 weights widened to int16, int32 accumulation (``out_dtype="int32"``), int32 bias, then
-requantization in int64: ``((acc * M + 2^(n-1)) >> n) + zp``, clipped, cast to uint8. No floating point.
+The integer ops compute exactly as their numpy reference: uint8 activations times int8 weights (both stored
+as 8-bit; padding holds the activation zero point), int32 accumulation, an int32 bias that also carries
+``-zp * sum(w)``, then requantization in int64: ``((acc * M + 2^(n-1)) >> n) + zp``, clipped, cast to uint8. No floating point.
 """
 
 from __future__ import annotations
@@ -81,12 +81,33 @@ def _requantize(acc: relax.Expr, mult: relax.Expr, shift: relax.Expr, zp: int, l
     return R.astype(R.clip(y, lo, hi), "uint8")
 
 
-def _centered(lx: Lx, node: Node, i: int, zp: int) -> relax.Expr:
-    return R.subtract(R.astype(lx.x(node, i), "int16"), relax.const(zp, "int16"))
-
-
 def _per_channel(lx: Lx, node: Node, i: int, shape: list[int]) -> relax.Expr:
     return lx.const(np.asarray(node.input(i).data, np.int64).reshape(shape), "i64")
+
+
+def _bias_minus_zero_point(node: Node, w: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """sum((x - zp) * w) = sum(x * w) - zp * sum(w): the zero point's share folds into the int32 bias."""
+    bias = np.asarray(node.input(2).data, np.int64) if node.has_input(2) else np.zeros(w.shape[0], np.int64)
+    return (bias - int(node.attr("x_zp")) * w.astype(np.int64).sum(axis=axes)).astype(np.int32)
+
+
+def _qconv_te(x: Any, w: Any, zp: int, strides: list[int], pads: list[int], dil: list[int], groups: int) -> Any:
+    """uint8 x int8 convolution accumulating in int32; padding holds the zero point (real 0)."""
+    from tvm import te, topi
+
+    _, _, h, wd = (int(d) for d in x.shape)
+    co, cig, kh, kw = (int(d) for d in w.shape)
+    xp = topi.nn.pad(x, [0, 0, pads[0], pads[1]], [0, 0, pads[2], pads[3]], pad_value=zp)
+    oh = (h + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (wd + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
+    rc, rh, rw = te.reduce_axis((0, cig), "rc"), te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
+    cog = co // groups
+    return te.compute(
+        (int(x.shape[0]), co, oh, ow),
+        lambda n, c, y, z: te.sum(
+            xp[n, (c // cog) * cig + rc, y * strides[0] + rh * dil[0], z * strides[1] + rw * dil[1]].astype("int32")
+            * w[c, rc, rh, rw].astype("int32"), axis=[rc, rh, rw]),
+        name="qconv2d")
 
 
 @lowering("nasc.QConv")
@@ -95,24 +116,30 @@ def _qconv(lx: Lx, node: Node) -> Any:
     strides = list(node.attr("strides", (1, 1)))
     dilations = list(node.attr("dilations", (1, 1)))
     pads = _conv_pads(node, list(x.shape[2:]), list(w.shape[2:]), strides, dilations, out_shape(node)[2:])
-    c = int(w.shape[0])
-    acc = R.nn.conv2d(_centered(lx, node, 0, int(node.attr("x_zp"))), lx.const(np.asarray(w.data), "i16"),
-                      strides=strides, padding=pads, dilation=dilations, groups=int(node.attr("group", 1)),
-                      data_layout="NCHW", kernel_layout="OIHW", out_dtype="int32")
-    if node.has_input(2):
-        acc = R.add(acc, lx.const(np.asarray(node.input(2).data, np.int32).reshape(1, c, 1, 1), "i32"))
+    wq = np.asarray(w.data, np.int8)
+    c = wq.shape[0]
+    acc = lx.bb.emit(lx.bb.call_te(_qconv_te, lx.x(node, 0), lx.const(wq, "i8"), int(node.attr("x_zp")), strides,
+                                   pads, dilations, int(node.attr("group", 1)), primfunc_name_hint="qconv2d"))
+    acc = R.add(acc, lx.const(_bias_minus_zero_point(node, wq, (1, 2, 3)).reshape(1, c, 1, 1), "i32"))
     y = _requantize(acc, _per_channel(lx, node, 3, [1, c, 1, 1]), _per_channel(lx, node, 4, [1, c, 1, 1]),
                     int(node.attr("y_zp")), int(node.attr("qmin")), int(node.attr("qmax")))
     return lx.emit(y)
 
 
+def _qmatmul_te(x: Any, w: Any) -> Any:
+    from tvm import te
+
+    k = te.reduce_axis((0, int(x.shape[1])), "k")
+    return te.compute((int(x.shape[0]), int(w.shape[0])),
+                      lambda i, j: te.sum(x[i, k].astype("int32") * w[j, k].astype("int32"), axis=k), name="qmatmul")
+
+
 @lowering("nasc.QGemm")
 def _qgemm(lx: Lx, node: Node) -> Any:
-    w = np.asarray(node.input(1).data)
+    w = np.asarray(node.input(1).data, np.int8)
     n = w.shape[0]
-    acc = R.matmul(_centered(lx, node, 0, int(node.attr("x_zp"))), lx.const(w.T.copy(), "i16"), out_dtype="int32")
-    if node.has_input(2):
-        acc = R.add(acc, lx.const(np.asarray(node.input(2).data, np.int32).reshape(1, n), "i32"))
+    acc = lx.bb.emit(lx.bb.call_te(_qmatmul_te, lx.x(node, 0), lx.const(w, "i8"), primfunc_name_hint="qmatmul"))
+    acc = R.add(acc, lx.const(_bias_minus_zero_point(node, w, (1,)).reshape(1, n), "i32"))
     y = _requantize(acc, _per_channel(lx, node, 3, [1, n]), _per_channel(lx, node, 4, [1, n]),
                     int(node.attr("y_zp")), int(node.attr("qmin")), int(node.attr("qmax")))
     return lx.emit(y)

@@ -1,0 +1,163 @@
+"""Integer code generation: QDQ -> integer ops, bit-exact against the numpy reference on CPU, host gcc and
+QEMU Cortex-M4; no float arithmetic in the quantized layers' MCU kernels."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nasc
+from nasc.backends import fidelity
+from nasc.backends.mcu.boards import parse_board
+from nasc.backends.mcu.build import build_mcu
+from nasc.backends.mcu.verify import run_project
+from nasc.backends.tvm.qint import integerize, reference_run
+from nasc.ir.ops.quant import quantize_multiplier, requantize
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "examples" / "digits_cnn.onnx"
+DIGITS_TEST = ROOT / "examples" / "digits_test.npz"
+
+
+def _residual_block(tmp: Path) -> tuple[nasc.ir.Graph, list[dict[str, np.ndarray]]]:
+    """conv -> ReLU6 -> maxpool -> conv, a quantized residual Add, ReLU, global pool, linear."""
+    import torch
+    from torch import nn
+
+    from nasc.examples import zoo
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6())
+            self.pool = nn.MaxPool2d(2)
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+            self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.pool(self.stem(x))
+            y = torch.relu(x + self.dw(torch.relu(self.conv(x))))
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+    torch.manual_seed(0)
+    path = zoo.export_onnx(Block().eval(), (torch.randn(1, 3, 16, 16),), tmp / "block.onnx", dynamo=False)
+    rng = np.random.default_rng(0)
+    feeds = [{"input": rng.normal(size=(1, 3, 16, 16)).astype(np.float32)} for _ in range(24)]
+    g = nasc.load(path)
+    feeds = [{g.inputs[0].name: f["input"]} for f in feeds]
+    return nasc.optimize(g, "simplify,fuse,quantize", feeds[:16]), feeds
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[nasc.ir.Graph, list]]:
+    g = nasc.load(DIGITS)
+    feeds = fidelity.load_calibration(str(DIGITS_TEST), g)
+    digits = nasc.optimize(g, "simplify,fuse,quantize", feeds[:120])
+    return {"digits": (digits, feeds), "residual": _residual_block(tmp_path_factory.mktemp("qint"))}
+
+
+def test_requantize_rounding_rule() -> None:
+    m, n = quantize_multiplier(0.3)
+    assert 2**30 <= m < 2**31 and abs(m * 2.0**-n - 0.3) < 1e-9
+    acc = np.array([-11, -10, -5, 0, 5, 10, 11, 1000], np.int64)
+    # 0.5 exactly: round half up (towards +inf), as the docs of nasc.ir.ops.quant say
+    got = requantize(acc, 2**30, 31, 10, 0, 255)
+    np.testing.assert_array_equal(got, np.clip(np.floor(acc * 0.5 + 0.5) + 10, 0, 255))
+    with pytest.raises(ValueError, match="fixed-point range"):
+        quantize_multiplier(2.0**31)
+
+
+@pytest.mark.parametrize("name", ["digits", "residual"])
+def test_whole_model_becomes_integer_and_matches_onnx_qdq_semantics(models, name: str) -> None:
+    q, feeds = models[name]
+    ig, rep = integerize(q)
+    assert rep.float_ops == []
+    assert rep.integer["QConv"] >= 3 and rep.integer["QAdd"] == 1 and rep.integer["QGemm"] == 1
+    assert rep.integer["QGlobalAveragePool"] == 1
+    if name == "residual":
+        assert rep.integer["MaxPool"] == 1
+    ops = {n.qualified_op for n in ig.nodes}
+    assert ops <= {"QuantizeLinear", "DequantizeLinear", "nasc.QConv", "nasc.QGemm", "nasc.QAdd",
+                   "nasc.QGlobalAveragePool", "Flatten", "Reshape", "MaxPool"}
+    ref = reference_run(ig, feeds)
+    qdq = fidelity.run_graph(q, feeds)  # ONNX Runtime, QDQ by its ONNX definition
+    out_scale = float(np.asarray(ig.outputs[0].producer.input(1).data))
+    for r, o in zip(ref, qdq):  # fixed-point vs float requantization: at most 1 LSB of the output
+        assert np.max(np.abs(r[0] - o[0])) <= out_scale * 1.001
+
+
+def test_int8_example_accuracy_within_a_point_of_float(models) -> None:
+    q, feeds = models["digits"]
+    labels = np.load(DIGITS_TEST)["label"]
+    ig, _ = integerize(q)
+    acc = np.mean([int(np.argmax(r[0])) == int(y) for r, y in zip(reference_run(ig, feeds), labels)])
+    assert acc >= 0.9889 - 0.01
+
+
+@pytest.mark.parametrize("name", ["digits", "residual"])
+def test_cpu_build_is_bit_exact(models, name: str, tmp_path: Path) -> None:
+    q, feeds = models[name]
+    art = nasc.compile(q, "cpu", tmp_path / "cpu", measure_latency=False)
+    ref = reference_run(integerize(q)[0], feeds[:16])
+    for f, r in zip(feeds[:16], ref):
+        np.testing.assert_array_equal(art.run(f)[0], r[0])
+    assert art.report["build"]["integer"]["float_ops"] == []
+
+
+@pytest.mark.parametrize("name", ["digits", "residual"])
+def test_mcu_build_is_bit_exact_on_host_and_qemu(models, name: str, tmp_path: Path) -> None:
+    q, feeds = models[name]
+    b = build_mcu(q, parse_board("mcu:cortex-m4"), tmp_path, model=name, pipeline="")
+    ref = reference_run(integerize(q)[0], feeds[:16])
+    for mode in ("host", "qemu"):
+        got = run_project(tmp_path, mode, b.inputs, b.outputs, feeds[:16])
+        for g_, r in zip(got, ref):
+            np.testing.assert_array_equal(g_[0], r[0])
+    assert b.facts["integer"]["float_ops"] == []
+    f32 = build_mcu(nasc.optimize(nasc.load(DIGITS), "simplify,fuse"), parse_board("mcu"), tmp_path / "f32",
+                    model="f", pipeline="")
+    if name == "digits":  # int8 weights and uint8 activations: about a quarter of the float bytes
+        assert b.facts["weights_bytes"] < f32.facts["weights_bytes"] / 2.5
+        assert b.facts["arena_bytes"] < f32.facts["arena_bytes"] / 2
+
+
+_FLOAT = re.compile(r"\bfloat\b|\bdouble\b|\d\.\d*e[+-]\d+f?|\bexpf?\b|\bsqrtf?\b")
+
+
+def test_quantized_layer_kernels_have_no_float_arithmetic(models, tmp_path: Path) -> None:
+    q, _ = models["residual"]
+    build_mcu(q, parse_board("mcu"), tmp_path, model="r", pipeline="")
+    src = (tmp_path / "kernels.c").read_text()
+    bodies = re.split(r"\n(?=TVM_DLL int32_t \w+\([^;]*\) \{)", src)
+    layer_kernels = [b for b in bodies if re.match(r"TVM_DLL int32_t nasc_k_\w*(conv2d|matmul)", b) and "{" in b]
+    assert len(layer_kernels) >= 4
+    for body in layer_kernels:
+        name = re.match(r"TVM_DLL int32_t (\w+)", body).group(1)
+        assert not _FLOAT.search(body), f"{name} has float arithmetic"
+    # the control: the boundary kernels do convert from and to float
+    assert _FLOAT.search(next(b for b in bodies if b.startswith("TVM_DLL int32_t nasc_k_dequantize")))
+
+
+def test_ops_without_integer_kernels_are_listed() -> None:
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as h
+
+    w = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
+    graph = h.make_graph([h.make_node("Gemm", ["x", "w"], ["z"], transB=1, name="fc"),
+                          h.make_node("Relu", ["z"], ["r"], name="relu"),
+                          h.make_node("Softmax", ["r"], ["y"], axis=1, name="softmax")], "g",
+                         [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                         [onnx.numpy_helper.from_array(w, "w")])
+    m = h.make_model(graph, opset_imports=[h.make_opsetid("", 21)])
+    m.ir_version = 10
+    feeds = [{"x": np.random.default_rng(i).normal(size=(1, 6)).astype(np.float32)} for i in range(8)]
+    q = nasc.optimize(nasc.load(m), "quantize", feeds)
+    ig, rep = integerize(q)
+    assert rep.integer == {"QGemm": 1}
+    assert rep.float_ops == ["Softmax at node 'softmax'"]
