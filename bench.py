@@ -11,8 +11,13 @@ from typing import Any
 
 def bench(model: Any, target: str = "cpu", *, input_shapes: Mapping[str, Sequence[int]] | None = None,
           passes: str = "simplify,fuse", seed: int = 0, tune_trials: int = 0,
-          tuning_db: str | None = None) -> list[dict[str, Any]]:
-    """Rows of (runtime, median ms, ratio to ONNX Runtime), all measured in this process on the same inputs."""
+          tuning_db: str | None = None, calib: str | None = None) -> list[dict[str, Any]]:
+    """Rows of (runtime, median ms, ratio to ONNX Runtime), all measured in this process on the same inputs.
+
+    With ``calib`` (an .npz of calibration inputs) it adds int8: ONNX Runtime's ``quantize_static`` (QDQ,
+    per-channel int8 weights, uint8 activations) and nasc's build with ``quantize`` appended to ``passes``
+    (integer kernels), both calibrated on the same samples.
+    """
     from nasc.api import _is_pt2, compile, load
     from nasc.backends import fidelity
     from nasc.backends.onnx import to_onnx
@@ -48,7 +53,42 @@ def bench(model: Any, target: str = "cpu", *, input_shapes: Mapping[str, Sequenc
             rows.append({"runtime": f"nasc {target} tuned ({tuning['trials']} new trials, {tuning['reused']} of "
                                     f"{tuning['tasks']} kernels from the database, {time.perf_counter() - t0:.0f} s)",
                          "ms": load_compiled(art.out).latency_ms(feed)})
+        if calib:
+            rows += _int8_rows(graph, onnx_src, target, passes, calib, feed, tmp)
     base = rows[0]["ms"]
     for r in rows:
         r["ratio"] = r["ms"] / base
+    return rows
+
+
+def _int8_rows(graph: Any, onnx_src: Any, target: str, passes: str, calib: str, feed: Mapping[str, Any],
+               tmp: str) -> list[dict[str, Any]]:
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from nasc.api import compile
+    from nasc.backends import fidelity
+    from nasc.runtime import load as load_compiled
+
+    feeds = fidelity.load_calibration(calib, graph, limit=64)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(feeds)
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self.it, None)
+
+    src = os.path.join(tmp, "float.onnx")
+    onnx.save(onnx_src if not isinstance(onnx_src, str) else onnx.load(onnx_src), src)
+    dst = os.path.join(tmp, "ort_int8.onnx")
+    quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    rows = [{"runtime": "onnxruntime int8 (quantize_static: QDQ, per-channel)", "ms": fidelity.ort_latency_ms(dst, feed)}]
+    q_passes = f"{passes},quantize" if passes else "quantize"
+    art = compile(graph, target, os.path.join(tmp, "int8"), passes=q_passes, calib=feeds, measure_latency=False)
+    integer = art.report.get("build", {}).get("integer", {})
+    left = f", {len(integer['float_ops'])} ops in float" if integer.get("float_ops") else ""
+    rows.append({"runtime": f"nasc {target} int8 (passes {q_passes}, integer kernels{left})",
+                 "ms": load_compiled(art.out).latency_ms(feed)})
     return rows

@@ -191,7 +191,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from nasc.bench import bench
 
     rows = bench(args.model, args.target, input_shapes=parse_input_shapes(args.input_shape), passes=args.passes,
-                 tune_trials=args.tune_trials, tuning_db=args.tuning_db)
+                 tune_trials=args.tune_trials, tuning_db=args.tuning_db, calib=args.calib)
     t = Table(title=f"{args.model}: median latency, batch as built")
     for col in ("runtime", "ms", "vs onnxruntime"):
         t.add_column(col, justify="left" if col == "runtime" else "right")
@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--passes", default="simplify,fuse", metavar="PIPELINE", help="passes before the build")
     sp.add_argument("--tune-trials", type=int, default=0, metavar="N", help="also build and time a tuned model")
     sp.add_argument("--tuning-db", default=None, metavar="DIR", help="tuning database directory")
+    sp.add_argument("--calib", default=None, metavar="FILE.npz",
+                    help="also time int8: ONNX Runtime quantize_static and nasc's integer build, calibrated on it")
     sp.set_defaults(func=cmd_bench)
 
     sp = sub.add_parser("passes", help="list the passes with their options")

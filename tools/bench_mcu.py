@@ -47,7 +47,7 @@ def _export(name: str, tmp: Path) -> tuple[Path, str]:
     return zoo.export_onnx(model, x, tmp / f"{name}.onnx", dynamo=False), title
 
 
-def run(name: str, verify: str) -> dict[str, Any]:
+def run(name: str, verify: str, int8: bool = False) -> dict[str, Any]:
     import nasc
     from nasc.backends.mcu.boards import BOARDS
     from nasc.backends.mcu.build import c_target
@@ -57,17 +57,30 @@ def run(name: str, verify: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         path, title = _export(name, tmp)
+        passes = "simplify,fuse,quantize" if int8 else "simplify,fuse"
+        calib = _calibration(name, path) if int8 else None
         t0 = time.perf_counter()
-        art = nasc.compile(path, "mcu:cortex-m4", tmp / "out", passes="simplify,fuse", verify_on=verify,
-                           budget_check=False)
+        art = nasc.compile(path, "mcu:cortex-m4", tmp / "out", passes=passes, verify_on=verify, budget_check=False,
+                           calib=calib)
         secs = time.perf_counter() - t0
-        graph = nasc.optimize(nasc.load(path), "simplify,fuse")
+        graph = nasc.optimize(nasc.load(path), passes, calib)
         tvm_plan = tvm_static_plan_bytes(to_relax(graph), c_target(BOARDS["cortex-m4"]))
     r = art.report
     err = max(v["max_abs_err"] for v in r["verify"].values()) if r.get("verify") else None
-    return {"title": title, "arena": r["arena_bytes"], "bound": r["arena_lower_bound_bytes"], "tvm": tvm_plan,
+    return {"title": title + (" int8" if int8 else ""), "arena": r["arena_bytes"], "bound": r["arena_lower_bound_bytes"], "tvm": tvm_plan,
             "naive": r["naive_bytes"], "weights": r["weights_bytes"], "flash": r["flash_bytes"],
             "kernels": r["kernels"], "steps": len(r["steps"]), "err": err, "secs": secs, "plan": r["plan"]}
+
+
+def _calibration(name: str, path: Path) -> Any:
+    """The digits' test images; seeded random inputs elsewhere (memory does not depend on the ranges)."""
+    import nasc
+    from nasc.backends import fidelity
+
+    graph = nasc.load(path)
+    if name == "digits":
+        return fidelity.load_calibration(str(ROOT / "examples" / "digits_test.npz"), graph)
+    return fidelity.random_inputs(graph, 0, 8)
 
 
 def _kb(n: int | None) -> str:
@@ -79,17 +92,21 @@ def main() -> None:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--verify", default="host", help="host, qemu, host,qemu or none")
     p.add_argument("--write", type=Path, default=None)
+    p.add_argument("--no-int8", action="store_true", help="float32 rows only")
     args = p.parse_args()
     rows = []
     for name in args.models.split(","):
-        row = run(name, args.verify)
-        rows.append(row)
+        for int8 in (False, True) if not args.no_int8 else (False,):
+            row = run(name, args.verify, int8)
+            rows.append(row)
         print(f"{row['title']}: arena {row['arena']} B, lower bound {row['bound']} B, TVM {row['tvm']} B, "
               f"all tensors {row['naive']} B, weights {row['weights']} B, flash {row['flash']} B, "
               f"max abs err {row['err']}, {row['secs']:.0f} s ({row['plan']})")
     lines = [
         f"Produced by `python tools/bench_mcu.py --verify {args.verify}` (`--target mcu:cortex-m4 --passes "
-        "simplify,fuse`, float32). KiB. *arena*: nasc's static arena (kernel workspaces included); *lower "
+        "simplify,fuse`; *int8* rows add `quantize`, compiled to integer kernels: uint8 activations, int8 "
+        "weights, int32 bias, int64 per-channel multipliers and shifts). KiB; max abs err of int8 rows is the "
+        "quantization error against the float original. *arena*: nasc's static arena (kernel workspaces included); *lower "
         "bound*: the most bytes live at one step of the chosen order; *TVM*: the storage TVM's "
         "StaticPlanBlockMemory allocates for the same fused module (workspaces not counted); *all tensors*: "
         "every intermediate in its own buffer. Flash: text + data of the model's objects "

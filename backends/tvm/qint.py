@@ -5,7 +5,8 @@ float. :func:`integerize` rewrites, on a copy of the graph:
 
 - ``Q(act(Conv(DQ(x), DQ(w), DQ(b))))`` -> ``nasc.QConv`` (also Gemm -> ``nasc.QGemm``), ReLU / ReLU6 / Clip
   folded into the output clamp;
-- ``Q(act(Add(DQ(a), DQ(b))))`` -> ``nasc.QAdd``; ``Q(GlobalAveragePool(DQ(x)))`` -> ``nasc.QGlobalAveragePool``;
+- ``Q(act(Add(DQ(a), DQ(b))))`` -> ``nasc.QAdd``; ``Q(GlobalAveragePool(DQ(x)))`` (or an AveragePool over the
+  whole map) -> ``nasc.QGlobalAveragePool``;
 - ``Q(Flatten|Reshape|MaxPool(DQ(x)))`` with equal quantization -> the op on the uint8 data;
 - ``Q(DQ(x))`` with equal quantization -> ``x``.
 
@@ -170,7 +171,8 @@ class _Integerizer:
             return False
         mults = [quantize_multiplier(s_x * sw / s_y) for sw in s_w]
         lo, hi = _clamp(chain, s_y, z_y)
-        attrs = {"x_zp": int(x.zp[0]), "y_zp": z_y, "qmin": lo, "qmax": hi}
+        attrs = {"x_zp": int(x.zp[0]), "y_zp": z_y, "qmin": lo, "qmax": hi,
+                 "weight_bits": 4 if w.q.dtype == "i4" else 8}
         if op == "QConv":
             if n.attr("auto_pad", "NOTSET") != "NOTSET":
                 return False
@@ -228,6 +230,13 @@ class _Integerizer:
         mult, shift = quantize_multiplier(float(x.scale[0]) / (s_y * count))
         attrs = {"x_zp": int(x.zp[0]), "y_zp": z_y, "mult": mult, "shift": shift}
         return self._take_over(qnode, self._emit(n, "QGlobalAveragePool", [x.q], attrs))
+
+    def _AveragePool(self, n: Node) -> bool:
+        """An AveragePool whose window is the whole (unpadded) feature map is a global one."""
+        spatial = list(n.input(0).shape[2:])
+        if list(n.attr("kernel_shape", [])) != spatial or any(int(p) for p in n.attr("pads", [])):
+            return False
+        return self._GlobalAveragePool(n)
 
     def _passthrough(self, n: Node) -> bool:
         """Flatten / Reshape / MaxPool between a DQ and a Q of the same quantization run on the uint8 data."""

@@ -91,12 +91,38 @@ def _bias_minus_zero_point(node: Node, w: np.ndarray, axes: tuple[int, ...]) -> 
     return (bias - int(node.attr("x_zp")) * w.astype(np.int64).sum(axis=axes)).astype(np.int32)
 
 
-def _qconv_te(x: Any, w: Any, zp: int, strides: list[int], pads: list[int], dil: list[int], groups: int) -> Any:
-    """uint8 x int8 convolution accumulating in int32; padding holds the zero point (real 0)."""
+def pack_int4(w: np.ndarray) -> np.ndarray:
+    """int4 values (held as int8, in [-8, 7]) two per byte, the first in the low nibble (as ONNX packs them)."""
+    flat = (np.asarray(w, np.int16).reshape(-1) & 0xF).astype(np.uint8)
+    if flat.size % 2:
+        flat = np.append(flat, np.uint8(0))
+    return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
+
+
+def _int4_at(packed: Any, index: Any) -> Any:
+    """The signed int4 at flat ``index`` of ``packed``, as int32 (unpacked inside the kernel)."""
+    from tvm import te
+
+    byte = packed[index // 2].astype("int32")
+    nib = te.if_then_else(index % 2 == 0, byte & 15, (byte >> 4) & 15)
+    return nib - te.if_then_else(nib >= 8, 16, 0)
+
+
+def _weight_operand(lx: Lx, node: Node, w: np.ndarray) -> relax.Expr:
+    """int8 weights as they are; int4 weights packed two per byte (half the flash)."""
+    if int(node.attr("weight_bits", 8)) == 4:
+        return lx.const(pack_int4(w), "u8")
+    return lx.const(w, "i8")
+
+
+def _qconv_te(x: Any, w: Any, zp: int, strides: list[int], pads: list[int], dil: list[int], groups: int,
+              wshape: tuple[int, int, int, int]) -> Any:
+    """uint8 x int8 (or packed int4) convolution accumulating in int32; padding holds the zero point."""
     from tvm import te, topi
 
     _, _, h, wd = (int(d) for d in x.shape)
-    co, cig, kh, kw = (int(d) for d in w.shape)
+    co, cig, kh, kw = wshape
+    packed = len(w.shape) == 1
     xp = topi.nn.pad(x, [0, 0, pads[0], pads[1]], [0, 0, pads[2], pads[3]], pad_value=zp)
     oh = (h + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1
     ow = (wd + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
@@ -106,7 +132,8 @@ def _qconv_te(x: Any, w: Any, zp: int, strides: list[int], pads: list[int], dil:
         (int(x.shape[0]), co, oh, ow),
         lambda n, c, y, z: te.sum(
             xp[n, (c // cog) * cig + rc, y * strides[0] + rh * dil[0], z * strides[1] + rw * dil[1]].astype("int32")
-            * w[c, rc, rh, rw].astype("int32"), axis=[rc, rh, rw]),
+            * (_int4_at(w, ((c * cig + rc) * kh + rh) * kw + rw) if packed else w[c, rc, rh, rw].astype("int32")),
+            axis=[rc, rh, rw]),
         name="qconv2d")
 
 
@@ -118,27 +145,32 @@ def _qconv(lx: Lx, node: Node) -> Any:
     pads = _conv_pads(node, list(x.shape[2:]), list(w.shape[2:]), strides, dilations, out_shape(node)[2:])
     wq = np.asarray(w.data, np.int8)
     c = wq.shape[0]
-    acc = lx.bb.emit(lx.bb.call_te(_qconv_te, lx.x(node, 0), lx.const(wq, "i8"), int(node.attr("x_zp")), strides,
-                                   pads, dilations, int(node.attr("group", 1)), primfunc_name_hint="qconv2d"))
+    acc = lx.bb.emit(lx.bb.call_te(_qconv_te, lx.x(node, 0), _weight_operand(lx, node, wq), int(node.attr("x_zp")),
+                                   strides, pads, dilations, int(node.attr("group", 1)), tuple(wq.shape),
+                                   primfunc_name_hint="qconv2d"))
     acc = R.add(acc, lx.const(_bias_minus_zero_point(node, wq, (1, 2, 3)).reshape(1, c, 1, 1), "i32"))
     y = _requantize(acc, _per_channel(lx, node, 3, [1, c, 1, 1]), _per_channel(lx, node, 4, [1, c, 1, 1]),
                     int(node.attr("y_zp")), int(node.attr("qmin")), int(node.attr("qmax")))
     return lx.emit(y)
 
 
-def _qmatmul_te(x: Any, w: Any) -> Any:
+def _qmatmul_te(x: Any, w: Any, n: int) -> Any:
     from tvm import te
 
-    k = te.reduce_axis((0, int(x.shape[1])), "k")
-    return te.compute((int(x.shape[0]), int(w.shape[0])),
-                      lambda i, j: te.sum(x[i, k].astype("int32") * w[j, k].astype("int32"), axis=k), name="qmatmul")
+    kk = int(x.shape[1])
+    k = te.reduce_axis((0, kk), "k")
+    packed = len(w.shape) == 1
+    return te.compute((int(x.shape[0]), n), lambda i, j: te.sum(
+        x[i, k].astype("int32") * (_int4_at(w, j * kk + k) if packed else w[j, k].astype("int32")), axis=k),
+        name="qmatmul")
 
 
 @lowering("nasc.QGemm")
 def _qgemm(lx: Lx, node: Node) -> Any:
     w = np.asarray(node.input(1).data, np.int8)
     n = w.shape[0]
-    acc = lx.bb.emit(lx.bb.call_te(_qmatmul_te, lx.x(node, 0), lx.const(w, "i8"), primfunc_name_hint="qmatmul"))
+    acc = lx.bb.emit(lx.bb.call_te(_qmatmul_te, lx.x(node, 0), _weight_operand(lx, node, w), n,
+                                   primfunc_name_hint="qmatmul"))
     acc = R.add(acc, lx.const(_bias_minus_zero_point(node, w, (1,)).reshape(1, n), "i32"))
     y = _requantize(acc, _per_channel(lx, node, 3, [1, n]), _per_channel(lx, node, 4, [1, n]),
                     int(node.attr("y_zp")), int(node.attr("qmin")), int(node.attr("qmax")))

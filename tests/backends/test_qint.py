@@ -158,6 +158,31 @@ def test_ops_without_integer_kernels_are_listed() -> None:
     m.ir_version = 10
     feeds = [{"x": np.random.default_rng(i).normal(size=(1, 6)).astype(np.float32)} for i in range(8)]
     q = nasc.optimize(nasc.load(m), "quantize", feeds)
-    ig, rep = integerize(q)
+    _, rep = integerize(q)
     assert rep.integer == {"QGemm": 1}
     assert rep.float_ops == ["Softmax at node 'softmax'"]
+
+
+def test_int4_weights_stay_packed_in_flash_and_are_unpacked_in_the_kernel(tmp_path: Path) -> None:
+    import onnx.numpy_helper
+    from ml_dtypes import int4
+
+    from nasc.backends.tvm.qops import pack_int4
+
+    vals = np.array([-8, 7, 3, -1, 0, 5, -3], np.int8)
+    assert pack_int4(vals).tobytes() == onnx.numpy_helper.from_array(vals.astype(int4)).raw_data  # ONNX's order
+
+    g = nasc.load(DIGITS)
+    feeds = fidelity.load_calibration(str(DIGITS_TEST), g)
+    q8 = nasc.optimize(g, "simplify,fuse,quantize", feeds[:100])
+    q4 = nasc.optimize(g, "simplify,fuse,quantize{bits=4}", feeds[:100])
+    b8 = build_mcu(q8, parse_board("mcu"), tmp_path / "i8", model="8", pipeline="")
+    b4 = build_mcu(q4, parse_board("mcu"), tmp_path / "i4", model="4", pipeline="")
+    packed = sum(int(np.prod(c.shape)) for c in q4.constants if c.dtype == "i4") // 2
+    assert b8.facts["weights_bytes"] - b4.facts["weights_bytes"] >= packed - 8  # half the int8 bytes saved
+    assert re.search(r"static const uint8_t nasc_w\d+\[1152\]", (tmp_path / "i4" / "weights.c").read_text())
+    ref = reference_run(integerize(q4)[0], feeds[:16])
+    for mode in ("host", "qemu"):
+        got = run_project(tmp_path / "i4", mode, b4.inputs, b4.outputs, feeds[:16])
+        for g_, r in zip(got, ref):
+            np.testing.assert_array_equal(g_[0], r[0])
