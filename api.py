@@ -238,6 +238,9 @@ def compile(
                 got = [runner(f) for f in feeds]
                 report["fidelity"] = {**fidelity.compare(ref, got), "inputs": inputs_label, "seed": seed,
                                       "batches": fidelity_batches, "reference": ref_label}
+                qdq = _qdq_outputs(graph, feeds) if tvm_target is not None else None
+                if qdq is not None:
+                    report["fidelity"]["vs_quantized_graph"] = fidelity.compare(qdq, got)
                 labelled = _labelled(calib, feeds_calib)
                 if labelled is not None:
                     lab_feeds, labels = labelled
@@ -312,6 +315,7 @@ def _verify_mcu(mcu: Any, graph: Graph, tmp: Path, modes: list[str], reference: 
         reference = (lambda f: fidelity.run_ort(sess, f)), "onnxruntime on nasc's graph (no original model given)"
     run_ref, ref_label = reference
     ref = [run_ref(f) for f in feeds]
+    qdq = _qdq_outputs(graph, feeds)
     board = BOARDS[report["board"]["name"]]
     report["verify"] = {}
     for mode in modes:
@@ -320,6 +324,8 @@ def _verify_mcu(mcu: Any, graph: Graph, tmp: Path, modes: list[str], reference: 
                                  f"qemu-system-arm -M {board.qemu_machine} ({board.cflags[0]})"}
         got = run_project(tmp, mode, mcu.inputs, mcu.outputs, feeds)
         entry.update({**fidelity.compare(ref, got), "inputs": inputs_label, "reference": ref_label})
+        if qdq is not None:
+            entry["vs_quantized_graph"] = fidelity.compare(qdq, got)
         if labelled is not None:
             lab_feeds, labels = labelled
             outs = run_project(tmp, mode, mcu.inputs, mcu.outputs, lab_feeds)
@@ -328,6 +334,16 @@ def _verify_mcu(mcu: Any, graph: Graph, tmp: Path, modes: list[str], reference: 
                                  "samples": len(lab_feeds)}
         report["verify"][mode] = entry
     report["fidelity"] = {**report["verify"][modes[0]]}
+
+
+def _qdq_outputs(graph: Graph, feeds: list[dict[str, Any]]) -> list[list[Any]] | None:
+    """For a quantized graph: its outputs under ONNX Runtime by the QDQ definition (what integer kernels are
+    held to; they differ by rounding, about 1 LSB), else None."""
+    if not any(n.qualified_op == "QuantizeLinear" for n in graph.nodes):
+        return None
+    from nasc.backends import fidelity
+
+    return fidelity.run_graph(graph, feeds)
 
 
 def _labelled(calib: Any, feeds: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], Any] | None:

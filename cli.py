@@ -158,8 +158,10 @@ def _print_mcu(rep: dict) -> None:
         acc = v.get("accuracy")
         acc_text = (f"; accuracy {acc['nasc']:.2%} on {acc['samples']} labelled samples "
                     f"(reference {acc['reference']:.2%})") if acc else ""
+        qdq = v.get("vs_quantized_graph")
+        qdq_text = f"; max abs err {qdq['max_abs_err']:.3g} vs the QDQ graph under onnxruntime" if qdq else ""
         print(f"ran on {v['ran_on']}: max abs err {v['max_abs_err']:.3g} vs {v['reference']} "
-              f"({v['inputs']}){acc_text}")
+              f"({v['inputs']}){acc_text}{qdq_text}")
 
 
 def cmd_passes(args: argparse.Namespace) -> int:
