@@ -1,0 +1,76 @@
+"""CPU int8 latency: ONNX Runtime float and int8 (quantize_static) vs nasc float and int8 (integer kernels).
+
+    python tools/bench_int8.py [--models digits,mobilenet_v2] [--write docs/benchmarks.md]
+
+Each table is ``nasc bench MODEL --calib CALIB`` (nasc.bench.bench): medians of one batch-1 run in this
+process, the same inputs for every row; both int8 builds are calibrated on the same samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from doc_tables import write_between_markers
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _model(name: str, tmp: Path) -> tuple[Path, Path, str]:
+    if name == "digits":
+        return ROOT / "examples" / "digits_cnn.onnx", ROOT / "examples" / "digits_test.npz", "example digits CNN"
+    if name == "mobilenet_v2":
+        import torch
+
+        from nasc.examples import zoo
+
+        path = zoo.export_onnx(zoo.mobilenet_v2(), (torch.zeros(1, 3, 224, 224),), tmp / "mobilenet_v2.onnx",
+                               dynamo=False, input_names=["image"], output_names=["logits"])
+        photos, _ = zoo.imagenet_photos(224)
+        calib = np.concatenate([photos, photos[:, :, :, ::-1]]).astype(np.float32)  # the photos and their mirrors
+        np.savez(tmp / "photos.npz", image=calib)
+        return path, tmp / "photos.npz", "MobileNetV2 (ImageNet weights), 1x3x224x224"
+    raise SystemExit(f"unknown model {name}")
+
+
+def _cpu_flags() -> str:
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown"
+    found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
+    return ", ".join(found) or "none of avx2/avx512/vnni"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="digits,mobilenet_v2")
+    p.add_argument("--write", type=Path, default=None)
+    args = p.parse_args()
+    from nasc.bench import bench
+
+    lines = [f"Produced by `python tools/bench_int8.py` on {platform.machine()}, {os.cpu_count()} cores "
+             f"(CPU features: {_cpu_flags()}). Median ms, batch 1.", ""]
+    with tempfile.TemporaryDirectory() as d:
+        for name in args.models.split(","):
+            path, calib, title = _model(name, Path(d))
+            rows: list[dict[str, Any]] = bench(path, "cpu", calib=str(calib))
+            lines += [f"### {title}", "", "| runtime | ms | vs ONNX Runtime float |", "|---|---:|---:|"]
+            for r in rows:
+                lines.append(f"| {r['runtime']} | {r['ms']:.3f} | {r['ratio']:.2f}x |")
+                print(f"{title}: {r['runtime']:<70} {r['ms']:9.3f} ms {r['ratio']:6.2f}x")
+            lines.append("")
+    if args.write:
+        write_between_markers(args.write, "\n".join(lines), "bench_int8")
+
+
+if __name__ == "__main__":
+    main()
