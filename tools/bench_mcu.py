@@ -99,9 +99,9 @@ def main() -> None:
         for int8 in (False, True) if not args.no_int8 else (False,):
             row = run(name, args.verify, int8)
             rows.append(row)
-        print(f"{row['title']}: arena {row['arena']} B, lower bound {row['bound']} B, TVM {row['tvm']} B, "
-              f"all tensors {row['naive']} B, weights {row['weights']} B, flash {row['flash']} B, "
-              f"max abs err {row['err']}, {row['secs']:.0f} s ({row['plan']})")
+            print(f"{row['title']}: arena {row['arena']} B, lower bound {row['bound']} B, TVM {row['tvm']} B, "
+                  f"all tensors {row['naive']} B, weights {row['weights']} B, flash {row['flash']} B, "
+                  f"max abs err {row['err']}, {row['secs']:.0f} s ({row['plan']})")
     lines = [
         f"Produced by `python tools/bench_mcu.py --verify {args.verify}` (`--target mcu:cortex-m4 --passes "
         "simplify,fuse`; *int8* rows add `quantize`, compiled to integer kernels: uint8 activations, int8 "

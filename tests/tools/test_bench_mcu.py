@@ -22,3 +22,7 @@ def test_bench_mcu_writes_its_table(tmp_path: Path) -> None:
     arena, bound, tvm_plan, naive = (float(c) for c in cells[1:5])
     assert arena == bound == 8.0 and tvm_plan >= arena and naive > arena
     assert float(cells[-1]) < 1e-4  # max abs err vs ORT, from the host run
+    int8 = next(line for line in text.splitlines() if line.startswith("| example digits CNN, 1x1x8x8 int8"))
+    cells8 = [c.strip() for c in int8.strip("|").split("|")]
+    assert float(cells8[1]) == float(cells8[2]) < arena / 2  # int8 arena at its bound, under half the float one
+    assert float(cells8[5]) < float(cells[5]) / 3  # weights
