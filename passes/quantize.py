@@ -47,8 +47,8 @@ def _is_float_const(v: Value | None) -> bool:
 
 
 def find_layers(graph: Graph, keep_float: str = "") -> list[Layer]:
-    """Conv, ConvTranspose, Gemm and MatMul with a constant float weight; MatMul of two activations and
-    nasc.Attention (their activation operands only). Layers whose scope or name matches ``keep_float`` stay
+    """Conv, ConvTranspose, Gemm and MatMul with a constant float weight, Gather from a constant table (an
+    embedding); MatMul of two activations and nasc.Attention (their activation operands only). Layers whose scope or name matches ``keep_float`` stay
     float."""
     from nasc.ir.analysis import node_cost
 
@@ -73,6 +73,8 @@ def find_layers(graph: Graph, keep_float: str = "") -> list[Layer]:
 
 def _layer_of(n: Node) -> Layer | None:
     op = n.qualified_op
+    if op == "Gather" and _is_float_const(n.input(0)) and len(n.input(0).shape) == 2 and int(n.attr("axis", 0)) == 0:
+        return Layer(n, "", 0, 0, [])  # an embedding table: one scale per row, nothing to quantize on its input
     if op in ("Conv", "ConvTranspose") and _is_float_const(n.input(1)) and not n.input(0).is_const:
         if op == "ConvTranspose" and int(n.attr("group") or 1) != 1:
             return None
@@ -473,9 +475,16 @@ class QuantPolicy(Pass):
         feeds = _need_calib(ctx, "quant-policy")[:SENSITIVITY_SAMPLES]
         board = _board(ctx.target)
         layers = find_layers(graph, self.keep_float)
+        widths = sorted(set(self.bits), reverse=True)
+        budgets, fixed = self._budgets(graph, layers, board)
+        # the budget is checked before anything is measured: an impossible one fails at once
+        costs_of = {lay.key: self._costs(lay, widths, board) for lay in layers if lay.weight is not None}
+        try:
+            qm.solve([qm.Choice(k, widths, [0.0] * len(widths), c) for k, c in costs_of.items()], budgets, fixed)
+        except qm.Infeasible as e:
+            raise UsageError(self._infeasible(e.smallest, budgets)) from None
         ranges = activation_ranges(graph, layers, ctx, feeds, "minmax", 99.99)
         ref = ctx.evaluate(graph, feeds)
-        widths = sorted(set(self.bits), reverse=True)
         choices: list[qm.Choice] = []
         policy: dict[str, dict[str, Any]] = {}
         for i, lay in enumerate(layers):
@@ -484,13 +493,8 @@ class QuantPolicy(Pass):
                 s = _sensitivity(graph, lay, 8, ranges, ctx, feeds, ref, self.metric)
                 policy[lay.key] = {"op": lay.node.op, "bits": self.act_bits, "weightless": True, "sensitivity": s}
                 continue
-            w = lay.weight_value
-            assert w is not None
             sens = [_sensitivity(graph, lay, b, ranges, ctx, feeds, ref, self.metric) for b in widths]
-            costs = {"flash": [float(_weight_bytes(w, b, lay.axis)) for b in widths],
-                     "latency": [_latency_s(lay.macs, b, board) for b in widths]}
-            choices.append(qm.Choice(lay.key, widths, sens, costs))
-        budgets, fixed = self._budgets(graph, layers, board)
+            choices.append(qm.Choice(lay.key, widths, sens, costs_of[lay.key]))
         try:
             picks = qm.solve(choices, budgets, fixed)
         except qm.Infeasible as e:
@@ -510,6 +514,13 @@ class QuantPolicy(Pass):
                  f"; summed sensitivity ({self.metric}) "
                  f"{sum(c.sensitivity[p] for c, p in zip(choices, picks)):.3g}")
         return False
+
+    @staticmethod
+    def _costs(lay: Layer, widths: list[int], board: Any) -> dict[str, list[float]]:
+        w = lay.weight_value
+        assert w is not None
+        return {"flash": [float(_weight_bytes(w, b, lay.axis)) for b in widths],
+                "latency": [_latency_s(lay.macs, b, board) for b in widths]}
 
     def _budgets(self, graph: Graph, layers: list[Layer], board: Any) -> tuple[dict[str, float], dict[str, float]]:
         weights = {id(lay.weight_value) for lay in layers if lay.weight is not None}
