@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -159,6 +160,9 @@ def ort_quantize(src: Path, out: Path, calib: list[Feed], ops: Sequence[str] | N
 
     out.mkdir(parents=True, exist_ok=True)
     pre, dst = out / "preprocessed.onnx", out / "model.onnx"
+    if Path(src).parent != out:  # quant_pre_process leaves scratch files beside its input: keep them in out
+        shutil.copy(src, out / "float.onnx")
+        src = out / "float.onnx"
     try:
         quant_pre_process(str(src), str(pre))
         model_in, detail = pre, ""
