@@ -526,7 +526,10 @@ class QuantPolicy(Pass):
         weights = {id(lay.weight_value) for lay in layers if lay.weight is not None}
         biases = {id(lay.node.input(2)) for lay in layers if lay.weight is not None and lay.node.op in ("Conv", "Gemm")
                   and lay.node.has_input(2) and _is_float_const(lay.node.input(2))}
-        acts = {id(lay.node.input(i)) for lay in layers for i in lay.acts if not lay.node.input(i).is_const}
+        joined = integer_ops(graph, self.keep_float)
+        acts = {id(lay.node.input(i)) for lay in layers + joined for i in lay.acts if not lay.node.input(i).is_const}
+        acts |= {id(chain_end(lay.node.outputs[0])) for lay in layers + joined  # quantize's outputs=true
+                 if lay.node.op in ("Conv", "Gemm", *INTEGER_OPS)}
         # what quantize leaves: other constants as they are, int32 biases with an f32 scale per channel
         # (twice the float bias), and an f32 scale + u8 zero point per quantized activation
         other = sum(c.tensor_type.nbytes * (2 if id(c) in biases else 1) for c in graph.constants
