@@ -186,3 +186,21 @@ def test_int4_weights_stay_packed_in_flash_and_are_unpacked_in_the_kernel(tmp_pa
         got = run_project(tmp_path / "i4", mode, b4.inputs, b4.outputs, feeds[:16])
         for g_, r in zip(got, ref):
             np.testing.assert_array_equal(g_[0], r[0])
+
+
+def test_int8_kernels_use_vnni_where_the_target_has_it(models) -> None:
+    """Cross-built for a VNNI CPU (cascadelake), LLVM turns the uint8 x int8 -> int32 dot products into
+    vpdpbusd; this machine need not have VNNI (nothing is run)."""
+    from nasc.backends.tvm.build import build
+    from nasc.backends.tvm.target import parse_target
+
+    q, _ = models["digits"]
+    ex, facts = build(q, parse_target("cpu:cascadelake"))
+    asm, stack = "", [ex.mod]
+    while stack:
+        m = stack.pop()
+        if getattr(m, "kind", "") == "llvm":
+            asm += m.inspect_source("asm")
+        stack.extend(m.imports)
+    assert len(re.findall(r"\bvpdpbusd\b", asm)) >= 4
+    assert facts["integer"]["float_ops"] == []
