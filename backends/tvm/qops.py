@@ -189,10 +189,25 @@ def _qadd(lx: Lx, node: Node) -> Any:
                                int(node.attr("qmax"))))
 
 
+def _sum_u8_te(x: Any, zp: int) -> Any:
+    """Sum over the spatial axes of uint8 x minus its zero point, reading the uint8 data directly (a cast
+    before the reduction would be fused into the producer and widen the tensor between kernels)."""
+    from tvm import te
+
+    n, c, h, w = (int(d) for d in x.shape)
+    rh, rw = te.reduce_axis((0, h), "rh"), te.reduce_axis((0, w), "rw")
+    total = te.compute((n, c, 1, 1), lambda i, j, _a, _b: te.sum(x[i, j, rh, rw].astype("int32"), axis=[rh, rw]),
+                       name="qsum")
+    return te.compute((n, c, 1, 1), lambda i, j, a, b: total[i, j, a, b] - zp * h * w, name="qsum_centered")
+
+
 @lowering("nasc.QGlobalAveragePool")
 def _qgap(lx: Lx, node: Node) -> Any:
-    axes = list(range(2, len(node.input(0).shape)))
-    centered = R.subtract(R.astype(lx.x(node, 0), "int32"), relax.const(int(node.attr("x_zp")), "int32"))
-    acc = R.sum(centered, axis=axes, keepdims=True)
+    if len(node.input(0).shape) == 4:
+        acc = lx.bb.emit(lx.bb.call_te(_sum_u8_te, lx.x(node, 0), int(node.attr("x_zp")), primfunc_name_hint="qsum"))
+    else:
+        axes = list(range(2, len(node.input(0).shape)))
+        centered = R.subtract(R.astype(lx.x(node, 0), "int32"), relax.const(int(node.attr("x_zp")), "int32"))
+        acc = R.sum(centered, axis=axes, keepdims=True)
     return lx.emit(_requantize(acc, relax.const(int(node.attr("mult")), "int64"),
                                relax.const(int(node.attr("shift")), "int64"), int(node.attr("y_zp")), 0, 255))
