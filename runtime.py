@@ -30,6 +30,7 @@ class CompiledModel:
         from tvm import relax
 
         self._tvm = tvm
+        use_all_cores()
         lib = tvm.runtime.load_module(str(lib_path))
         self.device = tvm.cpu() if self.meta.get("device", "cpu") == "cpu" else tvm.cuda()
         self._vm = relax.VirtualMachine(lib, self.device)
@@ -71,6 +72,30 @@ class CompiledModel:
             self.device.sync()
 
         return median_ms(once, repeat, warmup, min_seconds)
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (distinct core ids of its CPUs; the CPU count if unknown)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = set()
+    try:
+        for c in cpus:
+            topo = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
+            cores.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
+    except OSError:
+        return max(1, len(cpus))
+    return max(1, len(cores))
+
+
+def use_all_cores() -> None:
+    """Give TVM's thread pool one thread per physical core, unless TVM_NUM_THREADS or OMP_NUM_THREADS says.
+
+    Left alone, TVM starts half as many threads as there are logical CPUs on x86 (it assumes 2-way SMT):
+    on hosts without SMT, most VMs among them, half the cores sit idle (a 2-core VM ran every kernel on one).
+    Takes effect only before the pool starts, i.e. before the first parallel kernel runs in this process.
+    """
+    if "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["TVM_NUM_THREADS"] = str(physical_cores())
 
 
 def median_ms(fn: Callable[[], Any], repeat: int = 50, warmup: int = 5, min_seconds: float = 0.5) -> float:

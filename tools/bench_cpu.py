@@ -1,6 +1,7 @@
 """CPU benchmark: ONNX Runtime vs torch eager vs nasc's default-schedule build, one table per model.
 
     python tools/bench_cpu.py [--models mobilenet_v2,resnet18,transformer,minilm] [--write docs/benchmarks.md]
+    python tools/bench_cpu.py --models transformer --export-onnx DIR    # DIR/transformer.onnx, for nasc compile
 
 All numbers are medians of one batch-1 run, measured in this process on the same
 inputs after warm-up; ONNX Runtime runs with all graph optimizations and one thread per core.
@@ -39,26 +40,49 @@ def _model(name: str) -> tuple[Any, Any, str]:
     raise SystemExit(f"unknown model {name}")
 
 
-def run(name: str) -> tuple[str, list[dict[str, Any]], float]:
+def _save_pt2(name: str, path: Path) -> str:
     import torch
 
+    module, inputs, title = _model(name)
+    args, kwargs = ((), dict(inputs)) if isinstance(inputs, dict) else (tuple(inputs), {})
+    torch.export.save(torch.export.export(module.eval(), args, kwargs), str(path))
+    return title
+
+
+def run(name: str) -> tuple[str, list[dict[str, Any]], float]:
     from nasc.bench import bench
 
-    module, inputs, title = _model(name)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.pt2"
-        args, kwargs = ((), dict(inputs)) if isinstance(inputs, dict) else (tuple(inputs), {})
-        torch.export.save(torch.export.export(module.eval(), args, kwargs), str(path))
+        title = _save_pt2(name, path)
         rows = bench(path, "cpu")
     return title, rows, time.perf_counter() - t0
+
+
+def export_onnx(name: str, out_dir: Path) -> Path:
+    """The model as the benchmark sees it (torch.export, nasc's import), written by nasc's ONNX exporter:
+    the ONNX model ONNX Runtime runs in the table, and an input for ``nasc compile``."""
+    import nasc
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.pt2"
+        _save_pt2(name, path)
+        return nasc.export_onnx(nasc.load(str(path)), out_dir / f"{name}.onnx")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--write", type=Path, default=None)
+    p.add_argument("--export-onnx", type=Path, default=None, metavar="DIR",
+                   help="write DIR/<model>.onnx for each model (as benchmarked) and exit")
     args = p.parse_args()
+    if args.export_onnx:
+        for name in args.models.split(","):
+            print(export_onnx(name, args.export_onnx))
+        return
     import tvm
 
     lines = [f"Produced by `python tools/bench_cpu.py` on {platform.machine()}, "

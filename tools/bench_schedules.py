@@ -7,7 +7,8 @@ For each model (exported from torch with the TorchScript exporter, opset 17, bat
 
 * ORT: onnxruntime, 2 intra-op threads, all graph optimizations;
 * TVM default: TVM's ONNX frontend, legalize + fuse ("zero" pipeline), ``tvm.compile`` (naive loops);
-* TVM sched: the same module through ``apply_default_schedules`` before ``tvm.compile``.
+* TVM sched: the same import legalized as nasc's CPU build does it (fast-math exp/erf/tanh,
+  ``legalize_and_fuse``), then ``apply_default_schedules`` before ``tvm.compile``.
 
 Latency is the median over ``--runs`` runs; ORT and the scheduled build are timed in alternating blocks of
 5 runs (each after a warm-up run) so background load hits both alike. The unscheduled build is slow: it
@@ -109,12 +110,15 @@ def tvm_target() -> Any:
     return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": THREADS})
 
 
-def tvm_fused(path: Path) -> Any:
-    """Import with TVM's ONNX frontend and legalize + fuse (what apply_default_schedules expects)."""
+def tvm_fused(path: Path, nasc_legalize: bool = False) -> Any:
+    """Import with TVM's ONNX frontend and legalize + fuse (what apply_default_schedules expects): TVM's
+    "zero" pipeline, or nasc's (the same with fast-math exp/erf/tanh) when ``nasc_legalize``."""
     import onnx
     import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
+
+    from nasc.backends.tvm.build import legalize_and_fuse
 
     mod = from_onnx(onnx.load(str(path)), keep_params_in_input=False)
     seq = tvm.transform.Sequential(
@@ -122,11 +126,11 @@ def tvm_fused(path: Path) -> Any:
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
             relax.transform.FoldConstant(),
-            relax.get_pipeline("zero"),
         ]
     )
     with tvm_target():
-        return seq(mod)
+        mod = seq(mod)
+        return legalize_and_fuse(mod) if nasc_legalize else relax.get_pipeline("zero")(mod)
 
 
 def tvm_runner(mod: Any, x: np.ndarray) -> tuple[Any, np.ndarray, float]:
@@ -176,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             def_ms, def_out, _ = run_tvm(fused, x, args.default_runs)
             def_err = float(np.abs(def_out - ref).max())
+        fused = tvm_fused(path, nasc_legalize=True)
         t0 = time.perf_counter()
         sched = apply_default_schedules(fused, tvm_target())
         sched_s = time.perf_counter() - t0

@@ -23,10 +23,10 @@ def build(graph: Graph, target: TvmTarget, *, tune_trials: int = 0, tuning_db: P
     database for the target (tuning first what it lacks); the rest get nasc's default schedules.
     """
     t0 = time.perf_counter()
-    mod = to_relax(graph)
-    t_lower = time.perf_counter() - t0
+    facts: dict[str, Any] = {}
+    mod = to_relax(graph, facts=facts)
+    facts["lower_s"] = round(time.perf_counter() - t0, 3)
     tgt = target.tvm()
-    facts: dict[str, Any] = {"lower_s": round(t_lower, 3)}
     database = None
     if tune_trials > 0 or tuning_db is not None:
         from nasc.backends.tvm.tune import default_db_dir, open_database, tune
@@ -34,7 +34,7 @@ def build(graph: Graph, target: TvmTarget, *, tune_trials: int = 0, tuning_db: P
         db_dir = tuning_db or default_db_dir(target.key)
         t1 = time.perf_counter()
         with tgt:
-            fused = relax.get_pipeline("zero")(_prepare(mod))
+            fused = legalize_and_fuse(_prepare(mod), fast_math=target.kind == "cpu")
         facts["tuning"] = tune(fused, tgt, tune_trials, db_dir, rpc, log)
         facts["tuning"]["time_s"] = round(time.perf_counter() - t1, 2)
         database = open_database(db_dir)
@@ -54,9 +54,29 @@ def _prepare(mod: tvm.IRModule) -> tvm.IRModule:
     return seq(mod)
 
 
+def legalize_and_fuse(mod: tvm.IRModule, fast_math: bool = True) -> tvm.IRModule:
+    """TVM's "zero" pipeline (LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR, then the
+    records of the current MetaSchedule database, if any), with float32 exp/erf/tanh and the ops built on
+    them legalized to polynomial approximations when ``fast_math`` (schedules.fast_math_legalize_map).
+    Call it inside ``with target:``; tuning and the build must legalize alike, or records do not match.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    from nasc.backends.tvm.schedules import fast_math_legalize_map
+
+    seq = tvm.transform.Sequential([
+        relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalize_map() if fast_math else None),
+        relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps(),
+        relax.transform.FuseTIR()])
+    mod = seq(mod)
+    if ms.Database.current():
+        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    return mod
+
+
 def _schedule_cpu(mod: tvm.IRModule, tgt: Any, database: Any = None) -> tuple[tvm.IRModule, dict[str, Any]]:
-    """Legalize and fuse (applying tuned records when a database is given), then give every kernel
-    without a record nasc's default CPU schedule (schedules.py).
+    """Legalize (with fast math) and fuse, applying tuned records when a database is given, then give every
+    kernel without a record nasc's default CPU schedule (schedules.py).
 
     The schedules must come after FuseTIR (fusion would discard them); tvm.compile then lowers the
     scheduled kernels as they are.
@@ -66,9 +86,9 @@ def _schedule_cpu(mod: tvm.IRModule, tgt: Any, database: Any = None) -> tuple[tv
     with tgt:
         if database is not None:
             with database:
-                fused = relax.get_pipeline("zero")(_prepare(mod))
+                fused = legalize_and_fuse(_prepare(mod))
         else:
-            fused = relax.get_pipeline("zero")(_prepare(mod))
+            fused = legalize_and_fuse(_prepare(mod))
     scheduled = apply_default_schedules(fused, tgt)
     report = schedule_report(scheduled)
     counts: dict[str, int] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -179,3 +180,109 @@ def test_report_names_every_primfunc_and_keeps_prescheduled(target):
     # a second application leaves the already-scheduled functions alone
     again = apply_default_schedules(sched, target)
     assert schedule_report(again) == report
+
+
+def scheduled_text(mod: tvm.IRModule, target: tvm.target.Target) -> str:
+    with target:
+        fused = relax.get_pipeline("zero")(mod)
+    sched = apply_default_schedules(fused, target)
+    return "\n".join(f.script() for _, f in sched.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+
+
+@pytest.mark.parametrize(
+    ("a_shape", "b_shape"),
+    [
+        ((32, 48), (48, 192)),  # dense, N a multiple of 3 vectors: 3-vector x 4-row register tile
+        ((16, 2, 32), (32, 64)),  # leading dims folded into M
+        ((2, 32, 16), (2, 16, 96)),  # batch matmul: one panel per (batch, column tile)
+    ],
+)
+def test_matmul_packs_the_right_operand_panel(target, a_shape, b_shape):
+    # rows >= 64 floats apart and >= 4 row tiles: each parallel task copies its [K, tile] column panel of
+    # the right operand into a contiguous buffer (cache_read "<operand>_global") before its row tiles
+    a, b = rand(*a_shape), rand(*b_shape, seed=1)
+    mod = build_module([a.shape, b.shape], lambda av, bv: relax.op.nn.relu(relax.op.matmul(av, bv)))
+    got, report = compile_and_run(mod, target, [a, b])
+    check(got, np.maximum(a @ b, 0))
+    assert set(report.values()) == {"matmul"}, report
+    assert re.search(r'sblock\("\w+_global"\)', scheduled_text(mod, target))
+
+
+def test_narrow_matmul_is_not_packed(target):
+    x, w = rand(6, 40), rand(40, 48, seed=1)
+    mod = build_module([x.shape, w.shape], lambda xv, wv: relax.op.matmul(xv, wv))
+    assert "_global" not in scheduled_text(mod, target)
+
+
+@pytest.mark.parametrize("norm", ["softmax", "layer_norm"])
+def test_row_reductions_are_split_into_vector_partials(target, norm):
+    # the max/sum (softmax) and mean/variance (layer norm) reductions over a row: rfactor'ed into
+    # one partial per vector lane (blocks "<name>_rf"), vectorized, then reduced
+    x, g, b = rand(3, 8, 128), rand(128, seed=1), rand(128, seed=2)
+    if norm == "softmax":
+        mod = build_module([x.shape], lambda xv: relax.op.nn.softmax(xv, axis=-1))
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        want, args = e / e.sum(axis=-1, keepdims=True), [x]
+    else:
+        mod = build_module([x.shape, g.shape, b.shape],
+                           lambda xv, gv, bv: relax.op.nn.layer_norm(xv, gv, bv, axes=[-1], epsilon=1e-5))
+        mu = x.mean(axis=-1, keepdims=True)
+        want, args = (x - mu) / np.sqrt(((x - mu) ** 2).mean(axis=-1, keepdims=True) + 1e-5) * g + b, [x, g, b]
+    got, report = compile_and_run(mod, target, args)
+    check(got, want)
+    assert set(report.values()) == {"row_reduction"}, report
+    text = scheduled_text(mod, target)
+    assert re.search(r'sblock\("\w+_rf_update"\)', text) and "T.vectorized" in text
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    from math import erf
+
+    return np.vectorize(erf)(x.astype(np.float64))
+
+
+FAST = {
+    "exp": (relax.op.exp, np.linspace(-80, 80, 4001), lambda x: np.exp(x)),
+    "erf": (relax.op.erf, np.linspace(-6, 6, 4001), _erf),
+    "tanh": (relax.op.tanh, np.linspace(-12, 12, 4001), np.tanh),
+    "sigmoid": (relax.op.sigmoid, np.linspace(-100, 100, 4001), lambda x: 1 / (1 + np.exp(-x))),
+    "silu": (relax.op.nn.silu, np.linspace(-100, 100, 4001), lambda x: x / (1 + np.exp(-x))),
+    "gelu": (relax.op.nn.gelu, np.linspace(-10, 10, 4001), lambda x: x * 0.5 * (1 + _erf(x / np.sqrt(2)))),
+    "gelu_tanh": (relax.op.nn.gelu_tanh, np.linspace(-10, 10, 4001),
+                  lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))),
+    "softmax": (lambda v: relax.op.nn.softmax(v, axis=-1), np.linspace(-40, 40, 4000).reshape(40, 100),
+                lambda x: np.exp(x - x.max(-1, keepdims=True)) / np.exp(x - x.max(-1, keepdims=True)).sum(-1,
+                                                                                                 keepdims=True)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_fast_math_legalization_is_accurate_and_has_no_libm_calls(target, name):
+    from nasc.backends.tvm.build import legalize_and_fuse
+
+    op, xs, ref = FAST[name]
+    x = xs.astype(np.float32)
+    mod = build_module([x.shape], op)
+    with target:
+        fused = legalize_and_fuse(mod, fast_math=True)
+    text = "\n".join(f.script() for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    assert not re.search(r"T\.(exp|erf|tanh|sigmoid)\(", text), text
+    ex = tvm.compile(apply_default_schedules(fused, target), target)
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy().astype(np.float64)
+    want = ref(x.astype(np.float64))
+    # relative error ~3e-7 for exp, absolute ~3e-7 for erf/tanh (see fast_math_legalize_map)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
+
+
+def test_fast_math_leaves_other_dtypes_to_libm(target):
+    from nasc.backends.tvm.build import legalize_and_fuse
+
+    bb = relax.BlockBuilder()
+    v = relax.Var("x", relax.TensorType((8,), "float64"))
+    with bb.function("main", [v]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.exp(v))
+        bb.emit_func_output(out)
+    with target:
+        fused = legalize_and_fuse(bb.get(), fast_math=True)
+    assert "T.exp(" in "\n".join(f.script() for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc))

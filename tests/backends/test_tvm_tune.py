@@ -56,3 +56,26 @@ def test_tuning_measures_through_an_rpc_tracker_on_loopback(tmp_path):
     finally:
         server.terminate()
         tracker.terminate()
+
+
+def test_default_schedules_are_records_so_tuning_never_loses_to_them(tmp_path):
+    # before tuning a kernel, nasc measures its default schedule with the same builder and runner and
+    # stores it as a record: the database's best record per kernel is at worst the default schedule
+    from tvm.s_tir import meta_schedule as ms
+
+    from nasc.backends.tvm.schedules import default_schedule
+    from nasc.backends.tvm.target import parse_target
+
+    db = tmp_path / "db"
+    art = nasc.compile(parse(TINY), "cpu", tmp_path / "a", tune_trials=2, tuning_db=db, measure_latency=False)
+    facts = art.report["build"]["tuning"]
+    assert facts["default_records"] == facts["tuned"] == facts["tasks"] >= 1
+    target = parse_target("cpu").tvm()
+    database = ms.database.JSONDatabase(work_dir=str(db))
+    found = 0
+    for rec in database.get_all_tuning_records():
+        sch, _ = default_schedule(rec.workload.mod, target)
+        if sch is not None and str(rec.trace) == str(sch.trace):
+            found += 1
+            assert all(float(s) < 1e9 for s in rec.run_secs)  # it built and ran
+    assert found == facts["tasks"]
