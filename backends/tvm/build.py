@@ -57,12 +57,12 @@ def _prepare(mod: tvm.IRModule) -> tvm.IRModule:
 def legalize_and_fuse(mod: tvm.IRModule, fast_math: bool = True) -> tvm.IRModule:
     """TVM's "zero" pipeline (LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR, then the
     records of the current MetaSchedule database, if any), with float32 exp/erf/tanh and the ops built on
-    them legalized to polynomial approximations when ``fast_math`` (schedules.fast_math_legalize_map).
+    them legalized to polynomial approximations when ``fast_math`` (fast_math.fast_math_legalize_map).
     Call it inside ``with target:``; tuning and the build must legalize alike, or records do not match.
     """
     from tvm.s_tir import meta_schedule as ms
 
-    from nasc.backends.tvm.schedules import fast_math_legalize_map
+    from nasc.backends.tvm.fast_math import fast_math_legalize_map
 
     seq = tvm.transform.Sequential([
         relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalize_map() if fast_math else None),
