@@ -210,6 +210,7 @@ def compile(
             feeds, inputs_label = feeds_calib[:64], f"{min(len(feeds_calib), 64)} calibration samples"
         else:
             feeds, inputs_label = fidelity.random_inputs(graph, seed, fidelity_batches), "random"
+        summary = graph.summary()
         report: dict[str, Any] = {
             "target": target,
             "model": str(model) if isinstance(model, str | os.PathLike) else type(model).__name__,
@@ -217,8 +218,8 @@ def compile(
             "pipeline": str(pipeline),
             "passes": graph.meta.get("passes", []),
             "warnings": warnings,
-            "summary": {k: v for k, v in graph.summary().items() if k in ("nodes", "params", "macs", "ops")},
-            "param_bytes": {"before": params_before, "after": graph.summary()["param_bytes"]},
+            "summary": {k: v for k, v in summary.items() if k in ("nodes", "params", "macs", "ops")},
+            "param_bytes": {"before": params_before, "after": summary["param_bytes"]},
         }
         for key in ("quant_policy", "quantization"):
             if key in graph.meta:
@@ -297,21 +298,20 @@ def _compile_mcu(graph: Graph, board: Any, tmp: Path, modes: list[str], budget_c
     mcu = build_mcu(graph, board, tmp, model=report["model"], pipeline=report["pipeline"], budget_check=budget_check)
     report.update({k: v for k, v in mcu.facts.items() if k != "files"})
     if modes:
-        _verify_mcu(mcu, graph, tmp, modes, reference, feeds, inputs_label, labelled, report, log)
+        _verify_mcu(mcu, board, graph, tmp, modes, reference, feeds, inputs_label, labelled, report, log)
     else:
         report["fidelity"] = None
         report["warnings"].append("the C project was not built or run here (--verify none): its outputs are "
                                   "unchecked")
 
 
-def _verify_mcu(mcu: Any, graph: Graph, tmp: Path, modes: list[str], reference: Any, feeds: list[dict[str, Any]],
+def _verify_mcu(mcu: Any, board: Any, graph: Graph, tmp: Path, modes: list[str], reference: Any, feeds: list[dict[str, Any]],
                 inputs_label: str, labelled: tuple[list[dict[str, Any]], Any] | None, report: dict[str, Any],
                 log: Any) -> None:
     """Build and run the C project (host gcc and/or QEMU) on the fidelity inputs and compare with the reference
     (the original model; nasc's own graph under ONNX Runtime when there is none); with labelled calibration
     data, also measure accuracy on all of it."""
     from nasc.backends import fidelity
-    from nasc.backends.mcu.boards import BOARDS
     from nasc.backends.mcu.verify import run_project
 
     if reference is None:
@@ -322,7 +322,6 @@ def _verify_mcu(mcu: Any, graph: Graph, tmp: Path, modes: list[str], reference: 
     run_ref, ref_label = reference
     ref = [run_ref(f) for f in feeds]
     qdq = _qdq_outputs(graph, feeds)
-    board = BOARDS[report["board"]["name"]]
     report["verify"] = {}
     for mode in modes:
         log(f"mcu: building and running the C project on {mode}")

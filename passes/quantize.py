@@ -15,6 +15,7 @@ import numpy as np
 
 from nasc.errors import UsageError
 from nasc.ir import dtypes
+from nasc.ir.analysis import node_cost
 from nasc.ir.core import Graph, Node, Value
 from nasc.ir.ops.registry import emit
 from nasc.ir.text import POLICY_KEY
@@ -50,8 +51,6 @@ def find_layers(graph: Graph, keep_float: str = "") -> list[Layer]:
     """Conv, ConvTranspose, Gemm and MatMul with a constant float weight, Gather from a constant table (an
     embedding); MatMul of two activations and nasc.Attention (their activation operands only). Layers whose scope or name matches ``keep_float`` stay
     float."""
-    from nasc.ir.analysis import node_cost
-
     rx = re.compile(keep_float) if keep_float else None
     layers: list[Layer] = []
     seen: set[str] = set()
@@ -113,16 +112,20 @@ def integer_ops(graph: Graph, keep_float: str = "") -> list[Layer]:
     return out
 
 
+#: activations that integer kernels fold into their output clamp (also read by backends/tvm/qint.py)
+FOLDED_ACTIVATIONS = ("Relu", "Clip", "nasc.Relu6")
+
+
 def _from_integer_op(v: Value) -> bool:
     p = v.producer
-    while p is not None and p.qualified_op in ("Relu", "Clip", "nasc.Relu6"):
+    while p is not None and p.qualified_op in FOLDED_ACTIVATIONS:
         p = p.input(0).producer
     return p is not None and not p.domain and p.op in ("Conv", "Gemm", *INTEGER_OPS)
 
 
 def chain_end(v: Value) -> Value:
     """``v`` followed through a single-reader chain of Relu / Clip (the activations integer kernels fold in)."""
-    while len(v.uses) == 1 and v.uses[0][0].qualified_op in ("Relu", "Clip", "nasc.Relu6"):
+    while len(v.uses) == 1 and v.uses[0][0].qualified_op in FOLDED_ACTIVATIONS:
         node = v.uses[0][0]
         if node.op == "Clip" and not all(x is None or x.is_const for x in node.inputs[1:]):
             break
@@ -543,7 +546,7 @@ class QuantPolicy(Pass):
         if self.latency is not None:
             budgets["latency"] = float(self.latency)
             quantized = {id(lay.node) for lay in layers if lay.weight is not None}
-            fixed["latency"] = sum(_latency_s(node_cost_macs(n), 32, board) for n in graph.nodes
+            fixed["latency"] = sum(_latency_s(node_cost(n).macs, 32, board) for n in graph.nodes
                                    if id(n) not in quantized)
         sram = self.sram if self.sram is not None else (board.sram_bytes if board is not None else None)
         if sram is not None:
@@ -562,12 +565,6 @@ class QuantPolicy(Pass):
                 parts.append(f"{k}={limit:g} {unit} is infeasible: the smallest reachable with bits="
                              f"{','.join(map(str, self.bits))} is {smallest[k]:.6g} {unit}")
         return "quant-policy: " + "; ".join(parts) + ". Raise the budget, allow narrower widths, or prune first"
-
-
-def node_cost_macs(n: Node) -> int:
-    from nasc.ir.analysis import node_cost
-
-    return node_cost(n).macs
 
 
 def _activation_peak_bytes(graph: Graph, act_bits: int) -> int:

@@ -12,10 +12,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from doc_tables import write_between_markers
 
 MODELS = ("mobilenet_v2", "resnet18", "transformer", "minilm")
 
@@ -97,20 +101,7 @@ def main() -> None:
             lines.append(f"| {r['runtime']} | {r['ms']:.3f} | {r['ratio']:.2f}x |")
         lines.append("")
     if args.write:
-        write_between_markers(args.write, "\n".join(lines))
-
-
-BEGIN, END = "<!-- bench_cpu:begin -->", "<!-- bench_cpu:end -->"
-
-
-def write_between_markers(path: Path, body: str) -> None:
-    """Replace the generated part of ``path`` (between the markers), keeping the hand-written rest."""
-    text = path.read_text() if path.exists() else f"{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        text = f"{text.rstrip()}\n\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
+        write_between_markers(args.write, "\n".join(lines), "bench_cpu")
 
 
 if __name__ == "__main__":

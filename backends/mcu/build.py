@@ -55,7 +55,7 @@ def build_mcu(graph: Graph, board: Board, out: Path, *, model: str, pipeline: st
     ins, outs = emit.ports(k, [v.name for v in graph.inputs], [v.name for v in graph.outputs])
     if budget_check:
         check_budget(k, p, board, labels, weight_bytes, pipeline)
-    files = emit.write_project(out, k, p, board, ins, outs, labels, model)
+    files = emit.write_project(out, k, p, board, ins, outs, labels, model, weight_bytes)
     sizes = object_sizes(out)
     flash = sum(s["text"] + s["data"] for s in sizes.values()) if sizes else None
     if budget_check and flash is not None and flash > board.flash_bytes:

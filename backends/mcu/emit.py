@@ -181,9 +181,10 @@ def _c_float(x: float, dtype: np.dtype) -> str:
         return "NAN"
     if np.isinf(x):
         return "INFINITY" if x > 0 else "-INFINITY"
-    if dtype == np.float32:
-        return f"{x:.9g}f" if ("e" in f"{x:.9g}" or "." in f"{x:.9g}") else f"{x:.9g}.0f"
-    return f"{x:.17g}"
+    if dtype != np.float32:
+        return f"{x:.17g}"
+    text = f"{x:.9g}"  # 9 significant digits read back as the same float32
+    return f"{text}f" if ("e" in text or "." in text) else f"{text}.0f"
 
 
 SHIM_H = """/* nasc's replacement for the TVM runtime: the few declarations the generated kernels use. */
@@ -402,9 +403,8 @@ def harness_main(ins: list[Port], outs: list[Port]) -> str:
 
 
 def write_project(out: Path, k: Kernels, plan: Plan, board: Board, ins: list[Port], outs: list[Port],
-                  labels: dict[str, str], model: str) -> list[str]:
+                  labels: dict[str, str], model: str, weight_bytes: int) -> list[str]:
     """Write the C project into ``out``; returns the file names written."""
-    weight_bytes = sum(int(w.array.nbytes) for w in k.weights.values())
     files = {
         "kernels.c": k.source,
         "model.h": model_h(ins, outs, plan.arena_bytes, weight_bytes, model),

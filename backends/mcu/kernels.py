@@ -24,6 +24,9 @@ import tvm_ffi
 from tvm import ir, relax, s_tir, tirx
 
 from nasc.backends.mcu.plan import Buffer, Program, Step
+
+# the block helpers the CPU templates use: one place for how a fused kernel's blocks are read and inlined
+from nasc.backends.tvm.schedules import _blocks, _get_sblock_realize, _inline_spatial, _is_reduction
 from nasc.errors import UnsupportedModelError
 
 KERNEL_PREFIX = "nasc_k_"
@@ -69,33 +72,6 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
 # ----------------------------------------------------------------------------------------------
 
 
-def _blocks(sch: s_tir.Schedule) -> list:
-    return list(sch.get_child_blocks(sch.get_sblock("root")))
-
-
-def _is_reduction(sch: s_tir.Schedule, block: Any) -> bool:
-    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
-
-
-def _outputs(sch: s_tir.Schedule) -> set[str]:
-    return {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
-
-
-def _inline(sch: s_tir.Schedule) -> None:
-    changed = True
-    while changed:
-        changed = False
-        outs = _outputs(sch)
-        for block in _blocks(sch):
-            if _is_reduction(sch, block) or sch.get(block).name_hint in outs:
-                continue
-            try:
-                sch.compute_inline(block)
-                changed = True
-            except Exception:
-                continue
-
-
 def _loop_for_consumer(sch: s_tir.Schedule, red: Any, consumer: Any) -> Any | None:
     """The innermost loop of ``consumer`` that indexes ``red``'s output, if computing ``red`` there
     recomputes nothing (every enclosing loop indexes that output too, or has extent 1)."""
@@ -107,7 +83,7 @@ def _loop_for_consumer(sch: s_tir.Schedule, red: Any, consumer: Any) -> Any | No
             for r in region.region:
                 used.update(v for v in tirx.analysis.undefined_vars(r.min))
     iter_vars = [iv.var for iv in block.iter_vars]
-    values = list(_realize_of(sch, consumer).iter_values)
+    values = list(_get_sblock_realize(sch, consumer).iter_values)
     loops = sch.get_loops(consumer)
     loop_vars = [sch.get(lp).loop_var for lp in loops]
     used_loops: set[int] = set()
@@ -127,15 +103,11 @@ def _loop_for_consumer(sch: s_tir.Schedule, red: Any, consumer: Any) -> Any | No
     return loops[deepest]
 
 
-def _realize_of(sch: s_tir.Schedule, block: Any) -> Any:
-    return tvm.get_global_func("s_tir.schedule.GetSBlockRealize")(sch, block)
-
-
 def schedule_for_memory(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """Inline spatial blocks and compute each reduction where its consumer needs it, so that a fused
     kernel keeps its intermediates in scalars or small buffers instead of whole tensors."""
     sch = s_tir.Schedule(func)
-    _inline(sch)
+    _inline_spatial(sch)
     for block in reversed(_blocks(sch)):
         if not _is_reduction(sch, block):
             continue
@@ -161,7 +133,7 @@ def schedule_for_memory(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
 def _drives_reduction(sch: s_tir.Schedule, block: Any, loop: Any) -> bool:
     lv = sch.get(loop).loop_var
-    values = list(_realize_of(sch, block).iter_values)
+    values = list(_get_sblock_realize(sch, block).iter_values)
     for iv, val in zip(sch.get(block).iter_vars, values):
         if iv.iter_type == tirx.IterVar.CommReduce and any(v.same_as(lv) for v in tirx.analysis.undefined_vars(val)):
             return True

@@ -27,8 +27,9 @@ from nasc.ir.core import Graph, Node, Value
 from nasc.ir.ops.quant import quantize_multiplier
 from nasc.ir.ops.registry import lookup_node, type_node
 from nasc.ir.types import TensorType
+from nasc.passes.quantize import FOLDED_ACTIVATIONS
 
-_ACTS = ("Relu", "Clip", "nasc.Relu6")
+_ACTS = FOLDED_ACTIVATIONS
 
 
 @dataclass

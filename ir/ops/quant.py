@@ -52,6 +52,13 @@ def requantize(acc: np.ndarray, mult: np.ndarray | int, shift: np.ndarray | int,
     return np.clip(y, qmin, qmax).astype(np.uint8)
 
 
+def _requantize_node(node: Node, acc: np.ndarray, mult: np.ndarray | int, shift: np.ndarray | int,
+                     clamp: bool = True) -> np.ndarray:
+    """``requantize`` with the node's output zero point and (unless ``clamp`` is off) its qmin/qmax."""
+    lo, hi = (int(node.attr("qmin")), int(node.attr("qmax"))) if clamp else (0, 255)
+    return requantize(acc, mult, shift, int(node.attr("y_zp")), lo, hi)
+
+
 def _channel(v: np.ndarray, rank: int) -> np.ndarray:
     """Per-channel vector [C] shaped to broadcast over axis 1 of a rank-``rank`` tensor."""
     return np.asarray(v).reshape((1, -1) + (1,) * (rank - 2))
@@ -102,8 +109,7 @@ class QConv(_ConvBase):
                        _ints(node, "dilations", 2, 1), int(node.attr("group", 1)))
         if b is not None:
             acc = acc + _channel(b, 4)
-        return [requantize(acc, _channel(mult, 4), _channel(shift, 4), int(node.attr("y_zp")),
-                           int(node.attr("qmin")), int(node.attr("qmax")))]
+        return [_requantize_node(node, acc, _channel(mult, 4), _channel(shift, 4))]
 
 
 @register
@@ -131,8 +137,7 @@ class QGemm(OpDef):
         acc = (np.asarray(x, np.int64) - int(node.attr("x_zp"))) @ np.asarray(w, np.int64).T
         if b is not None:
             acc = acc + np.asarray(b, np.int64)[None, :]
-        return [requantize(acc, np.asarray(mult)[None, :], np.asarray(shift)[None, :], int(node.attr("y_zp")),
-                           int(node.attr("qmin")), int(node.attr("qmax")))]
+        return [_requantize_node(node, acc, np.asarray(mult)[None, :], np.asarray(shift)[None, :])]
 
 
 @register
@@ -153,8 +158,7 @@ class QAdd(OpDef):
             return None
         acc = ((np.asarray(a, np.int64) - int(node.attr("a_zp"))) * int(node.attr("a_mult"))
                + (np.asarray(b, np.int64) - int(node.attr("b_zp"))) * int(node.attr("b_mult")))
-        return [requantize(acc, 1, int(node.attr("shift")), int(node.attr("y_zp")), int(node.attr("qmin")),
-                           int(node.attr("qmax")))]
+        return [_requantize_node(node, acc, 1, int(node.attr("shift")))]
 
 
 @register
@@ -175,4 +179,4 @@ class QGlobalAveragePool(OpDef):
             return None
         axes = tuple(range(2, np.ndim(x)))
         acc = np.sum(np.asarray(x, np.int64) - int(node.attr("x_zp")), axis=axes, keepdims=True)
-        return [requantize(acc, int(node.attr("mult")), int(node.attr("shift")), int(node.attr("y_zp")), 0, 255)]
+        return [_requantize_node(node, acc, int(node.attr("mult")), int(node.attr("shift")), clamp=False)]
