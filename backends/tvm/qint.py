@@ -3,8 +3,10 @@
 TVM 0.27 legalizes quantize/dequantize to float arithmetic, so a QDQ model compiled as it is computes in
 float. :func:`integerize` rewrites, on a copy of the graph:
 
-- ``Q(act(Conv(DQ(x), DQ(w), DQ(b))))`` -> ``nasc.QConv`` (also Gemm -> ``nasc.QGemm``), ReLU / ReLU6 / Clip
-  folded into the output clamp;
+- ``Q(act(Conv(DQ(x), DQ(w), DQ(b))))`` -> ``nasc.QConv`` (also Gemm, and MatMul by a constant weight,
+  -> ``nasc.QGemm``), ReLU / ReLU6 / Clip folded into the output clamp;
+- ``MatMul(DQ(x), DQ(w))`` (+ a constant bias) whose output stays float -> ``nasc.QMatMul`` (the int32
+  accumulator, bias folded in) and a DequantizeLinear by ``s_x * s_w``: a transformer's projections;
 - ``Q(act(Add(DQ(a), DQ(b))))`` -> ``nasc.QAdd``; ``Q(GlobalAveragePool(DQ(x)))`` (or an AveragePool over the
   whole map) -> ``nasc.QGlobalAveragePool``;
 - ``Q(Flatten|Reshape|MaxPool(DQ(x)))`` with equal quantization -> the op on the uint8 data;
@@ -86,6 +88,20 @@ def _q_of(v: Value) -> tuple[Node, float, int, list[Node]] | None:
     return None
 
 
+def _bias_add(v: Value, channels: int) -> tuple[Node, np.ndarray] | None:
+    """The ``Add(v, b)`` that is ``v``'s only reader, with b a constant vector over the last axis."""
+    if len(v.uses) != 1 or v.uses[0][0].qualified_op != "Add":
+        return None
+    add = v.uses[0][0]
+    other = add.input(1 - v.uses[0][1])
+    b = _const(other)
+    if b is None or other.dtype != "f32" or b.size != channels or (b.ndim and b.shape[-1] != channels):
+        return None
+    if add.outputs[0].shape != v.shape:
+        return None
+    return add, b.astype(np.float64).reshape(-1)
+
+
 def _clamp(chain: list[Node], scale: float, zp: int) -> tuple[int, int]:
     lo, hi = 0, 255
     for n in chain:
@@ -144,36 +160,54 @@ class _Integerizer:
 
     # ---- patterns ------------------------------------------------------------------------------
 
-    def _linear(self, n: Node, op: str) -> bool:
+    def _weight(self, n: Node, op: str) -> tuple[_QParams, _QParams, np.ndarray] | None:
+        """The uint8 input, the int8 / int4 weight and its values laid out as the integer op stores them
+        ([N, K] for QGemm / QMatMul), or None where the node does not fit."""
         x, w = _dq(n.input(0)), _dq(n.input(1))
-        out = _q_of(n.outputs[0])
-        if x is None or w is None or out is None or not x.scalar or x.q.dtype != "u8" or not w.q.is_const:
-            return False
+        if x is None or w is None or not x.scalar or x.q.dtype != "u8" or not w.q.is_const:
+            return None
         if w.q.dtype not in ("i8", "i4") or np.any(w.zp != 0):
-            return False
-        qnode, s_y, z_y, chain = out
+            return None
         wq = np.asarray(w.q.data).astype(np.int8)
-        if op == "QGemm":
+        if n.op == "MatMul":  # x [..., K] @ w [K, N]
+            if wq.ndim != 2 or (w.scale.size > 1 and w.axis % 2 != 1):
+                return None
+            wq = wq.T.copy()
+        elif op == "QGemm":
             if int(n.attr("transA", 0)) or float(n.attr("alpha", 1.0)) != 1.0 or float(n.attr("beta", 1.0)) != 1.0:
-                return False
+                return None
             if len(n.input(0).shape) != 2:
-                return False
+                return None
             if not int(n.attr("transB", 0)):
                 wq = wq.T.copy()
-            channels = wq.shape[0]
-        else:
-            channels = wq.shape[0]
-            if w.scale.size > 1 and w.axis % wq.ndim != 0:
-                return False
-        s_x = float(x.scale[0])
-        s_w = np.broadcast_to(w.scale, (channels,)).astype(np.float64)
-        bias = self._bias(n, s_x * s_w, channels)
+        elif w.scale.size > 1 and w.axis % wq.ndim != 0:
+            return None
+        return x, w, wq
+
+    def _linear(self, n: Node, op: str) -> bool:
+        got = self._weight(n, op)
+        if got is None:
+            return False
+        x, w, wq = got
+        channels = wq.shape[0]
+        acc_scale = float(x.scale[0]) * np.broadcast_to(w.scale, (channels,)).astype(np.float64)
+        out_v, bias = n.outputs[0], self._bias(n, acc_scale, channels)
+        if n.op == "MatMul":  # a following Add of a constant vector is the bias
+            add = _bias_add(out_v, channels)
+            folded = np.round(add[1] / acc_scale) if add is not None else None
+            if add is not None and folded is not None and np.all(np.abs(folded) < 2**30):
+                out_v, bias = add[0].outputs[0], folded.astype(np.int32)
         if bias is False:
             return False
-        mults = [quantize_multiplier(s_x * sw / s_y) for sw in s_w]
+        attrs: dict[str, Any] = {"x_zp": int(x.zp[0]), "weight_bits": 4 if w.q.dtype == "i4" else 8}
+        arrays = {"weight": wq} if bias is None else {"weight": wq, "bias": bias}
+        out = _q_of(out_v)
+        if out is None:
+            return n.op == "MatMul" and self._accumulate(n, x.q, arrays, attrs, acc_scale, out_v)
+        qnode, s_y, z_y, chain = out
+        mults = [quantize_multiplier(sc / s_y) for sc in acc_scale]
         lo, hi = _clamp(chain, s_y, z_y)
-        attrs = {"x_zp": int(x.zp[0]), "y_zp": z_y, "qmin": lo, "qmax": hi,
-                 "weight_bits": 4 if w.q.dtype == "i4" else 8}
+        attrs.update({"y_zp": z_y, "qmin": lo, "qmax": hi})
         if op == "QConv":
             if n.attr("auto_pad", "NOTSET") != "NOTSET":
                 return False
@@ -183,6 +217,19 @@ class _Integerizer:
                                   shift=np.array([s for _, s in mults], np.int64))
         bv = self._consts(n, bias=bias)[0] if bias is not None else None
         return self._take_over(qnode, self._emit(n, op, [x.q, wv, bv, mv, sv], attrs))
+
+    def _accumulate(self, n: Node, x: Value, arrays: dict[str, np.ndarray], attrs: dict[str, Any],
+                    acc_scale: np.ndarray, out: Value) -> bool:
+        """A MatMul whose output stays float: QMatMul (the int32 accumulator) and a DequantizeLinear."""
+        acc = self._emit(n, "QMatMul", [x, *self._consts(n, **arrays)], attrs)
+        (sv,) = self._consts(n, acc_scale=acc_scale.astype(np.float32))
+        dq = self.g.make_node("DequantizeLinear", [acc, sv], [TensorType("f32", None)], {"axis": -1},
+                              scope=n.scope, name=f"{n.name}/dequantize", before=n)
+        type_node(dq)
+        self.g.replace_all_uses_with(out, dq.outputs[0])
+        if any(o is dq.outputs[0] for o in self.g.outputs):
+            dq.outputs[0].name = out.name
+        return True
 
     def _bias(self, n: Node, scale: np.ndarray, channels: int) -> np.ndarray | bool | None:
         if not n.has_input(2):
@@ -202,6 +249,11 @@ class _Integerizer:
         return len(n.input(1).shape) == 4 and self._linear(n, "QConv")
 
     def _Gemm(self, n: Node) -> bool:
+        return self._linear(n, "QGemm")
+
+    def _MatMul(self, n: Node) -> bool:
+        """MatMul by a constant weight (+ a constant bias Add): QGemm where the output is quantized, else
+        QMatMul and a DequantizeLinear."""
         return self._linear(n, "QGemm")
 
     def _Add(self, n: Node) -> bool:
@@ -292,7 +344,8 @@ def integerize(graph: Graph) -> tuple[Graph, IntegerReport]:
 
 def reference_run(graph: Graph, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[list[np.ndarray]]:
     """Evaluate an integerized graph in numpy: integer ops by their registry reference, QDQ by ONNX's
-    definition, shape ops by numpy. Raises NotImplementedError on any other op (float islands)."""
+    definition, shape ops by numpy, float ops by their registry fold. Raises NotImplementedError on an op
+    with none."""
     results = []
     for feed in feeds:
         env: dict[int, np.ndarray] = {id(v): np.asarray(feed[v.name]) for v in graph.inputs}
@@ -337,7 +390,11 @@ def _ref_node(n: Node, args: list[np.ndarray | None]) -> np.ndarray:
         assert args[0] is not None
         return _max_pool_u8(args[0], list(n.attr("kernel_shape")), list(n.attr("strides", [1, 1])),
                             list(n.attr("pads", [0, 0, 0, 0])), list(n.attr("dilations", [1, 1])))
-    raise NotImplementedError(f"the integer reference has no {op} (node '{n.name}')")
+    entry = lookup_node(n)  # a float op between a dequantize and a quantize: its numpy fold, where it has one
+    out = entry.fold(n, args) if entry is not None else None
+    if out is None:
+        raise NotImplementedError(f"the integer reference has no {op} (node '{n.name}')")
+    return out[0]
 
 
 def _max_pool_u8(x: np.ndarray, kernel: list[int], strides: list[int], pads: list[int], dil: list[int]) -> np.ndarray:

@@ -165,16 +165,35 @@ def _qmatmul_te(x: Any, w: Any, n: int) -> Any:
         name="qmatmul")
 
 
-@lowering("nasc.QGemm")
-def _qgemm(lx: Lx, node: Node) -> Any:
+def _qlinear_acc(lx: Lx, node: Node) -> tuple[relax.Expr, int]:
+    """The int32 accumulator ``(x - x_zp) w^T + bias`` of QGemm / QMatMul as an [M, N] matrix (x [..., K]
+    read as [M, K]); the caller reshapes its result back with :func:`_unflatten`."""
     w = np.asarray(node.input(1).data, np.int8)
     n = w.shape[0]
-    acc = lx.bb.emit(lx.bb.call_te(_qmatmul_te, lx.x(node, 0), _weight_operand(lx, node, w), n,
-                                   primfunc_name_hint="qmatmul"))
-    acc = R.add(acc, lx.const(_bias_minus_zero_point(node, w, (1,)).reshape(1, n), "i32"))
+    shape = list(node.input(0).shape)
+    x = lx.x(node, 0)
+    if len(shape) != 2:
+        x = lx.bb.emit(R.reshape(x, [int(np.prod(shape[:-1])), shape[-1]]))
+    acc = lx.bb.emit(lx.bb.call_te(_qmatmul_te, x, _weight_operand(lx, node, w), n, primfunc_name_hint="qmatmul"))
+    return R.add(acc, lx.const(_bias_minus_zero_point(node, w, (1,)).reshape(1, n), "i32")), n
+
+
+def _unflatten(node: Node, y: relax.Expr) -> relax.Expr:
+    shape = list(node.outputs[0].shape)
+    return R.reshape(y, shape) if len(shape) != 2 else y
+
+
+@lowering("nasc.QGemm")
+def _qgemm(lx: Lx, node: Node) -> Any:
+    acc, n = _qlinear_acc(lx, node)
     y = _requantize(acc, _per_channel(lx, node, 3, [1, n]), _per_channel(lx, node, 4, [1, n]),
                     int(node.attr("y_zp")), int(node.attr("qmin")), int(node.attr("qmax")))
-    return lx.emit(y)
+    return lx.emit(_unflatten(node, y))
+
+
+@lowering("nasc.QMatMul")
+def _qmatmul(lx: Lx, node: Node) -> Any:
+    return lx.emit(_unflatten(node, _qlinear_acc(lx, node)[0]))
 
 
 @lowering("nasc.QAdd")

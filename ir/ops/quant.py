@@ -1,6 +1,6 @@
 """Integer ops (domain "nasc") that the TVM backends make from QDQ patterns, and their numpy reference.
 
-All four take uint8 activations with a zero point, accumulate exactly in int32/int64 and requantize to
+The requantizing ops take uint8 activations with a zero point, accumulate exactly in int32/int64 and requantize to
 uint8 by a fixed-point multiplier and shift:
 
     y = clip(((acc * M + 2^(n-1)) >> n) + zp_out, qmin, qmax)
@@ -12,7 +12,10 @@ ReLU and ReLU6 are folded into ``qmin``/``qmax``. ``fold`` is the numpy referenc
 checked against bit for bit.
 
 - ``nasc.QConv(x u8, w i8, bias i32, M i64[C], n i64[C])`` {Conv attributes, x_zp, y_zp, qmin, qmax}
-- ``nasc.QGemm(x u8 [M,K], w i8 [N,K], bias i32 [N], M i64[N], n i64[N])`` {x_zp, y_zp, qmin, qmax}
+- ``nasc.QGemm(x u8 [..., K], w i8 [N,K], bias i32 [N], M i64[N], n i64[N])`` {x_zp, y_zp, qmin, qmax}
+- ``nasc.QMatMul(x u8 [..., K], w i8 [N,K], bias i32 [N])`` {x_zp}: the int32 accumulator ``(x - x_zp) w^T + bias``
+  itself, for a linear layer whose output stays float (a transformer's projections feed LayerNorm, GELU,
+  Softmax); a DequantizeLinear by ``s_x * s_w`` follows it
 - ``nasc.QAdd(a u8, b u8)`` {a_zp, b_zp, y_zp, a_mult, b_mult, shift, qmin, qmax}
 - ``nasc.QGlobalAveragePool(x u8)`` {x_zp, y_zp, mult, shift}
 """
@@ -112,6 +115,26 @@ class QConv(_ConvBase):
         return [_requantize_node(node, acc, _channel(mult, 4), _channel(shift, 4))]
 
 
+def _linear_infer(node: Node, dtype: str) -> list[Type]:
+    x, w = ttype(node, 0), ttype(node, 1)
+    if x.shape is None or w.shape is None:
+        return [TensorType(dtype, None)]
+    if len(x.shape) < 2 or len(w.shape) != 2 or x.shape[-1] != w.shape[1]:
+        raise InferenceError(f"{node.describe()}: expects x [..., K] and w [N, K], got {x.shape} and {w.shape}")
+    return [TensorType(dtype, (*x.shape[:-1], w.shape[0]))]
+
+
+def _linear_cost(node: Node) -> Cost:
+    x, w = ttype(node, 0).shape, ttype(node, 1).shape
+    return Cost(numel(x) * (w[0] if w is not None and isinstance(w[0], int) else 0) if x else 0, io_bytes(node))
+
+
+def linear_int(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """Exact ``(x - x_zp) w^T + b`` in int64 over the last axis of x."""
+    acc = (np.asarray(x, np.int64) - int(node.attr("x_zp"))) @ np.asarray(w, np.int64).T
+    return acc + np.asarray(b, np.int64) if b is not None else acc
+
+
 @register
 class QGemm(OpDef):
     name = "QGemm"
@@ -119,25 +142,38 @@ class QGemm(OpDef):
     foldable = True
 
     def infer(self, node: Node) -> list[Type]:
-        x, w = ttype(node, 0), ttype(node, 1)
-        if x.shape is None or w.shape is None:
-            return [TensorType("u8", None)]
-        if len(x.shape) != 2 or len(w.shape) != 2 or x.shape[1] != w.shape[1]:
-            raise InferenceError(f"{node.describe()}: expects x [M, K] and w [N, K], got {x.shape} and {w.shape}")
-        return [TensorType("u8", (x.shape[0], w.shape[0]))]
+        return _linear_infer(node, "u8")
 
     def cost(self, node: Node) -> Cost:
-        x, w = ttype(node, 0).shape, ttype(node, 1).shape
-        return Cost(numel(x) * (w[0] if w is not None and isinstance(w[0], int) else 0) if x else 0, io_bytes(node))
+        return _linear_cost(node)
 
     def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
         x, w, b, mult, shift = args
         if x is None or w is None or mult is None or shift is None:
             return None
-        acc = (np.asarray(x, np.int64) - int(node.attr("x_zp"))) @ np.asarray(w, np.int64).T
-        if b is not None:
-            acc = acc + np.asarray(b, np.int64)[None, :]
-        return [_requantize_node(node, acc, np.asarray(mult)[None, :], np.asarray(shift)[None, :])]
+        return [_requantize_node(node, linear_int(node, x, w, b), np.asarray(mult), np.asarray(shift))]
+
+
+@register
+class QMatMul(OpDef):
+    name = "QMatMul"
+    domain = "nasc"
+    foldable = True
+
+    def infer(self, node: Node) -> list[Type]:
+        return _linear_infer(node, "i32")
+
+    def cost(self, node: Node) -> Cost:
+        return _linear_cost(node)
+
+    def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
+        x, w = args[0], args[1]
+        if x is None or w is None:
+            return None
+        acc = linear_int(node, x, w, args[2] if len(args) > 2 else None)
+        if np.any(np.abs(acc) >= 2**31):
+            raise OverflowError(f"{node.describe()}: the int32 accumulator overflows")
+        return [acc.astype(np.int32)]
 
 
 @register

@@ -128,18 +128,23 @@ def test_mcu_build_is_bit_exact_on_host_and_qemu(models, name: str, tmp_path: Pa
 _FLOAT = re.compile(r"\bfloat\b|\bdouble\b|\d\.\d*e[+-]\d+f?|\bexpf?\b|\bsqrtf?\b")
 
 
+def _kernel_bodies(project: Path, pattern: str) -> dict[str, str]:
+    """Name -> source of the kernels in ``project``'s kernels.c whose name matches ``pattern``."""
+    bodies = re.split(r"\n(?=TVM_DLL int32_t \w+\([^;]*\) \{)", (project / "kernels.c").read_text())
+    named = {re.match(r"TVM_DLL int32_t (\w+)", b).group(1): b for b in bodies if b.startswith("TVM_DLL") and "{" in b}
+    return {k: b for k, b in named.items() if re.search(pattern, k)}
+
+
 def test_quantized_layer_kernels_have_no_float_arithmetic(models, tmp_path: Path) -> None:
     q, _ = models["residual"]
     build_mcu(q, parse_board("mcu"), tmp_path, model="r", pipeline="")
-    src = (tmp_path / "kernels.c").read_text()
-    bodies = re.split(r"\n(?=TVM_DLL int32_t \w+\([^;]*\) \{)", src)
-    layer_kernels = [b for b in bodies if re.match(r"TVM_DLL int32_t nasc_k_\w*(conv2d|matmul)", b) and "{" in b]
+    layer_kernels = _kernel_bodies(tmp_path, r"^nasc_k_\w*(conv2d|matmul)")
     assert len(layer_kernels) >= 4
-    for body in layer_kernels:
-        name = re.match(r"TVM_DLL int32_t (\w+)", body).group(1)
+    for name, body in layer_kernels.items():
         assert not _FLOAT.search(body), f"{name} has float arithmetic"
     # the control: the boundary kernels do convert from and to float
-    assert _FLOAT.search(next(b for b in bodies if b.startswith("TVM_DLL int32_t nasc_k_dequantize")))
+    boundary = _kernel_bodies(tmp_path, r"^nasc_k_dequantize")
+    assert boundary and all(_FLOAT.search(b) for b in boundary.values())
 
 
 def test_ops_without_integer_kernels_are_listed() -> None:
@@ -204,3 +209,99 @@ def test_int8_kernels_use_vnni_where_the_target_has_it(models) -> None:
         stack.extend(m.imports)
     assert len(re.findall(r"\bvpdpbusd\b", asm)) >= 4
     assert facts["integer"]["float_ops"] == []
+
+
+def _mlp(tmp: Path) -> tuple[nasc.ir.Graph, list[dict[str, np.ndarray]]]:
+    """Two linear layers over a sequence (3-D input, as in a transformer): x [1, 6, 16] -> 32 -> ReLU -> 16."""
+    import torch
+    from torch import nn
+
+    from nasc.examples import zoo
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16)).eval()
+    path = zoo.export_onnx(model, (torch.randn(1, 6, 16),), tmp / "mlp.onnx", dynamo=False)
+    g = nasc.load(path)
+    rng = np.random.default_rng(1)
+    feeds = [{g.inputs[0].name: rng.normal(size=(1, 6, 16)).astype(np.float32)} for _ in range(24)]
+    return nasc.optimize(g, "simplify,fuse,quantize", feeds[:16]), feeds
+
+
+def test_matmul_by_a_constant_weight_becomes_integer(tmp_path: Path) -> None:
+    """MatMul + bias Add over a 3-D input: the first layer (its output quantized after ReLU) becomes QGemm
+    with the bias in int32 and ReLU in the clamp, the last (float output) QMatMul's int32 accumulator and a
+    dequantize. CPU, host gcc and QEMU Cortex-M4 equal the numpy reference bit for bit."""
+    q, feeds = _mlp(tmp_path)
+    ig, rep = integerize(q)
+    assert rep.integer == {"QGemm": 1, "QMatMul": 1} and rep.float_ops == []
+    assert {n.qualified_op for n in ig.nodes} == {"QuantizeLinear", "nasc.QGemm", "nasc.QMatMul", "DequantizeLinear"}
+    ref = reference_run(ig, feeds)
+    qdq = fidelity.run_graph(q, feeds)
+    for r, o in zip(ref, qdq):  # a 1-LSB difference in the hidden layer moves the output by a few hundredths
+        assert np.max(np.abs(r[0] - o[0])) <= 0.01 * np.max(np.abs(o[0]))
+    art = nasc.compile(q, "cpu", tmp_path / "cpu", measure_latency=False)
+    for f, r in zip(feeds, ref):
+        np.testing.assert_array_equal(art.run(f)[0], r[0])
+    b = build_mcu(q, parse_board("mcu:cortex-m4"), tmp_path / "mcu", model="mlp", pipeline="")
+    for mode in ("host", "qemu"):
+        for g_, r in zip(run_project(tmp_path / "mcu", mode, b.inputs, b.outputs, feeds[:8]), ref):
+            np.testing.assert_array_equal(g_[0], r[0])
+    kernels = _kernel_bodies(tmp_path / "mcu", r"qmatmul")
+    assert len(kernels) == 2
+    for name, body in kernels.items():
+        assert not _FLOAT.search(body), f"{name} has float arithmetic"
+
+
+def test_transformer_block_int8_on_the_mcu(tmp_path: Path) -> None:
+    """A ViT block: its four projections and two MLP layers run as integer kernels, weights in int8 (under
+    a third of the float bytes); LayerNorm, softmax attention and GELU stay float and are listed."""
+    import torch
+
+    from nasc.examples import zoo
+
+    torch.manual_seed(0)
+    path = zoo.export_onnx(zoo.vit_block(dim=32, heads=2), (torch.randn(1, 16, 32),), tmp_path / "vit.onnx",
+                           dynamo=False)
+    g = nasc.load(path)
+    feeds = fidelity.random_inputs(g, 0, 12)
+    q = nasc.optimize(g, "simplify,fuse,quantize", feeds[:8])
+    b = build_mcu(q, parse_board("mcu:cortex-m4"), tmp_path / "q", model="vit", pipeline="")
+    f = build_mcu(nasc.optimize(g, "simplify,fuse"), parse_board("mcu:cortex-m4"), tmp_path / "f", model="vit",
+                  pipeline="")
+    integer = b.facts["integer"]
+    assert integer["integer_ops"].get("QMatMul", 0) + integer["integer_ops"].get("QGemm", 0) == 4
+    assert any(op.startswith("nasc.Attention") for op in integer["float_ops"])
+    assert any(op.startswith("Gelu") for op in integer["float_ops"])
+    assert b.facts["weights_bytes"] < f.facts["weights_bytes"] / 3
+    kernels = _kernel_bodies(tmp_path / "q", r"qmatmul")
+    assert len(kernels) == 4
+    for name, body in kernels.items():
+        assert not _FLOAT.search(body), f"{name} has float arithmetic"
+    qdq = fidelity.run_graph(q, feeds[8:])
+    for got, o in zip(run_project(tmp_path / "q", "host", b.inputs, b.outputs, feeds[8:]), qdq):
+        # the float islands (LayerNorm, softmax, GELU) round differently from ONNX Runtime, which can move a
+        # requantized value by one step: at most a few steps of the output
+        assert np.max(np.abs(got[0] - o[0])) <= 0.02 * np.max(np.abs(o[0]))
+
+
+def test_minilm_int8_cpu_build_keeps_sentence_embeddings(tmp_path: Path) -> None:
+    """All 36 projections of MiniLM (6 layers x q, k, v, out, ffn1, ffn2) run as integer matmuls on the CPU;
+    the sentence embeddings keep a cosine of at least 0.99 to the float model's."""
+    from nasc.examples import zoo
+
+    module, inputs = zoo.minilm(max_length=16, sentences=zoo.SENTENCES[:1])
+    path = zoo.export_onnx(module, inputs, tmp_path / "minilm.onnx", dynamo=False, output_names=["last_hidden_state"])
+    tok = zoo.minilm_tokenizer()
+    feeds = []
+    for s in zoo.SENTENCES:
+        enc = tok([s], padding="max_length", truncation=True, max_length=16, return_tensors="np")
+        feeds.append({k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})
+    g = nasc.load(path)
+    art = nasc.compile(nasc.optimize(g, "simplify,fuse,quantize", feeds), "cpu", tmp_path / "cpu",
+                       measure_latency=False)
+    integer = art.report["build"]["integer"]
+    assert integer["integer_ops"].get("QMatMul", 0) + integer["integer_ops"].get("QGemm", 0) == 36
+    for f, r in zip(feeds, fidelity.run_graph(g, feeds)):
+        a = zoo.sentence_embedding(r[0], f["attention_mask"])[0]
+        b = zoo.sentence_embedding(art.run(f)[0], f["attention_mask"])[0]
+        assert float(a @ b) >= 0.99
