@@ -401,6 +401,12 @@ def _build(graph: Graph, tvm_target: Any, tmp: Path, pipeline: str, report: dict
                       log=tuning["log"])
     write_artifact(ex, graph, tvm_target, tmp, pipeline)
     report["build"] = facts
+    if tvm_target.kind == "cpu" and facts.get("integer", {}).get("integer_ops") and not tvm_target.int8_dot_product():
+        report["warnings"].append(
+            f"the CPU target ({tvm_target.spec.get('mcpu')}) has no integer dot-product instructions (AVX-512 VNNI, "
+            "AVX-VNNI or Arm dotprod): the int8 kernels are exact but multiply through 16-bit lanes, measured up "
+            "to 1.7x slower than float32 on such a CPU (docs/benchmarks.md); compile the float model where "
+            "latency matters more than size, or target a VNNI CPU (--target cpu:cascadelake)")
     if tvm_target.kind != "cpu":
         return None
     return _load_runner(tmp)

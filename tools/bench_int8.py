@@ -1,6 +1,6 @@
 """CPU int8 latency: ONNX Runtime float and int8 (quantize_static) vs nasc float and int8 (integer kernels).
 
-    python tools/bench_int8.py [--models digits,mobilenet_v2] [--write docs/benchmarks.md]
+    python tools/bench_int8.py [--models digits,mobilenet_v2,minilm] [--write docs/benchmarks.md]
 
 Each table is ``nasc bench MODEL --calib CALIB`` (nasc.bench.bench): medians of one batch-1 run in this
 process, the same inputs for every row; both int8 builds are calibrated on the same samples.
@@ -38,6 +38,16 @@ def _model(name: str, tmp: Path) -> tuple[Path, Path, str]:
         calib = np.concatenate([photos, photos[:, :, :, ::-1]]).astype(np.float32)  # the photos and their mirrors
         np.savez(tmp / "photos.npz", image=calib)
         return path, tmp / "photos.npz", "MobileNetV2 (ImageNet weights), 1x3x224x224"
+    if name == "minilm":
+        from nasc.examples import zoo
+
+        module, inputs = zoo.minilm(max_length=128, sentences=zoo.SENTENCES[:1])
+        path = zoo.export_onnx(module, inputs, tmp / "minilm.onnx", dynamo=False, output_names=["last_hidden_state"])
+        enc = zoo.minilm_tokenizer()(list(zoo.SENTENCES), padding="max_length", truncation=True, max_length=128,
+                                     return_tensors="np")
+        np.savez(tmp / "sentences.npz", **{k: enc[k].astype(np.int64)
+                                           for k in ("input_ids", "attention_mask", "token_type_ids")})
+        return path, tmp / "sentences.npz", "all-MiniLM-L6-v2, sequence 128"
     raise SystemExit(f"unknown model {name}")
 
 
@@ -52,7 +62,7 @@ def _cpu_flags() -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default="digits,mobilenet_v2")
+    p.add_argument("--models", default="digits,mobilenet_v2,minilm")
     p.add_argument("--write", type=Path, default=None)
     args = p.parse_args()
     from nasc.bench import bench

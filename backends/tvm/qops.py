@@ -15,6 +15,7 @@ from tvm.relax import op as R
 
 from nasc.backends.tvm.lower import Lx, lowering, out_shape
 from nasc.backends.tvm.ops import _conv_pads
+from nasc.backends.tvm.x86_int8 import PAIRS16_BLOCK, pairs_fit_int16
 from nasc.ir.core import Node
 
 
@@ -154,15 +155,18 @@ def _qconv(lx: Lx, node: Node) -> Any:
     return lx.emit(y)
 
 
-def _qmatmul_te(x: Any, w: Any, n: int) -> Any:
+def _qmatmul_te(x: Any, w: Any, n: int, pairs16: bool) -> Any:
+    """x [M, K] uint8 times w [K, N] (int8, or int4 packed in that order) accumulating in int32; the columns
+    are contiguous, as the CPU matmul templates want. ``pairs16``: the weights' pair sums fit int16 (the
+    block name tells the AVX2 template it may use vpmaddubsw, see x86_int8)."""
     from tvm import te
 
     kk = int(x.shape[1])
     k = te.reduce_axis((0, kk), "k")
     packed = len(w.shape) == 1
     return te.compute((int(x.shape[0]), n), lambda i, j: te.sum(
-        x[i, k].astype("int32") * (_int4_at(w, j * kk + k) if packed else w[j, k].astype("int32")), axis=k),
-        name="qmatmul")
+        x[i, k].astype("int32") * (_int4_at(w, k * n + j) if packed else w[k, j].astype("int32")), axis=k),
+        name=PAIRS16_BLOCK if pairs16 else "qmatmul")
 
 
 def _qlinear_acc(lx: Lx, node: Node) -> tuple[relax.Expr, int]:
@@ -174,7 +178,9 @@ def _qlinear_acc(lx: Lx, node: Node) -> tuple[relax.Expr, int]:
     x = lx.x(node, 0)
     if len(shape) != 2:
         x = lx.bb.emit(R.reshape(x, [int(np.prod(shape[:-1])), shape[-1]]))
-    acc = lx.bb.emit(lx.bb.call_te(_qmatmul_te, x, _weight_operand(lx, node, w), n, primfunc_name_hint="qmatmul"))
+    w_kn = np.ascontiguousarray(w.T)
+    acc = lx.bb.emit(lx.bb.call_te(_qmatmul_te, x, _weight_operand(lx, node, w_kn), n, pairs_fit_int16(w_kn),
+                                   primfunc_name_hint="qmatmul"))
     return R.add(acc, lx.const(_bias_minus_zero_point(node, w, (1,)).reshape(1, n), "i32")), n
 
 

@@ -12,6 +12,8 @@ blocks:
   of rows x up to 3 vectors of columns (one vector per unrolled step), reduction under the epilogue tile,
   outer loops parallel. Where the right operand's rows are far apart and a column panel serves several row
   tiles, each parallel task first copies its ``[K, tile]`` panel into a contiguous buffer.
+* ``qmatmul_avx2`` / ``qmatmul_vnni``: nasc's uint8 x int8 matmuls on x86, tensorized with vpmaddubsw /
+  vpmaddwd (AVX2) or vpdpbusd (AVX-512 VNNI); see ``x86_int8``.
 * ``row_reduction``: softmax, layer norm, mean, ...: the output's leading (row) loops fused and parallel,
   every producer computed at the row, the innermost loop vectorized; the row's max/sum reductions are
   rfactor'ed into one partial per vector lane.
@@ -45,6 +47,8 @@ from collections.abc import Callable
 import tvm
 from tvm import s_tir, tirx
 from tvm.sym.pattern import detect_linear_equation
+
+from nasc.backends.tvm.x86_int8 import is_qmatmul, template_qmatmul_avx2, template_qmatmul_vnni
 
 __all__ = ["TEMPLATE_ATTR", "apply_default_schedules", "default_schedule", "schedule_report"]
 
@@ -628,10 +632,12 @@ _TEMPLATES: dict[str, _Template] = {
     "row_reduction": _template_row_reduction,
     "injective": _template_injective,
     "generic": _template_generic,
+    "qmatmul_avx2": template_qmatmul_avx2,
+    "qmatmul_vnni": template_qmatmul_vnni,
 }
 
 
-def _candidates(func: tirx.PrimFunc) -> list[str]:
+def _candidates(func: tirx.PrimFunc, int8: str | None = None) -> list[str]:
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     try:
         blocks = _blocks(sch)
@@ -640,6 +646,8 @@ def _candidates(func: tirx.PrimFunc) -> list[str]:
     reds = [b for b in blocks if _is_reduction(sch, b)]
     if not reds:
         return ["injective", "generic"]
+    if int8 and is_qmatmul(sch):
+        return [f"qmatmul_{int8}", "matmul", "generic"]
     if len(reds) == 1:
         for name, probe in (("conv2d", _conv_parts), ("matmul", _matmul_parts)):
             try:
@@ -650,8 +658,8 @@ def _candidates(func: tirx.PrimFunc) -> list[str]:
     return ["row_reduction", "generic"]
 
 
-def _schedule(func: tirx.PrimFunc, lanes: int) -> tuple[s_tir.Schedule | None, str]:
-    for name in _candidates(func):
+def _schedule(func: tirx.PrimFunc, lanes: int, int8: str | None = None) -> tuple[s_tir.Schedule | None, str]:
+    for name in _candidates(func, int8):
         try:
             sch = s_tir.Schedule(tvm.IRModule({"main": func}))
             _TEMPLATES[name](sch, lanes)
@@ -662,16 +670,28 @@ def _schedule(func: tirx.PrimFunc, lanes: int) -> tuple[s_tir.Schedule | None, s
     return None, "none"
 
 
-def _schedule_func(func: tirx.PrimFunc, lanes: int) -> tuple[tirx.PrimFunc, str]:
-    sch, name = _schedule(func, lanes)
+def _schedule_func(func: tirx.PrimFunc, lanes: int, int8: str | None = None) -> tuple[tirx.PrimFunc, str]:
+    sch, name = _schedule(func, lanes, int8)
     return (sch.mod["main"] if sch is not None else func), name
+
+
+def _int8_kind(target: tvm.target.Target) -> str | None:
+    """Which hand-tensorized integer matmul (x86_int8) the target gets: "vnni" (AVX-512 VNNI), "avx2", or
+    None (other CPUs: the float matmul template, vectorized by LLVM)."""
+    try:
+        has = tvm.target.codegen.target_has_features
+        if has("avx512vnni", target):
+            return "vnni"
+        return "avx2" if has("avx2", target) else None
+    except Exception:  # non-x86
+        return None
 
 
 def default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[s_tir.Schedule | None, str]:
     """The default schedule of the kernel ``mod["main"]`` as a traced schedule (its ``trace`` replays the
     template, e.g. as a MetaSchedule tuning record) and the template's name; ``(None, "none")`` when no
     template applies."""
-    return _schedule(mod["main"], _vector_lanes(target))
+    return _schedule(mod["main"], _vector_lanes(target), _int8_kind(target))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -687,6 +707,7 @@ def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm
     operators left and the scheduled PrimFuncs are lowered as they are.
     """
     lanes = _vector_lanes(target)
+    int8 = _int8_kind(target)
     updates: dict[tvm.ir.GlobalVar, tirx.PrimFunc] = {}
     for gvar, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc):
@@ -694,7 +715,7 @@ def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm
         attrs = func.attrs
         if attrs is not None and SCHEDULED_ATTR in attrs and bool(attrs[SCHEDULED_ATTR]):
             continue
-        new_func, name = _schedule_func(func, lanes)
+        new_func, name = _schedule_func(func, lanes, int8)
         new_func = new_func.with_attr(TEMPLATE_ATTR, name)
         if name != "none":
             new_func = new_func.with_attr(SCHEDULED_ATTR, True)

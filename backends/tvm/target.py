@@ -27,6 +27,17 @@ class TvmTarget:
 
         return tvm.target.Target(self.spec)
 
+    def int8_dot_product(self) -> str | None:
+        """The CPU's integer dot-product extension LLVM uses for uint8 x int8 -> int32 (``avx512vnni``,
+        ``avxvnni``, Arm ``dotprod``), or None where it has none (then int8 products go through 16-bit
+        multiplies). GPUs: not asked (None)."""
+        if self.kind != "cpu":
+            return None
+        from tvm.target import codegen
+
+        features = {str(f) for f in codegen.llvm_get_cpu_features(self.tvm())}
+        return next((f for f in ("avx512vnni", "avxvnni", "dotprod") if f in features), None)
+
 
 def host_cpu() -> str:
     import tvm

@@ -193,13 +193,13 @@ def test_int4_weights_stay_packed_in_flash_and_are_unpacked_in_the_kernel(tmp_pa
             np.testing.assert_array_equal(g_[0], r[0])
 
 
-def test_int8_kernels_use_vnni_where_the_target_has_it(models) -> None:
-    """Cross-built for a VNNI CPU (cascadelake), LLVM turns the uint8 x int8 -> int32 dot products into
-    vpdpbusd; this machine need not have VNNI (nothing is run)."""
+def test_int8_kernels_use_vnni_where_the_target_has_it(tmp_path: Path) -> None:
+    """Cross-built for a VNNI CPU (cascadelake), the integer matmuls are tensorized with vpdpbusd; this
+    machine need not have VNNI (nothing is run)."""
     from nasc.backends.tvm.build import build
     from nasc.backends.tvm.target import parse_target
 
-    q, _ = models["digits"]
+    q, _ = _mlp(tmp_path)
     ex, facts = build(q, parse_target("cpu:cascadelake"))
     asm, stack = "", [ex.mod]
     while stack:
@@ -207,7 +207,8 @@ def test_int8_kernels_use_vnni_where_the_target_has_it(models) -> None:
         if getattr(m, "kind", "") == "llvm":
             asm += m.inspect_source("asm")
         stack.extend(m.imports)
-    assert len(re.findall(r"\bvpdpbusd\b", asm)) >= 4
+    assert facts["schedules"]["templates"].get("qmatmul_vnni") == 2
+    assert len(re.findall(r"\bvpdpbusd\b", asm)) >= 2
     assert facts["integer"]["float_ops"] == []
 
 
@@ -305,3 +306,16 @@ def test_minilm_int8_cpu_build_keeps_sentence_embeddings(tmp_path: Path) -> None
         a = zoo.sentence_embedding(r[0], f["attention_mask"])[0]
         b = zoo.sentence_embedding(art.run(f)[0], f["attention_mask"])[0]
         assert float(a @ b) >= 0.99
+
+
+def test_cpu_int8_build_says_when_the_target_lacks_integer_dot_products(models, tmp_path: Path) -> None:
+    from nasc.backends.tvm.target import parse_target
+
+    assert parse_target("cpu:cascadelake").int8_dot_product() == "avx512vnni"
+    assert parse_target("cpu:alderlake").int8_dot_product() == "avxvnni"
+    assert parse_target("cpu:haswell").int8_dot_product() is None
+    q, _ = models["digits"]
+    art = nasc.compile(q, "cpu:haswell", tmp_path / "avx2", measure_latency=False)
+    assert any("no integer dot-product instructions" in w for w in art.report["warnings"])
+    f32 = nasc.compile(nasc.load(DIGITS), "cpu:haswell", tmp_path / "f32", measure_latency=False)
+    assert not any("dot-product" in w for w in f32.report["warnings"])

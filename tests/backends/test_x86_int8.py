@@ -1,0 +1,81 @@
+"""The hand-tensorized x86 integer matmuls (backends/tvm/x86_int8.py): bit-exact against the numpy
+reference with both AVX2 intrinsics, and the choice between them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nasc
+from nasc.backends.tvm.build import build
+from nasc.backends.tvm.qint import integerize, reference_run
+from nasc.backends.tvm.target import parse_target
+from nasc.backends.tvm.x86_int8 import pairs_fit_int16
+
+HOST_AVX2 = "avx2" in Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else False
+
+
+def test_pairs_fit_int16_is_the_saturation_bound() -> None:
+    w = np.zeros((8, 3), np.int8)
+    w[0, 0], w[1, 0] = 64, -64  # 255 * 128 = 32640 <= 32767
+    assert pairs_fit_int16(w)
+    w[1, 0] = -65  # 255 * 129 = 32895: vpmaddubsw would saturate
+    assert not pairs_fit_int16(w)
+    w[1, 0], w[2, 0] = 0, 127  # 127 and 64 in different pairs: fine
+    assert pairs_fit_int16(w)
+    assert not pairs_fit_int16(np.zeros((6, 3), np.int8))  # K not a multiple of 4: not the 4-step intrinsic
+
+
+def _linear(tmp: Path, rows: int, k: int, n: int, reduce_range: bool) -> tuple[nasc.ir.Graph, list]:
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as h
+
+    rng = np.random.default_rng(k + n)
+    w = rng.normal(size=(k, n)).astype(np.float32)
+    b = rng.normal(size=(n,)).astype(np.float32)
+    graph = h.make_graph([h.make_node("MatMul", ["x", "w"], ["z"], name="fc"), h.make_node("Add", ["z", "b"], ["y"])],
+                         "g", [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, rows, k])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, [1, rows, n])],
+                         [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(b, "b")])
+    m = h.make_model(graph, opset_imports=[h.make_opsetid("", 21)])
+    m.ir_version = 10
+    feeds = [{"x": rng.normal(size=(1, rows, k)).astype(np.float32) * 3} for _ in range(6)]
+    passes = "quantize{reduce-range=true}" if reduce_range else "quantize"
+    return nasc.optimize(nasc.load(m), passes, feeds), feeds
+
+
+def _asm(ex: object) -> str:
+    asm, stack = "", [ex.mod]  # type: ignore[attr-defined]
+    while stack:
+        m = stack.pop()
+        if getattr(m, "kind", "") == "llvm":
+            asm += m.inspect_source("asm")
+        stack.extend(m.imports)
+    return asm
+
+
+@pytest.mark.skipif(not HOST_AVX2, reason="the AVX2 kernels run only on an AVX2 host")
+@pytest.mark.parametrize(("reduce_range", "instruction"), [(True, "vpmaddubsw"), (False, "vpmaddwd")])
+@pytest.mark.parametrize(("rows", "k", "n"), [(6, 40, 24), (37, 64, 48)])
+def test_avx2_integer_matmul_is_bit_exact(tmp_path: Path, reduce_range: bool, instruction: str, rows: int, k: int,
+                                          n: int) -> None:
+    q, feeds = _linear(tmp_path, rows, k, n, reduce_range)
+    assert pairs_fit_int16(np.asarray(next(c for c in q.constants if c.dtype == "i8").data)) == reduce_range
+    art = nasc.compile(q, "cpu:haswell", tmp_path / "cpu", measure_latency=False)
+    assert art.report["build"]["schedules"]["templates"].get("qmatmul_avx2") == 1
+    ref = reference_run(integerize(q)[0], feeds)
+    for f, r in zip(feeds, ref):
+        np.testing.assert_array_equal(art.run(f)[0], r[0])
+    ex, _ = build(q, parse_target("cpu:haswell"))
+    assert re.search(rf"\b{instruction}\b", _asm(ex))
+
+
+def test_kernels_that_do_not_fit_fall_back_to_the_matmul_template(tmp_path: Path) -> None:
+    q, _ = _linear(tmp_path, 3, 6, 10, False)  # 10 columns: not a multiple of 8
+    _, facts = build(q, parse_target("cpu:haswell"))
+    assert "qmatmul_avx2" not in facts["schedules"]["templates"]
+    assert facts["schedules"]["templates"].get("matmul") == 1
