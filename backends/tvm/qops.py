@@ -146,6 +146,8 @@ def _qconv(lx: Lx, node: Node) -> Any:
     pads = _conv_pads(node, list(x.shape[2:]), list(w.shape[2:]), strides, dilations, out_shape(node)[2:])
     wq = np.asarray(w.data, np.int8)
     c = wq.shape[0]
+    if _pointwise(node, wq, strides, pads, dilations):
+        return _qconv_pointwise(lx, node, wq)
     acc = lx.bb.emit(lx.bb.call_te(_qconv_te, lx.x(node, 0), _weight_operand(lx, node, wq), int(node.attr("x_zp")),
                                    strides, pads, dilations, int(node.attr("group", 1)), tuple(wq.shape),
                                    primfunc_name_hint="qconv2d"))
@@ -153,6 +155,58 @@ def _qconv(lx: Lx, node: Node) -> Any:
     y = _requantize(acc, _per_channel(lx, node, 3, [1, c, 1, 1]), _per_channel(lx, node, 4, [1, c, 1, 1]),
                     int(node.attr("y_zp")), int(node.attr("qmin")), int(node.attr("qmax")))
     return lx.emit(y)
+
+
+def _pointwise(node: Node, w: np.ndarray, strides: list[int], pads: list[int], dilations: list[int]) -> bool:
+    """A 1x1 convolution of one image with stride 1 and no padding: a matmul ``w [Co, Ci] x x [Ci, H*W]``."""
+    return (w.shape[2:] == (1, 1) and int(node.attr("group", 1)) == 1 and list(strides) == [1, 1]
+            and not any(pads) and list(dilations) == [1, 1] and int(node.input(0).shape[0]) == 1)
+
+
+def _qpointwise_te(w: Any, x: Any, co: int, pairs16: bool) -> Any:
+    """w [Co, Ci] int8 (or int4 packed) times x [Ci, P] uint8 accumulating in int32: a 1x1 convolution as a
+    matmul whose columns are the image's pixels (see _qmatmul_te for ``pairs16``)."""
+    from tvm import te
+
+    ci, npix = (int(d) for d in x.shape)
+    k = te.reduce_axis((0, ci), "k")
+    packed = len(w.shape) == 1
+    return te.compute((co, npix), lambda i, j: te.sum(
+        (_int4_at(w, i * ci + k) if packed else w[i, k].astype("int32")) * x[k, j].astype("int32"), axis=k),
+        name=PAIRS16_BLOCK if pairs16 else "qmatmul")
+
+
+def _qconv_pointwise(lx: Lx, node: Node, wq: np.ndarray) -> Any:
+    """Pixels as the matmul's columns where their count is a multiple of 8 (the x86 kernels' width), else
+    as its rows: ``x^T [H*W, Ci] x w^T [Ci, Co]`` between two uint8 transposes (kernels of their own, so
+    that both matmuls keep contiguous operands)."""
+    c, ci, h, w = int(wq.shape[0]), int(wq.shape[1]), *(int(d) for d in node.input(0).shape[2:])
+    w2 = wq.reshape(c, ci)
+    x = lx.bb.emit(R.reshape(lx.x(node, 0), [ci, h * w]))
+    bias = _bias_minus_zero_point(node, wq, (1, 2, 3))
+    rows = (h * w) % 8 != 0
+    if rows:
+        w_kn = np.ascontiguousarray(w2.T)
+        acc = lx.bb.emit(lx.bb.call_te(_qmatmul_te, _transpose_apart(lx, x), _weight_operand(lx, node, w_kn), c,
+                                       pairs_fit_int16(w_kn), primfunc_name_hint="qconv2d_1x1"))
+        shape = [1, c]
+    else:
+        acc = lx.bb.emit(lx.bb.call_te(_qpointwise_te, _weight_operand(lx, node, w2), x, c, pairs_fit_int16(w2.T),
+                                       primfunc_name_hint="qconv2d_1x1"))
+        shape = [c, 1]
+    acc = R.add(acc, lx.const(bias.reshape(shape), "i32"))
+    y = lx.bb.emit(_requantize(acc, _per_channel(lx, node, 3, shape), _per_channel(lx, node, 4, shape),
+                               int(node.attr("y_zp")), int(node.attr("qmin")), int(node.attr("qmax"))))
+    return lx.emit(R.reshape(_transpose_apart(lx, y) if rows else y, [1, c, h, w]))
+
+
+def _transpose_apart(lx: Lx, x: relax.Expr) -> relax.Expr:
+    """A 2-D transpose as a kernel of its own (marked opaque: fused into a matmul it would make the
+    operand strided)."""
+    from tvm import topi
+
+    return lx.bb.emit(lx.bb.call_te(topi.transpose, x, [1, 0], primfunc_name_hint="transpose",
+                                    primfunc_attrs={"op_pattern": 8}))
 
 
 def _qmatmul_te(x: Any, w: Any, n: int, pairs16: bool) -> Any:

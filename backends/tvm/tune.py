@@ -63,7 +63,10 @@ def open_database(db_dir: Path) -> ms.database.JSONDatabase:
 def tune(fused: tvm.IRModule, target: tvm.target.Target, trials: int, db_dir: Path, rpc: RpcConfig | None = None,
          log: Any = None) -> dict[str, Any]:
     """Tune the kernels of a legalized+fused Relax module that the database lacks; returns what was done."""
+    from nasc.backends.tvm.x86_int8 import register_intrinsics
+
     log = log or (lambda _m: None)
+    register_intrinsics()  # the database's records of integer matmuls tensorize with them
     database = open_database(db_dir)
     tasks = ms.relax_integration.extract_tasks(fused, target)
     todo = [t for t in tasks if not database.has_workload(t.dispatched[0])]

@@ -24,96 +24,80 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 PAIRS16_BLOCK = "qmatmul_pairs16"  # the compute block name of a matmul whose weight pairs fit vpmaddubsw
-INTRIN_PAIRS16 = "nasc_u8i8i32_8x4_avx2_pmaddubsw"
-INTRIN_WIDEN16 = "nasc_u8i8i32_8x2_avx2_pmaddwd"
-INTRIN_VNNI = "nasc_u8i8i32_16x4_avx512_vpdpbusd"
 ROW_TILE = 4
+_SHORT = {"uint8": "u8", "int8": "i8"}
 
 
-# ---- the two intrinsics (desc: the computation they replace; impl: the instructions) -----------------
+def _intrinsic(kind: str, a_dtype: str, b_dtype: str) -> tuple[str, int, int]:
+    """Register (once) and name the intrinsic ``kind`` ("pairs16" | "widen16" | "vnni") for ``c[w] +=
+    sum_g a[g] * b[w, g]`` with a (the broadcast operand) and b (the packed panel) of the given dtypes, one
+    uint8 and one int8; returns (name, width w, group g)."""
+    width, group = {"pairs16": (8, 4), "widen16": (8, 2), "vnni": (16, 4)}[kind]
+    name = f"nasc_{_SHORT[a_dtype]}{_SHORT[b_dtype]}i32_{width}x{group}_{kind}"
+    if name in _REGISTERED:
+        return name, width, group
+    a_unsigned = a_dtype == "uint8"
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((group,), a_dtype, offset_factor=1), b: T.Buffer((width, group), b_dtype, offset_factor=1),
+             c: T.Buffer((width,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:width], a[0:group], b[0:width, 0:group])
+            T.writes(c[0:width])
+            for i in T.serial(0, width):
+                for k in T.serial(0, group):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    if kind == "pairs16":  # vpmaddubsw: unsigned x signed byte pairs -> int16; vpmaddwd by 1: pairs -> int32
+        @T.prim_func(s_tir=True)
+        def impl(a: T.Buffer((group,), a_dtype, offset_factor=1), b: T.Buffer((width, group), b_dtype, offset_factor=1),
+                 c: T.Buffer((width,), "int32", offset_factor=1)) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:width], a[0:group], b[0:width, 0:group])
+                T.writes(c[0:width])
+                quad = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_dtype + "x4"), dtype="int32"), 8),
+                                     dtype="int8x32")
+                panel = T.reinterpret(b.vload([0, 0], dtype=b_dtype + "x32"), dtype="int8x32")
+                pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                                                quad if a_unsigned else panel, panel if a_unsigned else quad,
+                                                dtype="int16x16")
+                c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.broadcast(T.int16(1), 16),
+                    dtype="int32x8")
+    elif kind == "widen16":  # both widened to int16 (zero- or sign-extended by dtype), vpmaddwd: pairs -> int32
+        @T.prim_func(s_tir=True)
+        def impl(a: T.Buffer((group,), a_dtype, offset_factor=1), b: T.Buffer((width, group), b_dtype, offset_factor=1),
+                 c: T.Buffer((width,), "int32", offset_factor=1)) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:width], a[0:group], b[0:width, 0:group])
+                T.writes(c[0:width])
+                pair = T.reinterpret(T.cast(a.vload([0], a_dtype + "x2"), "int16x2"), dtype="int32")
+                c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                    T.reinterpret(T.broadcast(pair, 8), dtype="int16x16"),
+                    T.cast(b.vload([0, 0], dtype=b_dtype + "x16"), "int16x16"), dtype="int32x8")
+    else:  # vpdpbusd: unsigned x signed byte quadruples summed into int32
+        @T.prim_func(s_tir=True)
+        def impl(a: T.Buffer((group,), a_dtype, offset_factor=1), b: T.Buffer((width, group), b_dtype, offset_factor=1),
+                 c: T.Buffer((width,), "int32", offset_factor=1)) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:width], a[0:group], b[0:width, 0:group])
+                T.writes(c[0:width])
+                quad = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_dtype + "x4"), dtype="int32"), 16),
+                                     dtype="int8x64")
+                panel = T.reinterpret(b.vload([0, 0], dtype=b_dtype + "x64"), dtype="int8x64")
+                c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c.vload([0], dtype="int32x16"),
+                    quad if a_unsigned else panel, panel if a_unsigned else quad, dtype="int32x16")
+
+    TensorIntrin.register(name, desc, impl, override=True)
+    _REGISTERED.add(name)
+    return name, width, group
 
 
-@T.prim_func(s_tir=True)
-def _desc4(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((8, 4), "int8", offset_factor=1),
-           c: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(c[0:8], a[0:4], b[0:8, 0:4])
-        T.writes(c[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
-
-
-@T.prim_func(s_tir=True)
-def _impl4(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((8, 4), "int8", offset_factor=1),
-           c: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(c[0:8], a[0:4], b[0:8, 0:4])
-        T.writes(c[0:8])
-        x4 = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
-        pairs = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-            T.reinterpret(T.broadcast(x4, 8), dtype="int8x32"), b.vload([0, 0], dtype="int8x32"), dtype="int16x16")
-        c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.broadcast(T.int16(1), 16),
-            dtype="int32x8")
-
-
-@T.prim_func(s_tir=True)
-def _desc2(a: T.Buffer((2,), "uint8", offset_factor=1), b: T.Buffer((8, 2), "int8", offset_factor=1),
-           c: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(c[0:8], a[0:2], b[0:8, 0:2])
-        T.writes(c[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
-
-
-@T.prim_func(s_tir=True)
-def _impl2(a: T.Buffer((2,), "uint8", offset_factor=1), b: T.Buffer((8, 2), "int8", offset_factor=1),
-           c: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(c[0:8], a[0:2], b[0:8, 0:2])
-        T.writes(c[0:8])
-        x2 = T.reinterpret(T.cast(a.vload([0], "uint8x2"), "int16x2"), dtype="int32")
-        c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), T.reinterpret(T.broadcast(x2, 8), dtype="int16x16"),
-            T.cast(b.vload([0, 0], dtype="int8x16"), "int16x16"), dtype="int32x8")
-
-
-@T.prim_func(s_tir=True)
-def _desc16(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
-            c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(c[0:16], a[0:4], b[0:16, 0:4])
-        T.writes(c[0:16])
-        for i in T.serial(0, 16):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
-
-
-@T.prim_func(s_tir=True)
-def _impl16(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
-            c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(c[0:16], a[0:4], b[0:16, 0:4])
-        T.writes(c[0:16])
-        x4 = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
-        c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c.vload([0], dtype="int32x16"),
-            T.reinterpret(T.broadcast(x4, 16), dtype="int8x64"), b.vload([0, 0], dtype="int8x64"), dtype="int32x16")
-
-
-TensorIntrin.register(INTRIN_PAIRS16, _desc4, _impl4, override=True)
-TensorIntrin.register(INTRIN_VNNI, _desc16, _impl16, override=True)
-TensorIntrin.register(INTRIN_WIDEN16, _desc2, _impl2, override=True)
+_REGISTERED: set[str] = set()
 
 
 def pairs_fit_int16(w_kn: object) -> bool:
@@ -132,14 +116,13 @@ def pairs_fit_int16(w_kn: object) -> bool:
 
 def template_qmatmul_avx2(sch: s_tir.Schedule, lanes: int) -> None:
     """AVX2 (no VNNI): vpmaddubsw where the weight pairs allow, else vpmaddwd."""
-    group = 4 if _red(sch).startswith(PAIRS16_BLOCK) else 2
-    _template(sch, group, 8, INTRIN_PAIRS16 if group == 4 else INTRIN_WIDEN16)
+    _template(sch, "pairs16" if _red(sch).startswith(PAIRS16_BLOCK) else "widen16")
 
 
 def template_qmatmul_vnni(sch: s_tir.Schedule, lanes: int) -> None:
     """AVX-512 VNNI: vpdpbusd, 16 columns x 4 reduction steps."""
     _red(sch)
-    _template(sch, 4, 16, INTRIN_VNNI)
+    _template(sch, "vnni")
 
 
 def _red(sch: s_tir.Schedule) -> str:
@@ -151,9 +134,9 @@ def _red(sch: s_tir.Schedule) -> str:
     return str(sch.get(reds[0]).name_hint)
 
 
-def _template(sch: s_tir.Schedule, group: int, width: int, intrin: str) -> None:
-    """[M, K] uint8 x [K, N] int8 (block ``qmatmul*``) with its elementwise epilogue, the intrinsic covering
-    ``width`` columns x ``group`` reduction steps; raises ValueError where the kernel does not fit (the
+def _template(sch: s_tir.Schedule, kind: str) -> None:
+    """[M, K] x [K, N] (block ``qmatmul*``, one operand uint8 and the other int8) with its elementwise
+    epilogue, tensorized with the ``kind`` intrinsic; raises ValueError where the kernel does not fit (the
     caller falls back to the float templates)."""
     from nasc.backends.tvm.schedules import (
         _blocks,
@@ -167,6 +150,11 @@ def _template(sch: s_tir.Schedule, group: int, width: int, intrin: str) -> None:
     )
 
     red = next(b for b in _blocks(sch) if _is_reduction(sch, b))
+    w_buf = _rhs(sch, red)
+    dtypes = {str(r.source.dtype) for r in sch.get(red).reads if not r.source.same_as(w_buf)}
+    if len(dtypes) != 1 or {*dtypes, str(w_buf.dtype)} != {"uint8", "int8"}:
+        raise ValueError("operands are not one uint8 and one int8")
+    intrin, width, group = _intrinsic(kind, dtypes.pop(), str(w_buf.dtype))
     _inline_spatial(sch)
     epi = _epilogue_of(sch, red)
     if sch.get(epi).name_hint.endswith("_local"):
@@ -192,7 +180,6 @@ def _template(sch: s_tir.Schedule, group: int, width: int, intrin: str) -> None:
     k_o, k_g = sch.split(rk, factors=[None, group])
     j_v, j_8 = sch.split(rj, factors=[vectors, width])
     sch.reorder(*[lp for lp in (k_o, ri, j_v, j_8, k_g) if lp is not None])
-    w_buf = _rhs(sch, red)
     panel = sch.cache_read(red, _read_index(sch, red, w_buf), "global")
     sch.compute_at(panel, j_o)
     sch.transform_layout(panel, ("write", 0), lambda k, c: (k // group, c, k % group))
@@ -211,3 +198,11 @@ def is_qmatmul(sch: s_tir.Schedule) -> bool:
 
     reds = [b for b in _blocks(sch) if _is_reduction(sch, b)]
     return len(reds) == 1 and sch.get(reds[0]).name_hint.startswith("qmatmul")
+
+
+def register_intrinsics() -> None:
+    """Register every intrinsic of this module (about 2 s of TVMScript parsing; the templates register what
+    they use): needed before tuning records that tensorize with them are replayed."""
+    for kind in ("pairs16", "widen16", "vnni"):
+        for a, b in (("uint8", "int8"), ("int8", "uint8")):
+            _intrinsic(kind, a, b)

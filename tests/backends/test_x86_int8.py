@@ -79,3 +79,45 @@ def test_kernels_that_do_not_fit_fall_back_to_the_matmul_template(tmp_path: Path
     _, facts = build(q, parse_target("cpu:haswell"))
     assert "qmatmul_avx2" not in facts["schedules"]["templates"]
     assert facts["schedules"]["templates"].get("matmul") == 1
+
+
+def _pointwise(side: int, reduce_range: bool) -> tuple[nasc.ir.Graph, list]:
+    """conv 3x3 -> ReLU -> conv 1x1 (16 -> 24 channels) -> ReLU on a side x side map."""
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as h
+
+    rng = np.random.default_rng(side)
+    w1 = rng.normal(size=(16, 3, 3, 3)).astype(np.float32)
+    w2 = rng.normal(size=(24, 16, 1, 1)).astype(np.float32) * 0.3
+    b2 = rng.normal(size=(24,)).astype(np.float32)
+    graph = h.make_graph([h.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]), h.make_node("Relu", ["a"], ["r"]),
+                          h.make_node("Conv", ["r", "w2", "b2"], ["c"], name="pw"), h.make_node("Relu", ["c"], ["y"])],
+                         "g", [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, side, side])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, [1, 24, side, side])],
+                         [onnx.numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"), (b2, "b2"))])
+    m = h.make_model(graph, opset_imports=[h.make_opsetid("", 21)])
+    m.ir_version = 10
+    feeds = [{"x": rng.normal(size=(1, 3, side, side)).astype(np.float32)} for _ in range(6)]
+    passes = "quantize{reduce-range=true}" if reduce_range else "quantize"
+    return nasc.optimize(nasc.load(m), passes, feeds), feeds
+
+
+@pytest.mark.skipif(not HOST_AVX2, reason="the AVX2 kernels run only on an AVX2 host")
+@pytest.mark.parametrize("reduce_range", [True, False])
+@pytest.mark.parametrize("side", [8, 7])  # 64 pixels: pixels are the matmul's columns; 49: its rows
+def test_pointwise_conv_runs_as_an_integer_matmul(tmp_path: Path, side: int, reduce_range: bool) -> None:
+    from nasc.backends.mcu.boards import parse_board
+    from nasc.backends.mcu.build import build_mcu
+    from nasc.backends.mcu.verify import run_project
+
+    q, feeds = _pointwise(side, reduce_range)
+    art = nasc.compile(q, "cpu:haswell", tmp_path / "cpu", measure_latency=False)
+    assert art.report["build"]["schedules"]["templates"].get("qmatmul_avx2") == 1
+    ref = reference_run(integerize(q)[0], feeds)
+    for f, r in zip(feeds, ref):
+        np.testing.assert_array_equal(art.run(f)[0], r[0])
+    if not reduce_range:  # the same lowering on the microcontroller
+        b = build_mcu(q, parse_board("mcu:cortex-m4"), tmp_path / "mcu", model="pw", pipeline="")
+        for got, r in zip(run_project(tmp_path / "mcu", "host", b.inputs, b.outputs, feeds[:3]), ref):
+            np.testing.assert_array_equal(got[0], r[0])

@@ -148,3 +148,12 @@ def test_bench_prints_one_table_with_onnxruntime_and_nasc(digits_onnx):
     assert r.returncode == 0, r.stderr
     assert "onnxruntime (all optimizations" in r.stdout and "nasc cpu (default schedules" in r.stdout
     assert r.stdout.count("x │") >= 2 or r.stdout.count("x ") >= 2
+
+
+def test_bench_with_calibration_adds_the_int8_rows(digits_onnx):
+    calib = Path(digits_onnx).parent / "digits_test.npz"
+    r = nasc_cmd("bench", str(digits_onnx), "--calib", str(calib))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout  # rich wraps the runtime column: look for words, not phrases
+    assert "quantize_static" in out and "reduce-range=true}" in out
+    assert out.count("integer") == 2  # nasc's two int8 builds: full-range and 7-bit weights
