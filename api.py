@@ -401,15 +401,39 @@ def _build(graph: Graph, tvm_target: Any, tmp: Path, pipeline: str, report: dict
                       log=tuning["log"])
     write_artifact(ex, graph, tvm_target, tmp, pipeline)
     report["build"] = facts
-    if tvm_target.kind == "cpu" and facts.get("integer", {}).get("integer_ops") and not tvm_target.int8_dot_product():
-        report["warnings"].append(
-            f"the CPU target ({tvm_target.spec.get('mcpu')}) has no integer dot-product instructions (AVX-512 VNNI, "
-            "AVX-VNNI or Arm dotprod): the int8 kernels are exact but multiply through 16-bit lanes, measured up "
-            "to 1.7x slower than float32 on such a CPU (docs/benchmarks.md); compile the float model where "
-            "latency matters more than size, or target a VNNI CPU (--target cpu:cascadelake)")
+    warning = _int8_cpu_warning(tvm_target, facts.get("integer", {}))
+    if warning:
+        report["warnings"].append(warning)
     if tvm_target.kind != "cpu":
         return None
     return _load_runner(tmp)
+
+
+def _int8_cpu_warning(target: Any, integer: Mapping[str, Any]) -> str | None:
+    """What an int8 CPU build should know about its speed on the target (None when nothing)."""
+    if target.kind != "cpu" or not integer.get("integer_ops"):
+        return None
+    dot = target.int8_dot_product()
+    if dot in ("avx512vnni", "dotprod"):
+        return None
+    from tvm.target import codegen
+
+    mcpu = target.spec.get("mcpu")
+    try:
+        avx2 = bool(codegen.llvm_cpu_has_features("avx2", target.tvm()))
+    except Exception:  # not an x86 target
+        avx2 = False
+    if dot is None and not avx2:
+        return (f"the CPU target ({mcpu}) has no integer dot-product instructions (AVX2, AVX-512 VNNI or Arm "
+                "dotprod): the int8 kernels are exact but multiply through 16-bit lanes and can be slower than "
+                "float32; compile the float model where latency matters more than size")
+    wide, total = int(integer.get("matmuls_with_wide_weight_pairs", 0)), int(integer.get("matmuls", 0))
+    if not wide:
+        return None
+    return (f"{wide} of {total} integer matmuls have int8 weight pairs whose uint8 x int8 sums can exceed int16, so "
+            f"on this {mcpu} (AVX2 without AVX-512 VNNI) they use vpmaddwd, about float32 speed, instead of "
+            "vpmaddubsw; quantize{reduce-range=true} (7-bit weights) makes them eligible (MiniLM: 1.6x faster, "
+            "docs/benchmarks.md)")
 
 
 def _latency(tmp: Path, model: Any, graph: Graph, feed: Mapping[str, Any]) -> dict[str, float]:

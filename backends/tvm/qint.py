@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from nasc.backends.tvm.x86_int8 import pairs_fit_int16
 from nasc.ir.core import Graph, Node, Value
 from nasc.ir.ops.quant import quantize_multiplier
 from nasc.ir.ops.registry import lookup_node, type_node
@@ -38,9 +39,14 @@ _ACTS = FOLDED_ACTIVATIONS
 class IntegerReport:
     integer: dict[str, int] = field(default_factory=dict)  # integer op -> count
     float_ops: list[str] = field(default_factory=list)  # "Softmax at node 'x'" for ops left in float
+    # integer matmuls (QGemm, QMatMul, 1x1 QConv) and those whose weight pairs could saturate int16 (so the
+    # AVX2 kernels use vpmaddwd instead of vpmaddubsw, see x86_int8)
+    matmuls: int = 0
+    wide_pairs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"integer_ops": self.integer, "float_ops": self.float_ops}
+        return {"integer_ops": self.integer, "float_ops": self.float_ops, "matmuls": self.matmuls,
+                "matmuls_with_wide_weight_pairs": self.wide_pairs}
 
 
 @dataclass
@@ -143,6 +149,10 @@ class _Integerizer:
         self._list_float_ops()
 
     def _emit(self, anchor: Node, op: str, inputs: Sequence[Value | None], attrs: dict[str, Any]) -> Value:
+        w = inputs[1].data if op in ("QGemm", "QMatMul", "QConv") and inputs[1] is not None else None
+        if w is not None and (op != "QConv" or w.shape[2:] == (1, 1)):
+            self.report.matmuls += 1
+            self.report.wide_pairs += not pairs_fit_int16(np.asarray(w).reshape(w.shape[0], -1).T)
         node = self.g.make_node(op, list(inputs), [TensorType("u8", None)], attrs, domain="nasc" if op.startswith(
             "Q") else "", scope=anchor.scope, name=f"{anchor.name}/int", before=anchor)
         type_node(node)

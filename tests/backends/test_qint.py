@@ -308,14 +308,27 @@ def test_minilm_int8_cpu_build_keeps_sentence_embeddings(tmp_path: Path) -> None
         assert float(a @ b) >= 0.99
 
 
-def test_cpu_int8_build_says_when_the_target_lacks_integer_dot_products(models, tmp_path: Path) -> None:
+def test_cpu_int8_build_says_when_its_kernels_cannot_use_integer_dot_products(models, tmp_path: Path) -> None:
+    from nasc.api import _int8_cpu_warning
     from nasc.backends.tvm.target import parse_target
 
     assert parse_target("cpu:cascadelake").int8_dot_product() == "avx512vnni"
     assert parse_target("cpu:alderlake").int8_dot_product() == "avxvnni"
     assert parse_target("cpu:haswell").int8_dot_product() is None
+    g = nasc.load(DIGITS)
+    feeds = fidelity.load_calibration(str(DIGITS_TEST), g)
     q, _ = models["digits"]
-    art = nasc.compile(q, "cpu:haswell", tmp_path / "avx2", measure_latency=False)
+    # x86-64 without AVX2: no dot-product instructions at all
+    art = nasc.compile(q, "cpu:x86-64", tmp_path / "sse", measure_latency=False)
     assert any("no integer dot-product instructions" in w for w in art.report["warnings"])
-    f32 = nasc.compile(nasc.load(DIGITS), "cpu:haswell", tmp_path / "f32", measure_latency=False)
+    # AVX2 without VNNI: full-range weights cannot all take vpmaddubsw; 7-bit weights can
+    integer = art.report["build"]["integer"]
+    assert integer["matmuls"] == 1 and integer["matmuls_with_wide_weight_pairs"] == 1  # the classifier
+    assert "reduce-range=true" in _int8_cpu_warning(parse_target("cpu:haswell"), integer)
+    q7 = nasc.optimize(g, "simplify,fuse,quantize{reduce-range=true}", feeds[:120])
+    art7 = nasc.compile(q7, "cpu:haswell", tmp_path / "avx2", measure_latency=False)
+    assert art7.report["build"]["integer"]["matmuls_with_wide_weight_pairs"] == 0
+    assert not any("int8" in w or "integer" in w for w in art7.report["warnings"])
+    assert _int8_cpu_warning(parse_target("cpu:cascadelake"), integer) is None
+    f32 = nasc.compile(g, "cpu:x86-64", tmp_path / "f32", measure_latency=False)
     assert not any("dot-product" in w for w in f32.report["warnings"])
