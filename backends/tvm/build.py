@@ -11,6 +11,7 @@ import tvm
 from tvm import relax
 
 from nasc.backends.tvm.lower import to_relax, tvm_dtype
+from nasc.backends.tvm.schedules import int8_columns
 from nasc.backends.tvm.target import TvmTarget
 from nasc.ir.core import Graph
 
@@ -24,9 +25,9 @@ def build(graph: Graph, target: TvmTarget, *, tune_trials: int = 0, tuning_db: P
     """
     t0 = time.perf_counter()
     facts: dict[str, Any] = {}
-    mod = to_relax(graph, facts=facts)
-    facts["lower_s"] = round(time.perf_counter() - t0, 3)
     tgt = target.tvm()
+    mod = to_relax(graph, facts=facts, int8_columns=int8_columns(tgt) if target.kind == "cpu" else None)
+    facts["lower_s"] = round(time.perf_counter() - t0, 3)
     database = None
     if tune_trials > 0 or tuning_db is not None:
         from nasc.backends.tvm.tune import default_db_dir, open_database, tune

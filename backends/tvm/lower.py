@@ -48,9 +48,11 @@ def lowering(*names: str) -> Callable[[Lowering], Lowering]:
 class Lx:
     """What a lowering works with: the block builder and the Relax expression of every IR value."""
 
-    def __init__(self, bb: relax.BlockBuilder) -> None:
+    def __init__(self, bb: relax.BlockBuilder, int8_columns: int | None = None) -> None:
         self.bb = bb
         self.env: dict[int, relax.Expr] = {}
+        # the column multiple of the target's tensorized integer matmuls (x86_int8), None elsewhere
+        self.int8_columns = int8_columns
 
     def __call__(self, v: Value | None) -> relax.Expr | None:
         if v is None:
@@ -99,11 +101,14 @@ def check_coverage(graph: Graph) -> None:
         raise UnsupportedModelError(f"value %{v.name} has type {v.type}; TVM builds need static tensor shapes")
 
 
-def to_relax(graph: Graph, func_name: str = "main", facts: dict[str, Any] | None = None) -> tvm.IRModule:
+def to_relax(graph: Graph, func_name: str = "main", facts: dict[str, Any] | None = None,
+             int8_columns: int | None = None) -> tvm.IRModule:
     """The Relax module computing ``graph`` (one function, inputs in graph order, a tuple of outputs if several).
 
     QDQ patterns become integer ops first (qint.integerize); ``facts["integer"]`` then says which ops run
-    in integers and which stay in float between a dequantize and a quantize.
+    in integers and which stay in float between a dequantize and a quantize. ``int8_columns``: the column
+    multiple the target's tensorized integer matmuls need (x86: 8, or 16 with VNNI), which decides how
+    pointwise integer convolutions are laid out as matmuls; None (microcontrollers) never adds transposes.
     """
     from nasc.backends.tvm.qint import integerize
 
@@ -112,7 +117,7 @@ def to_relax(graph: Graph, func_name: str = "main", facts: dict[str, Any] | None
         facts["integer"] = report.to_dict()
     check_coverage(graph)
     bb = relax.BlockBuilder()
-    lx = Lx(bb)
+    lx = Lx(bb, int8_columns)
     params = []
     for v in graph.inputs:
         var = relax.Var(v.name or f"input{len(params)}", relax.TensorType(v.shape, tvm_dtype(v.dtype)))

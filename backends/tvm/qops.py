@@ -177,14 +177,14 @@ def _qpointwise_te(w: Any, x: Any, co: int, pairs16: bool) -> Any:
 
 
 def _qconv_pointwise(lx: Lx, node: Node, wq: np.ndarray) -> Any:
-    """Pixels as the matmul's columns where their count is a multiple of 8 (the x86 kernels' width), else
-    as its rows: ``x^T [H*W, Ci] x w^T [Ci, Co]`` between two uint8 transposes (kernels of their own, so
-    that both matmuls keep contiguous operands)."""
+    """Pixels as the matmul's columns, unless the target's integer matmul kernels need a column multiple
+    (``lx.int8_columns``) that their count is not: then as its rows, ``x^T [H*W, Ci] x w^T [Ci, Co]``
+    between two uint8 transposes (kernels of their own, so that the matmul keeps contiguous operands)."""
     c, ci, h, w = int(wq.shape[0]), int(wq.shape[1]), *(int(d) for d in node.input(0).shape[2:])
     w2 = wq.reshape(c, ci)
     x = lx.bb.emit(R.reshape(lx.x(node, 0), [ci, h * w]))
     bias = _bias_minus_zero_point(node, wq, (1, 2, 3))
-    rows = (h * w) % 8 != 0
+    rows = lx.int8_columns is not None and (h * w) % lx.int8_columns != 0
     if rows:
         w_kn = np.ascontiguousarray(w2.T)
         acc = lx.bb.emit(lx.bb.call_te(_qmatmul_te, _transpose_apart(lx, x), _weight_operand(lx, node, w_kn), c,
