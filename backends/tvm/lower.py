@@ -107,8 +107,8 @@ def to_relax(graph: Graph, func_name: str = "main", facts: dict[str, Any] | None
 
     QDQ patterns become integer ops first (qint.integerize); ``facts["integer"]`` then says which ops run
     in integers and which stay in float between a dequantize and a quantize. ``int8_columns``: the column
-    multiple the target's tensorized integer matmuls need (x86: 8, or 16 with VNNI), which decides how
-    pointwise integer convolutions are laid out as matmuls; None (microcontrollers) never adds transposes.
+    multiple the target's tensorized integer matmuls need (x86: 8, or 16 with VNNI); with it, pointwise
+    integer convolutions are laid out as matmuls for them. None (microcontrollers): kept as convolutions.
     """
     from nasc.backends.tvm.qint import integerize
 

@@ -15,7 +15,7 @@ from tvm.relax import op as R
 
 from nasc.backends.tvm.lower import Lx, lowering, out_shape
 from nasc.backends.tvm.ops import _conv_pads
-from nasc.backends.tvm.x86_int8 import PAIRS16_BLOCK, pairs_fit_int16
+from nasc.backends.tvm.x86_int8 import PAIRS16_BLOCK, ROW_TILE, pairs_fit_int16
 from nasc.ir.core import Node
 
 
@@ -75,7 +75,10 @@ def _quantize(lx: Lx, node: Node) -> Any:
 
 
 def _requantize(acc: relax.Expr, mult: relax.Expr, shift: relax.Expr, zp: int, lo: int, hi: int) -> relax.Expr:
+    """int32 accumulator x int32 multiplier in int64 (both sign-extended from 32 bits, so one 32x32->64
+    multiply: vpmuldq on x86, smull on Cortex-M), then the rounding shift."""
     a = R.astype(acc, "int64")
+    mult, shift = R.astype(mult, "int64"), R.astype(shift, "int64")
     rounding = R.left_shift(relax.const(1, "int64"), R.subtract(shift, relax.const(1, "int64")))
     y = R.right_shift(R.add(R.multiply(a, mult), rounding), shift)
     y = R.add(y, relax.const(zp, "int64"))
@@ -83,7 +86,8 @@ def _requantize(acc: relax.Expr, mult: relax.Expr, shift: relax.Expr, zp: int, l
 
 
 def _per_channel(lx: Lx, node: Node, i: int, shape: list[int]) -> relax.Expr:
-    return lx.const(np.asarray(node.input(i).data, np.int64).reshape(shape), "i64")
+    """A per-channel multiplier (< 2^31) or shift, stored as int32."""
+    return lx.const(np.asarray(node.input(i).data, np.int64).astype(np.int32).reshape(shape), "i32")
 
 
 def _bias_minus_zero_point(node: Node, w: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
@@ -146,8 +150,8 @@ def _qconv(lx: Lx, node: Node) -> Any:
     pads = _conv_pads(node, list(x.shape[2:]), list(w.shape[2:]), strides, dilations, out_shape(node)[2:])
     wq = np.asarray(w.data, np.int8)
     c = wq.shape[0]
-    if _pointwise(node, wq, strides, pads, dilations):
-        return _qconv_pointwise(lx, node, wq)
+    if lx.int8_columns is not None and _pointwise(node, wq, strides, pads, dilations):
+        return _qconv_pointwise(lx, node, wq)  # for the tensorized x86 matmuls
     acc = lx.bb.emit(lx.bb.call_te(_qconv_te, lx.x(node, 0), _weight_operand(lx, node, wq), int(node.attr("x_zp")),
                                    strides, pads, dilations, int(node.attr("group", 1)), tuple(wq.shape),
                                    primfunc_name_hint="qconv2d"))
@@ -177,17 +181,19 @@ def _qpointwise_te(w: Any, x: Any, co: int, pairs16: bool) -> Any:
 
 
 def _qconv_pointwise(lx: Lx, node: Node, wq: np.ndarray) -> Any:
-    """Pixels as the matmul's columns, unless the target's integer matmul kernels need a column multiple
-    (``lx.int8_columns``) that their count is not: then as its rows, ``x^T [H*W, Ci] x w^T [Ci, Co]``
-    between two uint8 transposes (kernels of their own, so that the matmul keeps contiguous operands)."""
+    """A pointwise convolution as an integer matmul for the tensorized x86 kernels: pixels as the matmul's
+    columns where their count is a multiple of ``lx.int8_columns``, else as its rows, ``x^T [H*W, Ci] x
+    w^T [Ci, Co]`` between two uint8 transposes (kernels of their own, so that the matmul keeps contiguous
+    operands). Microcontrollers keep the convolution (no reshapes or transposes in the arena)."""
     c, ci, h, w = int(wq.shape[0]), int(wq.shape[1]), *(int(d) for d in node.input(0).shape[2:])
     w2 = wq.reshape(c, ci)
     x = lx.bb.emit(R.reshape(lx.x(node, 0), [ci, h * w]))
     bias = _bias_minus_zero_point(node, wq, (1, 2, 3))
-    rows = lx.int8_columns is not None and (h * w) % lx.int8_columns != 0
+    rows = (h * w) % (lx.int8_columns or 1) != 0
     if rows:
         w_kn = np.ascontiguousarray(w2.T)
-        acc = lx.bb.emit(lx.bb.call_te(_qmatmul_te, _transpose_apart(lx, x), _weight_operand(lx, node, w_kn), c,
+        padded = -(-h * w // ROW_TILE) * ROW_TILE  # whole row tiles: the extra rows are computed and dropped
+        acc = lx.bb.emit(lx.bb.call_te(_qmatmul_te, _transpose_apart(lx, x, (padded, ci)), _weight_operand(lx, node, w_kn), c,
                                        pairs_fit_int16(w_kn), primfunc_name_hint="qconv2d_1x1"))
         shape = [1, c]
     else:
@@ -197,16 +203,20 @@ def _qconv_pointwise(lx: Lx, node: Node, wq: np.ndarray) -> Any:
     acc = R.add(acc, lx.const(bias.reshape(shape), "i32"))
     y = lx.bb.emit(_requantize(acc, _per_channel(lx, node, 3, shape), _per_channel(lx, node, 4, shape),
                                int(node.attr("y_zp")), int(node.attr("qmin")), int(node.attr("qmax"))))
-    return lx.emit(R.reshape(_transpose_apart(lx, y) if rows else y, [1, c, h, w]))
+    return lx.emit(R.reshape(_transpose_apart(lx, y, (c, h * w)) if rows else y, [1, c, h, w]))
 
 
-def _transpose_apart(lx: Lx, x: relax.Expr) -> relax.Expr:
-    """A 2-D transpose as a kernel of its own (marked opaque: fused into a matmul it would make the
-    operand strided)."""
-    from tvm import topi
+def _transpose_apart(lx: Lx, x: relax.Expr, shape: tuple[int, int]) -> relax.Expr:
+    """``x [a, b]`` transposed into ``shape`` (``[b, a]`` cut or padded with zeros) as a kernel of its own
+    (marked opaque: fused into a matmul it would make the operand strided)."""
+    from tvm import te
 
-    return lx.bb.emit(lx.bb.call_te(topi.transpose, x, [1, 0], primfunc_name_hint="transpose",
-                                    primfunc_attrs={"op_pattern": 8}))
+    def compute(t: te.Tensor) -> te.Tensor:
+        a, b = (int(d) for d in t.shape)
+        return te.compute(shape, lambda i, j: te.if_then_else(
+            te.all(i < b, j < a), t[te.min(j, a - 1), te.min(i, b - 1)], te.const(0, t.dtype)), name="transpose")
+
+    return lx.bb.emit(lx.bb.call_te(compute, x, primfunc_name_hint="transpose", primfunc_attrs={"op_pattern": 8}))
 
 
 def _qmatmul_te(x: Any, w: Any, n: int, pairs16: bool) -> Any:

@@ -117,7 +117,7 @@ def test_pointwise_conv_runs_as_an_integer_matmul(tmp_path: Path, side: int, red
     ref = reference_run(integerize(q)[0], feeds)
     for f, r in zip(feeds, ref):
         np.testing.assert_array_equal(art.run(f)[0], r[0])
-    if not reduce_range:  # the same lowering on the microcontroller
+    if not reduce_range:  # the microcontroller keeps the convolution: the same results
         b = build_mcu(q, parse_board("mcu:cortex-m4"), tmp_path / "mcu", model="pw", pipeline="")
         for got, r in zip(run_project(tmp_path / "mcu", "host", b.inputs, b.outputs, feeds[:3]), ref):
             np.testing.assert_array_equal(got[0], r[0])
