@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -629,6 +630,15 @@ def minilm(
     )
     inputs = {k: enc[k].to(torch.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
     return model, inputs
+
+
+def minilm_feeds(sentences: Sequence[str], max_length: int) -> list[dict[str, np.ndarray]]:
+    """One feed per sentence for the exported MiniLM (batch 1): int64 ``input_ids``, ``attention_mask`` and
+    ``token_type_ids`` padded/truncated to ``max_length``."""
+    enc = minilm_tokenizer()(list(sentences), padding="max_length", truncation=True, max_length=max_length,
+                             return_tensors="np")
+    return [{k: enc[k][i:i + 1].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+            for i in range(len(sentences))]
 
 
 def sentence_embedding(last_hidden_state: Any, attention_mask: Any) -> np.ndarray:

@@ -43,10 +43,8 @@ def _model(name: str, tmp: Path) -> tuple[Path, Path, str]:
 
         module, inputs = zoo.minilm(max_length=128, sentences=zoo.SENTENCES[:1])
         path = zoo.export_onnx(module, inputs, tmp / "minilm.onnx", dynamo=False, output_names=["last_hidden_state"])
-        enc = zoo.minilm_tokenizer()(list(zoo.SENTENCES), padding="max_length", truncation=True, max_length=128,
-                                     return_tensors="np")
-        np.savez(tmp / "sentences.npz", **{k: enc[k].astype(np.int64)
-                                           for k in ("input_ids", "attention_mask", "token_type_ids")})
+        feeds = zoo.minilm_feeds(zoo.SENTENCES, 128)
+        np.savez(tmp / "sentences.npz", **{k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]})
         return path, tmp / "sentences.npz", "all-MiniLM-L6-v2, sequence 128"
     raise SystemExit(f"unknown model {name}")
 

@@ -281,14 +281,7 @@ def minilm_case(tmp: Path, seq: int = 32) -> Case:
 
     module, example = zoo.minilm(max_length=seq, sentences=zoo.SENTENCES[:1])
     path = zoo.export_onnx(module, example, tmp / "minilm.onnx", dynamo=False, output_names=["last_hidden_state"])
-    tok = zoo.minilm_tokenizer()
-
-    def feeds(sentences: Sequence[str]) -> list[Feed]:
-        enc = tok(list(sentences), padding="max_length", truncation=True, max_length=seq, return_tensors="np")
-        return [{k: enc[k][i : i + 1].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
-                for i in range(len(sentences))]
-
-    sets = {"seen": feeds(zoo.SENTENCES), "held": feeds(HELD_OUT_SENTENCES)}
+    sets = {"seen": zoo.minilm_feeds(zoo.SENTENCES, seq), "held": zoo.minilm_feeds(HELD_OUT_SENTENCES, seq)}
 
     def score(out: Outputs, ref: Outputs) -> dict[str, float]:
         res = {}

@@ -19,6 +19,8 @@ per task, a few rows per register tile. Results equal the numpy reference bit fo
 
 from __future__ import annotations
 
+from typing import Any
+
 from tvm import s_tir
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
@@ -50,47 +52,35 @@ def _intrinsic(kind: str, a_dtype: str, b_dtype: str) -> tuple[str, int, int]:
                         vi, vk = T.axis.remap("SR", [i, k])
                         c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
 
-    if kind == "pairs16":  # vpmaddubsw: unsigned x signed byte pairs -> int16; vpmaddwd by 1: pairs -> int32
-        @T.prim_func(s_tir=True)
-        def impl(a: T.Buffer((group,), a_dtype, offset_factor=1), b: T.Buffer((width, group), b_dtype, offset_factor=1),
-                 c: T.Buffer((width,), "int32", offset_factor=1)) -> None:
-            with T.sblock("root"):
-                T.reads(c[0:width], a[0:group], b[0:width, 0:group])
-                T.writes(c[0:width])
-                quad = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_dtype + "x4"), dtype="int32"), 8),
-                                     dtype="int8x32")
-                panel = T.reinterpret(b.vload([0, 0], dtype=b_dtype + "x32"), dtype="int8x32")
-                pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-                                                quad if a_unsigned else panel, panel if a_unsigned else quad,
-                                                dtype="int16x16")
-                c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.broadcast(T.int16(1), 16),
-                    dtype="int32x8")
-    elif kind == "widen16":  # both widened to int16 (zero- or sign-extended by dtype), vpmaddwd: pairs -> int32
-        @T.prim_func(s_tir=True)
-        def impl(a: T.Buffer((group,), a_dtype, offset_factor=1), b: T.Buffer((width, group), b_dtype, offset_factor=1),
-                 c: T.Buffer((width,), "int32", offset_factor=1)) -> None:
-            with T.sblock("root"):
-                T.reads(c[0:width], a[0:group], b[0:width, 0:group])
-                T.writes(c[0:width])
-                pair = T.reinterpret(T.cast(a.vload([0], a_dtype + "x2"), "int16x2"), dtype="int32")
-                c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-                    T.reinterpret(T.broadcast(pair, 8), dtype="int16x16"),
-                    T.cast(b.vload([0, 0], dtype=b_dtype + "x16"), "int16x16"), dtype="int32x8")
-    else:  # vpdpbusd: unsigned x signed byte quadruples summed into int32
-        @T.prim_func(s_tir=True)
-        def impl(a: T.Buffer((group,), a_dtype, offset_factor=1), b: T.Buffer((width, group), b_dtype, offset_factor=1),
-                 c: T.Buffer((width,), "int32", offset_factor=1)) -> None:
-            with T.sblock("root"):
-                T.reads(c[0:width], a[0:group], b[0:width, 0:group])
-                T.writes(c[0:width])
-                quad = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_dtype + "x4"), dtype="int32"), 16),
-                                     dtype="int8x64")
-                panel = T.reinterpret(b.vload([0, 0], dtype=b_dtype + "x64"), dtype="int8x64")
-                c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), c.vload([0], dtype="int32x16"),
-                    quad if a_unsigned else panel, panel if a_unsigned else quad, dtype="int32x16")
+    def body(a: Any, b: Any, c: Any) -> Any:
+        """The ``width`` int32 results (``c`` plus the products) by the instructions of ``kind``."""
+        acc = c.vload([0], dtype=f"int32x{width}")
+        if kind == "widen16":  # both widened to int16 (zero- or sign-extended by dtype), vpmaddwd: pairs -> int32
+            pair = T.reinterpret(T.cast(a.vload([0], a_dtype + "x2"), "int16x2"), dtype="int32")
+            return acc + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), T.reinterpret(T.broadcast(pair, 8), dtype="int16x16"),
+                T.cast(b.vload([0, 0], dtype=b_dtype + "x16"), "int16x16"), dtype="int32x8")
+        lanes = width * group
+        quad = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_dtype + "x4"), dtype="int32"), width),
+                             dtype=f"int8x{lanes}")
+        panel = T.reinterpret(b.vload([0, 0], dtype=f"{b_dtype}x{lanes}"), dtype=f"int8x{lanes}")
+        unsigned, signed = (quad, panel) if a_unsigned else (panel, quad)
+        if kind == "vnni":  # vpdpbusd: unsigned x signed byte quadruples summed into int32
+            return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), acc,
+                                           unsigned, signed, dtype="int32x16")
+        # vpmaddubsw: unsigned x signed byte pairs -> int16; vpmaddwd by 1: pairs of those -> int32
+        pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), unsigned, signed,
+                                        dtype="int16x16")
+        return acc + T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs,
+                                             T.broadcast(T.int16(1), 16), dtype="int32x8")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((group,), a_dtype, offset_factor=1), b: T.Buffer((width, group), b_dtype, offset_factor=1),
+             c: T.Buffer((width,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:width], a[0:group], b[0:width, 0:group])
+            T.writes(c[0:width])
+            c[T.ramp(T.int32(0), 1, width)] = body(a, b, c)
 
     TensorIntrin.register(name, desc, impl, override=True)
     _REGISTERED.add(name)

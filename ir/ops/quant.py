@@ -115,20 +115,6 @@ class QConv(_ConvBase):
         return [_requantize_node(node, acc, _channel(mult, 4), _channel(shift, 4))]
 
 
-def _linear_infer(node: Node, dtype: str) -> list[Type]:
-    x, w = ttype(node, 0), ttype(node, 1)
-    if x.shape is None or w.shape is None:
-        return [TensorType(dtype, None)]
-    if len(x.shape) < 2 or len(w.shape) != 2 or x.shape[-1] != w.shape[1]:
-        raise InferenceError(f"{node.describe()}: expects x [..., K] and w [N, K], got {x.shape} and {w.shape}")
-    return [TensorType(dtype, (*x.shape[:-1], w.shape[0]))]
-
-
-def _linear_cost(node: Node) -> Cost:
-    x, w = ttype(node, 0).shape, ttype(node, 1).shape
-    return Cost(numel(x) * (w[0] if w is not None and isinstance(w[0], int) else 0) if x else 0, io_bytes(node))
-
-
 def linear_int(node: Node, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     """Exact ``(x - x_zp) w^T + b`` in int64 over the last axis of x."""
     acc = (np.asarray(x, np.int64) - int(node.attr("x_zp"))) @ np.asarray(w, np.int64).T
@@ -140,12 +126,19 @@ class QGemm(OpDef):
     name = "QGemm"
     domain = "nasc"
     foldable = True
+    out_dtype = "u8"
 
     def infer(self, node: Node) -> list[Type]:
-        return _linear_infer(node, "u8")
+        x, w = ttype(node, 0), ttype(node, 1)
+        if x.shape is None or w.shape is None:
+            return [TensorType(self.out_dtype, None)]
+        if len(x.shape) < 2 or len(w.shape) != 2 or x.shape[-1] != w.shape[1]:
+            raise InferenceError(f"{node.describe()}: expects x [..., K] and w [N, K], got {x.shape} and {w.shape}")
+        return [TensorType(self.out_dtype, (*x.shape[:-1], w.shape[0]))]
 
     def cost(self, node: Node) -> Cost:
-        return _linear_cost(node)
+        x, w = ttype(node, 0).shape, ttype(node, 1).shape
+        return Cost(numel(x) * (w[0] if w is not None and isinstance(w[0], int) else 0) if x else 0, io_bytes(node))
 
     def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
         x, w, b, mult, shift = args
@@ -155,16 +148,11 @@ class QGemm(OpDef):
 
 
 @register
-class QMatMul(OpDef):
+class QMatMul(QGemm):
+    """QGemm without the requantization: the int32 accumulator."""
+
     name = "QMatMul"
-    domain = "nasc"
-    foldable = True
-
-    def infer(self, node: Node) -> list[Type]:
-        return _linear_infer(node, "i32")
-
-    def cost(self, node: Node) -> Cost:
-        return _linear_cost(node)
+    out_dtype = "i32"
 
     def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
         x, w = args[0], args[1]

@@ -148,11 +148,7 @@ def test_minilm_int8_keeps_sentence_embeddings(tmp_path: Path) -> None:
 
     module, inputs = zoo.minilm(max_length=16, sentences=zoo.SENTENCES[:1])
     path = zoo.export_onnx(module, inputs, tmp_path / "minilm.onnx", dynamo=False, output_names=["last_hidden_state"])
-    tok = zoo.minilm_tokenizer()
-    feeds = []
-    for s in zoo.SENTENCES:
-        enc = tok([s], padding="max_length", truncation=True, max_length=16, return_tensors="np")
-        feeds.append({k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})
+    feeds = zoo.minilm_feeds(zoo.SENTENCES, 16)
     g = nasc.load(path)
     q = nasc.optimize(g, "simplify,fuse,quantize", feeds)
     ref = fidelity.run_graph(g, feeds)
