@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import tvm
 from tvm import relax
 from tvm.relax import op as R
 
@@ -74,15 +75,20 @@ def _quantize(lx: Lx, node: Node) -> Any:
     return lx.emit(R.astype(R.clip(y, lo, hi), "uint8" if out == "u8" else "int8"))
 
 
-def _requantize(acc: relax.Expr, mult: relax.Expr, shift: relax.Expr, zp: int, lo: int, hi: int) -> relax.Expr:
-    """int32 accumulator x int32 multiplier in int64 (both sign-extended from 32 bits, so one 32x32->64
-    multiply: vpmuldq on x86, smull on Cortex-M), then the rounding shift."""
-    a = R.astype(acc, "int64")
-    mult, shift = R.astype(mult, "int64"), R.astype(shift, "int64")
-    rounding = R.left_shift(relax.const(1, "int64"), R.subtract(shift, relax.const(1, "int64")))
-    y = R.right_shift(R.add(R.multiply(a, mult), rounding), shift)
-    y = R.add(y, relax.const(zp, "int64"))
-    return R.astype(R.clip(y, lo, hi), "uint8")
+def _requantize(lx: Lx, acc: relax.Expr, mult: relax.Expr, shift: relax.Expr, zp: int, lo: int, hi: int) -> Any:
+    """``clip(((acc * M + 2^(n-1)) >> n) + zp, lo, hi)`` as uint8, in int64 inside the kernel: the per-channel
+    M and n stay int32 in the weights (a relax-level cast would be folded into int64 constants), and the
+    product of two sign-extended int32 is one 32x32->64 multiply (vpmuldq on x86, smull on Cortex-M)."""
+    from tvm import te, topi
+
+    def compute(a: te.Tensor, m: te.Tensor, n: te.Tensor) -> te.Tensor:
+        m64, n64 = topi.cast(m, "int64"), topi.cast(n, "int64")
+        rounding = topi.left_shift(tvm.tirx.const(1, "int64"), topi.subtract(n64, tvm.tirx.const(1, "int64")))
+        y = topi.right_shift(topi.add(topi.multiply(topi.cast(a, "int64"), m64), rounding), n64)
+        y = topi.add(y, tvm.tirx.const(zp, "int64"))
+        return topi.cast(topi.clip(y, lo, hi), "uint8")
+
+    return lx.bb.call_te(compute, lx.bb.emit(acc), mult, shift, primfunc_name_hint="requantize")
 
 
 def _per_channel(lx: Lx, node: Node, i: int, shape: list[int]) -> relax.Expr:
@@ -156,7 +162,7 @@ def _qconv(lx: Lx, node: Node) -> Any:
                                    strides, pads, dilations, int(node.attr("group", 1)), tuple(wq.shape),
                                    primfunc_name_hint="qconv2d"))
     acc = R.add(acc, lx.const(_bias_minus_zero_point(node, wq, (1, 2, 3)).reshape(1, c, 1, 1), "i32"))
-    y = _requantize(acc, _per_channel(lx, node, 3, [1, c, 1, 1]), _per_channel(lx, node, 4, [1, c, 1, 1]),
+    y = _requantize(lx, acc, _per_channel(lx, node, 3, [1, c, 1, 1]), _per_channel(lx, node, 4, [1, c, 1, 1]),
                     int(node.attr("y_zp")), int(node.attr("qmin")), int(node.attr("qmax")))
     return lx.emit(y)
 
@@ -201,7 +207,7 @@ def _qconv_pointwise(lx: Lx, node: Node, wq: np.ndarray) -> Any:
                                        primfunc_name_hint="qconv2d_1x1"))
         shape = [c, 1]
     acc = R.add(acc, lx.const(bias.reshape(shape), "i32"))
-    y = lx.bb.emit(_requantize(acc, _per_channel(lx, node, 3, shape), _per_channel(lx, node, 4, shape),
+    y = lx.bb.emit(_requantize(lx, acc, _per_channel(lx, node, 3, shape), _per_channel(lx, node, 4, shape),
                                int(node.attr("y_zp")), int(node.attr("qmin")), int(node.attr("qmax"))))
     return lx.emit(R.reshape(_transpose_apart(lx, y, (c, h * w)) if rows else y, [1, c, h, w]))
 
@@ -256,7 +262,7 @@ def _unflatten(node: Node, y: relax.Expr) -> relax.Expr:
 @lowering("nasc.QGemm")
 def _qgemm(lx: Lx, node: Node) -> Any:
     acc, n = _qlinear_acc(lx, node)
-    y = _requantize(acc, _per_channel(lx, node, 3, [1, n]), _per_channel(lx, node, 4, [1, n]),
+    y = _requantize(lx, acc, _per_channel(lx, node, 3, [1, n]), _per_channel(lx, node, 4, [1, n]),
                     int(node.attr("y_zp")), int(node.attr("qmin")), int(node.attr("qmax")))
     return lx.emit(_unflatten(node, y))
 
@@ -274,7 +280,7 @@ def _qadd(lx: Lx, node: Node) -> Any:
 
     acc = R.add(term(0, "a_zp", "a_mult"), term(1, "b_zp", "b_mult"))
     shift = relax.const(int(node.attr("shift")), "int64")
-    return lx.emit(_requantize(acc, relax.const(1, "int64"), shift, int(node.attr("y_zp")), int(node.attr("qmin")),
+    return lx.emit(_requantize(lx, acc, relax.const(1, "int64"), shift, int(node.attr("y_zp")), int(node.attr("qmin")),
                                int(node.attr("qmax"))))
 
 
@@ -298,5 +304,5 @@ def _qgap(lx: Lx, node: Node) -> Any:
         axes = list(range(2, len(node.input(0).shape)))
         centered = R.subtract(R.astype(lx.x(node, 0), "int32"), relax.const(int(node.attr("x_zp")), "int32"))
         acc = R.sum(centered, axis=axes, keepdims=True)
-    return lx.emit(_requantize(acc, relax.const(int(node.attr("mult")), "int64"),
+    return lx.emit(_requantize(lx, acc, relax.const(int(node.attr("mult")), "int64"),
                                relax.const(int(node.attr("shift")), "int64"), int(node.attr("y_zp")), 0, 255))
