@@ -29,7 +29,7 @@ def test_pairs_fit_int16_is_the_saturation_bound() -> None:
     assert not pairs_fit_int16(np.zeros((6, 3), np.int8))  # K not a multiple of 4: not the 4-step intrinsic
 
 
-def _linear(tmp: Path, rows: int, k: int, n: int, reduce_range: bool) -> tuple[nasc.ir.Graph, list]:
+def _linear(tmp: Path, rows: int, k: int, n: int, reduce_range: bool, bits: int = 8) -> tuple[nasc.ir.Graph, list]:
     import onnx
     from onnx import TensorProto
     from onnx import helper as h
@@ -44,7 +44,7 @@ def _linear(tmp: Path, rows: int, k: int, n: int, reduce_range: bool) -> tuple[n
     m = h.make_model(graph, opset_imports=[h.make_opsetid("", 21)])
     m.ir_version = 10
     feeds = [{"x": rng.normal(size=(1, rows, k)).astype(np.float32) * 3} for _ in range(6)]
-    passes = "quantize{reduce-range=true}" if reduce_range else "quantize"
+    passes = "quantize{reduce-range=true}" if reduce_range else f"quantize{{bits={bits}}}"
     return nasc.optimize(nasc.load(m), passes, feeds), feeds
 
 
@@ -81,7 +81,7 @@ def test_kernels_that_do_not_fit_fall_back_to_the_matmul_template(tmp_path: Path
     assert facts["schedules"]["templates"].get("matmul") == 1
 
 
-def _pointwise(side: int, reduce_range: bool) -> tuple[nasc.ir.Graph, list]:
+def _pointwise(side: int, reduce_range: bool, bits: int = 8) -> tuple[nasc.ir.Graph, list]:
     """conv 3x3 -> ReLU -> conv 1x1 (16 -> 24 channels) -> ReLU on a side x side map."""
     import onnx
     from onnx import TensorProto
@@ -99,7 +99,7 @@ def _pointwise(side: int, reduce_range: bool) -> tuple[nasc.ir.Graph, list]:
     m = h.make_model(graph, opset_imports=[h.make_opsetid("", 21)])
     m.ir_version = 10
     feeds = [{"x": rng.normal(size=(1, 3, side, side)).astype(np.float32)} for _ in range(6)]
-    passes = "quantize{reduce-range=true}" if reduce_range else "quantize"
+    passes = "quantize{reduce-range=true}" if reduce_range else f"quantize{{bits={bits}}}"
     return nasc.optimize(nasc.load(m), passes, feeds), feeds
 
 
@@ -121,3 +121,14 @@ def test_pointwise_conv_runs_as_an_integer_matmul(tmp_path: Path, side: int, red
         b = build_mcu(q, parse_board("mcu:cortex-m4"), tmp_path / "mcu", model="pw", pipeline="")
         for got, r in zip(run_project(tmp_path / "mcu", "host", b.inputs, b.outputs, feeds[:3]), ref):
             np.testing.assert_array_equal(got[0], r[0])
+
+
+@pytest.mark.parametrize("model", ["linear", "pointwise 8x8", "pointwise 7x7"])
+def test_int4_weights_stay_packed_and_exact_on_the_cpu(tmp_path: Path, model: str) -> None:
+    """Packed int4 weights are unpacked inside the kernel (no tensorized path): still bit-exact."""
+    q, feeds = _linear(tmp_path, 6, 40, 24, False, bits=4) if model == "linear" else _pointwise(
+        int(model[-1]), False, bits=4)
+    assert any(c.dtype == "i4" for c in q.constants)
+    art = nasc.compile(q, "cpu", tmp_path / "cpu", measure_latency=False)
+    for f, r in zip(feeds, reference_run(integerize(q)[0], feeds)):
+        np.testing.assert_array_equal(art.run(f)[0], r[0])
