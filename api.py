@@ -413,17 +413,13 @@ def _int8_cpu_warning(target: Any, integer: Mapping[str, Any]) -> str | None:
     """What an int8 CPU build should know about its speed on the target (None when nothing)."""
     if target.kind != "cpu" or not integer.get("integer_ops"):
         return None
-    dot = target.int8_dot_product()
-    if dot in ("avx512vnni", "dotprod"):
-        return None
-    from tvm.target import codegen
+    from nasc.backends.tvm.schedules import int8_kind
 
+    kernels = int8_kind(target.tvm())  # which tensorized integer matmuls the build used
+    if kernels == "vnni" or target.int8_dot_product() == "dotprod":
+        return None
     mcpu = target.spec.get("mcpu")
-    try:
-        avx2 = bool(codegen.llvm_cpu_has_features("avx2", target.tvm()))
-    except Exception:  # not an x86 target
-        avx2 = False
-    if dot is None and not avx2:
+    if kernels is None:
         return (f"the CPU target ({mcpu}) has no integer dot-product instructions (AVX2, AVX-512 VNNI or Arm "
                 "dotprod): the int8 kernels are exact but multiply through 16-bit lanes and can be slower than "
                 "float32; compile the float model where latency matters more than size")

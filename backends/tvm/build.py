@@ -86,9 +86,6 @@ def _schedule_cpu(mod: tvm.IRModule, tgt: Any, database: Any = None) -> tuple[tv
 
     with tgt:
         if database is not None:
-            from nasc.backends.tvm.x86_int8 import register_intrinsics
-
-            register_intrinsics()  # records of the integer matmul templates replay these by name
             with database:
                 fused = legalize_and_fuse(_prepare(mod))
         else:

@@ -159,10 +159,11 @@ class _Integerizer:
         self.report.integer[op] = self.report.integer.get(op, 0) + 1
         return node.outputs[0]
 
-    def _take_over(self, q: Node, new: Value) -> bool:
-        self.g.replace_all_uses_with(q.outputs[0], new)
+    def _take_over(self, old: Value, new: Value) -> bool:
+        """``new`` replaces ``old`` for every reader (and keeps its name where it is a graph output)."""
+        self.g.replace_all_uses_with(old, new)
         if any(o is new for o in self.g.outputs):
-            new.name = q.outputs[0].name
+            new.name = old.name
         return True
 
     def _consts(self, anchor: Node, **arrays: np.ndarray) -> list[Value]:
@@ -205,8 +206,8 @@ class _Integerizer:
         if n.op == "MatMul":  # a following Add of a constant vector is the bias
             add = _bias_add(out_v, channels)
             folded = np.round(add[1] / acc_scale) if add is not None else None
-            if add is not None and folded is not None and np.all(np.abs(folded) < 2**30):
-                out_v, bias = add[0].outputs[0], folded.astype(np.int32)
+            if add is not None and np.all(np.abs(folded) < 2**30):
+                out_v, bias = add[0].outputs[0], np.asarray(folded, np.int32)
         if bias is False:
             return False
         attrs: dict[str, Any] = {"x_zp": int(x.zp[0]), "weight_bits": 4 if w.q.dtype == "i4" else 8}
@@ -226,7 +227,7 @@ class _Integerizer:
         wv, mv, sv = self._consts(n, weight=wq, multiplier=np.array([m for m, _ in mults], np.int64),
                                   shift=np.array([s for _, s in mults], np.int64))
         bv = self._consts(n, bias=bias)[0] if bias is not None else None
-        return self._take_over(qnode, self._emit(n, op, [x.q, wv, bv, mv, sv], attrs))
+        return self._take_over(qnode.outputs[0], self._emit(n, op, [x.q, wv, bv, mv, sv], attrs))
 
     def _accumulate(self, n: Node, x: Value, arrays: dict[str, np.ndarray], attrs: dict[str, Any],
                     acc_scale: np.ndarray, out: Value) -> bool:
@@ -236,10 +237,7 @@ class _Integerizer:
         dq = self.g.make_node("DequantizeLinear", [acc, sv], [TensorType("f32", None)], {"axis": -1},
                               scope=n.scope, name=f"{n.name}/dequantize", before=n)
         type_node(dq)
-        self.g.replace_all_uses_with(out, dq.outputs[0])
-        if any(o is dq.outputs[0] for o in self.g.outputs):
-            dq.outputs[0].name = out.name
-        return True
+        return self._take_over(out, dq.outputs[0])
 
     def _bias(self, n: Node, scale: np.ndarray, channels: int) -> np.ndarray | bool | None:
         if not n.has_input(2):
@@ -281,7 +279,7 @@ class _Integerizer:
         lo, hi = _clamp(chain, s_y, z_y)
         attrs = {"a_zp": int(a.zp[0]), "b_zp": int(b.zp[0]), "y_zp": z_y, "a_mult": int(a_mult),
                  "b_mult": int(b_mult), "shift": shift, "qmin": lo, "qmax": hi}
-        return self._take_over(qnode, self._emit(n, "QAdd", [a.q, b.q], attrs))
+        return self._take_over(qnode.outputs[0], self._emit(n, "QAdd", [a.q, b.q], attrs))
 
     def _GlobalAveragePool(self, n: Node) -> bool:
         x = _dq(n.input(0))
@@ -292,7 +290,7 @@ class _Integerizer:
         count = int(np.prod(n.input(0).shape[2:]))
         mult, shift = quantize_multiplier(float(x.scale[0]) / (s_y * count))
         attrs = {"x_zp": int(x.zp[0]), "y_zp": z_y, "mult": mult, "shift": shift}
-        return self._take_over(qnode, self._emit(n, "QGlobalAveragePool", [x.q], attrs))
+        return self._take_over(qnode.outputs[0], self._emit(n, "QGlobalAveragePool", [x.q], attrs))
 
     def _AveragePool(self, n: Node) -> bool:
         """An AveragePool whose window is the whole (unpadded) feature map is a global one."""
@@ -314,7 +312,7 @@ class _Integerizer:
                                 name=f"{n.name}/u8", before=n)
         type_node(node)
         self.report.integer[n.op] = self.report.integer.get(n.op, 0) + 1
-        return self._take_over(qnode, node.outputs[0])
+        return self._take_over(qnode.outputs[0], node.outputs[0])
 
     _Flatten = _passthrough
     _Reshape = _passthrough
@@ -328,7 +326,7 @@ class _Integerizer:
             return False
         if not _close(float(x.scale[0]), float(s.reshape(-1)[0])) or int(x.zp[0]) != int(z.reshape(-1)[0]):
             return False
-        return self._take_over(n, x.q)
+        return self._take_over(n.outputs[0], x.q)
 
     def _list_float_ops(self) -> None:
         for n in self.g.nodes:

@@ -675,7 +675,7 @@ def _schedule_func(func: tirx.PrimFunc, lanes: int, int8: str | None = None) -> 
     return (sch.mod["main"] if sch is not None else func), name
 
 
-def _int8_kind(target: tvm.target.Target) -> str | None:
+def int8_kind(target: tvm.target.Target) -> str | None:
     """Which hand-tensorized integer matmul (x86_int8) the target gets: "vnni" (AVX-512 VNNI), "avx2", or
     None (other CPUs: the float matmul template, vectorized by LLVM)."""
     try:
@@ -689,14 +689,14 @@ def _int8_kind(target: tvm.target.Target) -> str | None:
 
 def int8_columns(target: tvm.target.Target) -> int | None:
     """The column multiple of the target's tensorized integer matmuls (16 with VNNI, 8 with AVX2), or None."""
-    return {"vnni": 16, "avx2": 8}.get(_int8_kind(target) or "")
+    return {"vnni": 16, "avx2": 8}.get(int8_kind(target) or "")
 
 
 def default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[s_tir.Schedule | None, str]:
     """The default schedule of the kernel ``mod["main"]`` as a traced schedule (its ``trace`` replays the
     template, e.g. as a MetaSchedule tuning record) and the template's name; ``(None, "none")`` when no
     template applies."""
-    return _schedule(mod["main"], _vector_lanes(target), _int8_kind(target))
+    return _schedule(mod["main"], _vector_lanes(target), int8_kind(target))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -712,7 +712,7 @@ def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm
     operators left and the scheduled PrimFuncs are lowered as they are.
     """
     lanes = _vector_lanes(target)
-    int8 = _int8_kind(target)
+    int8 = int8_kind(target)
     updates: dict[tvm.ir.GlobalVar, tirx.PrimFunc] = {}
     for gvar, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc):

@@ -56,6 +56,11 @@ def _build_module(mod: tvm.IRModule, target: tvm.target.Target, _params: Any) ->
 
 
 def open_database(db_dir: Path) -> ms.database.JSONDatabase:
+    """The JSON database in ``db_dir``, with the x86 integer intrinsics registered: its records of integer
+    matmuls tensorize with them by name."""
+    from nasc.backends.tvm.x86_int8 import register_intrinsics
+
+    register_intrinsics()
     db_dir.mkdir(parents=True, exist_ok=True)
     return ms.database.JSONDatabase(work_dir=str(db_dir))
 
@@ -63,10 +68,7 @@ def open_database(db_dir: Path) -> ms.database.JSONDatabase:
 def tune(fused: tvm.IRModule, target: tvm.target.Target, trials: int, db_dir: Path, rpc: RpcConfig | None = None,
          log: Any = None) -> dict[str, Any]:
     """Tune the kernels of a legalized+fused Relax module that the database lacks; returns what was done."""
-    from nasc.backends.tvm.x86_int8 import register_intrinsics
-
     log = log or (lambda _m: None)
-    register_intrinsics()  # the database's records of integer matmuls tensorize with them
     database = open_database(db_dir)
     tasks = ms.relax_integration.extract_tasks(fused, target)
     todo = [t for t in tasks if not database.has_workload(t.dispatched[0])]

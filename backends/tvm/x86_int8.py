@@ -106,40 +106,31 @@ def pairs_fit_int16(w_kn: object) -> bool:
 
 def template_qmatmul_avx2(sch: s_tir.Schedule, lanes: int) -> None:
     """AVX2 (no VNNI): vpmaddubsw where the weight pairs allow, else vpmaddwd."""
-    _template(sch, "pairs16" if _red(sch).startswith(PAIRS16_BLOCK) else "widen16")
+    _template(sch, "pairs16" if sch.get(_qmatmul_block(sch)).name_hint.startswith(PAIRS16_BLOCK) else "widen16")
 
 
 def template_qmatmul_vnni(sch: s_tir.Schedule, lanes: int) -> None:
     """AVX-512 VNNI: vpdpbusd, 16 columns x 4 reduction steps."""
-    _red(sch)
     _template(sch, "vnni")
 
 
-def _red(sch: s_tir.Schedule) -> str:
+def _qmatmul_block(sch: s_tir.Schedule) -> s_tir.schedule.SBlockRV:
+    """The kernel's single reduction block when it is an integer matmul (``qmatmul*``); ValueError if not."""
     from nasc.backends.tvm.schedules import _blocks, _is_reduction
 
     reds = [b for b in _blocks(sch) if _is_reduction(sch, b)]
     if len(reds) != 1 or not sch.get(reds[0]).name_hint.startswith("qmatmul"):
         raise ValueError("not an integer matmul")
-    return str(sch.get(reds[0]).name_hint)
+    return reds[0]
 
 
 def _template(sch: s_tir.Schedule, kind: str) -> None:
     """[M, K] x [K, N] (block ``qmatmul*``, one operand uint8 and the other int8) with its elementwise
     epilogue, tensorized with the ``kind`` intrinsic; raises ValueError where the kernel does not fit (the
     caller falls back to the float templates)."""
-    from nasc.backends.tvm.schedules import (
-        _blocks,
-        _divisor_at_most,
-        _epilogue_of,
-        _extents,
-        _inline_spatial,
-        _is_reduction,
-        _read_index,
-        _rhs,
-    )
+    from nasc.backends.tvm.schedules import _divisor_at_most, _epilogue_of, _extents, _inline_spatial, _read_index, _rhs
 
-    red = next(b for b in _blocks(sch) if _is_reduction(sch, b))
+    red = _qmatmul_block(sch)
     w_buf = _rhs(sch, red)
     dtypes = {str(r.source.dtype) for r in sch.get(red).reads if not r.source.same_as(w_buf)}
     if len(dtypes) != 1 or {*dtypes, str(w_buf.dtype)} != {"uint8", "int8"}:
@@ -184,10 +175,11 @@ def _template(sch: s_tir.Schedule, kind: str) -> None:
 
 
 def is_qmatmul(sch: s_tir.Schedule) -> bool:
-    from nasc.backends.tvm.schedules import _blocks, _is_reduction
-
-    reds = [b for b in _blocks(sch) if _is_reduction(sch, b)]
-    return len(reds) == 1 and sch.get(reds[0]).name_hint.startswith("qmatmul")
+    try:
+        _qmatmul_block(sch)
+    except ValueError:
+        return False
+    return True
 
 
 def register_intrinsics() -> None:
