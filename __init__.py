@@ -9,6 +9,7 @@
 from nasc import ir
 from nasc.api import Artifact, compile, export_onnx, from_torch, load, optimize
 from nasc.errors import (
+    DeviceError,
     Error,
     ExportError,
     ModelLoadError,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Artifact",
+    "DeviceError",
     "Error",
     "ExportError",
     "Graph",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import shutil
 import tempfile
@@ -16,14 +17,21 @@ from nasc.errors import UsageError
 from nasc.ir.core import Graph
 
 
-def load(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
+def load(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None, *,
+         max_tensor_bytes: int | None = None) -> Graph:
     """Load a model as a verified IR graph.
 
     ``model``: a path to an ``.onnx`` file, its bytes, an ``onnx.ModelProto``, or
     an ``ir.Graph`` (returned as is). ``input_shapes`` fixes dynamic input dims.
+    ``max_tensor_bytes`` bounds each tensor of an ONNX model (default $NASC_MAX_TENSOR_BYTES, else 16 GiB).
     """
     if isinstance(model, Graph):
         return model
+    for name, shape in (input_shapes or {}).items():
+        bad = [d for d in shape if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1]
+        if bad:
+            raise UsageError(f"input shape {name}={'x'.join(map(str, shape))}: dims must be integers >= 1, got "
+                             f"{bad[0]!r}")
     if _is_pt2(model):
         from nasc.frontends.torch import load_pt2
 
@@ -32,7 +40,7 @@ def load(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None) ->
         raise UsageError("a torch module needs example inputs: use nasc.from_torch(module, example_inputs)")
     from nasc.frontends.onnx import load_onnx
 
-    return load_onnx(model, input_shapes)
+    return load_onnx(model, input_shapes, max_tensor_bytes=max_tensor_bytes)
 
 
 def _is_pt2(model: Any) -> bool:
@@ -151,6 +159,7 @@ def compile(
     verify_on: str | Sequence[str] | None = None,
     budget_check: bool = True,
     allow_random_calib: bool = False,
+    max_tensor_bytes: int | None = None,
 ) -> Artifact:
     """Load ``model``, build it for ``target`` into directory ``out``, and check it against the original.
 
@@ -160,16 +169,24 @@ def compile(
     model that exceeds the board's SRAM or flash). Quantization passes need ``calib``; with
     ``allow_random_calib=True`` they run on seeded random inputs instead (with a warning).
     The directory is written whole or not at all: it is assembled next to
-    ``out`` and moved into place only when the build and its checks succeed.
+    ``out`` and moved into place only when the build and its checks succeed
+    (a failure, Ctrl-C included, also removes the parents it created). An
+    existing ``out`` is replaced only when it is empty or a previous nasc build
+    holding nothing but its own files. A GPU build is run and checked only on a
+    CUDA device of its architecture (else a warning says it was not run).
     ``passes`` is a pipeline run before the build; ``calib`` an ``.npz`` path
     or a list of feeds. ``report.json`` holds the pipeline, each pass's report,
     the fidelity against the original model on the calibration inputs (or on
     seeded random inputs when there are none: a warning says that lossy passes
     need real data), for CPU builds the latency of nasc and ONNX Runtime on the
-    same inputs, sizes and the graph summary.
+    same inputs, sizes and the graph summary. ``max_tensor_bytes`` bounds each tensor, as in :func:`load`.
     """
-    if out is None:
-        raise UsageError("compile needs an output directory (out=...)")
+    out = _output_dir(out)
+    if not isinstance(target, str):
+        raise UsageError(f"target {target!r} is not a string; targets: onnx, cpu, cpu:<llvm-mcpu>, gpu, gpu:sm_XX, "
+                         "mcu[:BOARD] or a JSON TVM target")
+    _check_numbers(seed=seed, tune_trials=tune_trials, fidelity_batches=fidelity_batches)
+    _check_calib_arg(calib)
     tvm_target = None
     board = None
     modes: list[str] = []
@@ -182,17 +199,22 @@ def compile(
         from nasc.backends.tvm.target import parse_target
 
         tvm_target = parse_target(target)
-    out = Path(out)
+    if tvm_target is None and tune_trials:
+        raise UsageError(f"--tune-trials applies to the cpu and gpu targets, not {target.split(':')[0]}")
+    if board is None and verify_on is not None:
+        raise UsageError(f"--verify applies to mcu targets (where the C project is built and run to check it), not "
+                         f"{target}: nasc checks that build itself")
     t0 = time.perf_counter()
     from nasc.backends import fidelity
     from nasc.passes.manager import Pipeline
 
     log = log or (lambda _m: None)
-    graph = load(model, input_shapes)
+    graph = load(model, input_shapes, max_tensor_bytes=max_tensor_bytes)
     reference = _reference(model)
     pipeline = Pipeline.parse(passes or "")
     feeds_calib = fidelity.load_calibration(calib, graph) if isinstance(calib, str | os.PathLike) else (
         [dict(f) for f in calib] if calib is not None else None)
+    labelled = _labelled(calib, feeds_calib)
     warnings: list[str] = []
     pass_calib = feeds_calib
     if pipeline.lossy and not feeds_calib:
@@ -204,8 +226,12 @@ def compile(
     if pipeline.passes:
         graph = optimize(graph, pipeline, pass_calib, target, seed=seed, verify=verify,
                          print_ir_after_all=print_ir_after_all, log=log)
-    tmp = _make_tmp(out)
+    if out.exists():
+        log(f"replacing the previous build in {out}/")
+    created: list[Path] = []  # missing parents of out made for the staging directory: removed on failure
+    tmp: Path | None = None
     try:
+        tmp = _make_tmp(out, created)
         if feeds_calib:
             feeds, inputs_label = feeds_calib[:64], f"{min(len(feeds_calib), 64)} calibration samples"
         else:
@@ -227,10 +253,8 @@ def compile(
         tuning = {"tune_trials": tune_trials, "tuning_db": tuning_db, "rpc_tracker": rpc_tracker,
                   "rpc_key": rpc_key, "log": log}
         if board is not None:
-            if tune_trials:
-                raise UsageError("--tune-trials applies to the cpu and gpu targets, not mcu")
-            _compile_mcu(graph, board, tmp, modes, budget_check, reference, feeds, inputs_label,
-                         _labelled(calib, feeds_calib), report, log)
+            _compile_mcu(graph, board, tmp, modes, budget_check, reference, feeds, inputs_label, labelled, report,
+                         log)
         else:
             runner = _build(graph, tvm_target, tmp, str(pipeline), report, tuning)
             if reference is not None and runner is not None:
@@ -248,7 +272,6 @@ def compile(
                             f"ONNX Runtime's int8 kernels on this CPU differ from the model's QDQ definition (max abs "
                             f"err {vs['max_abs_err']:.3g}, cosine {vs['cosine']:.5f}): on x86 without VNNI its u8 x s8 "
                             "kernels saturate with full-range weights; quantize{reduce-range=true} avoids it")
-                labelled = _labelled(calib, feeds_calib)
                 if labelled is not None:
                     lab_feeds, labels = labelled
                     report["accuracy"] = {"nasc": _accuracy([runner(f)[0] for f in lab_feeds], labels),
@@ -256,8 +279,6 @@ def compile(
                                           "samples": len(lab_feeds)}
             elif runner is None:
                 report["fidelity"] = None
-                warnings.append(f"no {tvm_target.kind if tvm_target else ''} device here: the build was not run; "
-                                "run it on the device and compare there")
         report["compile_time_s"] = round(time.perf_counter() - t0, 3)
         if measure_latency and tvm_target is not None and tvm_target.kind == "cpu":
             report["latency_ms"] = _latency(tmp, model, graph, feeds[0])
@@ -266,10 +287,94 @@ def compile(
             report["model_file_bytes"] = Path(model).stat().st_size
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:  # KeyboardInterrupt and SystemExit (SIGTERM in the CLI) too: nothing is left behind
+        _discard(tmp, created)
         raise
     return Artifact(out, sorted(p.name for p in out.iterdir()), report)
+
+
+def _output_dir(out: Any) -> Path:
+    """``out`` as given (normalized), checked before any work: it must name a directory nasc may create or replace.
+
+    An existing directory is replaced whole, so it must be empty or a previous nasc build that holds only the
+    files its report.json lists; anything else is refused rather than deleted.
+    """
+    if out is None:
+        raise UsageError("compile needs an output directory (out=...)")
+    if not str(out).strip():
+        raise UsageError("output directory '' is an empty path: name a directory, e.g. -o build")
+    path = Path(os.path.normpath(out))
+    if path.is_symlink():  # replace the directory it points to, not the link
+        path = Path(os.path.realpath(path))
+    absolute, cwd = Path(os.path.abspath(path)), Path.cwd()
+    if absolute == cwd or absolute in cwd.parents:
+        raise UsageError(f"output directory '{out}' is or contains the current directory, which nasc would replace "
+                         "whole: name a new directory, e.g. -o build")
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"output '{out}' exists and is a file, not a directory: remove it or choose another -o")
+        foreign = _foreign_files(path)
+        if foreign:
+            raise UsageError(f"output directory '{out}' exists and holds files nasc did not write "
+                             f"({', '.join(foreign)}): nasc replaces the directory whole and would delete them; "
+                             "choose a new directory or empty it")
+        return path
+    ancestor = absolute.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"cannot write the output directory '{out}': '{ancestor}' is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write the output directory '{out}': '{ancestor}' is not writable; choose a "
+                         "writable location")
+    return path
+
+
+def _foreign_files(directory: Path, most: int = 5) -> list[str]:
+    """Up to ``most`` files under ``directory`` that the nasc build there did not write (per its report.json)."""
+    try:
+        listed = json.loads((directory / "report.json").read_text()).get("files", {})
+        written = {str(name) for name in listed} | {"report.json"}
+    except (OSError, ValueError, AttributeError):
+        written = set()
+    foreign: list[str] = []
+    for root, dirs, files in os.walk(directory):
+        for name in sorted(files) + sorted(d for d in dirs if Path(root, d).is_symlink()):
+            rel = os.path.relpath(os.path.join(root, name), directory)
+            if rel not in written:
+                foreign.append(rel)
+                if len(foreign) == most:
+                    return foreign
+    return foreign
+
+
+def _check_numbers(**values: Any) -> None:
+    """``seed`` and ``tune_trials`` are integers >= 0, ``fidelity_batches`` >= 1."""
+    why = {"seed": "numpy's random generators take seeds >= 0",
+           "tune_trials": "0 builds with nasc's default schedules",
+           "fidelity_batches": "the fidelity check needs at least one batch"}
+    for name, value in values.items():
+        lowest = 1 if name == "fidelity_batches" else 0
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lowest:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} {value!r}: expected an integer >= {lowest} ({why[name]})")
+
+
+def _check_calib_arg(calib: Any) -> None:
+    """A calibration path must be an existing file; a list of feeds must not be empty."""
+    if calib is None:
+        return
+    if isinstance(calib, str | os.PathLike):
+        p = Path(calib)
+        if not p.exists():
+            raise UsageError(f"calibration file '{calib}' does not exist; --calib takes an .npz with one array per "
+                             "model input, first axis = samples")
+        if not p.is_file():
+            raise UsageError(f"calibration file '{calib}' is a directory, not an .npz file; --calib takes an .npz "
+                             "with one array per model input, first axis = samples")
+    elif len(calib) == 0:
+        raise UsageError("calib is an empty list: give at least one feed (input name -> array), or calib=None "
+                         "for seeded random inputs")
 
 
 def _verify_modes(verify_on: str | Sequence[str] | None) -> list[str]:
@@ -352,16 +457,23 @@ def _qdq_outputs(graph: Graph, feeds: list[dict[str, Any]]) -> list[list[Any]] |
 
 
 def _labelled(calib: Any, feeds: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], Any] | None:
-    """Calibration feeds with their class labels, when the .npz has a ``label`` (or ``labels``) array."""
+    """Calibration feeds with their class labels, when the .npz has a ``label`` (or ``labels``) array: one per
+    sample, else a UsageError."""
     import numpy as np
+
+    from nasc.backends.fidelity import npz_array
 
     if not isinstance(calib, str | os.PathLike) or not feeds:
         return None
     with np.load(calib, allow_pickle=False) as data:
         key = next((k for k in ("label", "labels") if k in data.files), None)
-        if key is None or len(data[key]) != len(feeds):
+        if key is None:
             return None
-        return feeds, data[key]
+        labels = npz_array(data, key, calib)
+    if labels.ndim == 0 or len(labels) != len(feeds):
+        raise UsageError(f"calibration file '{calib}': array '{key}' has {labels.size if labels.ndim else 'a scalar'} "
+                         f"label(s) for {len(feeds)} samples; give one class label per sample, or leave '{key}' out")
+    return feeds, labels
 
 
 def _accuracy(outputs: Sequence[Any], labels: Any) -> float:
@@ -371,20 +483,34 @@ def _accuracy(outputs: Sequence[Any], labels: Any) -> float:
     return round(float(np.mean(pred == np.asarray(labels).reshape(-1)[: len(pred)])), 4)
 
 
-def _make_tmp(out: Path) -> Path:
+def _make_tmp(out: Path, created: list[Path]) -> Path:
+    """The staging directory next to ``out``; each missing parent it makes is appended to ``created``."""
+    missing = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        for p in reversed(missing):
+            p.mkdir()
+            created.append(p)
         return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as e:
-        raise UsageError(f"cannot write the output directory '{out}': {e.strerror or e}") from None
+        raise UsageError(f"cannot write the output directory '{out}': {e.strerror or e}; choose a writable "
+                         "location") from None
+
+
+def _discard(tmp: Path | None, created: list[Path]) -> None:
+    """Undo ``_make_tmp``: the staging directory and the parents it made (those still empty), deepest first."""
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for p in reversed(created):
+        try:
+            p.rmdir()
+        except OSError:
+            pass
 
 
 def _build(graph: Graph, tvm_target: Any, tmp: Path, pipeline: str, report: dict[str, Any],
            tuning: dict[str, Any]) -> Any:
     """Write the artifact into ``tmp``; return a function feed -> outputs that runs it here (None if it cannot)."""
     if tvm_target is None:
-        if tuning["tune_trials"]:
-            raise UsageError("--tune-trials applies to the cpu and gpu targets, not onnx")
         from nasc.backends.onnx import export_onnx as _export
 
         _export(graph, tmp / "model.onnx")
@@ -404,8 +530,15 @@ def _build(graph: Graph, tvm_target: Any, tmp: Path, pipeline: str, report: dict
     warning = _int8_cpu_warning(tvm_target, facts.get("integer", {}))
     if warning:
         report["warnings"].append(warning)
-    if tvm_target.kind != "cpu":
-        return None
+    if tvm_target.kind == "gpu":
+        from nasc.backends.tvm.target import gpu_unavailable
+
+        arch = str(tvm_target.spec.get("arch"))
+        why = gpu_unavailable(arch)
+        if why is not None:
+            report["warnings"].append(f"the build is for an NVIDIA GPU ({arch}) and {why}: it was not run; run "
+                                      "it on such a GPU and compare there")
+            return None
     return _load_runner(tmp)
 
 
@@ -462,7 +595,7 @@ def _reference(model: Any) -> tuple[Any, str] | None:
         return pt2_reference(model), "torch on the original program"
     from nasc.backends import fidelity
 
-    sess = fidelity.ort_session(str(model) if isinstance(model, str | os.PathLike) else model)
+    sess = fidelity.reference_session(str(model) if isinstance(model, str | os.PathLike) else model)
     return (lambda feed: fidelity.run_ort(sess, feed)), "onnxruntime on the original model"
 
 
@@ -472,7 +605,11 @@ def _replace_dir(tmp: Path, out: Path) -> None:
             raise UsageError(f"'{out}' exists and is not a directory")
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         out.rename(old)
-        tmp.rename(out)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            old.rename(out)  # the previous build stays as it was
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out)

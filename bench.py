@@ -19,11 +19,14 @@ def bench(model: Any, target: str = "cpu", *, input_shapes: Mapping[str, Sequenc
     ``quantize{reduce-range=true}`` (7-bit weights) appended to ``passes`` (integer kernels), all calibrated
     on the same samples.
     """
-    from nasc.api import _is_pt2, compile, load
+    from nasc.api import _check_calib_arg, _check_numbers, _is_pt2, compile, load
     from nasc.backends import fidelity
     from nasc.backends.onnx import to_onnx
     from nasc.runtime import median_ms
 
+    _check_target(target)
+    _check_numbers(seed=seed, tune_trials=tune_trials)
+    _check_calib_arg(calib)
     graph = load(model, input_shapes)
     feed = fidelity.random_inputs(graph, seed)[0]
     rows: list[dict[str, Any]] = []
@@ -60,6 +63,20 @@ def bench(model: Any, target: str = "cpu", *, input_shapes: Mapping[str, Sequenc
     for r in rows:
         r["ratio"] = r["ms"] / base
     return rows
+
+
+def _check_target(target: str) -> None:
+    """bench times nasc's build here: a CPU target, or a GPU one on a host with a CUDA device."""
+    from nasc.errors import UsageError
+
+    text = target.strip() if isinstance(target, str) else ""
+    if text.split(":")[0] in ("cpu", "gpu") or text.startswith("{"):
+        from nasc.backends.tvm.target import cuda_device, parse_target
+
+        if parse_target(target).kind == "cpu" or cuda_device() is not None:
+            return
+    raise UsageError(f"bench --target {target}: bench times nasc's TVM build against ONNX Runtime on this host; "
+                     "use cpu or cpu:<llvm-mcpu> (gpu on a host with a CUDA device)")
 
 
 def _int8_rows(graph: Any, onnx_src: Any, target: str, passes: str, calib: str, feed: Mapping[str, Any],

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from nasc.errors import Error, UsageError
 
@@ -56,13 +58,34 @@ def _shape(d: dict[str, Any]) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    """Summarize a model after the checks ``compile`` runs before it builds: a model those refuse is an error.
+
+    Those are the loader's (the ONNX checker, ONNX's strict type and shape inference,
+    the tensor size limit, the IR verifier) and ONNX Runtime loading the original
+    model, which every build is checked against. What only some targets refuse is
+    a warning line.
+    """
     import nasc
     from nasc.ir.analysis import summarize
+    from nasc.ir.types import TensorType
 
-    graph = nasc.load(args.model, parse_input_shapes(args.input_shape))
+    graph = nasc.load(args.model, parse_input_shapes(args.input_shape), max_tensor_bytes=args.max_tensor_size)
+    if not str(args.model).endswith(".pt2"):
+        from nasc.backends.fidelity import reference_session
+
+        reference_session(str(args.model))
+    warnings = []
+    dynamic = [v for v in graph.values() if not (isinstance(v.type, TensorType) and v.type.is_static)]
+    if dynamic:
+        v = dynamic[0]
+        origin = f" from {v.producer.describe()}" if v.producer is not None else ""
+        warnings.append(f"{len(dynamic)} value(s) have no static tensor shape (first: %{v.name} {v.type}{origin}): "
+                        "the onnx target keeps them, but cpu, gpu and mcu builds need static shapes")
     summary = summarize(graph, args.scope_depth)
+    for w in warnings:
+        print(f"nasc: warning: {w}", file=sys.stderr)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps({**summary, "warnings": warnings}, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -103,7 +126,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
                        passes=args.passes, calib=args.calib, seed=args.seed, verify=not args.no_verify,
                        tune_trials=args.tune_trials, tuning_db=args.tuning_db, rpc_tracker=args.rpc_tracker,
                        rpc_key=args.rpc_key, verify_on=args.verify, budget_check=not args.no_budget_check,
-                       allow_random_calib=args.allow_random_calib,
+                       allow_random_calib=args.allow_random_calib, max_tensor_bytes=args.max_tensor_size,
                        print_ir_after_all=args.print_ir_after_all, log=print)
     rep = art.report
     for w in rep.get("warnings", []):
@@ -203,12 +226,45 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one ``nasc: error:`` line (a UsageError), not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _at_least(lowest: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"{value} is below {lowest}; expected an integer >= {lowest}")
+        return value
+
+    return parse
+
+
+def _max_tensor_size_arg(sp: argparse.ArgumentParser) -> None:
+    def parse(text: str) -> int:
+        from nasc.frontends.onnx_check import parse_size
+
+        return parse_size(text, "--max-tensor-size")
+
+    sp.add_argument("--max-tensor-size", type=parse, default=None, metavar="SIZE",
+                    help="refuse models with a tensor larger than this, e.g. 64G (default $NASC_MAX_TENSOR_BYTES, "
+                         "else 16G)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nasc", description="A model compiler for deployment.")
+    p = _Parser(prog="nasc", description="A model compiler for deployment.")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks of internal errors")
         sp.add_argument("model", help="an .onnx file or a torch.export .pt2 file")
         sp.add_argument("--input-shape", action="append", metavar="NAME=DxD...",
                         help="fix an input's dynamic dims, e.g. x=1x3x224x224 (repeat per input)")
@@ -216,11 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("inspect", help="show a model's inputs, outputs, ops, params and MACs")
     common(sp)
     sp.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    sp.add_argument("--scope-depth", type=int, default=3, help="roll scopes up to this many named parts (default 3)")
+    sp.add_argument("--scope-depth", type=_at_least(1), default=3,
+                    help="roll scopes up to this many named parts (default 3)")
+    _max_tensor_size_arg(sp)
     sp.set_defaults(func=cmd_inspect)
 
     sp = sub.add_parser("compile", help="build a model for a target into a directory")
     common(sp)
+    _max_tensor_size_arg(sp)
     sp.add_argument("--target", default="onnx",
                     help="onnx, cpu (this host), cpu:<llvm-mcpu>, gpu, gpu:sm_XX, a JSON TVM target, or mcu[:BOARD] "
                          "(boards: cortex-m4, cortex-m7, stm32f746, stm32f411, nrf52840, ...)")
@@ -261,10 +320,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C: compile removes its half-written output
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    debug = False
+    sigterm = None
     try:
+        args = parser.parse_args(argv)
+        debug = args.debug
+        if threading.current_thread() is threading.main_thread():
+            sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
         return int(args.func(args))
     except Error as e:
         msg = " ".join(str(e).split("\n")[0].split())
@@ -274,11 +342,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("nasc: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # an internal error: one line unless --debug
-        if args.debug:
+        if debug:
             raise
-        print(f"nasc: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+        lines = str(e).strip().splitlines() or [""]
+        first = lines[0] + (" ..." if len(lines) > 1 else "")
+        print(f"nasc: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 3
+    finally:
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
 
 
 if __name__ == "__main__":

@@ -38,3 +38,7 @@ class ExportError(Error):
 
 class UsageError(Error):
     """Bad arguments to a command or API call."""
+
+
+class DeviceError(Error):
+    """A build needs a device (a CUDA GPU) that this host does not have."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from nasc.errors import ModelLoadError, UsageError
+from nasc.errors import DeviceError, ModelLoadError, UsageError
 
 
 class CompiledModel:
@@ -31,9 +31,12 @@ class CompiledModel:
 
         self._tvm = tvm
         use_all_cores()
-        lib = tvm.runtime.load_module(str(lib_path))
-        self.device = tvm.cpu() if self.meta.get("device", "cpu") == "cpu" else tvm.cuda()
-        self._vm = relax.VirtualMachine(lib, self.device)
+        if self.meta.get("device", "cpu") == "cpu":
+            self.device = tvm.cpu()
+            lib = tvm.runtime.load_module(str(lib_path))
+            self._vm = relax.VirtualMachine(lib, self.device)
+        else:
+            self.device, self._vm = _load_on_gpu(d, lib_path, self.meta)
         self.input_names = [i["name"] for i in self.meta["inputs"]]
         self.output_names = [o["name"] for o in self.meta["outputs"]]
 
@@ -49,7 +52,7 @@ class CompiledModel:
                 raise UsageError(f"{len(values)} inputs given; the model takes {self.input_names}")
         args = []
         for spec, v in zip(self.meta["inputs"], values):
-            arr = np.ascontiguousarray(np.asarray(v, dtype=spec["dtype"]))
+            arr = np.require(np.asarray(v, dtype=spec["dtype"]), requirements="C")  # (ascontiguousarray makes 0-d 1-d)
             if list(arr.shape) != spec["shape"]:
                 raise UsageError(f"input '{spec['name']}' has shape {list(arr.shape)}; the model takes {spec['shape']}")
             args.append(self._tvm.runtime.tensor(arr, self.device))
@@ -72,6 +75,21 @@ class CompiledModel:
             self.device.sync()
 
         return median_ms(once, repeat, warmup, min_seconds)
+
+
+def _load_on_gpu(d: Path, lib_path: Path, meta: dict[str, Any]) -> tuple[Any, Any]:
+    """The CUDA device and a VM of a GPU build; a DeviceError where this host has no GPU it runs on."""
+    import tvm
+    from tvm import relax
+
+    from nasc.backends.tvm.target import cuda_device, gpu_unavailable
+
+    arch = str(meta.get("target", {}).get("arch", "sm_XX"))
+    why = gpu_unavailable(arch)
+    if why is not None:
+        raise DeviceError(f"'{d}' is a build for an NVIDIA GPU ({arch}); {why}: run it on a machine with one")
+    dev = cuda_device()
+    return dev, relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), dev)
 
 
 def physical_cores() -> int:

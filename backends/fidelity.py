@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import onnx
 
+from nasc.errors import ModelLoadError
 from nasc.ir import dtypes
 from nasc.ir.core import Graph
 from nasc.ir.types import TensorType
@@ -41,17 +45,125 @@ def random_inputs(graph: Graph, seed: int, batches: int = 1) -> list[dict[str, n
     return out
 
 
-def ort_session(model: onnx.ModelProto | str | bytes, *, exact: bool = False) -> Any:
+def ort_session(model: onnx.ModelProto | str | bytes, *, exact: bool = False, log_level: int = 3) -> Any:
     """An ONNX Runtime CPU session. ``exact``: basic graph optimizations only, so that QDQ pairs keep their
-    ONNX semantics (ORT's fused int8 kernels round and, on x86 without VNNI, saturate differently)."""
+    ONNX semantics (ORT's fused int8 kernels round and, on x86 without VNNI, saturate differently).
+    ``log_level``: ONNX Runtime's own logging to stderr (3: errors, 4: fatal only)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = log_level
     if exact:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def reference_session(model: onnx.ModelProto | str | bytes, *, exact: bool = False) -> Any:
+    """An ONNX Runtime session on the user's own model, whose failures are nasc errors.
+
+    ONNX Runtime refusing the model (at load) or failing on it (in ``run``) is about
+    the model, not about nasc: both become a ModelLoadError naming the node (read
+    from ONNX Runtime's message), its op and scope, and what to do. Sessions on
+    graphs nasc built stay plain (:func:`ort_session`): a failure there is a bug.
+    """
+    try:
+        sess = ort_session(model, exact=exact, log_level=4)  # its errors are reported as nasc errors instead
+    except Exception as e:
+        if not _is_ort_error(e):
+            raise
+        raise ModelLoadError(_ort_message(e, model, "cannot load the model")) from None
+    return _ReferenceSession(sess, model)
+
+
+class _ReferenceSession:
+    """An InferenceSession whose ``run`` turns ONNX Runtime's errors into nasc errors (see reference_session)."""
+
+    def __init__(self, sess: Any, model: onnx.ModelProto | str | bytes) -> None:
+        self._sess = sess
+        self._model = model
+
+    def run(self, output_names: Any, feed: Mapping[str, np.ndarray], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._sess.run(output_names, feed, *args, **kwargs)
+        except Exception as e:
+            if not _is_ort_error(e):
+                raise
+            raise ModelLoadError(_ort_message(e, self._model, "failed running the model")
+                                 + " If the inputs were random (no --calib), give real ones with --calib.") from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sess, name)
+
+
+def _is_ort_error(e: BaseException) -> bool:
+    """ONNX Runtime's own exceptions (Fail, InvalidGraph, InvalidArgument, ...), all from its pybind module."""
+    return type(e).__module__.startswith("onnxruntime.")
+
+
+# where ONNX Runtime names a node: "Node (conv) Op (Conv)", "of node (relu)", "in node (conv)",
+# "running Conv node. Name:'conv'", "node name: conv"
+_ORT_NODE = [
+    re.compile(r"[Nn]ode \(([^)]*)\) Op \((\w+)\)"),
+    re.compile(r"running (\w+) node\. Name:'([^']*)'"),
+    re.compile(r"(?:of|in|for) node \(([^)]*)\)"),
+    re.compile(r"node name: ([^),]+)"),
+]
+
+
+def _ort_message(e: BaseException, model: onnx.ModelProto | str | bytes, what: str) -> str:
+    """One line: which model, which node (op, scope), ONNX Runtime's own reason, what to do."""
+    text = " ".join(str(e).split())
+    text = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^Load model from .*? failed:\s*", "", text)
+    kernel = re.search(r"onnxruntime::(\w+)(?:<[^>]*>)?::\1\(", text)  # a kernel's constructor: the op's name
+    text = re.sub(r"\S*onnxruntime_src/\S+:\d+ ", "", text)  # source locations
+    text = re.sub(r"onnxruntime::[\w:<>]+\([^)]*\)(?: \[with [^\]]*\])? ", "", text)  # C++ signatures
+    name: str | None = None
+    op = ""
+    for i, pat in enumerate(_ORT_NODE):
+        m = pat.search(text)
+        if m is None:
+            continue
+        if i == 1:
+            op, name = m.group(1), m.group(2)
+        else:
+            name = m.group(1).strip()
+            op = m.group(2) if i == 0 else ""
+        break
+    node = None
+    if name is not None:
+        node = _find_node(model, name, op or None)
+    elif kernel is not None:
+        node = _find_node(model, None, kernel.group(1))
+    if node is not None:
+        from nasc.frontends.onnx import scope_of
+
+        name, op, scope = node.name, node.op_type, scope_of(node)
+        where = f" at node '{name or '?'}' ({op}" + (f", scope '{scope}'" if scope else "") + ")"
+    elif name is not None:
+        where = f" at node '{name or '?'}'" + (f" ({op})" if op else "")
+    else:
+        where = ""
+    label = f"'{model}'" if isinstance(model, str) else "the model"
+    return (f"{label}: ONNX Runtime {what}{where}: {text[:600].rstrip('. ')}. nasc checks every build against "
+            "ONNX Runtime on the original model: fix the model (or re-export it) so that ONNX Runtime runs it.")
+
+
+def _find_node(model: onnx.ModelProto | str | bytes, name: str | None, op: str | None = None) -> onnx.NodeProto | None:
+    """The node of that name (or the only node of ``op``) in the model or its subgraphs, if it can be read again."""
+    try:
+        if isinstance(model, onnx.ModelProto):
+            proto = model
+        elif isinstance(model, bytes | bytearray):
+            proto = onnx.load_from_string(bytes(model))
+        else:
+            proto = onnx.load(model, load_external_data=False)
+    except Exception:  # only for a nicer message: the error being reported is ONNX Runtime's
+        return None
+    from nasc.frontends.onnx_check import find_node
+
+    return find_node(proto.graph, name, op)
 
 
 def ort_latency_ms(model: onnx.ModelProto | str | bytes, feed: Mapping[str, np.ndarray], repeat: int = 50,
@@ -138,6 +250,19 @@ def run_graph(graph: Any, feeds: Sequence[Mapping[str, np.ndarray]], values: Seq
     return [run_ort(sess, f) for f in feeds]
 
 
+def npz_array(data: Any, key: str, path: Any) -> np.ndarray:
+    """Array ``key`` of an open ``.npz`` (loaded with ``allow_pickle=False``); a ``UsageError`` if it cannot be read."""
+    from nasc.errors import UsageError
+
+    try:
+        arr = data[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # truncated, corrupt, or pickled
+        raise UsageError(f"array '{key}' in '{path}' cannot be read: {e}; save numeric arrays with np.savez") from None
+    if not isinstance(arr, np.ndarray):
+        raise UsageError(f"member '{key}' of '{path}' is not a .npy array; save numeric arrays with np.savez")
+    return arr
+
+
 def load_calibration(path: str, graph: Any, limit: int | None = None) -> list[dict[str, np.ndarray]]:
     """Calibration feeds from an .npz: one array per model input, first axis = samples.
 
@@ -148,17 +273,23 @@ def load_calibration(path: str, graph: Any, limit: int | None = None) -> list[di
 
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UsageError(f"calibration file '{path}' is not a readable .npz: {e}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise UsageError(f"calibration file '{path}' is one .npy array; save one array per model input with np.savez")
     names = [v.name for v in graph.inputs]
     missing = [n for n in names if n not in data.files]
     if missing:
         raise UsageError(f"calibration file '{path}' has no array for input(s) {missing}; it has {data.files}, "
                          f"the model's inputs are {names}")
+    extra = [k for k in data.files if k not in names and k not in ("label", "labels")]
+    if extra:
+        raise UsageError(f"calibration file '{path}' has array(s) {extra} that are not model inputs; the model's "
+                         f"inputs are {names} ('label' may hold one class label per sample)")
     per_input: dict[str, np.ndarray] = {}
-    counts = set()
+    counts: dict[str, int] = {}
     for v in graph.inputs:
-        arr = data[v.name]
+        arr = npz_array(data, v.name, path)
         shape = v.tensor_type.static_shape
         if arr.shape[1:] == shape:
             samples = arr
@@ -170,13 +301,23 @@ def load_calibration(path: str, graph: Any, limit: int | None = None) -> list[di
         want = dtypes.to_numpy(v.tensor_type.dtype)
         if samples.dtype != want:
             if samples.dtype.kind != np.dtype(want).kind:
-                raise UsageError(f"calibration array '{v.name}' is {samples.dtype}, input '{v.name}' is {v.type}")
+                raise UsageError(f"calibration array '{v.name}' is {samples.dtype}, input '{v.name}' is {v.type}: "
+                                 f"save it as {np.dtype(want).name} (e.g. arr.astype(np.{np.dtype(want).name}))")
             samples = samples.astype(want)
+        if samples.dtype.kind == "f" and not np.isfinite(samples).all():
+            bad = int(np.flatnonzero(~np.isfinite(samples.reshape(len(samples), -1)).all(axis=1))[0])
+            raise UsageError(f"calibration array '{v.name}' has NaN or inf values (first in sample {bad}): "
+                             "calibration data must be finite; drop or fix those samples")
         per_input[v.name] = samples
-        counts.add(len(samples))
-    if len(counts) != 1:
-        raise UsageError(f"calibration arrays in '{path}' have different sample counts: {sorted(counts)}")
-    n = counts.pop()
+        counts[v.name] = len(samples)
+    if len(set(counts.values())) > 1:
+        raise UsageError(f"calibration arrays in '{path}' have different sample counts ("
+                         f"{', '.join(f'{k!r} has {c}' for k, c in counts.items())}): each input needs one entry per "
+                         "sample")
+    n = next(iter(counts.values()), 0)
+    if n == 0:
+        raise UsageError(f"calibration file '{path}' has no samples (its arrays' first axis is 0); give at least "
+                         "one, or leave --calib out for seeded random inputs")
     if limit is not None:
         n = min(n, limit)
     return [{k: a[i] for k, a in per_input.items()} for i in range(n)]

@@ -1,15 +1,22 @@
 """ONNX frontend: a model file, bytes or ModelProto -> a verified, typed ir.Graph.
 
-Steps: read (with external data confined to the model's directory), check the
-structure (every name defined, no cycles) and run onnx.checker, convert the
+Steps: read (with external data confined to the model's directory and inside
+its files), make negative dims unknown, check the structure (outputs, every name
+defined, no cycles), the opsets, onnx.checker and ONNX's strict type and shape
+inference (what ONNX Runtime refuses at load: see onnx_check), convert the
 default domain to the canonical opset, fix dynamic input dims from the caller,
 then build the IR node by node: registered ops are typed by the op registry
 and cheap shape subgraphs are folded to constants on the way; other ops are
-carried opaquely and typed by ONNX shape inference.
+carried opaquely and typed by ONNX shape inference. No tensor may exceed the
+size limit (``max_tensor_bytes``).
+
+Malformed input raises a :class:`nasc.Error` naming the node, its op and scope;
+any other exception is a bug in nasc.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +28,16 @@ from google.protobuf.message import DecodeError
 
 from nasc.errors import ModelLoadError, ShapeError, UnsupportedModelError, UsageError
 from nasc.frontends import onnx_infer
+from nasc.frontends.onnx_check import (
+    check_external_data,
+    check_opsets,
+    check_spec,
+    check_tensor_size,
+    clear_negative_dims,
+)
+from nasc.frontends.onnx_check import max_tensor_bytes as tensor_limit
 from nasc.frontends.onnx_proto import (
+    ElementTypeError,
     attr_from_onnx,
     dtype_from_onnx,
     lazy_tensor,
@@ -30,8 +46,8 @@ from nasc.frontends.onnx_proto import (
     type_from_onnx,
 )
 from nasc.ir import verify
-from nasc.ir.core import Graph, Node, Value, captured_names
-from nasc.ir.ops.registry import InferenceError, lookup
+from nasc.ir.core import Graph, LazyArray, Node, Value, captured_names
+from nasc.ir.ops.registry import InferenceError, fold_node, lookup
 from nasc.ir.types import TensorType
 
 CANONICAL_OPSET = 21
@@ -45,19 +61,29 @@ def load_onnx(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     *,
     verify_graph: bool = True,
+    max_tensor_bytes: int | None = None,
 ) -> Graph:
     """Import an ONNX model as an IR graph with static shapes.
 
     ``input_shapes`` fixes dynamic input dims, one full shape per input that has
-    any (``{"x": (1, 3, 224, 224)}``). Raises a :class:`nasc.Error` subclass
-    naming the problem for unreadable, invalid or unsupported models.
+    any (``{"x": (1, 3, 224, 224)}``); a dim written as a negative number (``-1``,
+    as paddle2onnx writes them) is dynamic. ``max_tensor_bytes`` bounds every
+    input, constant and result (default: $NASC_MAX_TENSOR_BYTES, else 16 GiB).
+    Raises a :class:`nasc.Error` subclass naming the problem for unreadable,
+    invalid or unsupported models: whatever ONNX's checker and its strict type
+    and shape inference refuse (as ONNX Runtime does), and tensors over the limit.
     """
+    limit = tensor_limit(max_tensor_bytes)
     proto, base_dir, label = read_model(model)
+    proto = clear_negative_dims(proto, owned=not isinstance(model, onnx.ModelProto))
+    check_opsets(proto, label)
     check_structure(proto, label, str(model) if isinstance(model, str | os.PathLike) else None)
+    check_spec(proto, label)
     # the opset converter drops node metadata (where torch.onnx keeps scopes): read scopes first
     scopes = {o: scope_of(n) for n in proto.graph.node for o in n.output if o}
     proto = to_canonical_opset(proto, label)
-    return build_graph(proto, input_shapes or {}, base_dir, label, verify_graph=verify_graph, scopes=scopes)
+    return build_graph(proto, input_shapes or {}, base_dir, label, verify_graph=verify_graph, scopes=scopes,
+                       max_tensor_bytes=limit)
 
 
 # ---- reading -----------------------------------------------------------------
@@ -92,47 +118,15 @@ def _parse_bytes(data: bytes, label: str) -> onnx.ModelProto:
     return proto
 
 
-def _all_tensors(g: onnx.GraphProto) -> list[onnx.TensorProto]:
-    out = list(g.initializer)
-    for node in g.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.TENSOR:
-                out.append(a.t)
-            elif a.type == onnx.AttributeProto.TENSORS:
-                out.extend(a.tensors)
-            elif a.type == onnx.AttributeProto.GRAPH:
-                out.extend(_all_tensors(a.g))
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sub in a.graphs:
-                    out.extend(_all_tensors(sub))
-    return out
-
-
-def check_external_data(proto: onnx.ModelProto, base_dir: str, label: str) -> None:
-    """Refuse external-data locations that leave the model's directory (or do not exist)."""
-    root = os.path.realpath(base_dir)
-    for t in _all_tensors(proto.graph):
-        if t.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in t.external_data}
-        loc = info.get("location", "")
-        target = os.path.realpath(os.path.join(root, loc))
-        if not loc or os.path.isabs(loc) or os.path.commonpath([root, target]) != root:
-            raise ModelLoadError(
-                f"{label}: tensor '{t.name}' stores its data at {loc!r}, outside the model's directory; "
-                "nasc refuses such paths. Move the data file next to the model and point 'location' at it."
-            )
-        if not os.path.isfile(target):
-            raise ModelLoadError(f"{label}: external data file {loc!r} of tensor '{t.name}' is missing")
-
-
 # ---- structure and opset -------------------------------------------------------
 
 
 def check_structure(proto: onnx.ModelProto, label: str, path: str | None = None) -> None:
     """Every operand defined, nodes sortable (no cycle); then onnx.checker. Sorts in place if needed."""
     g = proto.graph
-    defined = {i.name for i in g.input} | {t.name for t in g.initializer} | {t.name for t in g.sparse_initializer}
+    if not g.output:
+        raise ModelLoadError(f"{label}: the graph has no outputs, so it computes nothing. Fix the exporter or the model.")
+    defined = {i.name for i in g.input} | {t.name for t in g.initializer} | {t.values.name for t in g.sparse_initializer}
     producers: dict[str, int] = {}
     for idx, node in enumerate(g.node):
         for o in node.output:
@@ -261,7 +255,10 @@ def _torchscript_scope(segments: list[str]) -> str:
 
 
 def _fixed_input_type(vi: onnx.ValueInfoProto, shapes: Mapping[str, Sequence[int]], label: str) -> Any:
-    t = type_from_onnx(vi.type)
+    try:
+        t = type_from_onnx(vi.type)
+    except ElementTypeError as e:
+        raise _element_type_error(e, f"{label}: input '{vi.name}'") from None
     if not isinstance(t, TensorType):
         return t
     given = shapes.get(vi.name)
@@ -299,10 +296,12 @@ def build_graph(
     *,
     verify_graph: bool = True,
     scopes: Mapping[str, str] | None = None,
+    max_tensor_bytes: int | None = None,
 ) -> Graph:
     """The IR graph of a checked, canonical-opset model; ``scopes`` maps result names to known scopes."""
+    limit = tensor_limit(max_tensor_bytes)
     g = proto.graph
-    init_names = {t.name for t in g.initializer} | {t.name for t in g.sparse_initializer}
+    init_names = {t.name for t in g.initializer} | {t.values.name for t in g.sparse_initializer}
     real_inputs = [vi for vi in g.input if vi.name not in init_names]
     unknown = set(input_shapes) - {vi.name for vi in real_inputs}
     if unknown:
@@ -318,14 +317,16 @@ def build_graph(
     )
     env: dict[str, Value] = {}
     for vi in real_inputs:
-        env[vi.name] = graph.add_input(vi.name, _fixed_input_type(vi, input_shapes, label))
+        t = _fixed_input_type(vi, input_shapes, label)
+        check_tensor_size(label, f"input '{vi.name}'", t, limit, "Give it a smaller shape. ")
+        env[vi.name] = graph.add_input(vi.name, t)
     for t in g.initializer:
-        env[t.name] = graph.add_constant(lazy_tensor(t, base_dir), t.name)
+        env[t.name] = graph.add_constant(_tensor_constant(t, base_dir, label, limit), t.name)
     for sp in g.sparse_initializer:
-        env[sp.values.name] = graph.add_constant(sparse_to_array(sp), sp.values.name)
+        env[sp.values.name] = graph.add_constant(_sparse_constant(sp, base_dir, label, limit), sp.values.name)
 
     for nproto in g.node:
-        _import_node(graph, nproto, env, label, scopes or {})
+        _import_node(graph, nproto, env, label, scopes or {}, max_tensor_bytes=limit, base_dir=base_dir)
 
     outs = []
     for o in g.output:
@@ -337,13 +338,43 @@ def build_graph(
     return graph
 
 
-def _constant_node_value(n: onnx.NodeProto) -> np.ndarray:
+def _element_type_error(e: ElementTypeError, where: str) -> Exception:
+    if e.known:
+        return UnsupportedModelError(f"{where}: {e}")
+    return ModelLoadError(f"{where}: {e}. Fix the exporter or the model.")
+
+
+def _tensor_constant(t: onnx.TensorProto, base_dir: str | None, label: str, limit: int) -> LazyArray:
+    """An initializer as a lazily loaded constant (its size checked against ``limit`` first)."""
+    try:
+        arr = lazy_tensor(t, base_dir)
+    except ElementTypeError as e:
+        raise _element_type_error(e, f"{label}: initializer '{t.name}'") from None
+    check_tensor_size(label, f"initializer '{t.name}'", TensorType(arr.dtype, arr.shape), limit)
+    return arr
+
+
+def _sparse_constant(sp: onnx.SparseTensorProto, base_dir: str | None, label: str, limit: int) -> np.ndarray:
+    """A sparse initializer densified (ONNX Runtime densifies them too)."""
+    name = sp.values.name
+    try:
+        dense_type = TensorType(dtype_from_onnx(sp.values.data_type), tuple(int(d) for d in sp.dims))
+    except ElementTypeError as e:
+        raise _element_type_error(e, f"{label}: sparse initializer '{name}'") from None
+    check_tensor_size(label, f"sparse initializer '{name}' (dense)", dense_type, limit)
+    try:
+        return sparse_to_array(sp, base_dir)
+    except (ValueError, IndexError) as e:
+        raise ModelLoadError(f"{label}: sparse initializer '{name}' cannot be densified: {e}") from None
+
+
+def _constant_node_value(n: onnx.NodeProto, base_dir: str | None) -> np.ndarray:
     a = n.attribute[0]
     kind = a.name
     if kind == "value":
-        return tensor_to_array(a.t)
+        return tensor_to_array(a.t, base_dir)
     if kind == "sparse_value":
-        return sparse_to_array(a.sparse_tensor)
+        return sparse_to_array(a.sparse_tensor, base_dir)
     if kind == "value_float":
         return np.array(a.f, np.float32)
     if kind == "value_floats":
@@ -353,37 +384,64 @@ def _constant_node_value(n: onnx.NodeProto) -> np.ndarray:
     if kind == "value_ints":
         return np.array(list(a.ints), np.int64)
     if kind == "value_string":
-        return np.array(a.s.decode(), dtype=object)
+        return np.array(a.s.decode("utf-8", errors="surrogateescape"), dtype=object)
     if kind == "value_strings":
-        return np.array([s.decode() for s in a.strings], dtype=object)
+        return np.array([s.decode("utf-8", errors="surrogateescape") for s in a.strings], dtype=object)
     raise UnsupportedModelError(f"Constant node '{n.name}' has an unsupported attribute {kind!r}")
 
 
-def _import_node(graph: Graph, n: onnx.NodeProto, env: dict[str, Value], label: str, scopes: Mapping[str, str]) -> None:
-    domain = "" if n.domain == "ai.onnx" else n.domain
-    if n.op_type == "Constant" and domain == "" and len(n.attribute) == 1:
-        arr = _constant_node_value(n)
-        ctype = None
-        if n.attribute[0].name == "value":
-            ctype = TensorType(dtype_from_onnx(n.attribute[0].t.data_type), tuple(arr.shape))
-        env[n.output[0]] = graph.add_constant(arr, n.output[0], type=ctype)
-        return
-    entry = lookup(n.op_type, domain)
+def _where(n: onnx.NodeProto, domain: str, scope: str) -> str:
+    """How messages name a node before its IR node exists (as Node.describe does)."""
+    op = f"{domain}.{n.op_type}" if domain else n.op_type
+    return f"'{op}' at node '{n.name or '?'}'" + (f" (scope '{scope}')" if scope else "")
+
+
+def _node_attrs(n: onnx.NodeProto, entry: Any, label: str, where: str, base_dir: str | None) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
     for a in n.attribute:
         if a.ref_attr_name:
-            raise UnsupportedModelError(f"{label}: node '{n.name}' ({n.op_type}) uses a function attribute reference")
-        val = attr_from_onnx(a)
-        if entry is not None and a.name in entry.dtype_attrs and isinstance(val, int):
-            val = dtype_from_onnx(val) if val else val
+            raise UnsupportedModelError(f"{label}: {where} uses a function attribute reference")
+        try:
+            val = attr_from_onnx(a, base_dir)
+            if entry is not None and a.name in entry.dtype_attrs and isinstance(val, int):
+                val = dtype_from_onnx(val) if val else val
+        except ElementTypeError as e:
+            raise _element_type_error(e, f"{label}: {where}: attribute '{a.name}'") from None
+        except ValueError as e:
+            raise ModelLoadError(f"{label}: {where}: attribute '{a.name}' cannot be read: {e}") from None
         attrs[a.name] = val
+    return attrs
+
+
+def _import_node(graph: Graph, n: onnx.NodeProto, env: dict[str, Value], label: str, scopes: Mapping[str, str],
+                 *, max_tensor_bytes: int | None = None, base_dir: str | None = None) -> None:
+    """Append the IR of ``n`` (or, for a foldable node of constants, bind its results to constants).
+
+    ``base_dir``: the model's directory, which external data in attributes is relative to.
+    """
+    domain = "" if n.domain == "ai.onnx" else n.domain
+    scope = scope_of(n) or next((scopes[o] for o in n.output if scopes.get(o)), "")
+    where = _where(n, domain, scope)
+    if n.op_type == "Constant" and domain == "" and len(n.attribute) == 1:
+        try:
+            arr = _constant_node_value(n, base_dir)
+            ctype = None
+            if n.attribute[0].name == "value":
+                ctype = TensorType(dtype_from_onnx(n.attribute[0].t.data_type), tuple(arr.shape))
+        except ElementTypeError as e:
+            raise _element_type_error(e, f"{label}: {where}") from None
+        except (ValueError, IndexError) as e:
+            raise ModelLoadError(f"{label}: {where}: its value cannot be read: {e}") from None
+        env[n.output[0]] = graph.add_constant(arr, n.output[0], type=ctype)
+        return
+    entry = lookup(n.op_type, domain)
+    attrs = _node_attrs(n, entry, label, where, base_dir)
     inputs = [env[name] if name else None for name in n.input]
     # trailing omitted operands are dropped, as ONNX allows
     while inputs and inputs[-1] is None:
         inputs.pop()
     captures = [env[name] for name in captured_names(attrs)]
     outs = [Value(TensorType("f32", None), name) for name in n.output]
-    scope = scope_of(n) or next((scopes[o] for o in n.output if scopes.get(o)), "")
     node = Node(n.op_type, inputs, outs, attrs, domain=domain, scope=scope, name=n.name, captures=captures)
     try:
         if entry is not None and entry.foldable and _fold(graph, node, entry, env):
@@ -391,7 +449,13 @@ def _import_node(graph: Graph, n: onnx.NodeProto, env: dict[str, Value], label: 
         types = entry.infer(node) if entry is not None else onnx_infer.infer_opaque(node, graph.opsets)
     except InferenceError as e:
         raise ShapeError(f"{label}: {e}") from None
-    for out, t in zip(outs, types):
+    except (ValueError, IndexError, ZeroDivisionError, OverflowError) as e:
+        # what inference raises on operands or attributes that break the op's rules
+        raise ShapeError(f"{label}: {where}: its operands or attributes do not fit the op "
+                         f"({type(e).__name__}: {e}). Fix the model or its exporter.") from None
+    limit = tensor_limit(max_tensor_bytes)
+    for i, (out, t) in enumerate(zip(outs, types)):
+        check_tensor_size(label, f"result {i} ('{out.name}') of {where}", t, limit)
         out.type = t
     graph.append(node)
     for name, out in zip(n.output, outs):
@@ -404,15 +468,19 @@ def _fold(graph: Graph, node: Node, entry: Any, env: dict[str, Value]) -> bool:
     args = []
     for v in node.inputs:
         if v is not None and v.is_const:
-            if int(np.prod(v.const.shape)) > FOLD_MAX_ELEMENTS:  # type: ignore[union-attr]
+            if math.prod(v.const.shape) > FOLD_MAX_ELEMENTS:  # type: ignore[union-attr]
                 return False
             args.append(v.data)
         else:
             args.append(None)
-    results = entry.fold(node, args)
+    types = entry.infer(node)
+    # inference knows the results' sizes before they are computed: never allocate a large one
+    if not all(isinstance(t, TensorType) and t.is_static and t.numel <= FOLD_MAX_ELEMENTS
+               for t in types[: len(node.outputs)]):
+        return False
+    results = fold_node(entry, node, args)
     if results is None or any(r.size > FOLD_MAX_ELEMENTS for r in results):
         return False
-    types = entry.infer(node)
     for out, arr, t in zip(node.outputs, results, types):
         if out.name:
             ctype = TensorType(t.dtype, tuple(arr.shape)) if isinstance(t, TensorType) else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from nasc.frontends import onnx_control
 from nasc.frontends.onnx_proto import array_to_tensor, attr_to_onnx, type_from_onnx, value_info
 from nasc.ir.core import Node, captured_names
 from nasc.ir.ops import registry
@@ -49,8 +50,13 @@ def node_to_onnx(node: Node, in_names: list[str], out_names: list[str], opsets: 
     return proto
 
 
-def infer_opaque(node: Node, opsets: dict[str, int]) -> list[Type]:
-    """Result types of an opaque node by ONNX shape inference (UNKNOWN_TYPE where it says nothing)."""
+def infer_opaque(node: Node, opsets: dict[str, int], *, bodies: bool = True) -> list[Type]:
+    """Result types of an opaque node by ONNX shape inference (UNKNOWN_TYPE where it says nothing).
+
+    Control flow (If, Loop, Scan) is typed from its bodies first (``bodies``), ONNX filling the gaps.
+    """
+    if bodies and node.op in onnx_control.CONTROL_FLOW:
+        return onnx_control.infer_with_fallback(node, opsets)
     in_names = [f"in{i}" if v is not None else "" for i, v in enumerate(node.inputs)]
     inputs, inits = [], []
     for name, v in zip(in_names, node.inputs):

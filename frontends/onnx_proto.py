@@ -33,9 +33,21 @@ for _name, _ir in (("FLOAT8E8M0", "f8e8m0"), ("UINT2", "u2"), ("INT2", "i2")):
 _IR_TO_ONNX = {v: k for k, v in _ONNX_TO_IR.items()}
 
 
+class ElementTypeError(ValueError):
+    """An element type code that ONNX does not define (``known=False``), or that nasc does not support."""
+
+    def __init__(self, elem: int) -> None:
+        self.elem = elem
+        self.known = elem in onnx.TensorProto.DataType.values()
+        what = (f"ONNX element type {onnx.TensorProto.DataType.Name(elem)} is not supported by nasc" if self.known
+                else f"{elem} is not an ONNX element type")
+        super().__init__(what)
+
+
 def dtype_from_onnx(elem: int) -> str:
+    """The IR element type of an ONNX element type code; raises ElementTypeError for others."""
     if elem not in _ONNX_TO_IR:
-        raise ValueError(f"ONNX element type {onnx.TensorProto.DataType.Name(elem)} is not supported")
+        raise ElementTypeError(elem)
     return _ONNX_TO_IR[elem]
 
 
@@ -47,14 +59,17 @@ def dtype_to_onnx(dtype: str) -> int:
 
 
 def type_from_onnx(tp: onnx.TypeProto) -> Type:
-    """IR type of an ONNX TypeProto; unknown dims become UNKNOWN or the dim_param name."""
+    """IR type of an ONNX TypeProto; unknown dims become UNKNOWN or the dim_param name.
+
+    A negative ``dim_value`` is unknown too: paddle2onnx (and others) write ``-1`` for a dynamic dim.
+    """
     if tp.HasField("tensor_type") and tp.tensor_type.elem_type:
         tt = tp.tensor_type
         shape: tuple[int | str, ...] | None = None
         if tt.HasField("shape"):
             dims: list[int | str] = []
             for d in tt.shape.dim:
-                if d.HasField("dim_value"):
+                if d.HasField("dim_value") and d.dim_value >= 0:
                     dims.append(int(d.dim_value))
                 elif d.HasField("dim_param") and d.dim_param:
                     dims.append(d.dim_param)
@@ -138,11 +153,17 @@ def array_to_tensor(arr: np.ndarray, name: str, dtype: str | None = None) -> onn
     return numpy_helper.from_array(arr, name)
 
 
-def sparse_to_array(sp: onnx.SparseTensorProto) -> np.ndarray:
-    """Densify a SparseTensorProto (linear or coordinate indices)."""
-    values = numpy_helper.to_array(sp.values)
-    indices = numpy_helper.to_array(sp.indices).astype(np.int64)
+def sparse_to_array(sp: onnx.SparseTensorProto, base_dir: str | None = None) -> np.ndarray:
+    """Densify a SparseTensorProto (linear or coordinate indices; either may be external data under ``base_dir``).
+
+    onnx.checker has checked the indices against ``dims``; this raises ValueError for shapes that do not fit.
+    """
+    values = tensor_to_array(sp.values, base_dir)
+    indices = tensor_to_array(sp.indices, base_dir).astype(np.int64)
     dense = np.zeros(tuple(sp.dims), dtype=values.dtype)
+    n = len(indices) if indices.ndim else 0
+    if values.ndim != 1 or indices.ndim not in (1, 2) or n != len(values):
+        raise ValueError(f"sparse tensor '{sp.values.name}': {len(values)} values, indices of shape {indices.shape}")
     if indices.ndim == 1:
         dense.reshape(-1)[indices] = values
     else:
@@ -158,7 +179,7 @@ A = onnx.AttributeProto
 def outer_names(g: onnx.GraphProto) -> list[str]:
     """Names a subgraph reads from enclosing scopes, in first-use order."""
     defined: set[str] = {i.name for i in g.input} | {t.name for t in g.initializer}
-    defined |= {t.name for t in g.sparse_initializer}
+    defined |= {t.values.name for t in g.sparse_initializer}
     found: dict[str, None] = {}
     for node in g.node:
         for name in node.input:
@@ -177,8 +198,11 @@ def outer_names(g: onnx.GraphProto) -> list[str]:
     return list(found)
 
 
-def attr_from_onnx(a: onnx.AttributeProto) -> Any:
-    """The IR value of an attribute (dtype attributes are converted by the caller)."""
+def attr_from_onnx(a: onnx.AttributeProto, base_dir: str | None = None) -> Any:
+    """The IR value of an attribute (dtype attributes are converted by the caller).
+
+    Tensors stored as external data are read relative to ``base_dir``, the model's directory.
+    """
     if a.type == A.FLOAT:
         return float(a.f)
     if a.type == A.INT:
@@ -186,9 +210,9 @@ def attr_from_onnx(a: onnx.AttributeProto) -> Any:
     if a.type == A.STRING:
         return _decode(a.s)
     if a.type == A.TENSOR:
-        return tensor_to_array(a.t)
+        return tensor_to_array(a.t, base_dir)
     if a.type == A.SPARSE_TENSOR:
-        return sparse_to_array(a.sparse_tensor)
+        return sparse_to_array(a.sparse_tensor, base_dir)
     if a.type == A.GRAPH:
         return SubGraph(a.g.SerializeToString(), tuple(outer_names(a.g)))
     if a.type == A.FLOATS:
@@ -198,7 +222,7 @@ def attr_from_onnx(a: onnx.AttributeProto) -> Any:
     if a.type == A.STRINGS:
         return tuple(_decode(x) for x in a.strings)
     if a.type == A.TENSORS:
-        return tuple(tensor_to_array(t) for t in a.tensors)
+        return tuple(tensor_to_array(t, base_dir) for t in a.tensors)
     if a.type == A.GRAPHS:
         return tuple(SubGraph(g.SerializeToString(), tuple(outer_names(g))) for g in a.graphs)
     if a.type == A.TYPE_PROTO:
@@ -262,6 +286,7 @@ def _rename_outer(g: onnx.GraphProto, rename: dict[str, str]) -> None:
     if not rename:
         return
     defined: set[str] = {i.name for i in g.input} | {t.name for t in g.initializer}
+    defined |= {t.values.name for t in g.sparse_initializer}
     for node in g.node:
         for i, name in enumerate(node.input):
             if name in rename and name not in defined:

@@ -64,13 +64,16 @@ def from_torch(
 
 
 def read_pt2(path: str | os.PathLike[str]) -> Any:
-    """The ExportedProgram in a ``torch.export.save`` file.
+    """The ExportedProgram in a ``torch.export.save`` file, read without running code from it.
 
-    ``torch.export.load`` reads tensors with ``weights_only`` unpickling and the
-    program as its own serialized format: no arbitrary object is unpickled.
+    Nothing but tensors and plain containers is unpickled: members that would
+    need more are refused by name (``frontends/pt2_archive.py`` says how, and
+    why that holds for members it does not know).
     """
     import logging
     import zipfile
+
+    from nasc.frontends import pt2_archive
 
     p = Path(path)
     if not p.is_file():
@@ -81,7 +84,9 @@ def read_pt2(path: str | os.PathLike[str]) -> Any:
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # torch logs a traceback for files it then rejects anyway
     try:
-        return torch.export.load(str(p))
+        return pt2_archive.load(p)
+    except ModelLoadError:
+        raise
     except Exception as e:
         raise ModelLoadError(f"'{p}' is not a readable torch.export program (.pt2): {_first_line(e)}") from None
     finally:

@@ -233,6 +233,8 @@ def _parse_type(cur: _Cursor) -> Type:
     else:
         parts = [p.strip() for p in dims.split(",")] if dims.strip() else []
         shape = tuple(int(p) if p.lstrip("-").isdigit() else (p[1:] or "?") for p in parts)
+        if any(isinstance(d, int) and d < 0 for d in shape):
+            raise cur.error(f"negative dim in {m.group(0)!r}")
     quant = None
     if m.group(3):
         axis = int(m.group(5)) if m.group(5) else None

@@ -45,6 +45,9 @@ class TensorType:
             raise ValueError(f"unknown element type {self.dtype!r}")
         if self.shape is not None:
             object.__setattr__(self, "shape", tuple(self.shape))
+            # a negative size is never a shape (frontends read "-1" dims as unknown: UNKNOWN)
+            if any(isinstance(d, int) and d < 0 for d in self.shape):
+                raise ValueError(f"negative dim in shape {list(self.shape)}")
 
     @property
     def rank(self) -> int:

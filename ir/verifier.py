@@ -88,6 +88,8 @@ def _check_structure(graph: Graph, namer: _Namer) -> None:
         want = sorted(expected_uses.get(id(v), []))
         if got != want:
             raise _fail(graph, None, namer, f"use list of %{namer(v)} is stale: {len(got)} recorded, {len(want)} real")
+    if not graph.outputs:
+        raise _fail(graph, None, namer, "the graph has no outputs (ONNX requires at least one)")
     for v in graph.outputs:
         if id(v) not in origin:
             raise _fail(graph, None, namer, f"graph output %{namer(v)} is not defined in the graph")

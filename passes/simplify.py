@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from nasc.ir.core import Graph, Node, SubGraph, Value
-from nasc.ir.ops.registry import lookup_node
+from nasc.ir.ops.registry import InferenceError, fold_node, infer_node, lookup_node
 from nasc.ir.types import TensorType
 from nasc.passes.manager import Pass, PassContext, register_pass
 
@@ -90,8 +90,8 @@ def fold_constants(graph: Graph, ctx: PassContext) -> bool:
             args = [v.data if v is not None and id(v) in const_ids and _numel(v) <= (1 << 24) else None
                     for v in node.inputs]
             if all(a is not None for a, v in zip(args, node.inputs) if v is not None) or node.op in ("Shape", "Size"):
-                results = entry.fold(node, args)
                 budget = max(SMALL, sum(_numel(v) for v in node.inputs if v is not None and id(v) in const_ids))
+                results = fold_node(entry, node, args) if _results_fit(node, budget) else None
                 if results is not None and all(r.size <= budget for r in results):
                     for out, arr in zip(node.outputs, results):
                         c = graph.add_constant(arr, out.name, type=TensorType(out.tensor_type.dtype, arr.shape))
@@ -109,6 +109,17 @@ def fold_constants(graph: Graph, ctx: PassContext) -> bool:
     elif pending:
         ctx.note(f"{len(pending)} constant nodes not folded: no runner (ONNX Runtime) in this context")
     return changed
+
+
+def _results_fit(node: Node, budget: int) -> bool:
+    """Whether inference says every result is static and at most ``budget`` elements: checked before
+    folding, so that a fold never allocates a large array (a ConstantOfShape of terabytes, say)."""
+    try:
+        types = infer_node(node)
+    except InferenceError:
+        return False
+    return types is not None and all(isinstance(t, TensorType) and t.is_static and t.numel <= budget
+                                     for t in types[: len(node.outputs)])
 
 
 def _fold_with_runner(graph: Graph, nodes: list[Node], ctx: PassContext) -> bool:
@@ -147,8 +158,6 @@ def _fold_with_runner(graph: Graph, nodes: list[Node], ctx: PassContext) -> bool
 
 def refine_types(graph: Graph, ctx: PassContext) -> bool:
     """Re-infer result types where folding made shapes known (a Reshape whose shape became a constant)."""
-    from nasc.ir.ops.registry import InferenceError, infer_node
-
     changed = False
     for node in graph.nodes:
         if lookup_node(node) is None or all(isinstance(o.type, TensorType) and o.type.is_static for o in node.outputs):

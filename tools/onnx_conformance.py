@@ -2,13 +2,26 @@
 
     python tools/onnx_conformance.py [--kinds node,simple,pytorch-converted,pytorch-operator,light]
                                      [-k PATTERN] [--write docs/conformance.md] [--json out.json]
+    python tools/onnx_conformance.py --target cpu,mcu [--jobs 2] [-k PATTERN] [--write docs/conformance.md]
 
-"nasc" means: load the test model into the IR (frontend, opset conversion,
-shape folding, verifier), export it back to ONNX, and run that under ONNX
-Runtime. "ort" runs the original model under ONNX Runtime. Both run in the
-same process on the same test data, with the suite's own tolerances. The
-script prints both pass counts and every test that ORT passes and nasc fails,
-with the reason.
+"nasc" (``--target onnx``, the default) means: load the test model into the IR
+(frontend, opset conversion, shape folding, verifier), export it back to ONNX,
+and run that under ONNX Runtime. "ort" runs the original model under ONNX
+Runtime. Both run in the same process on the same test data, with the suite's
+own tolerances. The script prints both pass counts and every test that ORT
+passes and nasc fails, with the reason.
+
+``--target cpu`` builds each test model with TVM for this CPU and runs it in
+TVM's VM; ``--target mcu`` builds the C project for the default board
+(cortex-m4) and builds and runs it with the host gcc. Both compare with the
+suite's expected outputs at the suite's tolerances (rtol 1e-3, atol 1e-7 unless
+a test sets its own, as onnx's backend runner does). Operands that a static
+build must know (Slice's starts, Reshape's shape, Pad's pads, ...) are bound to
+the test data's values (BIND below); every bound test is counted. Outcomes:
+pass, fail (wrong numbers, shape or dtype), unsupported (a nasc error a user can
+act on: no lowering for the target, dynamic shapes, ...) and crash (anything
+else: an internal error, a C compile error, a dead or hung worker). Tests run in
+at most two nice'd worker processes that are restarted after a crash.
 """
 
 from __future__ import annotations
@@ -47,12 +60,27 @@ def _real_inputs(model: onnx.ModelProto) -> list[str]:
 
 
 PIPELINE = ""  # passes run between load and export (--passes), e.g. "simplify,fuse"
+MODES = ("onnx", "cpu", "mcu")  # --target: where nasc's result runs ("onnx": exported, under ONNX Runtime)
+LABEL = {"onnx": "nasc", "cpu": "cpu", "mcu": "mcu"}  # result keys; "nasc" is the onnx target (history)
+
+# Operands a static-shape build must know when it is built: they set the result's shape or the op's
+# parameters, and the lowerings read them as constants. The node tests feed most of them as graph inputs;
+# for --target cpu/mcu they are bound to the test data's values (each bound test says so in its record).
+BIND = {
+    "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3), "Tile": (1,), "Reshape": (1,), "Expand": (1,), "Squeeze": (1,),
+    "Unsqueeze": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "CumSum": (1,), "ConstantOfShape": (0,),
+    "Range": (0, 1, 2), "Split": (1,), "TopK": (1,), "OneHot": (1,), "Clip": (1, 2), "Trilu": (1,),
+    "Dropout": (1, 2), "QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2),
+    "CenterCropPad": (1,), "Col2Im": (1, 2), "DFT": (1, 2), "STFT": (1, 2), "ReduceMean": (1,),
+    "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,), "ReduceL1": (1,),
+    "ReduceL2": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,),
+}
 
 
 class _Rep(BackendRep):
-    def __init__(self, model: onnx.ModelProto, via_nasc: bool) -> None:
+    def __init__(self, model: onnx.ModelProto, mode: str | None) -> None:
         self.model = model
-        self.via_nasc = via_nasc
+        self.mode = mode  # None: the original model under ONNX Runtime
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[Any, ...]:
         names = _real_inputs(self.model)
@@ -61,7 +89,9 @@ class _Rep(BackendRep):
         else:
             feed = dict(zip(names, inputs))
         model = self.model
-        if self.via_nasc:
+        if self.mode in ("cpu", "mcu"):
+            return tuple(run_on_target(self.model, feed, self.mode))
+        if self.mode == "onnx":
             from nasc.backends.onnx import to_onnx
             from nasc.frontends.onnx import load_onnx
 
@@ -78,25 +108,90 @@ class _Rep(BackendRep):
         return tuple(sess.run(None, {k: v for k, v in feed.items() if k in wanted}))
 
 
-def _make_backend(via_nasc: bool) -> type[Backend]:
+BOUND: list[str] = []  # the inputs the last run_on_target bound to constants (read by the worker)
+
+
+def bind_operands(model: onnx.ModelProto, feed: dict[str, Any]) -> tuple[onnx.ModelProto, dict[str, Any], list[str]]:
+    """``model`` with the graph inputs that feed a BIND position turned into initializers holding the feed's
+    values, the rest of the feed, and the names bound."""
+    from onnx import numpy_helper
+
+    wanted = {n.input[i] for n in model.graph.node for i in BIND.get(n.op_type, ()) if i < len(n.input)}
+    bound = [i.name for i in model.graph.input if i.name in wanted and i.name in feed]
+    if not bound:
+        return model, feed, []
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    keep = [i for i in m.graph.input if i.name not in bound]
+    del m.graph.input[:]
+    m.graph.input.extend(keep)
+    for name in bound:
+        m.graph.initializer.append(numpy_helper.from_array(np.asarray(feed[name]), name))
+    return m, {k: v for k, v in feed.items() if k not in bound}, bound
+
+
+_CPU_TARGET: list[Any] = []
+
+
+def run_on_target(model: onnx.ModelProto, feed: dict[str, Any], mode: str) -> list[np.ndarray]:
+    """Build ``model`` with nasc for ``mode`` (cpu: TVM for this host, run in its VM; mcu: the C project for
+    the default board, built and run with the host gcc) and run it on ``feed``."""
+    import tempfile
+
+    from nasc.frontends.onnx import load_onnx
+
+    model, feed, BOUND[:] = bind_operands(model, feed)
+    feed = {k: v if isinstance(v, list) else np.asarray(v) for k, v in feed.items()}  # (a list: a sequence)
+    graph = load_onnx(model, {k: v.shape for k, v in feed.items() if isinstance(v, np.ndarray)})
+    if PIPELINE:
+        from nasc.api import optimize
+
+        graph = optimize(graph, PIPELINE)
+    if mode == "cpu":
+        import tvm
+
+        from nasc.backends.tvm.build import build, vm_for
+        from nasc.backends.tvm.target import parse_target
+
+        if not _CPU_TARGET:
+            _CPU_TARGET.append(parse_target("cpu"))
+        ex, _ = build(graph, _CPU_TARGET[0])
+        vm, dev = vm_for(ex, "cpu")
+        # (np.ascontiguousarray would make a 0-d array 1-d)
+        out = vm["main"](*[tvm.runtime.tensor(np.require(feed[v.name], requirements="C"), dev) for v in graph.inputs])
+        return [out.numpy()] if hasattr(out, "numpy") else [o.numpy() for o in out]
+    from nasc.backends.mcu.boards import parse_board
+    from nasc.backends.mcu.build import build_mcu
+    from nasc.backends.mcu.verify import run_project
+
+    with tempfile.TemporaryDirectory(prefix="nasc-conf-") as tmp:
+        mb = build_mcu(graph, parse_board("mcu"), Path(tmp), model=graph.name, pipeline=PIPELINE)
+        return run_project(Path(tmp), "host", mb.inputs, mb.outputs, [feed])[0]
+
+
+def _make_backend(mode: str | None) -> type[Backend]:
     class _B(Backend):
         @classmethod
         def prepare(cls, model: onnx.ModelProto, device: str = "CPU", **kwargs: Any) -> BackendRep:
             super().prepare(model, device, **kwargs)
-            return _Rep(model, via_nasc)
+            return _Rep(model, mode)
 
         @classmethod
         def supports_device(cls, device: str) -> bool:
             return device == "CPU"
 
-    _B.__name__ = "NascBackend" if via_nasc else "OrtBackend"
+    _B.__name__ = f"Nasc{mode.capitalize()}Backend" if mode else "OrtBackend"
     return _B
 
 
 class _Collect(unittest.TestResult):
-    def __init__(self) -> None:
+    """Outcomes by test name. ``classify``: a target run's outcomes (pass, fail, unsupported, crash) instead
+    of unittest's (pass, fail, error)."""
+
+    def __init__(self, classify: bool = False) -> None:
         super().__init__()
         self.status: dict[str, tuple[str, str]] = {}
+        self.classify = classify
 
     @staticmethod
     def _name(test: Any) -> str:
@@ -106,13 +201,31 @@ class _Collect(unittest.TestResult):
         self.status[self._name(test)] = ("pass", "")
 
     def addFailure(self, test: Any, err: Any) -> None:
-        self.status[self._name(test)] = ("fail", _reason(err))
+        self.status[self._name(test)] = (outcome(err) if self.classify else "fail", _reason(err))
 
     def addError(self, test: Any, err: Any) -> None:
-        self.status[self._name(test)] = ("error", _reason(err))
+        self.status[self._name(test)] = (outcome(err) if self.classify else "error", _reason(err))
 
     def addSkip(self, test: Any, reason: str) -> None:
         self.status[self._name(test)] = ("skip", reason)
+
+
+def outcome(err: Any) -> str:
+    """fail: the suite's comparison rejected the outputs; unsupported: a nasc error meant for users (other than
+    the generated C failing to build or run); crash: anything else (bare asserts inside nasc included)."""
+    import traceback
+
+    from nasc.backends.mcu.verify import McuRunError
+    from nasc.errors import Error
+
+    etype, _, tb = err
+    if issubclass(etype, AssertionError):
+        frames = traceback.extract_tb(tb)
+        compared = any(f.name == "assert_similar_outputs" for f in frames)
+        return "fail" if compared else "crash"
+    if issubclass(etype, Error) and not issubclass(etype, McuRunError):
+        return "unsupported"
+    return "crash"
 
 
 def _reason(err: Any) -> str:
@@ -121,8 +234,14 @@ def _reason(err: Any) -> str:
     return f"{etype.__name__}: {text[:300]}"
 
 
-def suite_tests(via_nasc: bool, kinds: tuple[str, ...], pattern: str | None) -> unittest.TestSuite:
-    bt = onnx.backend.test.BackendTest(_make_backend(via_nasc), __name__)
+def _mode(via: bool | str | None) -> str | None:
+    return "onnx" if via is True else None if via is False else via
+
+
+def suite_tests(via: bool | str | None, kinds: tuple[str, ...], pattern: str | None) -> unittest.TestSuite:
+    """The suite's CPU tests of ``kinds`` matching ``pattern``, run by ORT alone (``via`` None or False) or
+    through nasc for a target (``via`` "onnx" (or True), "cpu", "mcu")."""
+    bt = onnx.backend.test.BackendTest(_make_backend(_mode(via)), __name__)
     rx = re.compile(pattern) if pattern else None
     suite = unittest.TestSuite()
     for name, case in sorted(bt.test_cases.items()):
@@ -137,10 +256,10 @@ def suite_tests(via_nasc: bool, kinds: tuple[str, ...], pattern: str | None) -> 
     return suite
 
 
-def run_one(test_name: str, via_nasc: bool) -> tuple[str, str]:
+def run_one(test_name: str, via: bool | str | None) -> tuple[str, str]:
     """Run a single suite test ("test_relu_cpu") one way; returns (status, reason)."""
-    suite = suite_tests(via_nasc, KINDS, rf"^{re.escape(test_name)}$")
-    res = _Collect()
+    suite = suite_tests(via, KINDS, rf"^{re.escape(test_name)}$")
+    res = _Collect(classify=_mode(via) in ("cpu", "mcu"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         suite.run(res)
@@ -169,6 +288,115 @@ def run(kinds: tuple[str, ...], pattern: str | None) -> dict[str, dict[str, tupl
         print(f"{label}: {sum(s == 'pass' for s, _ in res.status.values())} of {len(res.status)} passed "
               f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     return results
+
+
+# ---- target runs: worker processes, restarted after a crash ---------------------------------------------
+
+
+def _worker(job: Path) -> None:
+    """Run the (test, mode) pairs listed in ``job``/pairs.json, one JSON line per start and per result
+    appended to ``job``/results.jsonl (the driver reads it while it grows, to find a crash or a hang)."""
+    spec = json.loads((job / "pairs.json").read_text())
+    global PIPELINE
+    PIPELINE = spec["pipeline"]
+    pairs = [tuple(p) for p in spec["pairs"]]
+    tests: dict[str, dict[str, Any]] = {}
+    for mode in dict.fromkeys(m for _, m in pairs):
+        wanted = {t for t, m in pairs if m == mode}
+        suite = suite_tests(None if mode == "ort" else mode, tuple(spec["kinds"]), None)
+        tests[mode] = {t.id().rsplit(".", 1)[-1]: t for t in suite if t.id().rsplit(".", 1)[-1] in wanted}
+    with open(job / "results.jsonl", "a") as f:
+        for name, mode in pairs:
+            f.write(json.dumps({"start": name, "mode": mode}) + "\n")
+            f.flush()
+            BOUND.clear()
+            res = _Collect(classify=mode in ("cpu", "mcu"))
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tests[mode][name].run(res)
+            st, why = res.status.get(name, ("missing", "not run"))
+            f.write(json.dumps({"test": name, "mode": mode, "status": st, "reason": why, "bound": list(BOUND),
+                                "s": round(time.perf_counter() - t0, 2)}) + "\n")
+            f.flush()
+
+
+def _drive(pairs: list[tuple[str, str]], kinds: tuple[str, ...], timeout_s: float, records: list[dict]) -> None:
+    """Run ``pairs`` in a nice'd worker process; a pair that kills its worker or runs past ``timeout_s`` is
+    recorded as a crash and the worker restarts with the pairs after it."""
+    import subprocess
+    import tempfile
+
+    remaining = list(pairs)
+    stalls = 0
+    while remaining:
+        before = len(remaining)
+        with tempfile.TemporaryDirectory(prefix="nasc-conf-job-") as tmp:
+            job = Path(tmp)
+            (job / "pairs.json").write_text(json.dumps({"pairs": remaining, "kinds": kinds, "pipeline": PIPELINE}))
+            (job / "results.jsonl").touch()
+            env = {**os.environ, "TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "ORT_LOGGING_LEVEL": "4"}
+            with open(job / "log", "w") as log:
+                proc = subprocess.Popen([sys.executable, __file__, "--worker", str(job)], stdout=log, stderr=log,
+                                        env=env, preexec_fn=lambda: os.nice(10), start_new_session=True)
+            current, since, seen, why = None, time.monotonic(), 0, ""
+            while True:
+                done = proc.poll() is not None
+                lines = (job / "results.jsonl").read_text().split("\n")
+                for line in lines[seen:-1]:  # the last piece is an unfinished line (or "")
+                    rec = json.loads(line)
+                    if "start" in rec:
+                        current, since = (rec["start"], rec["mode"]), time.monotonic()
+                    else:
+                        records.append(rec)
+                        remaining.remove((rec["test"], rec["mode"]))
+                        current = None
+                seen = len(lines) - 1
+                if done:
+                    why = f"the worker died (exit {proc.returncode})"
+                    break
+                if current is not None and time.monotonic() - since > timeout_s:
+                    os.killpg(proc.pid, 9)
+                    proc.wait()
+                    why = f"timed out after {timeout_s:.0f} s"
+                    break
+                time.sleep(0.2)
+            if current is None and remaining:  # died between tests, or before the first one
+                stalls = stalls + 1 if len(remaining) == before else 0
+                if stalls >= 3:
+                    tail = (job / "log").read_text()[-2000:]
+                    raise RuntimeError(f"conformance workers keep dying outside any test; last log:\n{tail}")
+                continue
+            if current is not None:
+                records.append({"test": current[0], "mode": current[1], "status": "crash", "reason": why,
+                                "bound": [], "s": round(time.monotonic() - since, 2)})
+                remaining.remove(current)
+
+
+def run_targets(modes: tuple[str, ...], kinds: tuple[str, ...], pattern: str | None, jobs: int = 2,
+                timeout_s: float = 300) -> tuple[dict[str, dict[str, tuple[str, str]]], list[dict]]:
+    """Results by label ("ort" and each mode's LABEL) and the raw records, from ``jobs`` (at most 2) workers."""
+    import threading
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # generating the node tests warns about the casts they exercise
+        names = [t.id().rsplit(".", 1)[-1] for t in suite_tests(None, kinds, pattern)]
+    jobs = max(1, min(jobs, 2))
+    shards = [[(n, m) for n in names[i::jobs] for m in ("ort", *modes)] for i in range(jobs)]
+    records: list[dict] = []
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=_drive, args=(shard, kinds, timeout_s, records)) for shard in shards]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    results: dict[str, dict[str, tuple[str, str]]] = {"ort": {}, **{LABEL[m]: {} for m in modes}}
+    for r in records:
+        results["ort" if r["mode"] == "ort" else LABEL[r["mode"]]][r["test"]] = (r["status"], r["reason"])
+    for label, res in results.items():
+        print(f"{label}: {sum(s == 'pass' for s, _ in res.values())} of {len(res)} passed", file=sys.stderr)
+    print(f"({time.perf_counter() - t0:.0f} s with {jobs} workers)", file=sys.stderr)
+    return results, records
 
 
 def summarize(results: dict[str, dict[str, tuple[str, str]]]) -> dict[str, Any]:
@@ -231,18 +459,154 @@ def markdown(summary: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+# ---- the target runs' report ------------------------------------------------------------------------
+
+SECTION = "conformance-targets"  # the markers of the target runs' section in docs/conformance.md
+
+# Why a target fails a test ONNX Runtime passes, where that is understood and accepted (test -> why).
+EXPLAINED_TARGETS: dict[str, str] = {}
+
+
+def test_ops() -> dict[str, str]:
+    """The op each node test ("test_relu_cpu") is about: its one node's op; "Op (expanded)" for a function
+    body expanded into several nodes, named after its one-node twin."""
+    from onnx.backend.test.loader import load_node_model_tests
+
+    cases = {c.name: c for c in load_node_model_tests()}
+    single = {n: c.model.graph.node[0].op_type for n, c in cases.items() if len(c.model.graph.node) == 1}
+    ops = {}
+    for n, c in cases.items():
+        twin = re.sub(r"_expanded(_ver\d+)?$", "", n)
+        ops[f"{n}_cpu"] = single.get(n) or f"{single.get(twin) or c.model.graph.node[-1].op_type} (expanded)"
+    return ops
+
+
+def _cell(statuses: list[str]) -> str:
+    c = Counter(statuses)
+    rest = ", ".join(f"{n} {st}" for st, n in sorted(c.items()) if st != "pass")
+    return f"{c['pass']}" + (f" ({rest})" if rest else "")
+
+
+def target_markdown(results: dict[str, dict[str, tuple[str, str]]], records: list[dict], command: str) -> str:
+    """The section of docs/conformance.md for a target run: counts beside ORT's, per op, and what fails."""
+    from nasc.backends.tvm import ops as _ops  # noqa: F401  (registers the lowerings)
+    from nasc.backends.tvm.lower import LOWERINGS
+
+    labels = list(results)
+    names = sorted(results["ort"])
+    title = {"ort": "ONNX Runtime alone", "nasc": "nasc, onnx target (exported, run by ONNX Runtime)",
+             "cpu": "nasc, cpu target (TVM, this host's CPU)", "mcu": "nasc, mcu target (C for cortex-m4, host gcc)"}
+    bound = sorted({r["test"] for r in records if r.get("bound")})
+    lines = ["## The node tests built for the targets", "",
+             f"Produced by `{command}` (onnx {onnx.__version__}, onnxruntime {__import__('onnxruntime').__version__}).",
+             "",
+             "Every node test of the suite is built with nasc for each target and run on the test's inputs; the",
+             "outputs are compared with the suite's expected outputs at the suite's tolerances (rtol 1e-3, atol 1e-7",
+             "unless a test sets its own, as onnx's backend runner does; shapes and dtypes must match). cpu: TVM for",
+             "this host's CPU, run in TVM's VM; mcu: the C project for the default board (cortex-m4), built and run",
+             "with the host gcc (-Werror). Outcomes: *fail* wrong numbers, shape or dtype; *unsupported* a nasc",
+             "error that says what is not supported (no lowering for the op, a dynamic shape, an attribute",
+             "combination); *crash* any other error (an internal error, C that does not compile, a dead worker).",
+             "Operands a static build must know (Slice's starts, Reshape's shape, Pad's pads, Clip's bounds, ...:",
+             f"`BIND` in the tool) are bound to the test data's values: {len(bound)} of {len(names)} tests.", "",
+             "| | pass | fail | unsupported | crash | other | of |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for lab in labels:
+        c = Counter(st for st, _ in results[lab].values())
+        other = sum(n for st, n in c.items() if st not in ("pass", "fail", "unsupported", "crash"))
+        lines.append(f"| {title.get(lab, lab)} | {c['pass']} | {c['fail']} | {c['unsupported']} | {c['crash']} | "
+                     f"{other} | {len(results[lab])} |")
+    lines += ["", "(*other* for ONNX Runtime and the onnx target: errors, which they do not classify further.)", ""]
+    ops = test_ops()
+    by_op: dict[str, list[str]] = {}
+    for t in names:
+        by_op.setdefault(ops.get(t, "(model)"), []).append(t)
+    targets = [lab for lab in labels if lab in ("cpu", "mcu")]
+    lines += ["### Per op", "",
+              "Passing tests per op (and how the others ended); **bold**: ops with a TVM lowering (cpu and mcu).", "",
+              "| op | tests | " + " | ".join(labels) + " |", "|---|---:|" + "---:|" * len(labels)]
+    for op in sorted(by_op, key=str.lower):
+        ts = by_op[op]
+        base = op.removesuffix(" (expanded)")
+        name = f"**{op}**" if base in LOWERINGS and base == op else op
+        lines.append(f"| {name} | {len(ts)} | " + " | ".join(_cell([results[lab].get(t, ("missing", ""))[0]
+                                                                     for t in ts]) for lab in labels) + " |")
+    for lab in targets:
+        bad = {t: results[lab][t] for t in names if results[lab].get(t, ("", ""))[0] in ("fail", "crash")}
+        lines += ["", f"### {lab}: tests that fail or crash ({len(bad)})", ""]
+        if bad:
+            lines += ["| test | ORT | outcome | error | why |", "|---|---|---|---|---|"]
+            for t, (st, why) in bad.items():
+                lines.append(f"| `{t}` | {results['ort'].get(t, ('?', ''))[0]} | {st} | {why[:200].replace('|', '/')} | "
+                             f"{EXPLAINED_TARGETS.get(t, 'not yet understood')} |")
+        unsup = Counter(_pattern(why) for st, why in results[lab].values() if st == "unsupported")
+        if unsup:
+            lines += ["", f"Why {lab} builds were refused (unsupported; most common messages, names elided):", "",
+                      "| tests | message |", "|---:|---|"]
+            lines += [f"| {n} | {why.replace('|', '/')} |" for why, n in unsup.most_common(25)]
+    return "\n".join(lines)
+
+
+def _pattern(why: str) -> str:
+    why = re.sub(r"'[^']*'", "'…'", why)
+    why = re.sub(r"%[\w.]+", "%…", why)
+    return re.sub(r"\d+", "N", why)[:160]
+
+
+def write_report(path: Path, text: str, targets: bool) -> None:
+    """Write a target run's section into ``path`` between its markers (``targets``), or the onnx run's report
+    as the rest of the file, keeping the targets section already there."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from doc_tables import write_between_markers
+
+    if targets:
+        write_between_markers(path, text, SECTION)
+        return
+    old = path.read_text() if path.exists() else ""
+    begin, end = f"<!-- {SECTION}:begin -->", f"<!-- {SECTION}:end -->"
+    kept = old[old.index(begin):old.index(end) + len(end)] if begin in old and end in old else ""
+    path.write_text(text.rstrip("\n") + "\n" + (f"\n{kept}\n" if kept else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument("--kinds", default=None, help=f"of {','.join(KINDS)}; default: all (node with --target cpu/mcu)")
     p.add_argument("-k", "--pattern", default=None, help="regex of test names to include")
     p.add_argument("--write", type=Path, default=None, help="write the markdown report here")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--passes", default="", help="a pipeline to run between load and export, e.g. simplify,fuse")
+    p.add_argument("--target", default="onnx", help="onnx (default), or cpu and/or mcu, e.g. onnx,cpu,mcu")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes for --target cpu/mcu (at most 2)")
+    p.add_argument("--timeout", type=float, default=300, help="seconds one test may take on one target")
+    p.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     global PIPELINE
     PIPELINE = args.passes
-    kinds = tuple(k for k in args.kinds.split(",") if k)
     os.environ.setdefault("ORT_LOGGING_LEVEL", "4")
+    if args.worker:
+        _worker(args.worker)
+        return 0
+    modes = tuple(m for m in args.target.split(",") if m)
+    if not modes or any(m not in MODES for m in modes):
+        p.error(f"--target: expected some of {', '.join(MODES)}")
+    cmd = "python tools/onnx_conformance.py" + (f" -k '{args.pattern}'" if args.pattern else "") + (
+        f" --passes {args.passes}" if args.passes else "")
+    if modes != ("onnx",):
+        kinds = tuple(k for k in (args.kinds or "node").split(",") if k)
+        results, records = run_targets(modes, kinds, args.pattern, args.jobs, args.timeout)
+        for lab in results:
+            c = Counter(st for st, _ in results[lab].values())
+            print(f"{lab:5s} " + ", ".join(f"{st} {n}" for st, n in c.most_common()) + f" (of {len(results[lab])})")
+        for lab in (m for m in results if m in ("cpu", "mcu")):
+            for t, (st, why) in sorted(results[lab].items()):
+                if st in ("fail", "crash"):
+                    print(f"  {lab} {st}: {t}: {why[:300]}")
+        cmd += f" --target {args.target}" + (f" --kinds {args.kinds}" if args.kinds else "")
+        if args.write:
+            write_report(args.write, target_markdown(results, records, cmd), targets=True)
+        if args.json:
+            args.json.write_text(json.dumps({"results": results, "records": records}, indent=1))
+        return 0
+    kinds = tuple(k for k in (args.kinds or ",".join(KINDS)).split(",") if k)
     results = run(kinds, args.pattern)
     summary = summarize(results)
     print(f"ONNX Runtime alone: {summary['ort_pass']} / {summary['total']}")
@@ -255,10 +619,8 @@ def main(argv: list[str] | None = None) -> int:
         print("most common reasons:")
         for why, n in reasons.most_common(10):
             print(f"  {n:4d}  {why}")
-    cmd = "python tools/onnx_conformance.py" + (f" -k '{args.pattern}'" if args.pattern else "") + (
-        f" --passes {args.passes}" if args.passes else "")
     if args.write:
-        args.write.write_text(markdown(summary, cmd))
+        write_report(args.write, markdown(summary, cmd), targets=False)
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "results": results}, indent=1))
     return 0

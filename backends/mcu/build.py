@@ -15,8 +15,8 @@ from nasc.backends.mcu.boards import Board
 from nasc.backends.mcu.kernels import Kernels, build_kernels
 from nasc.backends.mcu.plan import Plan, check_plan, plan
 from nasc.backends.mcu.verify import object_sizes
-from nasc.errors import Error
-from nasc.ir.core import Graph
+from nasc.errors import Error, UnsupportedModelError
+from nasc.ir.core import Graph, Node
 
 
 class BudgetError(Error):
@@ -46,6 +46,7 @@ def build_mcu(graph: Graph, board: Board, out: Path, *, model: str, pipeline: st
     """
     from nasc.backends.tvm.lower import to_relax
 
+    check_element_types(graph)
     integer: dict[str, Any] = {}
     k = build_kernels(to_relax(graph, facts=integer), c_target(board))
     p = plan(k.program, orders)
@@ -85,6 +86,15 @@ def build_mcu(graph: Graph, board: Board, out: Path, *, model: str, pipeline: st
         "files": files,
     }
     return McuBuild(k, p, ins, outs, labels, facts)
+
+
+def check_element_types(graph: Graph) -> None:
+    """Refuse half-precision tensors, which the generated C has no type for, naming the first node that has one."""
+    for v in graph.values():
+        if getattr(v.type, "dtype", None) in ("f16", "bf16"):
+            where = f"{v.producer.describe()}: " if isinstance(v.producer, Node) else ""
+            raise UnsupportedModelError(f"{where}{v.dtype} tensors (%{v.name}) have no MCU lowering (the generated C "
+                                        "has no half-precision type); use a float32 model")
 
 
 def _where(k: Kernels, p: Plan, name: str) -> str:

@@ -32,6 +32,21 @@ from nasc.errors import UnsupportedModelError
 KERNEL_PREFIX = "nasc_k_"
 
 
+def _c_math(name: str) -> Any:
+    def lower(call: Any) -> Any:
+        dtype = str(call.ty)
+        if dtype not in ("float32", "float64"):
+            return call  # left unresolved: the C build reports it
+        return tirx.call_pure_extern(dtype, name + ("f" if dtype == "float32" else ""), *call.args)
+
+    return lower
+
+
+# Math intrinsics TVM lowers only for LLVM: plain libm calls in C (fabs comes from Abs, integer Div, ReduceL1).
+for _op, _fn in (("tirx.fabs", "fabs"), ("tirx.exp2", "exp2"), ("tirx.fma", "fma")):
+    tirx.register_intrin_lowering(_op, "c", f=_c_math(_fn), level=99)
+
+
 @dataclass
 class Weight:
     name: str
@@ -187,8 +202,14 @@ _RUNTIME_INCLUDE = re.compile(r'#include "tvm/[^"]+"\n')
 _OK_PROTOTYPE = re.compile(r'(#ifdef __cplusplus\nextern "C"\n#endif\n)?TVM_DLL int32_t NASC_KERNEL_OK\(\);\n')
 
 
+# TVM's C printer spells float infinities and NaNs as the identifiers inff / inf / nanf / nan
+_SPECIAL_FLOATS = re.compile(r"(?<![\w.])(inff|inf|nanf|nan)(?![\w.(])")
+_C_SPECIAL = {"inff": "INFINITY", "inf": "((double)INFINITY)", "nanf": "NAN", "nan": "((double)NAN)"}
+
+
 def _strip_runtime(src: str) -> str:
     src = _OK_PROTOTYPE.sub("", _RUNTIME_INCLUDE.sub("", src))
+    src = _SPECIAL_FLOATS.sub(lambda m: _C_SPECIAL[m.group(1)], src)
     src = src.replace("void* __tvm_ffi__library_ctx = NULL;\n", "")
     return '#include "nasc_shim.h"\n' + src
 
@@ -301,6 +322,10 @@ def build_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> Kernels:
                 src = operand(value.args[0])
                 oname = f"t{len(buffers)}"
                 add_buffer(oname, var.ty, buffers[src].kind if buffers[src].kind != "weight" else "weight", src)
+                names[var] = oname
+            elif isinstance(value, relax.Call) and value.op.same_as(ir.Op.get("relax.builtin.alloc_tensor")):
+                oname = f"t{len(buffers)}"  # a zero-size result (lower.to_relax): a buffer no kernel writes
+                add_buffer(oname, var.ty, "arena")
                 names[var] = oname
             elif isinstance(value, relax.Var) and value in names:
                 names[var] = names[value]

@@ -79,7 +79,7 @@ def _np(v: Value) -> np.ndarray:
     arr = v.data
     if v.dtype == "bf16":
         return arr.astype(np.float32)
-    return np.ascontiguousarray(arr)
+    return np.require(arr, requirements="C")  # (ascontiguousarray would make a 0-d array 1-d)
 
 
 def check_coverage(graph: Graph) -> None:
@@ -126,8 +126,13 @@ def to_relax(graph: Graph, func_name: str = "main", facts: dict[str, Any] | None
     with bb.function(func_name, params):
         with bb.dataflow():
             for node in graph.nodes:
-                out = LOWERINGS[node.qualified_op](lx, node)
-                outs = list(out) if isinstance(out, list | tuple) else [out]
+                empty = [o.type.is_static and 0 in o.shape for o in node.outputs]
+                if all(empty):  # zero-size results need no computing (TVM's reshape reads a 0 as "keep this dim")
+                    outs = [lx.emit(relax.op.builtin.alloc_tensor(relax.ShapeExpr(list(o.shape)),
+                                                                 tvm_dtype(o.dtype), 0)) for o in node.outputs]
+                else:
+                    out = LOWERINGS[node.qualified_op](lx, node)
+                    outs = list(out) if isinstance(out, list | tuple) else [out]
                 for o, e in zip(node.outputs, outs):
                     lx.env[id(o)] = e
             results = [lx(v) for v in graph.outputs]

@@ -23,9 +23,29 @@ from nasc.ir.ops.registry import lookup_node
 # ---- pass-through and shape movement --------------------------------------------------------
 
 
-@lowering("Identity", "Dropout")
+def _used(node: Node, i: int) -> bool:
+    """Whether result ``i`` of ``node`` is read by a node or is a graph output."""
+    if i >= len(node.outputs):
+        return False
+    v = node.outputs[i]
+    return bool(v.uses) or (node.graph is not None and any(o is v for o in node.graph.outputs))
+
+
+@lowering("Identity")
 def _identity(lx: Lx, node: Node) -> Any:
     return lx.x(node)
+
+
+@lowering("Dropout")
+def _dropout(lx: Lx, node: Node) -> Any:
+    """Inference: the input, and an all-true mask. Training mode with a nonzero ratio is random: refused."""
+    training = scalar(node.inputs[2]) if node.has_input(2) else 0.0
+    ratio = scalar(node.inputs[1]) if node.has_input(1) else 0.5
+    if training and ratio:
+        raise UnsupportedModelError(f"{node.describe()}: training-mode Dropout (random) has no TVM lowering")
+    if not _used(node, 1):
+        return lx.x(node)
+    return [lx.x(node), lx.emit(R.ones(node.input(0).shape, "bool"))]
 
 
 @lowering("Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -83,27 +103,40 @@ def _slice(lx: Lx, node: Node) -> Any:
 
 @lowering("Gather")
 def _gather(lx: Lx, node: Node) -> Any:
-    x, idx = node.input(0), node.input(1)
+    x = node.input(0)
     axis = int(node.attr("axis", 0)) % len(x.shape)
+    return lx.emit(R.take(lx.x(node), _wrap_negative(lx, node, 1, x.shape[axis]), axis=axis))
+
+
+def _wrap_negative(lx: Lx, node: Node, i: int, dim: int) -> Any:
+    """Index operand ``i`` with negative entries counted from the end of an axis of size ``dim``."""
+    idx = node.input(i)
     if idx.is_const:
-        fixed = np.where(idx.data < 0, idx.data + x.shape[axis], idx.data).astype(np.int64)
-        ie = lx.const(fixed, "i64")
-    else:
-        ie = lx.x(node, 1)
-        dim = lx.const(np.array(x.shape[axis]), idx.dtype)
-        zero = lx.const(np.array(0), idx.dtype)
-        ie = lx.emit(R.where(R.less(ie, zero), R.add(ie, dim), ie))
-    return lx.emit(R.take(lx.x(node), ie, axis=axis))
+        return lx.const(np.where(idx.data < 0, idx.data + dim, idx.data), idx.dtype)
+    ie = lx.x(node, i)
+    zero, size = lx.const(np.array(0), idx.dtype), lx.const(np.array(dim), idx.dtype)
+    return R.where(R.less(ie, zero), R.add(ie, size), ie)
 
 
 @lowering("GatherElements")
 def _gather_elements(lx: Lx, node: Node) -> Any:
-    return lx.emit(R.gather_elements(lx.x(node), lx.x(node, 1), axis=int(node.attr("axis", 0))))
+    x = node.input(0)
+    axis = int(node.attr("axis", 0)) % len(x.shape)
+    return lx.emit(R.gather_elements(lx.x(node), _wrap_negative(lx, node, 1, x.shape[axis]), axis=axis))
 
 
 @lowering("GatherND")
 def _gather_nd(lx: Lx, node: Node) -> Any:
-    return lx.emit(R.gather_nd(lx.x(node), lx.x(node, 1), batch_dims=int(node.attr("batch_dims", 0))))
+    x, idx = node.input(0), node.input(1)
+    b = int(node.attr("batch_dims", 0))
+    ie = lx.x(node, 1)
+    dims = np.array(x.shape[b:b + idx.shape[-1]])
+    if idx.is_const:
+        ie = lx.const(np.where(idx.data < 0, idx.data + dims, idx.data), idx.dtype)
+    else:  # negative indices count from the end of the axis each column indexes
+        zero, size = lx.const(np.array(0), idx.dtype), lx.const(dims, idx.dtype)
+        ie = R.where(R.less(ie, zero), R.add(ie, size), ie)
+    return lx.emit(R.gather_nd(lx.x(node), ie, batch_dims=b))
 
 
 @lowering("Tile")
@@ -121,15 +154,30 @@ def _pad(lx: Lx, node: Node) -> Any:
     assert pads is not None
     axes = ints(node.inputs[3]) if node.has_input(3) else list(range(rank))
     assert axes is not None
-    width = [0] * (2 * rank)
+    before, after = [0] * rank, [0] * rank
     for i, ax in enumerate(axes):
-        ax %= rank
-        width[2 * ax], width[2 * ax + 1] = pads[i], pads[i + len(axes)]
+        before[ax % rank], after[ax % rank] = pads[i], pads[i + len(axes)]
     mode = node.attr("mode", "constant")
-    if mode not in ("constant", "reflect", "edge"):
+    if mode not in ("constant", "reflect", "edge", "wrap"):
         raise UnsupportedModelError(f"{node.describe()}: Pad mode {mode!r} has no TVM lowering")
-    value = scalar(node.inputs[2]) if node.has_input(2) else 0.0
-    return lx.emit(R.nn.pad(lx.x(node), width, pad_mode=mode, pad_value=value or 0.0))
+    y = lx.x(node)
+    if any(p < 0 for p in before + after):  # negative pads crop
+        cut = [ax for ax in range(rank) if before[ax] < 0 or after[ax] < 0]
+        y = R.strided_slice(y, cut, [max(-before[ax], 0) for ax in cut],
+                            [x.shape[ax] - max(-after[ax], 0) for ax in cut])
+    shape = [x.shape[ax] - max(-before[ax], 0) - max(-after[ax], 0) for ax in range(rank)]
+    before, after = [max(p, 0) for p in before], [max(p, 0) for p in after]
+    if mode == "constant":
+        value = scalar(node.inputs[2]) if node.has_input(2) else 0.0
+        width = [w for ax in range(rank) for w in (before[ax], after[ax])]
+        return lx.emit(R.nn.pad(y, width, pad_value=value or 0.0) if any(width) else y)
+    # TVM's pad legalizes every mode as constant padding: edge, reflect and wrap gather along each axis,
+    # by the index map numpy's pad gives for the mode
+    for ax in range(rank):
+        if before[ax] or after[ax]:
+            idx = np.pad(np.arange(shape[ax]), (before[ax], after[ax]), mode=mode)
+            y = R.take(y, lx.const(idx, "i64"), axis=ax)
+    return lx.emit(y)
 
 
 @lowering("Shape", "Size", "ConstantOfShape", "Range", "EyeLike")
@@ -140,7 +188,7 @@ def _static(lx: Lx, node: Node) -> Any:
     results = entry.fold(node, args) if entry is not None else None
     if results is None:
         raise UnsupportedModelError(f"{node.describe()}: operands must be constants for the TVM lowering")
-    return [lx.const(r, o.dtype) for r, o in zip(results, node.outputs)]
+    return [lx.const(np.asarray(r).reshape(o.shape), o.dtype) for r, o in zip(results, node.outputs)]
 
 
 @lowering("Cast")
@@ -163,8 +211,15 @@ _BINARY = {"Add": R.add, "Sub": R.subtract, "Mul": R.multiply, "Pow": R.power, "
 
 def _binary(lx: Lx, node: Node) -> Any:
     a, b = lx.x(node, 0), lx.x(node, 1)
-    if node.op == "Pow" and node.input(1).dtype != node.input(0).dtype:
-        b = R.astype(b, tvm_dtype(node.input(0).dtype))
+    if node.op == "Pow":
+        base, expo = node.input(0).dtype, node.input(1).dtype
+        if not base.startswith(("f", "bf")):  # TVM's power is float only: integers go through float64
+            y = R.power(R.astype(a, "float64"), R.astype(b, "float64"))
+            if not expo.startswith(("f", "bf")):
+                y = R.round(y)  # exact integer powers; a float exponent truncates, as ONNX's reference casts
+            return lx.emit(R.astype(y, tvm_dtype(base)))
+        if expo != base:
+            b = R.astype(b, tvm_dtype(base))
     return lx.emit(_BINARY[node.op](a, b))
 
 
@@ -184,10 +239,21 @@ def _div(lx: Lx, node: Node) -> Any:
 
 @lowering("Mod")
 def _mod(lx: Lx, node: Node) -> Any:
+    a, b = lx.x(node, 0), lx.x(node, 1)
+    dt = node.outputs[0].dtype
+    r = R.mod(a, b)  # C's fmod (truncated), exact for floats too
     if int(node.attr("fmod", 0)):
-        a, b = lx.x(node, 0), lx.x(node, 1)
-        return lx.emit(R.subtract(a, R.multiply(R.trunc(R.divide(a, b)), b)))
-    return lx.emit(R.floor_mod(lx.x(node, 0), lx.x(node, 1)))
+        return lx.emit(r)
+    if not dt.startswith(("f", "bf")):
+        return lx.emit(R.floor_mod(a, b))
+    # floats with fmod=0: numpy's mod, the sign of the divisor; fmod's result moved by one divisor where the
+    # signs differ, zeros signed like the divisor
+    r = lx.emit(r)
+    zero = lx.const(np.array(0.0), dt)
+    b_neg = R.less(b, zero)
+    moved = R.where(R.logical_and(R.not_equal(r, zero), R.logical_xor(R.less(r, zero), b_neg)), R.add(r, b), r)
+    signed_zero = R.where(b_neg, lx.const(np.array(-0.0), dt), zero)
+    return lx.emit(R.where(R.equal(r, zero), signed_zero, moved))
 
 
 def _variadic(fn: Any) -> Any:
@@ -209,7 +275,7 @@ lowering("Sum", "Mean")(_variadic(R.add))
 _UNARY = {"Relu": R.nn.relu, "Sigmoid": R.sigmoid, "Tanh": R.tanh, "Exp": R.exp, "Log": R.log, "Sqrt": R.sqrt,
           "Abs": R.abs, "Neg": R.negative, "Erf": R.erf, "Floor": R.floor, "Ceil": R.ceil, "Sin": R.sin,
           "Cos": R.cos, "Sign": R.sign, "Round": R.round, "Not": R.logical_not, "IsNaN": R.isnan,
-          "IsInf": R.isinf, "nasc.SiLU": R.nn.silu, "BitwiseNot": R.bitwise_not}
+          "nasc.SiLU": R.nn.silu, "BitwiseNot": R.bitwise_not}
 
 
 def _unary(lx: Lx, node: Node) -> Any:
@@ -220,6 +286,17 @@ for _name in _UNARY:
     lowering(_name)(_unary)
 
 
+@lowering("IsInf")
+def _isinf(lx: Lx, node: Node) -> Any:
+    pos, neg = int(node.attr("detect_positive", 1)), int(node.attr("detect_negative", 1))
+    if pos and neg:
+        return lx.emit(R.isinf(lx.x(node)))
+    if not (pos or neg):
+        return lx.emit(R.zeros(node.input(0).shape, "bool"))
+    inf = lx.const(np.array(np.inf if pos else -np.inf), node.input(0).dtype)
+    return lx.emit(R.equal(lx.x(node), inf))
+
+
 @lowering("Reciprocal")
 def _reciprocal(lx: Lx, node: Node) -> Any:
     return lx.emit(R.divide(lx.const(np.array(1), node.outputs[0].dtype), lx.x(node)))
@@ -228,10 +305,14 @@ def _reciprocal(lx: Lx, node: Node) -> Any:
 def _clip_to(lx: Lx, x: Any, lo: float | None, hi: float | None, dtype: str) -> Any:
     if lo is None and hi is None:
         return x
-    info = np.finfo(np.float32) if dtype.startswith("f") else np.iinfo(np.int64)
-    lo = float(info.min) if lo is None else lo
-    hi = float(info.max) if hi is None else hi
-    return R.clip(x, lo, hi)
+    np_dtype = np.dtype(tvm_dtype(dtype))
+    info = np.finfo(np_dtype) if np_dtype.kind == "f" else np.iinfo(np_dtype)
+    lo = info.min if lo is None else lo
+    hi = info.max if hi is None else hi
+    if lo > hi:  # ONNX: every element becomes max
+        lo = hi
+    cast = float if np_dtype.kind == "f" else int
+    return R.clip(x, cast(lo), cast(hi))
 
 
 @lowering("Clip")
@@ -380,7 +461,7 @@ def _conv_transpose(lx: Lx, node: Node) -> Any:
 @lowering("BatchNormalization")
 def _batch_norm(lx: Lx, node: Node) -> Any:
     x = node.input(0)
-    if len(node.outputs) > 1 and any(o.uses for o in node.outputs[1:]):
+    if int(node.attr("training_mode", 0)) or _used(node, 1) or _used(node, 2):
         raise UnsupportedModelError(f"{node.describe()}: training-mode BatchNormalization has no TVM lowering")
     consts = [node.input(i) for i in range(1, 5)]
     shape = [1, x.shape[1]] + [1] * (len(x.shape) - 2)
@@ -409,7 +490,17 @@ def _layer_norm(lx: Lx, node: Node) -> Any:
         gamma = R.broadcast_to(gamma, list(x.shape[axis:]))
     if node.has_input(2) and len(node.input(2).shape) != rank - axis:
         beta = R.broadcast_to(beta, list(x.shape[axis:]))
-    return lx.emit(R.nn.layer_norm(lx.x(node), gamma, beta, axes=axes, epsilon=float(node.attr("epsilon", 1e-5))))
+    eps = float(node.attr("epsilon", 1e-5))
+    y = lx.emit(R.nn.layer_norm(lx.x(node), gamma, beta, axes=axes, epsilon=eps))
+    if not (_used(node, 1) or _used(node, 2)):
+        return y
+    # the statistics ONNX also returns (in stash_type): the mean and 1 / sqrt(var + eps) over the axes
+    xs = R.astype(lx.x(node), tvm_dtype(node.outputs[1].dtype))
+    mean = lx.emit(R.mean(xs, axis=axes, keepdims=True))
+    centred = R.subtract(xs, mean)
+    var = R.mean(R.multiply(centred, centred), axis=axes, keepdims=True)
+    one, e = lx.const(np.array(1), node.outputs[1].dtype), lx.const(np.array(eps), node.outputs[1].dtype)
+    return [y, mean, lx.emit(R.divide(one, R.sqrt(R.add(var, e))))][:len(node.outputs)]
 
 
 @lowering("nasc.Attention")
@@ -440,7 +531,7 @@ def _pool_args(node: Node) -> dict[str, Any]:
 
 @lowering("MaxPool")
 def _max_pool(lx: Lx, node: Node) -> Any:
-    if len(node.outputs) > 1 and node.outputs[1].uses:
+    if _used(node, 1):
         raise UnsupportedModelError(f"{node.describe()}: MaxPool's indices output has no TVM lowering")
     k = len(node.input(0).shape) - 2
     fn = {1: R.nn.max_pool1d, 2: R.nn.max_pool2d, 3: R.nn.max_pool3d}[k]
@@ -461,31 +552,57 @@ def _global_pool(lx: Lx, node: Node) -> Any:
     return lx.emit(fn(lx.x(node), axis=axes, keepdims=True))
 
 
-def _reduce_axes(node: Node) -> list[int] | None:
+def _reduce_axes(node: Node) -> list[int]:
+    """The reduced axes; [] when none are (noop_with_empty_axes): then only the elementwise part applies."""
     rank = len(node.input(0).shape)
     axes = ints(node.inputs[1]) if node.has_input(1) else node.attr("axes")
     if not axes:
-        return None if int(node.attr("noop_with_empty_axes", 0)) else list(range(rank))
-    return [int(a) % rank for a in axes]
+        return [] if int(node.attr("noop_with_empty_axes", 0)) else list(range(rank))
+    return sorted({int(a) % rank for a in axes})
 
 
 _REDUCE = {"ReduceMean": R.mean, "ReduceSum": R.sum, "ReduceMax": R.max, "ReduceMin": R.min, "ReduceProd": R.prod}
+
+
+def _empty_reduction(op: str, dtype: str) -> Any:
+    """What a reduction over no elements gives (ONNX's reference: the identity of the reduction)."""
+    np_dtype = np.dtype(tvm_dtype(dtype))
+    if op in ("ReduceMax", "ReduceMin"):
+        if np_dtype.kind == "b":
+            return op == "ReduceMin"
+        info = np.iinfo(np_dtype) if np_dtype.kind in "iu" else None
+        if info is None:
+            return -np.inf if op == "ReduceMax" else np.inf
+        return info.min if op == "ReduceMax" else info.max
+    return {"ReduceProd": 1, "ReduceLogSumExp": -np.inf, "ReduceMean": np.nan}.get(op, 0)
 
 
 @lowering(*_REDUCE, "ReduceL2", "ReduceSumSquare", "ReduceL1", "ReduceLogSumExp")
 def _reduce(lx: Lx, node: Node) -> Any:
     axes = _reduce_axes(node)
     x = lx.x(node)
-    if axes is None:
-        return x
+    shape = node.input(0).shape
+    dt = node.outputs[0].dtype
+    if any(shape[a] == 0 for a in axes):
+        return lx.const(np.full(out_shape(node), _empty_reduction(node.op, dt)), dt)
     keep = bool(node.attr("keepdims", 1))
+
+    def red(fn: Any, e: Any) -> Any:
+        return fn(e, axis=axes, keepdims=keep) if axes else e
+
     if node.op in _REDUCE:
-        return lx.emit(_REDUCE[node.op](x, axis=axes, keepdims=keep))
+        if dt == "bool":  # TVM's max/min have no bool identity: reduce as uint8
+            return lx.emit(R.astype(red(_REDUCE[node.op], R.astype(x, "uint8")), "bool"))
+        return lx.emit(red(_REDUCE[node.op], x))
     if node.op == "ReduceL1":
-        return lx.emit(R.sum(R.abs(x), axis=axes, keepdims=keep))
+        return lx.emit(red(R.sum, R.abs(x)))
     if node.op == "ReduceLogSumExp":
-        return lx.emit(R.log(R.sum(R.exp(x), axis=axes, keepdims=keep)))
-    sq = R.sum(R.multiply(x, x), axis=axes, keepdims=keep)
+        if not axes:
+            return x
+        top = lx.emit(R.max(x, axis=axes, keepdims=True))  # log(sum(exp(x - max))) + max does not overflow
+        y = R.log(R.sum(R.exp(R.subtract(x, top)), axis=axes, keepdims=keep))
+        return lx.emit(R.add(y, top if keep else R.squeeze(top, axes)))
+    sq = red(R.sum, R.multiply(x, x))
     return lx.emit(R.sqrt(sq) if node.op == "ReduceL2" else sq)
 
 
@@ -498,24 +615,122 @@ def _argmax(lx: Lx, node: Node) -> Any:
     return lx.emit(R.astype(y, "int64"))
 
 
+def _floats(node: Node, i: int) -> list[float]:
+    """The contents of constant float operand ``i`` ([] when it is absent or empty)."""
+    if not node.has_input(i):
+        return []
+    v = node.input(i)
+    if not v.is_const:
+        raise UnsupportedModelError(f"{node.describe()}: operand %{v.name} must be a constant for the TVM lowering")
+    return [float(f) for f in np.asarray(v.data).reshape(-1)]
+
+
+_CTM = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "asymmetric", "tf_half_pixel_for_nn",
+        "align_corners")
+
+
+def _onnx_coords(ctm: str, scale: float, n_in: int, n_out: int) -> np.ndarray:
+    """Where each output position reads the input along one axis, by ONNX's definition (its reference
+    implementation): by the scale given, with the resized length n_in * scale before flooring to n_out."""
+    y = np.arange(n_out, dtype=np.float64)
+    length = scale * n_in
+    if ctm == "align_corners":
+        return np.zeros(n_out) if length == 1 else y * (n_in - 1) / (length - 1)
+    if ctm == "asymmetric":
+        return y / scale
+    if ctm == "tf_half_pixel_for_nn":
+        return (y + 0.5) / scale
+    if ctm == "pytorch_half_pixel" and length == 1:
+        return np.full(n_out, -0.5)
+    offset = n_in / 2 * (1 - n_out / length) if ctm == "half_pixel_symmetric" else 0.0
+    return offset + (y + 0.5) / scale - 0.5
+
+
+def _nearest_index(coords: np.ndarray, n_in: int, rounding: str) -> np.ndarray:
+    base = np.floor(coords)
+    frac = coords - base
+    step = {"round_prefer_floor": frac > 0.5, "round_prefer_ceil": frac >= 0.5, "floor": frac < 0,
+            "ceil": frac > 0}[rounding]
+    return np.clip(base + step, 0, n_in - 1).astype(np.int64)
+
+
+def _roi_for(node: Node, ctm: str, scale: list[float], n_in: list[int], n_out: list[int]) -> tuple[float, ...] | None:
+    """None where TVM's own map for ``ctm`` (by n_out / n_in) is ONNX's; else the tf_crop_and_resize roi (start_h,
+    start_w, end_h, end_w) whose map is ONNX's (TVM: x = start (n_in - 1) + x_out (end - start) (n_in - 1) /
+    (n_out - 1)), which holds while no coordinate falls outside the input (tf_crop_and_resize extrapolates)."""
+    coords = [_onnx_coords(ctm, s, i, o) for s, i, o in zip(scale, n_in, n_out)]
+    if ctm != "half_pixel_symmetric" and all(
+            np.allclose(c, _onnx_coords(ctm, o / i, i, o), rtol=0, atol=1e-6) for c, i, o in zip(coords, n_in, n_out)):
+        return None
+    start, end = [], []
+    for c, i, o in zip(coords, n_in, n_out):
+        if i == 1 < o:  # every coordinate reads the one input pixel
+            start.append(0.0)
+            end.append(1.0)
+            continue
+        if o == 1 or c.min() < -1e-6 or c.max() > i - 1 + 1e-6:  # (TVM divides by o - 1)
+            raise UnsupportedModelError(f"{node.describe()}: Resize by scales {scale} to {n_out} with "
+                                        f"coordinate_transformation_mode {ctm!r} has no TVM lowering (a size of 1, "
+                                        "or coordinates outside the input)")
+        start.append(c[0] / (i - 1))
+        end.append(start[-1] + (c[-1] - c[0]) / (i - 1))
+    return (start[0], start[1], end[0], end[1])
+
+
 @lowering("Resize")
 def _resize(lx: Lx, node: Node) -> Any:
     x = node.input(0)
-    if len(x.shape) != 4:
-        raise UnsupportedModelError(f"{node.describe()}: only 4-D (NCHW) Resize has a TVM lowering")
+    rank = len(x.shape)
     out = out_shape(node)
-    if out[:2] != list(x.shape[:2]):
+    if out[:rank - 2] != list(x.shape[:rank - 2]):
         raise UnsupportedModelError(f"{node.describe()}: Resize over batch or channels has no TVM lowering")
+    if int(node.attr("antialias", 0)):
+        raise UnsupportedModelError(f"{node.describe()}: antialiased Resize has no TVM lowering")
     mode = node.attr("mode", "nearest")
-    method = {"nearest": "nearest_neighbor", "linear": "linear", "cubic": "cubic"}[mode]
     ctm = node.attr("coordinate_transformation_mode", "half_pixel")
-    rounding = {"round_prefer_floor": "round_prefer_floor", "round_prefer_ceil": "round_prefer_ceil",
-                "floor": "floor", "ceil": "ceil"}[node.attr("nearest_mode", "round_prefer_floor")]
-    return lx.emit(R.image.resize2d(lx.x(node), out[2:], layout="NCHW", method=method,
-                                    coordinate_transformation_mode=ctm,
+    if ctm not in (*_CTM, "tf_crop_and_resize"):
+        raise UnsupportedModelError(f"{node.describe()}: Resize coordinate_transformation_mode {ctm!r} has no TVM "
+                                    "lowering")
+    axes = [int(a) % rank for a in node.attr("axes", range(rank))]
+    scale = [1.0] * rank  # the scale ONNX maps coordinates by
+    given, sizes = _floats(node, 2), _floats(node, 3)
+    ratios = [sz / x.shape[a] for a, sz in zip(axes, sizes)]
+    policy = node.attr("keep_aspect_ratio_policy", "stretch")
+    for i, a in enumerate(axes):
+        scale[a] = given[i] if given else ratios[i] if policy == "stretch" else (
+            min(ratios) if policy == "not_larger" else max(ratios))
+    rounding = node.attr("nearest_mode", "round_prefer_floor")
+    if mode == "nearest" and ctm != "tf_crop_and_resize":  # a gather per resized axis, by ONNX's own indices
+        y = lx.x(node)
+        for a in range(rank):
+            if scale[a] != 1.0 or out[a] != x.shape[a]:
+                idx = _nearest_index(_onnx_coords(ctm, scale[a], x.shape[a], out[a]), x.shape[a], rounding)
+                y = R.take(y, lx.const(idx, "i64"), axis=a)
+        return lx.emit(y)
+    if rank != 4:
+        raise UnsupportedModelError(f"{node.describe()}: only 4-D (NCHW) {mode} Resize has a TVM lowering")
+    roi: tuple[float, ...] | None
+    if ctm == "tf_crop_and_resize":
+        given_roi = _floats(node, 1)
+        start, end = [0.0] * rank, [1.0] * rank
+        for i, a in enumerate(axes):
+            start[a], end[a] = given_roi[i], given_roi[i + len(axes)]
+        roi = (start[2], start[3], end[2], end[3])
+    else:
+        roi = _roi_for(node, ctm, scale[2:], list(x.shape[2:]), out[2:])
+        if roi is not None:
+            ctm = "tf_crop_and_resize"
+        elif ctm == "align_corners" and any(out[a] == 1 < x.shape[a] for a in (2, 3)):
+            raise UnsupportedModelError(f"{node.describe()}: align_corners Resize to a size of 1 has no TVM lowering")
+        elif ctm == "half_pixel_symmetric":  # the same map as half_pixel at these sizes
+            ctm = "half_pixel"
+    method = {"linear": "linear", "cubic": "cubic", "nearest": "nearest_neighbor"}[mode]
+    return lx.emit(R.image.resize2d(lx.x(node), out[2:], roi=roi or (0.0, 0.0, 1.0, 1.0), layout="NCHW",
+                                    method=method, coordinate_transformation_mode=ctm,
                                     rounding_method=rounding if mode == "nearest" else "",
                                     cubic_alpha=float(node.attr("cubic_coeff_a", -0.75)),
-                                    cubic_exclude=int(node.attr("exclude_outside", 0))))
+                                    cubic_exclude=int(node.attr("exclude_outside", 0)),
+                                    extrapolation_value=float(node.attr("extrapolation_value", 0.0))))
 
 
 @lowering("Einsum")
@@ -530,3 +745,7 @@ def _cumsum(lx: Lx, node: Node) -> Any:
     axis = ints(node.input(1))
     assert axis is not None
     return lx.emit(R.cumsum(lx.x(node), axis=axis[0]))
+
+
+# recurrent ops live in their own module; importing it registers them with the others
+from nasc.backends.tvm import rnn  # noqa: E402, F401

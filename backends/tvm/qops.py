@@ -14,9 +14,10 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from nasc.backends.tvm.lower import Lx, lowering, out_shape
+from nasc.backends.tvm.lower import Lx, lowering, out_shape, tvm_dtype
 from nasc.backends.tvm.ops import _conv_pads
 from nasc.backends.tvm.x86_int8 import PAIRS16_BLOCK, ROW_TILE, pairs_fit_int16
+from nasc.errors import UnsupportedModelError
 from nasc.ir.core import Node
 
 
@@ -28,8 +29,20 @@ def _axis_shape(node: Node, size: int, rank: int) -> list[int]:
 
 
 def _qparam(lx: Lx, node: Node, i: int, dtype: str, rank: int) -> relax.Expr:
+    """Scale or zero point ``i`` shaped to broadcast against operand 0: one value, one per channel of
+    ``axis``, or one per block of ``block_size`` along it (repeated here)."""
     v = node.input(i)
-    arr = np.asarray(v.data).astype(dtype) if v is not None else np.zeros((), dtype)
+    block = int(node.attr("block_size", 0) or 0)
+    if not v.is_const:  # computed in the model (dynamic quantization)
+        if block:
+            raise UnsupportedModelError(f"{node.describe()}: blocked quantization with a computed scale or zero "
+                                        "point has no TVM lowering")
+        return R.reshape(R.astype(lx(v), dtype), _axis_shape(node, v.tensor_type.numel, rank))
+    arr = np.asarray(v.data).astype(dtype)
+    if block:
+        ax = int(node.attr("axis", 1)) % rank
+        arr = np.repeat(arr, block, axis=ax).take(range(node.input(0).shape[ax]), axis=ax)
+        return lx.const(arr, _IR[dtype])
     return lx.const(arr.reshape(_axis_shape(node, arr.size, rank)), _IR[dtype])
 
 
@@ -45,7 +58,9 @@ def _dequantize(lx: Lx, node: Node) -> Any:
     x = R.astype(lx.x(node, 0), "float32")
     if node.has_input(2):
         x = R.subtract(x, _qparam(lx, node, 2, "float32", rank))
-    return lx.emit(R.multiply(x, _qparam(lx, node, 1, "float32", rank)))
+    y = R.multiply(x, _qparam(lx, node, 1, "float32", rank))
+    out = node.outputs[0].dtype
+    return lx.emit(y if out == "f32" else R.astype(y, tvm_dtype(out)))
 
 
 def _dequantize_apart(lx: Lx, node: Node, rank: int) -> Any:
@@ -67,12 +82,17 @@ def _dequantize_apart(lx: Lx, node: Node, rank: int) -> Any:
 @lowering("QuantizeLinear")
 def _quantize(lx: Lx, node: Node) -> Any:
     rank = len(node.input(0).shape)
-    out = node.outputs[0].dtype
-    lo, hi = (0, 255) if out == "u8" else (-128, 127)
-    y = R.round(R.divide(lx.x(node, 0), _qparam(lx, node, 1, "float32", rank)))
+    out = tvm_dtype(node.outputs[0].dtype)
+    if np.dtype(out).kind not in "iu":
+        raise UnsupportedModelError(f"{node.describe()}: QuantizeLinear to {out} has no TVM lowering")
+    info = np.iinfo(out)
+    x = lx.x(node, 0)
+    if node.input(0).dtype != "f32":
+        x = R.astype(x, "float32")
+    y = R.round(R.divide(x, _qparam(lx, node, 1, "float32", rank)))
     if node.has_input(2):
         y = R.add(y, _qparam(lx, node, 2, "float32", rank))
-    return lx.emit(R.astype(R.clip(y, lo, hi), "uint8" if out == "u8" else "int8"))
+    return lx.emit(R.astype(R.clip(y, int(info.min), int(info.max)), out))
 
 
 def _requantize(lx: Lx, acc: relax.Expr, mult: relax.Expr, shift: relax.Expr, zp: int, lo: int, hi: int) -> Any:

@@ -1,13 +1,24 @@
-"""Named targets for the TVM backends: ``cpu`` (this host), ``cpu:<mcpu>``, a JSON target, ``gpu[:sm_XX]``."""
+"""Named targets for the TVM backends: ``cpu`` (this host), ``cpu:<mcpu>``, a JSON target, ``gpu[:sm_XX]``.
+
+Names are checked against what TVM's LLVM knows (CPU names for the host's triple, ``sm_XX`` for NVPTX):
+left alone, TVM prints a warning per LLVM instance and quietly builds for a generic CPU instead.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import json
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from nasc.errors import UsageError
+
+NVPTX_TRIPLE = "nvptx64-nvidia-cuda"
+DEFAULT_GPU_ARCH = "sm_80"
 
 
 @dataclass(frozen=True)
@@ -45,27 +56,157 @@ def host_cpu() -> str:
     return str(tvm.target.codegen.llvm_get_system_cpu())
 
 
+def host_triple() -> str:
+    import tvm
+
+    return str(tvm.target.codegen.llvm_get_system_triple())
+
+
+def cuda_device() -> Any:
+    """This host's first CUDA device, or None (no GPU, no driver, or a TVM without the CUDA runtime)."""
+    import tvm
+
+    dev = tvm.cuda(0)
+    try:
+        return dev if dev.exist else None
+    except Exception:  # a driver that answers with an error is no usable device
+        return None
+
+
+def cuda_arch(dev: Any) -> str:
+    """``sm_XX`` of a CUDA device (compute capability 9.0 -> ``sm_90``)."""
+    return "sm_" + str(dev.compute_version).replace(".", "")
+
+
+def gpu_unavailable(arch: str) -> str | None:
+    """Why a build for ``arch`` cannot run on this host (no CUDA device, or a GPU of another architecture), or
+    None when it can."""
+    dev = cuda_device()
+    if dev is None:
+        return "no CUDA device is available here"
+    here = cuda_arch(dev)
+    if here.rstrip("af") != arch.rstrip("af"):  # sm_90a and sm_100f run on sm_90 and sm_100 devices
+        return f"the GPU here is {here} (rebuild with --target gpu:{here})"
+    return None
+
+
 def parse_target(text: str) -> TvmTarget:
-    """``cpu`` | ``cpu:<llvm mcpu>`` | ``gpu`` | ``gpu:sm_80`` | a JSON TVM target dict."""
+    """``cpu`` | ``cpu:<llvm mcpu>`` | ``gpu`` | ``gpu:sm_80`` | a JSON TVM target dict (kind llvm or cuda).
+
+    ``cpu:native`` is this host's CPU; ``gpu`` is this host's GPU, or sm_80 where there is none.
+    """
     t = text.strip()
     if t.startswith("{"):
-        try:
-            spec = json.loads(t)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"target {text!r} is not valid JSON: {e}") from None
-        kind = {"llvm": "cpu", "cuda": "gpu"}.get(spec.get("kind", ""))
-        if kind is None:
-            raise UsageError(f"JSON target kind {spec.get('kind')!r}: expected 'llvm' or 'cuda'")
-        return TvmTarget(kind, spec)
+        return _parse_json(text, t)
     name, _, arg = t.partition(":")
     if name == "cpu":
-        mcpu = arg or host_cpu()
+        mcpu = host_cpu() if arg in ("", "native") else arg
+        _check_mcpu(mcpu, host_triple(), f"target {text!r}")
         return TvmTarget("cpu", {"kind": "llvm", "mcpu": mcpu, "num-cores": os.cpu_count() or 1})
     if name == "gpu":
-        arch = arg or "sm_80"
-        if not arch.startswith("sm_") or not arch[3:].isdigit():
-            raise UsageError(f"target {text!r}: expected gpu:sm_XX, e.g. gpu:sm_90")
+        dev = None if arg else cuda_device()
+        arch = arg or (cuda_arch(dev) if dev is not None else DEFAULT_GPU_ARCH)
+        _check_gpu_arch(arch, f"target {text!r}")
         return TvmTarget("gpu", {"kind": "cuda", "arch": arch, "max_threads_per_block": 1024,
                                  "max_shared_memory_per_block": 49152, "thread_warp_size": 32,
                                  "host": {"kind": "llvm", "mcpu": host_cpu()}})
-    raise UsageError(f"unknown target {text!r}; targets: onnx, cpu, cpu:<llvm-mcpu>, gpu, gpu:sm_XX, or a JSON target")
+    raise UsageError(f"unknown target {text!r}; targets: onnx, cpu, cpu:<llvm-mcpu>, gpu, gpu:sm_XX, mcu[:BOARD] "
+                     "or a JSON TVM target")
+
+
+def _parse_json(text: str, t: str) -> TvmTarget:
+    try:
+        spec = json.loads(t)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"target {text!r} is not valid JSON: {e}") from None
+    if not isinstance(spec, dict):
+        raise UsageError(f"JSON target {text!r} is not an object; expected e.g. {{\"kind\": \"llvm\", \"mcpu\": "
+                         f"\"{host_cpu()}\"}}")
+    kind_name = spec.get("kind")
+    kind = {"llvm": "cpu", "cuda": "gpu"}.get(kind_name) if isinstance(kind_name, str) else None
+    if kind is None:
+        raise UsageError(f"JSON target kind {kind_name!r}: expected 'llvm' or 'cuda'")
+    what = f"JSON target {text!r}"
+    if kind == "cpu":
+        if spec.get("mcpu") == "native":
+            spec["mcpu"] = host_cpu()
+        triple = spec.get("mtriple") or host_triple()
+        _check_triple(str(triple), what)
+        if "mcpu" in spec:
+            _check_mcpu(str(spec["mcpu"]), str(triple), what)
+    else:
+        if "arch" not in spec:
+            raise UsageError(f"{what} has no \"arch\": TVM would guess sm_50, which current CUDA no longer "
+                             f"builds; add e.g. \"arch\": \"{DEFAULT_GPU_ARCH}\"")
+        _check_gpu_arch(str(spec["arch"]), what)
+    try:
+        with quiet_stderr():
+            TvmTarget(kind, spec).tvm()
+    except Exception as e:  # TVM's own check of the options: its first line names the bad one
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{what}: {first}") from None
+    return TvmTarget(kind, spec)
+
+
+def _check_triple(triple: str, what: str) -> None:
+    """A foreign triple would build a library this host cannot link or run; an unknown one crashes LLVM."""
+    from tvm.target import codegen
+
+    arch = triple.split("-")[0]
+    host = host_triple().split("-")[0]
+    if arch != host:
+        known = sorted(str(a) for a in codegen.llvm_get_targets())
+        if arch not in known:
+            raise UsageError(f"{what}: unknown architecture {arch!r} in mtriple {triple!r}; LLVM here knows "
+                             f"{', '.join(known)}")
+        raise UsageError(f"{what}: mtriple {triple!r} is not this host ({host}); nasc's cpu target builds and "
+                         f"checks the model on this host: cross-compiling is not supported")
+
+
+def _check_mcpu(mcpu: str, triple: str, what: str) -> None:
+    from tvm.target import codegen
+
+    with quiet_stderr():
+        if codegen.llvm_is_valid_cpu(mcpu, triple):
+            return
+    names = _cpu_names(triple)
+    close = difflib.get_close_matches(mcpu, names, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise UsageError(f"{what}: LLVM does not know the CPU {mcpu!r} for {triple}; {hint}this host is "
+                     f"{host_cpu()} (--target cpu); valid -mcpu names: {', '.join(names)}")
+
+
+def _check_gpu_arch(arch: str, what: str) -> None:
+    from tvm.target import codegen
+
+    with quiet_stderr():
+        if arch.startswith("sm_") and codegen.llvm_is_valid_cpu(arch, NVPTX_TRIPLE):
+            return
+    names = _cpu_names(NVPTX_TRIPLE, probe=DEFAULT_GPU_ARCH)
+    names.sort(key=lambda n: (int("".join(c for c in n[3:] if c.isdigit()) or 0), n))
+    raise UsageError(f"{what}: {arch!r} is not an NVIDIA architecture LLVM knows; expected gpu:sm_XX, one of "
+                     f"{', '.join(names)} (e.g. gpu:sm_90 for H100)")
+
+
+def _cpu_names(triple: str, probe: str | None = None) -> list[str]:
+    """The ``-mcpu`` names LLVM knows for ``triple`` (sorted; a probing TVM target prints nothing)."""
+    import tvm
+    from tvm.target import codegen
+
+    spec = {"kind": "llvm", "mtriple": triple, "mcpu": probe or "generic"}
+    with quiet_stderr():
+        return sorted({str(n) for n in codegen.llvm_get_cpu_archlist(tvm.target.Target(spec))})
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (TVM's C++ log lines bypass Python) for the duration of the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -32,6 +32,9 @@ class Gather(OpDef):
         if t.shape is None or i.shape is None:
             return [TensorType(t.dtype, None)]
         axis = norm_axis(node, int(node.attr("axis", 0)), len(t.shape))
+        iv = node.input(1)
+        if iv.const is not None and prod(iv.const.shape) <= _CHECKED_INDICES and isinstance(t.shape[axis], int):
+            _check_indices(node, iv.data, t.shape[axis], axis)
         return [TensorType(t.dtype, t.shape[:axis] + i.shape + t.shape[axis + 1 :])]
 
     def channels(self, node: Node) -> list[AxisGroup]:
@@ -44,7 +47,24 @@ class Gather(OpDef):
         if x is None or i is None:
             return None
         axis = norm_axis(node, int(node.attr("axis", 0)), x.ndim)
+        _check_indices(node, i, x.shape[axis], axis)
         return [np.take(x, i.astype(np.int64), axis=axis)]
+
+
+_CHECKED_INDICES = 1 << 16  # constant indices up to this many are range-checked by inference
+
+
+def _check_indices(node: Node, indices: np.ndarray, size: int, axis: int) -> None:
+    """Constant indices must lie in [-size, size - 1] (ONNX: anything else is an error)."""
+    idx = np.asarray(indices)
+    if idx.dtype.kind not in "iu" or not idx.size:
+        return
+    bad = idx[(idx < -size) | (idx >= size)]
+    if bad.size:
+        raise InferenceError(
+            f"{node.describe()}: index {int(bad.reshape(-1)[0])} is out of range for axis {axis} of size {size} "
+            f"(valid: {-size} to {size - 1})"
+        )
 
 
 @register

@@ -135,6 +135,19 @@ def infer_node(node: Node) -> list[Type] | None:
     return None
 
 
+def fold_node(entry: OpDef, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
+    """``entry.fold(node, args)``, with what numpy raises on operands that break the op (an index out of
+    range, a shape that does not fit) turned into an InferenceError naming the node.
+
+    Callers check the results' sizes from inference first: a fold never allocates a large array.
+    """
+    try:
+        return entry.fold(node, args)
+    except (IndexError, ValueError, ZeroDivisionError, OverflowError, FloatingPointError) as e:
+        raise InferenceError(f"{node.describe()}: its constant operands do not fit the op: "
+                             f"{type(e).__name__}: {e}") from None
+
+
 def emit(graph: Graph, anchor: Node, op: str, inputs: Sequence[Value | None], attrs: dict[str, Any] | None = None,
          *, domain: str = "", name: str = "", n_out: int = 1) -> Any:
     """Insert a node before ``anchor`` (inheriting its scope), typed by the registry; returns its result(s)."""

@@ -103,9 +103,14 @@ def test_op_without_lowering_is_listed_with_its_node(tmp_path):
     assert not (tmp_path / "o").exists() and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("target", ["tpu", "gpu:ampere", '{"kind": "metal"}', "{not json"])
-def test_unknown_targets_are_clear_errors(digits_onnx, tmp_path, target):
-    with pytest.raises(UsageError, match="target"):
+@pytest.mark.parametrize(("target", "message"), [
+    ("tpu", r"unknown target 'tpu'; targets: onnx, cpu, cpu:<llvm-mcpu>, gpu, gpu:sm_XX"),
+    ("gpu:ampere", r"target 'gpu:ampere': 'ampere' is not an NVIDIA architecture LLVM knows; expected gpu:sm_XX"),
+    ('{"kind": "metal"}', r"JSON target kind 'metal': expected 'llvm' or 'cuda'"),
+    ("{not json", r"target '\{not json' is not valid JSON"),
+])
+def test_unknown_targets_are_clear_errors(digits_onnx, tmp_path, target, message):
+    with pytest.raises(UsageError, match=message):
         nasc.compile(digits_onnx, target, tmp_path / "o")
 
 

@@ -72,16 +72,24 @@ def test_activation_ranges() -> None:
         qm.act_range(relu, "kl")
 
 
+def _optima(choices: list[qm.Choice], budgets: dict[str, float], fixed: dict[str, float]) -> list[list[int]]:
+    """Every feasible policy of least total sensitivity, by enumeration."""
+    feasible = [list(p) for p in itertools.product(*(range(len(c.options)) for c in choices))
+                if all(fixed.get(k, 0) + sum(c.costs[k][i] for c, i in zip(choices, p)) <= budgets[k] for k in budgets)]
+    best = min(sum(c.sensitivity[i] for c, i in zip(choices, p)) for p in feasible)
+    return [p for p in feasible if sum(c.sensitivity[i] for c, i in zip(choices, p)) == best]
+
+
 def test_solver_known_optimum() -> None:
-    # three layers, widths (8, 4): sensitivities and bytes chosen so that the optimum under 250 bytes is
-    # layer a int8, layers b and c int4 (cost 100 + 50 + 50 = 200; a at 4 bits would cost 5.0 in error)
+    # three layers, widths (8, 4): sensitivities and bytes chosen so that each budget has one optimum; under
+    # 250 bytes one layer drops to int4, and it must be c (error 0.1 + 0.1 + 0.2), not b (0.1 + 0.3 + 0.1)
     choices = [qm.Choice("a", [8, 4], [0.1, 5.0], {"flash": [100, 50]}),
                qm.Choice("b", [8, 4], [0.1, 0.3], {"flash": [100, 50]}),
                qm.Choice("c", [8, 4], [0.1, 0.2], {"flash": [100, 50]})]
-    assert qm.solve(choices, {"flash": 1e9}) == [0, 0, 0]
-    assert qm.solve(choices, {"flash": 250}) == [0, 1, 0] or qm.solve(choices, {"flash": 250}) == [0, 0, 1]
-    assert qm.solve(choices, {"flash": 200}) == [0, 1, 1]
-    assert qm.solve(choices, {"flash": 260}, {"flash": 60}) == [0, 1, 1]  # fixed bytes count against it
+    for budget, fixed, expected in [(1e9, {}, [0, 0, 0]), (250, {}, [0, 0, 1]), (200, {}, [0, 1, 1]),
+                                    (260, {"flash": 60}, [0, 1, 1])]:  # fixed bytes count against the budget
+        assert _optima(choices, {"flash": budget}, fixed) == [expected]  # the optimum is unique
+        assert qm.solve(choices, {"flash": budget}, fixed or None) == expected
     with pytest.raises(qm.Infeasible) as e:
         qm.solve(choices, {"flash": 149})
     assert e.value.smallest == {"flash": 150}
