@@ -256,7 +256,7 @@ def compile(
             _compile_mcu(graph, board, tmp, modes, budget_check, reference, feeds, inputs_label, labelled, report,
                          log)
         else:
-            runner = _build(graph, tvm_target, tmp, str(pipeline), report, tuning)
+            runner = _build(graph, tvm_target, tmp, str(pipeline), report, tuning)  # None: cannot run here
             if reference is not None and runner is not None:
                 run_ref, ref_label = reference
                 ref = [run_ref(f) for f in feeds]
@@ -280,7 +280,7 @@ def compile(
             elif runner is None:
                 report["fidelity"] = None
         report["compile_time_s"] = round(time.perf_counter() - t0, 3)
-        if measure_latency and tvm_target is not None and tvm_target.kind == "cpu":
+        if measure_latency and tvm_target is not None and tvm_target.kind == "cpu" and runner is not None:
             report["latency_ms"] = _latency(tmp, model, graph, feeds[0])
         report["files"] = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         if isinstance(model, str | os.PathLike) and Path(model).is_file():
@@ -299,6 +299,13 @@ def _output_dir(out: Any) -> Path:
     An existing directory is replaced whole, so it must be empty or a previous nasc build that holds only the
     files its report.json lists; anything else is refused rather than deleted.
     """
+    try:
+        return _checked_output_dir(out)
+    except OSError as e:  # a name too long for the file system, a loop of links, a permission on the way
+        raise UsageError(f"cannot write the output directory '{out}': {e.strerror or e}; choose another -o") from None
+
+
+def _checked_output_dir(out: Any) -> Path:
     if out is None:
         raise UsageError("compile needs an output directory (out=...)")
     if not str(out).strip():
@@ -530,6 +537,14 @@ def _build(graph: Graph, tvm_target: Any, tmp: Path, pipeline: str, report: dict
     warning = _int8_cpu_warning(tvm_target, facts.get("integer", {}))
     if warning:
         report["warnings"].append(warning)
+    if tvm_target.kind == "cpu":
+        from nasc.backends.tvm.target import cpu_unavailable
+
+        why = cpu_unavailable(tvm_target)
+        if why is not None:
+            report["warnings"].append(f"the build is for {tvm_target.spec.get('mcpu')} and {why}: it was not run; "
+                                      "run it on such a CPU and compare there")
+            return None
     if tvm_target.kind == "gpu":
         from nasc.backends.tvm.target import gpu_unavailable
 

@@ -244,6 +244,8 @@ def minilm_feeds() -> Feeds:
 _NO_FLASH = "the model's weights need"  # more flash than the board has
 _NO_SRAM = "of SRAM (arena"  # a larger arena than the board's SRAM
 _NO_IF = "['If'] have no TVM lowering"  # control flow: only the onnx target keeps it
+_REFUSALS = {_NO_FLASH: "weights exceed the board's flash", _NO_SRAM: "arena exceeds the board's SRAM",
+             _NO_IF: "If (control flow) has no TVM lowering"}
 
 CORPUS: tuple[Model, ...] = (
     Model("ppocr-det", "PP-OCRv4 text detector (DBNet, PP-LCNetV3 backbone), paddle2onnx",
@@ -360,11 +362,11 @@ class Result:
 
 def nasc_cmd(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "nasc.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT.parent)
+                          timeout=timeout)
 
 
 def _error_line(r: subprocess.CompletedProcess[str]) -> str:
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("nasc:")]
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith(("nasc: error:", "nasc: internal error:"))]
     return lines[-1] if lines else (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1][:500]
 
 
@@ -385,7 +387,10 @@ def mismatch(ref: list[list[np.ndarray]], got: list[list[np.ndarray]], tol: Tol)
     """('' or what is out of tolerance, the max abs error over all outputs and samples)."""
     worst, problems = 0.0, []
     for i, (rs, gs) in enumerate(zip(ref, got, strict=True)):
-        for j, (r, g) in enumerate(zip(rs, gs, strict=True)):
+        if len(rs) != len(gs):
+            problems.append(f"sample {i}: {len(gs)} outputs, the original has {len(rs)}")
+            continue
+        for j, (r, g) in enumerate(zip(rs, gs)):
             if r.shape != g.shape or r.dtype.kind != g.dtype.kind:
                 problems.append(f"sample {i} output {j}: {g.dtype}{list(g.shape)} vs {r.dtype}{list(r.shape)}")
                 continue
@@ -413,7 +418,8 @@ def run_stage(model: Model, stage: str, work: Path, feeds: Feeds | None = None) 
     expected = model.refuse.get(stage)
     if expected is not None:
         if not res.ok and res.reason.startswith("nasc: error:") and expected in res.reason:
-            res = Result(stage, True, "refused", res.reason.removeprefix("nasc: error: "), expected_refusal=True)
+            res = Result(stage, True, _REFUSALS.get(expected, "refused"), res.reason.removeprefix("nasc: error: "),
+                         expected_refusal=True)
         else:
             got = res.reason or f"it passed ({res.summary})"
             res = Result(stage, False, "fails", f"expected nasc to refuse this stage with {expected!r}; got: {got}")
@@ -505,7 +511,7 @@ def _cell(r: Result | None) -> str:
     if r is None:
         return "not run"
     if r.expected_refusal:
-        return "refused (expected)"
+        return f"refused (expected): {r.summary}"
     return f"ok: {r.summary}" if r.ok else "**FAIL**"
 
 
@@ -523,7 +529,8 @@ def table(results: dict[str, dict[str, Result]]) -> str:
         nodes = str(facts.get("nodes", "?"))
         params = _human(facts["params"]) if "params" in facts else "?"
         macs = _human(facts["macs"]) if "macs" in facts else "?"
-        size = f"{path.stat().st_size / 1e6:.1f} MB"
+        n = path.stat().st_size
+        size = f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
         rows.append(f"| {name} | {m.package}=={m.version} | `{Path(m.file).name}` {size} (`{m.sha256[:12]}`) | "
                     f"{ins} | {nodes} | {params} | {macs} | "
                     + " | ".join(_cell(stages.get(s)) for s in STAGES) + " |")
@@ -540,17 +547,41 @@ def table(results: dict[str, dict[str, Result]]) -> str:
                     f"{m.onnx_tol.atol:g}; cpu rtol {m.cpu_tol.rtol:g} atol {m.cpu_tol.atol:g}; mcu ({m.board}) "
                     f"atol {m.mcu_atol:g}. CI (tests/thirdparty): {ci}.",
                     f"  Inputs: {' '.join((m.feeds.__doc__ or '').split())}",
-                    f"  Ops{src}: " + ", ".join(f"{op}×{n}" for op, n in
-                                              sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])))]
+                    f"  Ops{src}: {_op_list(ops)}"]
+        inside = _body_ops(path)
+        if inside:
+            details.append(f"  Inside If/Loop/Scan bodies (as in the file): {_op_list(inside)}")
     return "\n".join([*rows, "", "Failures and refusals, with nasc's own message:", "",
                       *(failures or ["- none"]), "", "The models (op counts after import and shape folding):", "",
                       *details])
+
+
+def _op_list(ops: dict[str, int]) -> str:
+    return ", ".join(f"{op}×{n}" for op, n in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _file_ops(path: Path) -> dict[str, int]:
     import onnx
 
     return dict(Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node))
+
+
+def _body_ops(path: Path) -> dict[str, int]:
+    """Op counts of the nodes inside control-flow bodies (nested ones too) of the original file."""
+    import onnx
+
+    counts: Counter[str] = Counter()
+
+    def walk(graph: Any, inside: bool) -> None:
+        for node in graph.node:
+            if inside:
+                counts[node.op_type] += 1
+            for attr in node.attribute:
+                for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    walk(g, True)
+
+    walk(onnx.load(str(path), load_external_data=False).graph, False)
+    return dict(counts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,7 +70,7 @@ BIND = {
     "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3), "Tile": (1,), "Reshape": (1,), "Expand": (1,), "Squeeze": (1,),
     "Unsqueeze": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "CumSum": (1,), "ConstantOfShape": (0,),
     "Range": (0, 1, 2), "Split": (1,), "TopK": (1,), "OneHot": (1,), "Clip": (1, 2), "Trilu": (1,),
-    "Dropout": (1, 2), "QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2),
+    "Dropout": (1, 2), "QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "LSTM": (1, 2, 3, 4, 7),
     "CenterCropPad": (1,), "Col2Im": (1, 2), "DFT": (1, 2), "STFT": (1, 2), "ReduceMean": (1,),
     "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,), "ReduceL1": (1,),
     "ReduceL2": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,), "ReduceSumSquare": (1,),
@@ -134,10 +134,8 @@ _CPU_TARGET: list[Any] = []
 
 
 def run_on_target(model: onnx.ModelProto, feed: dict[str, Any], mode: str) -> list[np.ndarray]:
-    """Build ``model`` with nasc for ``mode`` (cpu: TVM for this host, run in its VM; mcu: the C project for
-    the default board, built and run with the host gcc) and run it on ``feed``."""
-    import tempfile
-
+    """Build ``model`` with nasc for ``mode`` (its BIND operands bound to ``feed``'s values) and run it on the
+    rest of ``feed``."""
     from nasc.frontends.onnx import load_onnx
 
     model, feed, BOUND[:] = bind_operands(model, feed)
@@ -147,6 +145,14 @@ def run_on_target(model: onnx.ModelProto, feed: dict[str, Any], mode: str) -> li
         from nasc.api import optimize
 
         graph = optimize(graph, PIPELINE)
+    return build_and_run(graph, [feed], mode)[0]
+
+
+def build_and_run(graph: Any, feeds: list[dict[str, Any]], mode: str) -> list[list[np.ndarray]]:
+    """Build ``graph`` for ``mode`` and run it on each feed: cpu: TVM for this host, run in TVM's VM; mcu: the
+    C project for the default board (cortex-m4), built and run with the host gcc."""
+    import tempfile
+
     if mode == "cpu":
         import tvm
 
@@ -157,16 +163,19 @@ def run_on_target(model: onnx.ModelProto, feed: dict[str, Any], mode: str) -> li
             _CPU_TARGET.append(parse_target("cpu"))
         ex, _ = build(graph, _CPU_TARGET[0])
         vm, dev = vm_for(ex, "cpu")
-        # (np.ascontiguousarray would make a 0-d array 1-d)
-        out = vm["main"](*[tvm.runtime.tensor(np.require(feed[v.name], requirements="C"), dev) for v in graph.inputs])
-        return [out.numpy()] if hasattr(out, "numpy") else [o.numpy() for o in out]
+        results = []
+        for feed in feeds:  # (np.ascontiguousarray would make a 0-d array 1-d)
+            out = vm["main"](*[tvm.runtime.tensor(np.require(feed[v.name], requirements="C"), dev)
+                               for v in graph.inputs])
+            results.append([out.numpy()] if hasattr(out, "numpy") else [o.numpy() for o in out])
+        return results
     from nasc.backends.mcu.boards import parse_board
     from nasc.backends.mcu.build import build_mcu
     from nasc.backends.mcu.verify import run_project
 
     with tempfile.TemporaryDirectory(prefix="nasc-conf-") as tmp:
         mb = build_mcu(graph, parse_board("mcu"), Path(tmp), model=graph.name, pipeline=PIPELINE)
-        return run_project(Path(tmp), "host", mb.inputs, mb.outputs, [feed])[0]
+        return run_project(Path(tmp), "host", mb.inputs, mb.outputs, feeds)
 
 
 def _make_backend(mode: str | None) -> type[Backend]:

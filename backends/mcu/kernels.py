@@ -121,6 +121,8 @@ def _loop_for_consumer(sch: s_tir.Schedule, red: Any, consumer: Any) -> Any | No
 def schedule_for_memory(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """Inline spatial blocks and compute each reduction where its consumer needs it, so that a fused
     kernel keeps its intermediates in scalars or small buffers instead of whole tensors."""
+    if not _has_root_block(func):  # an opaque kernel written with the IR builder (cumsum): as it is
+        return func
     sch = s_tir.Schedule(func)
     _inline_spatial(sch)
     for block in reversed(_blocks(sch)):
@@ -144,6 +146,11 @@ def schedule_for_memory(func: tirx.PrimFunc) -> tirx.PrimFunc:
             except Exception:
                 pass
     return sch.mod["main"]
+
+
+def _has_root_block(func: tirx.PrimFunc) -> bool:
+    body = func.body
+    return isinstance(body, s_tir.SBlockRealize) and body.block.name_hint == "root"
 
 
 def _drives_reduction(sch: s_tir.Schedule, block: Any, loop: Any) -> bool:
@@ -207,9 +214,14 @@ _SPECIAL_FLOATS = re.compile(r"(?<![\w.])(inff|inf|nanf|nan)(?![\w.(])")
 _C_SPECIAL = {"inff": "INFINITY", "inf": "((double)INFINITY)", "nanf": "NAN", "nan": "((double)NAN)"}
 
 
+_SCALAR_ARRAY = re.compile(r"^(\s+(?:float|double|u?int(?:8|16|32|64)_t|bool) \w+)\[1\];", re.M)
+
+
 def _strip_runtime(src: str) -> str:
     src = _OK_PROTOTYPE.sub("", _RUNTIME_INCLUDE.sub("", src))
     src = _SPECIAL_FLOATS.sub(lambda m: _C_SPECIAL[m.group(1)], src)
+    # a one-element accumulator set and read under the same condition: gcc -Wall cannot always tell
+    src = _SCALAR_ARRAY.sub(r"\1[1] = {0};", src)
     src = src.replace("void* __tvm_ffi__library_ctx = NULL;\n", "")
     return '#include "nasc_shim.h"\n' + src
 
@@ -358,6 +370,8 @@ def build_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> Kernels:
 def inplace_params(func: tirx.PrimFunc) -> list[int]:
     """Parameters (by position) that the kernel's output may overwrite: the kernel is one spatial block after
     scheduling, and reads that parameter, of the output's shape, only at the index it writes."""
+    if not _has_root_block(func):
+        return []
     sch = s_tir.Schedule(func)
     blocks = _blocks(sch)
     if len(blocks) != 1 or _is_reduction(sch, blocks[0]):

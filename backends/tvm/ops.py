@@ -180,7 +180,15 @@ def _pad(lx: Lx, node: Node) -> Any:
     return lx.emit(y)
 
 
-@lowering("Shape", "Size", "ConstantOfShape", "Range", "EyeLike")
+@lowering("EyeLike")
+def _eye_like(lx: Lx, node: Node) -> Any:
+    """Ones on diagonal k: fixed by the operand's static shape, whatever its values."""
+    rows, cols = node.input(0).shape
+    dt = node.outputs[0].dtype
+    return lx.const(np.eye(rows, cols, k=int(node.attr("k", 0))), dt)
+
+
+@lowering("Shape", "Size", "ConstantOfShape", "Range")
 def _static(lx: Lx, node: Node) -> Any:
     """Results fixed by static shapes or constants: compute them here (simplify usually folded them)."""
     entry = lookup_node(node)
@@ -193,6 +201,11 @@ def _static(lx: Lx, node: Node) -> Any:
 
 @lowering("Cast")
 def _cast(lx: Lx, node: Node) -> Any:
+    return lx.emit(R.astype(lx.x(node), tvm_dtype(node.outputs[0].dtype)))
+
+
+@lowering("CastLike")
+def _cast_like(lx: Lx, node: Node) -> Any:
     return lx.emit(R.astype(lx.x(node), tvm_dtype(node.outputs[0].dtype)))
 
 
@@ -433,26 +446,45 @@ def _conv(lx: Lx, node: Node) -> Any:
     return lx.emit(y)
 
 
+_CONV_T = {1: (R.nn.conv1d_transpose, "NCW", "IOW"), 2: (R.nn.conv2d_transpose, "NCHW", "IOHW"),
+           3: (R.nn.conv3d_transpose, "NCDHW", "IODHW")}
+
+
 @lowering("ConvTranspose")
 def _conv_transpose(lx: Lx, node: Node) -> Any:
+    """The full transposed convolution (no padding), then the window ONNX asks for: it starts at the begin pad
+    (explicit, or by auto_pad) and is as long as the inferred output, zero-extended past the full result (where
+    output_padding or output_shape reach beyond it)."""
     x, w = node.input(0), node.input(1)
     k = len(w.shape) - 2
-    if k not in (1, 2):
+    if k not in _CONV_T:
         raise UnsupportedModelError(f"{node.describe()}: {k}-D transposed convolution has no TVM lowering")
     strides = list(node.attr("strides", (1,) * k))
     dilations = list(node.attr("dilations", (1,) * k))
-    group = int(node.attr("group", 1))
-    pads = list(node.attr("pads", (0,) * 2 * k))
     out = out_shape(node)[2:]
-    # output_padding makes up whatever the explicit pads leave out of the output shape ONNX promised
-    natural = [strides[i] * (x.shape[2 + i] - 1) + (w.shape[2 + i] - 1) * dilations[i] + 1 - pads[i] - pads[k + i]
-               for i in range(k)]
-    out_pad = [o - n for o, n in zip(out, natural)]
-    if any(p < 0 for p in out_pad) or node.attr("auto_pad", "NOTSET") not in ("NOTSET",):
-        raise UnsupportedModelError(f"{node.describe()}: this ConvTranspose padding has no TVM lowering")
-    fn = R.nn.conv2d_transpose if k == 2 else R.nn.conv1d_transpose
-    y = fn(lx.x(node, 0), lx.x(node, 1), strides=strides, padding=pads, output_padding=out_pad, dilation=dilations,
-           groups=group, data_layout="NCHW" if k == 2 else "NCW", kernel_layout="IOHW" if k == 2 else "IOW")
+    full = [strides[i] * (x.shape[2 + i] - 1) + (w.shape[2 + i] - 1) * dilations[i] + 1 for i in range(k)]
+    auto = node.attr("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        extra = list(node.attr("output_padding", (0,) * k))
+        total = [full[i] + extra[i] - out[i] for i in range(k)]
+        begin = [t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total]
+    else:
+        begin = list(node.attr("pads", (0,) * 2 * k))[:k] if auto == "NOTSET" else [0] * k
+    if any(b < 0 for b in begin):
+        raise UnsupportedModelError(f"{node.describe()}: negative ConvTranspose padding has no TVM lowering")
+    fn, data_layout, kernel_layout = _CONV_T[k]
+    conv = {"strides": strides, "dilation": dilations, "groups": int(node.attr("group", 1)),
+            "data_layout": data_layout, "kernel_layout": kernel_layout}
+    end = [max(f - b - o, 0) for b, o, f in zip(begin, out, full)]
+    extra = [o - (f - b - e) for b, o, f, e in zip(begin, out, full, end)]
+    if all(0 <= p < s for p, s in zip(extra, strides)):  # what TVM's output_padding can say
+        y = fn(lx.x(node, 0), lx.x(node, 1), padding=begin + end, output_padding=extra, **conv)
+    else:
+        y = fn(lx.x(node, 0), lx.x(node, 1), padding=[0] * 2 * k, **conv)
+        beyond = [max(b + o - f, 0) for b, o, f in zip(begin, out, full)]
+        if any(beyond):
+            y = R.nn.pad(y, [0, 0, 0, 0] + [w for e in beyond for w in (0, e)])
+        y = R.strided_slice(y, list(range(2, 2 + k)), begin, [b + o for b, o in zip(begin, out)])
     if node.has_input(2):
         y = R.add(y, R.reshape(lx.x(node, 2), [1, node.outputs[0].shape[1]] + [1] * k))
     return lx.emit(y)
@@ -608,11 +640,14 @@ def _reduce(lx: Lx, node: Node) -> Any:
 
 @lowering("ArgMax", "ArgMin")
 def _argmax(lx: Lx, node: Node) -> Any:
-    if int(node.attr("select_last_index", 0)):
-        raise UnsupportedModelError(f"{node.describe()}: select_last_index has no TVM lowering")
     fn = R.argmax if node.op == "ArgMax" else R.argmin
-    y = fn(lx.x(node), axis=int(node.attr("axis", 0)), keepdims=bool(node.attr("keepdims", 1)))
-    return lx.emit(R.astype(y, "int64"))
+    axis = int(node.attr("axis", 0)) % len(node.input(0).shape)
+    keep = bool(node.attr("keepdims", 1))
+    if not int(node.attr("select_last_index", 0)):
+        return lx.emit(R.astype(fn(lx.x(node), axis=axis, keepdims=keep), "int64"))
+    # the last of equal extremes: the first one along the reversed axis, counted back from the end
+    y = R.astype(fn(R.flip(lx.x(node), axis), axis=axis, keepdims=keep), "int64")
+    return lx.emit(R.subtract(lx.const(np.array(node.input(0).shape[axis] - 1), "i64"), y))
 
 
 def _floats(node: Node, i: int) -> list[float]:
@@ -740,11 +775,29 @@ def _einsum(lx: Lx, node: Node) -> Any:
 
 @lowering("CumSum")
 def _cumsum(lx: Lx, node: Node) -> Any:
-    if int(node.attr("exclusive", 0)) or int(node.attr("reverse", 0)):
-        raise UnsupportedModelError(f"{node.describe()}: exclusive or reverse CumSum has no TVM lowering")
+    """As a masked sum over the axis, a plain reduction that every target schedules and prints as C (TVM's own
+    cumsum is an opaque IR-builder kernel the MCU path cannot take); quadratic in the axis length."""
+    from tvm import te
+
     axis = ints(node.input(1))
     assert axis is not None
-    return lx.emit(R.cumsum(lx.x(node), axis=axis[0]))
+    x = node.input(0)
+    ax = axis[0] % len(x.shape)
+    n = x.shape[ax]
+    exclusive, reverse = int(node.attr("exclusive", 0)), int(node.attr("reverse", 0))
+
+    def compute(data: te.Tensor) -> te.Tensor:
+        j = te.reduce_axis((0, n), "j")
+
+        def body(*idx: Any) -> Any:
+            i = idx[ax]
+            take = (j > i if exclusive else j >= i) if reverse else (j < i if exclusive else j <= i)
+            src = [*idx[:ax], j, *idx[ax + 1:]]
+            return te.sum(te.if_then_else(take, data[tuple(src)], te.const(0, data.dtype)), axis=j)
+
+        return te.compute(data.shape, body, name="cumsum")
+
+    return lx.bb.emit(lx.bb.call_te(compute, lx.x(node), primfunc_name_hint="cumsum"))
 
 
 # recurrent ops live in their own module; importing it registers them with the others

@@ -10,6 +10,7 @@ import contextlib
 import difflib
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,6 +49,27 @@ class TvmTarget:
 
         features = {str(f) for f in codegen.llvm_get_cpu_features(self.tvm())}
         return next((f for f in ("avx512vnni", "avxvnni", "dotprod") if f in features), None)
+
+
+_ISA_FEATURE = re.compile(r"^(avx|sse|ssse|fma|f16c|bmi|amx|vpclmulqdq|gfni|vaes|sha|aes|pclmul|popcnt|lzcnt|movbe|"
+                          r"adx|cx16|xop|sm[34]|neon|sve|dotprod|i8mm|bf16|fullfp16|crc)")
+
+
+def cpu_unavailable(target: TvmTarget) -> str | None:
+    """Why a CPU build for ``target`` cannot run on this host (instruction-set features the host's CPU lacks:
+    running it would die with SIGILL), or None where it can."""
+    if target.kind != "cpu":
+        return None
+    from tvm.target import codegen
+
+    def isa(t: TvmTarget) -> set[str]:  # instruction sets only: LLVM also lists tuning hints ("fast-gather")
+        return {str(f) for f in codegen.llvm_get_cpu_features(t.tvm()) if _ISA_FEATURE.match(str(f))}
+
+    missing = sorted(isa(target) - isa(TvmTarget("cpu", {"kind": "llvm", "mcpu": host_cpu()})))
+    if not missing:
+        return None
+    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    return f"this host's CPU ({host_cpu()}) lacks {shown}"
 
 
 def host_cpu() -> str:

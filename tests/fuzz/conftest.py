@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from fuzz_core import Case
 from fuzz_oracle import Problem, explain, fatal, judge
 from fuzz_seeds import build_seeds

@@ -24,6 +24,7 @@ T = TypeVar("T")
 # What a malicious pickle creates, relative to the directory the command runs in.
 MARKER = "PWNED_BY_PICKLE"
 BIG = 1 << 30  # the range of index parameters; ops take them modulo what they index
+BAD_UTF8_PLACEHOLDER, BAD_UTF8 = b"@@BAD_UTF8@@", b"@@BAD\xc2\xc2UTF8@"
 
 
 class Draw:
@@ -215,7 +216,9 @@ def materialize(case: Case, seeds_dir: Path, workdir: Path) -> str:
         proto.ParseFromString(model.read_bytes())
         for o, p in onnx_ops:
             o.fn(proto, ctx, **p)
-        model.write_bytes(proto.SerializeToString())
+        # protobuf will not store invalid UTF-8 in a string field; ops write this placeholder and it is swapped for
+        # invalid bytes of the same length after serializing, so every length prefix stays right
+        model.write_bytes(proto.SerializeToString().replace(BAD_UTF8_PLACEHOLDER, BAD_UTF8))
     zip_ops = [(o, p) for o, p in ops if o.kind == "zip"]
     if zip_ops:
         from fuzz_pt2_ops import Archive

@@ -13,11 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 import fuzz_onnx_nodes  # noqa: F401  (registers its ops)
 import fuzz_onnx_ops  # noqa: F401
 import fuzz_pt2_ops  # noqa: F401
+import numpy as np
 from fuzz_core import OPS, Case, Ctx, Draw, op, ops_of
 from fuzz_seeds import _BUILDERS, ONNX_SEEDS
 
@@ -36,6 +35,22 @@ def _npz(arrays: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+def _calib_array(kind: str, a: np.ndarray) -> Any:
+    if kind == "int":
+        return a.astype(np.int64)
+    if kind == "nan":
+        return np.full_like(a, np.nan)
+    if kind == "complex":
+        return a.astype(np.complex64)
+    if kind == "bool":
+        return a > 0
+    if kind == "wrong_shape":
+        return a.reshape(len(a), -1)[:, :1]
+    if kind == "scalar":
+        return np.float32(1)
+    return a
+
+
 @op("file", kind=CALIB_KINDS)
 def calib_file(ctx: Ctx, kind: str) -> None:
     """``in/calib_<kind>.npz`` for the seed's inputs: good, empty, misnamed, misshapen, mistyped or not an npz."""
@@ -45,11 +60,7 @@ def calib_file(ctx: Ctx, kind: str) -> None:
     for inp in inputs:
         shape = tuple(inp["shape"])
         n = {"zero_samples": 0, "many_samples": 20000}.get(kind, 4)
-        a = rng.standard_normal((n, *shape)).astype(np.float32)
-        make = {"int": lambda: a.astype(np.int64), "nan": lambda: np.full_like(a, np.nan),
-                "complex": lambda: a.astype(np.complex64), "bool": lambda: a > 0,
-                "wrong_shape": lambda: a.reshape(n, -1)[:, :1], "scalar": lambda: np.float32(1)}
-        arrays[inp["name"]] = make[kind]() if kind in make else a
+        arrays[inp["name"]] = _calib_array(kind, rng.standard_normal((n, *shape)).astype(np.float32))
     if kind == "wrong_name":
         arrays = {f"not_{k}": v for k, v in arrays.items()}
     data = {"truncated": _npz(arrays)[:50], "text": b"image,1,2,3\n", "empty_zip": _npz({})}.get(kind) or _npz(arrays)
@@ -158,7 +169,7 @@ def _flag(d: Draw, cmd: str, seed: str, ops: list[list[Any]], slow: bool) -> lis
     return [flag]
 
 
-def cli_case(d: Draw, slow: bool = False) -> Case:
+def cli_case(d: Draw, slow: bool = False, family: str = "cli") -> Case:
     """A command line from the grammar of the real flags, with bad values and missing or extra parts."""
     seed = d.pick(["digits", "digits", "dynamic", "pt2", "mixed"])
     cmd = d.pick(["inspect", "inspect", "compile", "compile", "compile", "compile", "bench", "passes", "", "nosuch",
@@ -178,7 +189,7 @@ def cli_case(d: Draw, slow: bool = False) -> Case:
         groups.append(["--target", d.pick(TARGETS_FAST)])
     for _ in range(d.int(0, 4)):
         groups.append(_flag(d, cmd, seed, ops, slow))
-    return Case("cli", seed, ops, groups)
+    return Case(family, seed, ops, groups, timeout=240.0 if slow else 30.0)
 
 
 # ---- families ------------------------------------------------------------------------------------
@@ -259,14 +270,14 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "bytes": Family(bytes_case, 16, 14),
-    "truncate": Family(truncate_case, 8, 8),
-    "onnx-structure": Family(structure_case, 24, 24),
-    "onnx-subgraph": Family(subgraph_case, 10, 10),
-    "external-data": Family(external_case, 8, 10),
+    "bytes": Family(bytes_case, 16, 20),
+    "truncate": Family(truncate_case, 8, 12),
+    "onnx-structure": Family(structure_case, 24, 60),
+    "onnx-subgraph": Family(subgraph_case, 10, 30),
+    "external-data": Family(external_case, 8, 25),
     "pt2-archive": Family(pt2_archive_case, 10, 8),
-    "pt2-pickle": Family(pt2_pickle_case, 6, 8),
-    "cli": Family(lambda d: cli_case(d, slow=False), 14, 20),
-    "cli-slow": Family(lambda d: cli_case(d, slow=True), 2, 0),
+    "pt2-pickle": Family(pt2_pickle_case, 6, 12),
+    "cli": Family(lambda d: cli_case(d, slow=False), 14, 40),
+    "cli-slow": Family(lambda d: cli_case(d, slow=True, family="cli-slow"), 2, 0),
     "targets": Family(targets_case, 2, 0),
 }

@@ -8,13 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from fuzz_core import IDX, Ctx, at, op
+from fuzz_onnx_ops import A, _append_after_output, _first_output, graphs
 from onnx import TensorProto as TP
 from onnx import helper as h
 from onnx import numpy_helper as nh
-
-from fuzz_core import IDX, Ctx, at, op
-from fuzz_onnx_ops import A, _append_after_output, _first_output, graphs
-
 
 # ---- inserted nodes: bad indices, casts, shapes ------------------------------------------------
 

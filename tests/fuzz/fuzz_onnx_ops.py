@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from fuzz_core import BAD_UTF8_PLACEHOLDER, IDX, Ctx, at, op
 from onnx import TensorProto as TP
 from onnx import helper as h
 from onnx import numpy_helper as nh
-
-from fuzz_core import IDX, Ctx, at, op
 
 A = onnx.AttributeProto
 GRAPH = ("int", 0, 7)  # small: index 0 (the main graph) is the common case
@@ -427,3 +426,40 @@ def sparse_initializer(m: onnx.ModelProto, ctx: Ctx, init: int, how: str) -> Non
     g.initializer.remove(t)
     g.sparse_initializer.append(sp)
 
+
+
+@op("onnx", where=["node_name", "op_type", "node_input", "node_output", "initializer", "graph_input", "graph_name",
+                   "doc_string", "attribute_name", "string_attribute", "metadata", "producer", "domain"], index=IDX)
+def invalid_utf8(m: onnx.ModelProto, ctx: Ctx, where: str, index: int) -> None:
+    """A string field holding bytes that are not UTF-8 (python's protobuf then hands out bytes, or raises)."""
+    bad = BAD_UTF8_PLACEHOLDER.decode()
+    g = m.graph
+    n = at(g.node, index)
+    if where == "node_name" and n is not None:
+        n.name = bad
+    elif where == "op_type" and n is not None:
+        n.op_type = bad
+    elif where == "node_input" and n is not None and len(n.input):
+        n.input[0] = bad
+    elif where == "node_output" and n is not None and len(n.output):
+        n.output[0] = bad
+    elif where == "initializer" and len(g.initializer):
+        at(g.initializer, index).name = bad
+    elif where == "graph_input" and len(g.input):
+        at(g.input, index).name = bad
+    elif where == "graph_name":
+        g.name = bad
+    elif where == "doc_string" and n is not None:
+        n.doc_string = bad
+    elif where == "attribute_name" and n is not None and len(n.attribute):
+        at(n.attribute, index).name = bad
+    elif where == "string_attribute" and n is not None:
+        n.attribute.append(h.make_attribute("fuzz_s", BAD_UTF8_PLACEHOLDER))
+    elif where == "metadata":
+        m.metadata_props.add(key=bad, value=bad)
+        if n is not None:
+            n.metadata_props.add(key="pkg.torch.onnx.name_scopes", value=bad)
+    elif where == "producer":
+        m.producer_name = bad
+    elif where == "domain" and n is not None:
+        n.domain = bad

@@ -91,8 +91,12 @@ class Archive:
         self.members.append((name, data))
 
     def json(self, name: str) -> Any:
+        """The member parsed as JSON; None when it is missing or (after another op) not JSON."""
         data = self.get(name)
-        return None if data is None else json.loads(data)
+        try:
+            return None if data is None else json.loads(data)
+        except ValueError:
+            return None
 
     def set_json(self, name: str, value: Any) -> None:
         self.set(name, json.dumps(value).encode())
@@ -213,7 +217,7 @@ def zip_weight_meta(a: Archive, ctx: Ctx, weight: int, field: str, value: str) -
 @op("zip", member=IDX, megabytes=[32, 256])
 def zip_bomb(a: Archive, ctx: Ctx, member: int, megabytes: int) -> None:
     """A member that inflates to hundreds of MB from a few hundred KB."""
-    m = at([x for x in a.members if x[0].startswith("data/")], member)
+    m = at([x for x in a.members if x[0].startswith("data/") and not x[0].endswith(".json")], member)
     if m is not None:
         a.set(m[0], b"\0" * (megabytes << 20))
         a.compress.add(m[0])

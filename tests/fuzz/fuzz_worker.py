@@ -235,7 +235,7 @@ class Worker:
 
     def start(self) -> None:
         self.scratch.mkdir(parents=True, exist_ok=True)
-        log = open(self.scratch / "worker.log", "ab")  # noqa: SIM115  (the child keeps it)
+        log = open(self.scratch / "worker.log", "ab")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "fuzz_worker.py"), "--seeds", str(self.seeds), "--scratch", str(self.scratch),
@@ -280,7 +280,7 @@ class Worker:
             (self.scratch / stale).unlink(missing_ok=True)
         self.proc.stdin.write((json.dumps({"case": case.to_json(), "workdir": str(workdir)}) + "\n").encode())
         self.proc.stdin.flush()
-        line = self._readline(case.timeout + 15)
+        line = self._readline(case.timeout + 5)  # the child dumps its stack at case.timeout
         if line is not None:
             return json.loads(line)
         died = self.proc.poll()

@@ -9,11 +9,10 @@ a failure prints the case as JSON, which ``tools/fuzz.py --replay`` runs and min
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
-
 from fuzz_core import HypothesisDraw
 from fuzz_families import FAMILIES
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 CI_FAMILIES = [name for name, fam in FAMILIES.items() if fam.ci_examples]
 

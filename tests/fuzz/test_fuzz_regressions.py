@@ -10,9 +10,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import pytest
-
 import fuzz_families  # noqa: F401  (registers every op)
+import pytest
 from fuzz_core import MARKER, OPS, Case, RandomDraw, materialize
 from fuzz_pt2_ops import PAYLOADS
 from fuzz_seeds import ONNX_SEEDS, SEEDS
@@ -110,3 +109,47 @@ def test_calibration_pickle_never_runs(fuzz, gadget: str) -> None:
     res = fuzz.check(case("digits", compile_argv("--calib", "in/calib_pickle.npz"),
                           [["pickle_calibration", {"gadget": gadget}]]))
     assert res["rc"] == 2 and not res["marker"]
+
+
+# ---- classes tools/fuzz.py found (docs/reliability.md lists them with their counts) ------------------------
+
+FOUND = {
+    # the ONNX loader
+    "external data location with a NUL byte": ("ctrl", [["external_location", {"init": 0, "location": "weights.bin\x00x"}]]),
+    "unknown external data key (onnx warns on stderr)": ("extdata", [["external_misc", {"init": 0, "how": "unknown_key"}]]),
+    "invalid UTF-8 in a node name": ("digits", [["invalid_utf8", {"where": "node_name", "index": 1}]]),
+    "invalid UTF-8 in an op type": ("digits", [["invalid_utf8", {"where": "op_type", "index": 1}]]),
+    "invalid UTF-8 in a node domain": ("digits", [["invalid_utf8", {"where": "domain", "index": 1}]]),
+    "invalid UTF-8 in the graph name": ("digits", [["invalid_utf8", {"where": "graph_name", "index": 0}]]),
+    "integer division by zero while folding (numpy warns on stderr)": ("digits", [["runtime_error", {"how": "int_div_zero_const"}]]),
+    # the .pt2 reader
+    "a zero-size weight (torch logs a traceback)": ("pt2", [["zip_weight_meta", {"weight": 3, "field": "sizes", "value": "zero"}]]),
+}
+
+
+@pytest.mark.parametrize("name", list(FOUND))
+@pytest.mark.parametrize("command", ["inspect", "compile"])
+def test_found_class_is_one_line(fuzz, name: str, command: str) -> None:
+    seed, ops = FOUND[name]
+    argv = [["inspect", "{model}"]] if command == "inspect" else compile_argv()
+    fuzz.check(case(seed, argv, ops))
+
+
+def test_loop_with_a_huge_trip_count_does_not_hang(fuzz) -> None:
+    """The fidelity check runs the original model: a Loop of 2**62 steps must be refused, not run."""
+    fuzz.check(case("ctrl", compile_argv(), [["subgraph", {"how": "loop_trip_huge"}]], timeout=10))
+
+
+@pytest.mark.parametrize("argv", [
+    ["compile", "{model}", "-o", "out", "--input-shape", "x=99999999999999999999"],
+    ["compile", "{model}", "-o", "out", "--input-shape", "x=1x1x100000x100000"],
+    ["compile", "{model}", "-o", "out", "--calib", "in/calib_zero_samples.npz"],
+], ids=["dim-overflows-int64", "input-of-40-GB", "calib-zero-samples"])
+def test_pt2_command_line_errors_are_one_line(fuzz, argv: list[str]) -> None:
+    res = fuzz.check(case("pt2", [argv], [["calib_file", {"kind": "zero_samples"}]]))
+    assert res["rc"] == 2
+
+
+def test_unsupported_quantization_width_is_a_usage_error(fuzz) -> None:
+    res = fuzz.check(case("mixed", compile_argv("--passes", "quant-policy{bits=3}")))
+    assert res["rc"] == 2

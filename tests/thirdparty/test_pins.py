@@ -90,13 +90,13 @@ def test_a_failing_stage_is_a_table_line_with_its_reason():
             "inspect": mc.Result("inspect", True, "13 nodes", facts={"nodes": 13, "params": 6632, "macs": 7e6,
                                                                    "ops": {"Conv": 5}}),
             "onnx": mc.Result("onnx", False, "fails", "nasc: error: something specific"),
-            "mcu": mc.Result("mcu", True, "refused", "the model's weights need 9 KB", expected_refusal=True),
+            "mcu": mc.Result("mcu", True, "too big", "the model's weights need 9 KB", expected_refusal=True),
         }
     }
     text = mc.table(results)
     row = next(ln for ln in text.splitlines() if ln.startswith("| mtcnn-pnet |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[7:] == ["ok: 13 nodes", "**FAIL**", "not run", "refused (expected)"]
+    assert cells[7:] == ["ok: 13 nodes", "**FAIL**", "not run", "refused (expected): too big"]
     assert "- **mtcnn-pnet / onnx** (fails): nasc: error: something specific" in text
     assert "- **mtcnn-pnet / mcu** (refused as expected): the model's weights need 9 KB" in text
     assert "  Ops: Conv×5" in text and "mcu (stm32f746) atol" in text
