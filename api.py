@@ -23,19 +23,19 @@ def load(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None, *,
 
     ``model``: a path to an ``.onnx`` file, its bytes, an ``onnx.ModelProto``, or
     an ``ir.Graph`` (returned as is). ``input_shapes`` fixes dynamic input dims.
-    ``max_tensor_bytes`` bounds each tensor of an ONNX model (default $NASC_MAX_TENSOR_BYTES, else 16 GiB).
+    ``max_tensor_bytes`` bounds each tensor of an ONNX model, and each input of a .pt2 that
+    ``input_shapes`` sets (default $NASC_MAX_TENSOR_BYTES, else 16 GiB).
     """
     if isinstance(model, Graph):
         return model
+    from nasc.frontends import check_input_shape
+
     for name, shape in (input_shapes or {}).items():
-        bad = [d for d in shape if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1]
-        if bad:
-            raise UsageError(f"input shape {name}={'x'.join(map(str, shape))}: dims must be integers >= 1, got "
-                             f"{bad[0]!r}")
+        check_input_shape(name, shape)
     if _is_pt2(model):
         from nasc.frontends.torch import load_pt2
 
-        return load_pt2(model, input_shapes)
+        return load_pt2(model, input_shapes, max_tensor_bytes=max_tensor_bytes)
     if type(model).__module__.startswith("torch") or hasattr(model, "forward"):
         raise UsageError("a torch module needs example inputs: use nasc.from_torch(module, example_inputs)")
     from nasc.frontends.onnx import load_onnx
@@ -215,7 +215,7 @@ def compile(
     feeds_calib = fidelity.load_calibration(calib, graph) if isinstance(calib, str | os.PathLike) else (
         [dict(f) for f in calib] if calib is not None else None)
     labelled = _labelled(calib, feeds_calib)
-    warnings: list[str] = []
+    warnings: list[str] = list(graph.meta.get("load_warnings", []))
     pass_calib = feeds_calib
     if pipeline.lossy and not feeds_calib:
         warnings.append("lossy passes ran without calibration data (--calib): their choices and this fidelity "
@@ -263,6 +263,9 @@ def compile(
                 got = [runner(f) for f in feeds]
                 report["fidelity"] = {**fidelity.compare(ref, got), "inputs": inputs_label, "seed": seed,
                                       "batches": fidelity_batches, "reference": ref_label}
+                nonfinite = fidelity.nonfinite_warning(report["fidelity"])
+                if nonfinite is not None:
+                    warnings.append(nonfinite)
                 qdq = _qdq_outputs(graph, feeds)
                 if qdq is not None:
                     vs = fidelity.compare(qdq, got)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from nasc.errors import Error, UsageError
+from nasc.frontends import check_input_shape
 
 
 def parse_input_shapes(items: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
@@ -31,6 +32,7 @@ def parse_input_shapes(items: Sequence[str] | None) -> dict[str, tuple[int, ...]
             raise UsageError(f"--input-shape {item!r}: expected NAME=DxDxD, e.g. x=1x3x224x224") from None
         if name in shapes:
             raise UsageError(f"--input-shape gives input '{name}' twice")
+        check_input_shape(name, shape, what="--input-shape")
         shapes[name] = shape
     return shapes
 

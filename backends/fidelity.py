@@ -84,16 +84,78 @@ class _ReferenceSession:
         self._model = model
 
     def run(self, output_names: Any, feed: Mapping[str, np.ndarray], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return self._sess.run(output_names, feed, *args, **kwargs)
-        except Exception as e:
-            if not _is_ort_error(e):
-                raise
-            raise ModelLoadError(_ort_message(e, self._model, "failed running the model")
-                                 + " If the inputs were random (no --calib), give real ones with --calib.") from None
+        return run_watched(self._sess, self._model, output_names, feed)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sess, name)
+
+
+#: environment variable: the longest one ONNX Runtime run of the user's model may take, in seconds
+RUN_TIMEOUT_ENV = "NASC_RUN_TIMEOUT_S"
+DEFAULT_RUN_TIMEOUT_S = 300.0
+
+
+def run_timeout_s() -> float:
+    """$NASC_RUN_TIMEOUT_S, else 300 s (0 or less: no limit)."""
+    import os
+
+    from nasc.errors import UsageError
+
+    text = os.environ.get(RUN_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_RUN_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"${RUN_TIMEOUT_ENV}={text!r}: expected a number of seconds, e.g. 300") from None
+    if value != value:  # NaN
+        raise UsageError(f"${RUN_TIMEOUT_ENV}={text!r}: expected a number of seconds, e.g. 300")
+    return value
+
+
+def run_watched(sess: Any, model: onnx.ModelProto | str | bytes, output_names: Any,
+                feed: Mapping[str, np.ndarray], label: str | None = None) -> Any:
+    """``sess.run`` on the user's model (or nasc's graph of it) under a watchdog, its failures as nasc errors.
+
+    A run longer than $NASC_RUN_TIMEOUT_S (default 300 s) is stopped (ONNX Runtime's
+    ``RunOptions.terminate``) and reported as a ModelLoadError; ONNX Runtime failing
+    on the model at run time is a ModelLoadError naming the node. ``label``: how messages
+    name the model (default: its path, else "the model").
+    """
+    import threading
+
+    import onnxruntime as ort
+
+    limit = run_timeout_s()
+    opts = ort.RunOptions()
+    opts.log_severity_level = 4  # its errors are reported as nasc errors instead
+    fired = threading.Event()
+
+    def stop() -> None:
+        fired.set()
+        opts.terminate = True
+
+    timer = threading.Timer(limit, stop) if limit > 0 and limit != float("inf") else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        return sess.run(output_names, feed, opts)
+    except Exception as e:
+        if not _is_ort_error(e):
+            raise
+        if fired.is_set():
+            label = label or (f"'{model}'" if isinstance(model, str) else "the model")
+            raise ModelLoadError(
+                f"{label}: the model did not finish in {limit:g} s in ONNX Runtime on these inputs "
+                f"(nasc runs it to check the build and to calibrate): a Loop with a huge trip count, or one whose condition never "
+                f"turns false, is the likely cause. Fix the model, or raise the limit with ${RUN_TIMEOUT_ENV}."
+            ) from None
+        raise ModelLoadError(_ort_message(e, model, "failed running the model", label)
+                             + " If the inputs were random (no --calib), give real ones with --calib.") from None
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def _is_ort_error(e: BaseException) -> bool:
@@ -111,7 +173,7 @@ _ORT_NODE = [
 ]
 
 
-def _ort_message(e: BaseException, model: onnx.ModelProto | str | bytes, what: str) -> str:
+def _ort_message(e: BaseException, model: onnx.ModelProto | str | bytes, what: str, label: str | None = None) -> str:
     """One line: which model, which node (op, scope), ONNX Runtime's own reason, what to do."""
     text = " ".join(str(e).split())
     text = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
@@ -145,7 +207,7 @@ def _ort_message(e: BaseException, model: onnx.ModelProto | str | bytes, what: s
         where = f" at node '{name or '?'}'" + (f" ({op})" if op else "")
     else:
         where = ""
-    label = f"'{model}'" if isinstance(model, str) else "the model"
+    label = label or (f"'{model}'" if isinstance(model, str) else "the model")
     return (f"{label}: ONNX Runtime {what}{where}: {text[:600].rstrip('. ')}. nasc checks every build against "
             "ONNX Runtime on the original model: fix the model (or re-export it) so that ONNX Runtime runs it.")
 
@@ -192,11 +254,17 @@ def run_ort(session: Any, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
 
 
 def compare(ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndarray]]) -> dict[str, Any]:
-    """Error figures over all outputs and batches: max_abs_err, max_rel_err, cosine, top1_agreement."""
+    """Error figures over all outputs and batches: max_abs_err, max_rel_err, cosine, top1_agreement.
+
+    The figures are over the elements finite in both; where there are NaN or infinite
+    values, ``nonfinite`` counts them (elements non-finite in either) and
+    ``nonfinite_mismatch`` those where the two disagree (not both NaN, not the same inf).
+    """
     max_abs = 0.0
     max_rel = 0.0
     dots = nr = ng = 0.0
     top1_hits = top1_total = 0
+    nonfinite = mismatched = 0
     for rb, gb in zip(ref, got, strict=True):
         for r, g in zip(rb, gb, strict=True):
             if r.shape != g.shape:
@@ -204,21 +272,45 @@ def compare(ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndarr
             if r.dtype.kind not in "fiub":
                 continue
             r64, g64 = r.astype(np.float64), g.astype(np.float64)
+            both = np.isfinite(r64) & np.isfinite(g64)
+            bad = int(both.size - np.count_nonzero(both))
+            if bad:
+                nonfinite += bad
+                same = (np.isnan(r64) & np.isnan(g64)) | (r64 == g64)
+                mismatched += int(np.count_nonzero(~both & ~same))
+                r64, g64 = r64[both], g64[both]
             diff = np.abs(r64 - g64)
             if diff.size:
-                max_abs = max(max_abs, float(np.nanmax(diff)))
-                max_rel = max(max_rel, float(np.nanmax(diff / np.maximum(np.abs(r64), 1e-6))))
-            dots += float(np.sum(r64 * g64))
-            nr += float(np.sum(r64 * r64))
-            ng += float(np.sum(g64 * g64))
+                max_abs = max(max_abs, float(np.max(diff)))
+                max_rel = max(max_rel, float(np.max(diff / np.maximum(np.abs(r64), 1e-6))))
+            with np.errstate(over="ignore", invalid="ignore"):
+                dots += float(np.sum(r64 * g64))
+                nr += float(np.sum(r64 * r64))
+                ng += float(np.sum(g64 * g64))
             if r.dtype.kind == "f" and r.ndim == 2 and r.shape[1] >= 2:  # class scores [batch, classes]
                 top1_hits += int(np.sum(np.argmax(r, 1) == np.argmax(g, 1)))
                 top1_total += r.shape[0]
-    cosine = 1.0 if nr == 0 and ng == 0 else dots / max(np.sqrt(nr) * np.sqrt(ng), 1e-30)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cosine = 1.0 if nr == 0 and ng == 0 else dots / max(np.sqrt(nr) * np.sqrt(ng), 1e-30)
     out: dict[str, Any] = {"max_abs_err": max_abs, "max_rel_err": max_rel, "cosine": float(cosine)}
     if top1_total:
         out["top1_agreement"] = top1_hits / top1_total
+    if nonfinite:
+        out["nonfinite"] = nonfinite
+        out["nonfinite_mismatch"] = mismatched
     return out
+
+
+def nonfinite_warning(fid: Mapping[str, Any], what: str = "the outputs") -> str | None:
+    """A report warning for NaN or infinite outputs (see :func:`compare`), else None."""
+    n = int(fid.get("nonfinite", 0))
+    if not n:
+        return None
+    m = int(fid.get("nonfinite_mismatch", 0))
+    return (f"{n} element(s) of {what} are NaN or infinite on these inputs (the fidelity figures are over the "
+            f"finite ones only)" + (f"; in {m} of them the build and the reference disagree" if m else
+                                     "; the build and the reference agree on them")
+            + ". If the inputs were random (no --calib), real ones may avoid it.")
 
 
 def run_graph(graph: Any, feeds: Sequence[Mapping[str, np.ndarray]], values: Sequence[Any] | None = None
@@ -246,8 +338,13 @@ def run_graph(graph: Any, feeds: Sequence[Mapping[str, np.ndarray]], values: Seq
         if len(set(names)) != len(names):
             for i, v in enumerate(g.outputs):
                 v.name = f"{v.name}__probe{i}"
-    sess = ort_session(to_onnx(g), exact=True)
-    return [run_ort(sess, f) for f in feeds]
+    proto = to_onnx(g)
+    sess = ort_session(proto, exact=True, log_level=4)  # a failure to load nasc's graph is a bug: it raises as is
+    names = {i.name for i in sess.get_inputs()}
+    # a failure at run time is the model's (a shape read from an input, an index out of range): a nasc error
+    label = f"model '{graph.name}' (nasc's graph of it, run to measure activations)"
+    return [[np.asarray(o) for o in run_watched(sess, proto, None, {k: v for k, v in f.items() if k in names}, label)]
+            for f in feeds]
 
 
 def npz_array(data: Any, key: str, path: Any) -> np.ndarray:

@@ -262,8 +262,9 @@ def export_onnx(graph: Graph, path: str | os.PathLike[str], *, check: bool = Tru
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
             hint = ""
             if isinstance(e, onnx.shape_inference.InferenceError) and any(_is_control_flow(n) for n in graph.nodes):
-                hint = (". With the fixed input shapes a body of a control-flow node does not type; if it is a branch "
-                        "these inputs never take (an If on an input such as a sample rate), choose input shapes "
-                        "that every branch accepts")
+                hint = (". With the fixed input shapes a body of a control-flow node does not type (ONNX Runtime "
+                        "refuses such a file too). If it is a branch these inputs never take (an If on an input such "
+                        "as a sample rate), choose input shapes that every branch accepts; where none exists, the "
+                        "model cannot be exported with static shapes")
             raise ExportError(f"the exported model fails onnx.checker: {str(e).strip().splitlines()[0]}{hint}") from None
     return path

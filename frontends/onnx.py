@@ -33,6 +33,7 @@ from nasc.frontends.onnx_check import (
     check_opsets,
     check_spec,
     check_tensor_size,
+    check_text,
     clear_negative_dims,
 )
 from nasc.frontends.onnx_check import max_tensor_bytes as tensor_limit
@@ -73,6 +74,22 @@ def load_onnx(
     invalid or unsupported models: whatever ONNX's checker and its strict type
     and shape inference refuse (as ONNX Runtime does), and tensors over the limit.
     """
+    import warnings
+
+    # onnx warns on stderr for what it tolerates (unknown external data keys, ...): those go to the
+    # graph's load warnings (the compile report lists them), so that an error stays one line
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graph = _load_onnx(model, input_shapes, verify_graph=verify_graph, max_tensor_bytes=max_tensor_bytes)
+    notes = list(dict.fromkeys(f"loading the model: {' '.join(str(w.message).split())}" for w in caught
+                              if not issubclass(w.category, DeprecationWarning | PendingDeprecationWarning | FutureWarning)))
+    if notes:
+        graph.meta.setdefault("load_warnings", []).extend(notes)
+    return graph
+
+
+def _load_onnx(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None, *, verify_graph: bool,
+               max_tensor_bytes: int | None) -> Graph:
     limit = tensor_limit(max_tensor_bytes)
     proto, base_dir, label = read_model(model)
     proto = clear_negative_dims(proto, owned=not isinstance(model, onnx.ModelProto))
@@ -92,14 +109,18 @@ def load_onnx(
 def read_model(model: ModelLike) -> tuple[onnx.ModelProto, str | None, str]:
     """The ModelProto, the directory its external data is relative to, and a label for messages."""
     if isinstance(model, onnx.ModelProto):
+        check_text(model, "model <proto>")
         return model, None, f"model '{model.graph.name or '<proto>'}'"
     if isinstance(model, bytes | bytearray):
-        return _parse_bytes(bytes(model), "<bytes>"), None, "model <bytes>"
+        proto = _parse_bytes(bytes(model), "<bytes>")
+        check_text(proto, "model <bytes>")
+        return proto, None, "model <bytes>"
     path = Path(model)
     label = f"'{path}'"
     if not path.is_file():
         raise ModelLoadError(f"{label}: no such file")
     proto = _parse_bytes(path.read_bytes(), label)
+    check_text(proto, label)
     base_dir = str(path.resolve().parent)
     check_external_data(proto, base_dir, label)
     return proto, base_dir, label
@@ -184,8 +205,14 @@ def _toposort(g: onnx.GraphProto, defined: set[str], producers: dict[str, int], 
         return list(nx.lexicographical_topological_sort(dg))
     except nx.NetworkXUnfeasible:
         cycle = nx.find_cycle(dg)
-        names = " -> ".join(f"'{g.node[a].name or '?'}' ({g.node[a].op_type})" for a, _ in cycle)
+        names = " -> ".join(f"'{g.node[a].name or '?'}' ({g.node[a].op_type})" for a, _ in cycle[:CYCLE_SHOWN])
+        if len(cycle) > CYCLE_SHOWN:
+            names += f" -> ... and {len(cycle) - CYCLE_SHOWN} more node(s)"
         raise ModelLoadError(f"{label}: the graph has a cycle: {names} -> back to the first") from None
+
+
+#: the most nodes an error message lists
+CYCLE_SHOWN = 10
 
 
 def default_opset(proto: onnx.ModelProto) -> int | None:

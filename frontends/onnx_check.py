@@ -30,6 +30,66 @@ SKELETON_MAX_ELEMENTS = 4096  # constants up to this size keep their values for 
 A = onnx.AttributeProto
 
 
+# ---- text fields ---------------------------------------------------------------------
+
+
+@cache
+def _text_fields(desc: object) -> tuple[tuple[str, bool, bool], ...]:
+    """(name, is_string, is_repeated) of a message type's string and message fields."""
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    out = []
+    for f in desc.fields:  # type: ignore[attr-defined]
+        if f.type in (F.TYPE_STRING, F.TYPE_MESSAGE, F.TYPE_GROUP):
+            repeated = getattr(f, "is_repeated", None)
+            if repeated is None:
+                repeated = f.label == F.LABEL_REPEATED
+            out.append((f.name, f.type == F.TYPE_STRING, bool(repeated)))
+    return tuple(out)
+
+
+def _where(msg: object, path: str) -> str:
+    """A readable place for a message: a node by its index, name and op where those are text."""
+    if isinstance(msg, onnx.NodeProto):
+        name = msg.name if isinstance(msg.name, str) else ""
+        op = msg.op_type if isinstance(msg.op_type, str) else ""
+        return f"node '{name or '?'}'" + (f" ({op})" if op else "")
+    return path
+
+
+def check_text(proto: onnx.ModelProto, label: str) -> None:
+    """Refuse string fields that are not valid UTF-8 (names, op types, domains, metadata, in every subgraph).
+
+    ONNX declares them as text; protobuf hands invalid ones over as bytes, which
+    every later step (the checker, ONNX Runtime, the exporter) would choke on.
+    """
+    stack: list[tuple[object, str, str]] = [(proto, "model", "the model")]
+    while stack:
+        msg, path, where = stack.pop()
+        for name, is_string, repeated in _text_fields(msg.DESCRIPTOR):  # type: ignore[attr-defined]
+            if is_string:
+                values = list(getattr(msg, name)) if repeated else [getattr(msg, name)]
+                for i, v in enumerate(values):
+                    if isinstance(v, bytes):
+                        field = f"{path}.{name}" + (f"[{i}]" if repeated else "")
+                        shown = v.decode("utf-8", "backslashreplace")
+                        if len(shown) > 60:
+                            shown = shown[:60] + "..."
+                        raise ModelLoadError(
+                            f"{label}: field '{field}' of {where} is not valid UTF-8 text ('{shown}'); ONNX "
+                            "requires names, op types, domains and metadata to be UTF-8. Fix the exporter or "
+                            "the model.")
+                continue
+            if repeated:
+                for i, sub in enumerate(getattr(msg, name)):
+                    p = f"{path}.{name}[{i}]"
+                    stack.append((sub, p, _where(sub, p) if isinstance(sub, onnx.NodeProto) else where))
+            elif msg.HasField(name):  # type: ignore[attr-defined]
+                sub = getattr(msg, name)
+                p = f"{path}.{name}"
+                stack.append((sub, p, where))
+
+
 # ---- the tensor size limit -------------------------------------------------------------
 
 
@@ -400,6 +460,9 @@ def check_external_data(proto: onnx.ModelProto, base_dir: str, label: str) -> No
             continue
         info = {e.key: e.value for e in t.external_data}
         loc = info.get("location", "")
+        if "\x00" in loc:
+            raise ModelLoadError(f"{label}: tensor '{t.name}' stores its data at {loc!r}, a path with a NUL byte, "
+                                 "which no file can have. Fix the tensor's external data 'location'.")
         target = os.path.realpath(os.path.join(root, loc))
         if not loc or os.path.isabs(loc) or os.path.commonpath([root, target]) != root:
             raise ModelLoadError(

@@ -13,12 +13,15 @@ it. Ops without a converter are listed together in one error, which suggests
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -29,7 +32,52 @@ from nasc.ir import verify
 from nasc.ir.core import Graph, LazyArray, Value
 from nasc.ir.types import TensorType
 
+#: torch loggers that report, as ERROR lines with a traceback, failures that nasc turns into one error of its own
+#: (fake-tensor propagation of a malformed program, torch.export's own attempts) or chatter at WARNING
+_QUIET_LOGGERS = ("torch.export", "torch._export", "torch._subclasses.fake_tensor", "torch._subclasses",
+                  "torch.fx.experimental.symbolic_shapes", "torch.fx.experimental.recording", "torch._dynamo",
+                  "torch._functorch")
+#: warnings torch raises about itself (not about the user's model) while nasc calls into it
+_QUIET_WARNINGS = (
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+)
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def torch_quiet() -> Iterator[None]:
+    """Silence torch's log lines and its self-deprecation warnings while nasc calls into torch.
+
+    torch logs a traceback (``failed while attempting to run meta``) for an op that
+    then raises; nasc reports that exception as one error line, so the log adds only
+    noise before it. Other warnings, and other loggers, are left as they are.
+    """
+    saved = []
+    for name in _QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level))
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            for category, message in _QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category)
+            yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
+def _quiet(fn: _F) -> _F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch_quiet():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@_quiet
 def from_torch(
     module: torch.nn.Module,
     example_inputs: Sequence[Any] | Mapping[str, Any],
@@ -63,6 +111,7 @@ def from_torch(
     return from_exported_program(ep, output_names=output_names, name=type(module).__name__)
 
 
+@_quiet
 def read_pt2(path: str | os.PathLike[str]) -> Any:
     """The ExportedProgram in a ``torch.export.save`` file, read without running code from it.
 
@@ -70,7 +119,6 @@ def read_pt2(path: str | os.PathLike[str]) -> Any:
     need more are refused by name (``frontends/pt2_archive.py`` says how, and
     why that holds for members it does not know).
     """
-    import logging
     import zipfile
 
     from nasc.frontends import pt2_archive
@@ -80,34 +128,54 @@ def read_pt2(path: str | os.PathLike[str]) -> Any:
         raise ModelLoadError(f"'{p}': no such file")
     if not zipfile.is_zipfile(p):
         raise ModelLoadError(f"'{p}' is not a readable torch.export program (.pt2): not a zip archive")
-    quiet = logging.getLogger("torch.export")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # torch logs a traceback for files it then rejects anyway
-    try:
+    try:  # torch logs a traceback for files it then rejects anyway: @_quiet keeps it off stderr
         return pt2_archive.load(p)
     except ModelLoadError:
         raise
     except Exception as e:
         raise ModelLoadError(f"'{p}' is not a readable torch.export program (.pt2): {_first_line(e)}") from None
-    finally:
-        quiet.setLevel(level)
 
 
-def load_pt2(path: str | os.PathLike[str], input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
-    """Import a ``.pt2`` file; dynamic dims take their example values unless ``input_shapes`` sets them."""
+@_quiet
+def load_pt2(path: str | os.PathLike[str], input_shapes: Mapping[str, Sequence[int]] | None = None, *,
+             max_tensor_bytes: int | None = None) -> Graph:
+    """Import a ``.pt2`` file; dynamic dims take their example values unless ``input_shapes`` sets them.
+
+    ``max_tensor_bytes`` bounds each input that ``input_shapes`` sets, as in the ONNX
+    frontend (default $NASC_MAX_TENSOR_BYTES, else 16 GiB). The program is specialised
+    on fake tensors, so no input is allocated.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from nasc.frontends import check_input_shape
+    from nasc.frontends.onnx_check import check_tensor_size
+    from nasc.frontends.onnx_check import max_tensor_bytes as tensor_limit
+
+    limit = tensor_limit(max_tensor_bytes)
+    for name, shape in (input_shapes or {}).items():
+        check_input_shape(name, shape)
     ep = read_pt2(path)
     if input_shapes:
         names = list(ep.graph_signature.user_inputs)
         unknown = set(input_shapes) - set(names)
         if unknown:
             raise UsageError(f"'{path}': input_shapes names {sorted(unknown)}, which are not inputs; inputs: {names}")
-        args, kwargs = pt2_inputs(ep, {n: torch.zeros(tuple(s), dtype=_input_dtype(ep, n))
-                                       for n, s in input_shapes.items()})
+        feed = {}
+        mode = FakeTensorMode()
+        for n, s in input_shapes.items():
+            dtype = _input_dtype(ep, n)
+            shape = tuple(int(d) for d in s)
+            check_tensor_size(f"'{path}'", f"input '{n}' as given ({n}={'x'.join(map(str, shape))})",
+                              TensorType(dtype_from_torch(dtype), shape), limit)
+            with mode:
+                feed[n] = torch.empty(shape, dtype=dtype)
+        args, kwargs = pt2_inputs(ep, feed)
         try:
             ep = torch.export.export(ep.module(), args, kwargs, strict=False)
         except Exception as e:
             raise UnsupportedModelError(f"'{path}' cannot be specialised to {dict(input_shapes)}: {_first_line(e)}") from e
     return from_exported_program(ep)
+
 
 
 def _input_dtype(ep: Any, name: str) -> torch.dtype:
@@ -141,7 +209,7 @@ def pt2_reference(path: str | os.PathLike[str]) -> Any:
 
     def run(feed: Mapping[str, Any]) -> list[np.ndarray]:
         args, kwargs = pt2_inputs(ep, feed)
-        with torch.no_grad():
+        with torch.no_grad(), torch_quiet():
             out = mod(*args, **kwargs)
         return [t.detach().numpy() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
 
@@ -223,6 +291,7 @@ def _decompositions() -> Any:
     return table
 
 
+@_quiet
 def from_exported_program(ep: Any, output_names: Sequence[str] | None = None, name: str = "main") -> Graph:
     """Convert a torch.export ExportedProgram (decomposed to core ATen here) into a verified IR graph."""
     try:

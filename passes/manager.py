@@ -147,6 +147,15 @@ class Pass:
     def summary(cls) -> str:
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
+    def check_option(self, option: str, ok: bool, valid: str) -> None:
+        """Refuse a bad option value at construction: a usage error naming the pass, option, value and the
+        valid values (``valid``, e.g. "8 or 4"). Passes call it from ``__post_init__``."""
+        if not ok:
+            value = getattr(self, option)
+            text = repr(value) if isinstance(value, str) else _format_value(value)
+            raise UsageError(f"pass '{self.name}': option {option.replace('_', '-')}={text} is not valid; "
+                             f"expected {valid}")
+
     def given_options(self) -> dict[str, Any]:
         """Options that differ from their defaults, in declaration order."""
         return {f.name: getattr(self, f.name) for f in self.option_fields() if getattr(self, f.name) != _default(f)}

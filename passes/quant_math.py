@@ -23,6 +23,10 @@ def qmax(bits: int, reduce_range: bool = False) -> int:
     return (1 << (bits - (2 if reduce_range else 1))) - 1
 
 
+#: the weight widths nasc quantizes to (int8, packed int4)
+WEIGHT_BITS = (8, 4)
+
+
 def weight_dtype(bits: int) -> str:
     if bits == 8:
         return "i8"

@@ -7,6 +7,7 @@ measured on the calibration inputs, and every build reports its error against th
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -321,6 +322,16 @@ def realise_with(rw: _Rewriter, layers: list[Layer], bits: dict[str, int]) -> _R
 
 # ---- the passes ------------------------------------------------------------------------------------
 
+#: the ``calib`` methods of quantize: how activation ranges are taken from the calibration samples
+CALIB_METHODS = ("minmax", "percentile", "mse")
+
+
+def _check_regex(p: Pass, option: str) -> None:
+    try:
+        re.compile(getattr(p, option))
+    except re.error as e:
+        p.check_option(option, False, f"a Python regular expression (matched against layer scopes and names): {e}")
+
 
 @register_pass
 @dataclass(frozen=True)
@@ -344,11 +355,14 @@ class Quantize(Pass):
     reduce_range: bool = False
     outputs: bool = True
 
+    def __post_init__(self) -> None:
+        self.check_option("bits", self.bits in qm.WEIGHT_BITS, "8 or 4 (the weight widths quantize stores)")
+        self.check_option("act_bits", self.act_bits == 8, "8 (activations are quantized to uint8)")
+        self.check_option("calib", self.calib in CALIB_METHODS, "minmax, percentile or mse")
+        self.check_option("percentile", 0.0 < self.percentile <= 100.0, "a number in (0, 100], e.g. 99.99")
+        _check_regex(self, "keep_float")
+
     def run(self, graph: Graph, ctx: PassContext) -> bool:
-        if self.act_bits != 8:
-            raise UsageError(f"quantize: act-bits={self.act_bits}; activations are quantized to 8 bits (uint8)")
-        if self.calib not in ("minmax", "percentile", "mse"):
-            raise UsageError(f"quantize: calib={self.calib!r}; expected minmax, percentile or mse")
         feeds = _need_calib(ctx, "quantize")
         layers = find_layers(graph, self.keep_float)
         policy = graph.meta.get(POLICY_KEY)
@@ -356,7 +370,6 @@ class Quantize(Pass):
             bits = {k: int(v["bits"]) for k, v in policy.items()}
             layers = [lay for lay in layers if lay.key in bits]
         else:
-            qm.weight_dtype(self.bits)
             bits = {lay.key: self.bits for lay in layers}
         joined = integer_ops(graph, self.keep_float) if self.outputs else []
         ends = [chain_end(lay.node.outputs[0]) for lay in layers + joined
@@ -466,15 +479,19 @@ class QuantPolicy(Pass):
     keep_float: str = ""
     metric: str = "mse"
 
+    def __post_init__(self) -> None:
+        self.check_option("bits", bool(self.bits) and all(b in qm.WEIGHT_BITS for b in self.bits),
+                          "one or more of the weight widths 8 and 4, e.g. bits=8,4")
+        self.check_option("act_bits", self.act_bits == 8, "8 (activations are quantized to uint8)")
+        self.check_option("metric", self.metric in ("mse", "cosine", "top1"), "mse, cosine or top1")
+        for budget in ("flash", "sram"):
+            value = getattr(self, budget)
+            self.check_option(budget, value is None or value > 0, "a positive size, e.g. 512KB, or none")
+        self.check_option("latency", self.latency is None or (math.isfinite(self.latency) and self.latency > 0),
+                          "a positive duration, e.g. 5ms, or none")
+        _check_regex(self, "keep_float")
+
     def run(self, graph: Graph, ctx: PassContext) -> bool:
-        if self.metric not in ("mse", "cosine", "top1"):
-            raise UsageError(f"quant-policy: metric={self.metric!r}; expected mse, cosine or top1")
-        if not self.bits:
-            raise UsageError("quant-policy: bits needs at least one width, e.g. bits=8,4")
-        for b in self.bits:
-            qm.weight_dtype(b)
-        if self.act_bits != 8:
-            raise UsageError(f"quant-policy: act-bits={self.act_bits}; activations are quantized to 8 bits")
         feeds = _need_calib(ctx, "quant-policy")[:SENSITIVITY_SAMPLES]
         board = _board(ctx.target)
         layers = find_layers(graph, self.keep_float)

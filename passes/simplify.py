@@ -33,6 +33,9 @@ class Simplify(Pass):
     cse: bool = True
     max_iterations: int = 4
 
+    def __post_init__(self) -> None:
+        self.check_option("max_iterations", self.max_iterations >= 1, "an int >= 1")
+
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         changed = False
         for _ in range(self.max_iterations):

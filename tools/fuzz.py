@@ -168,8 +168,9 @@ def write_repro(dest: Path, case: Case, res: dict[str, Any], bucket: Bucket, see
     (dest / "cmd.sh").write_text(f'#!/bin/sh\ncd "$(dirname "$0")" && exec nasc {shlex.join(argv)}\n')
     (dest / "cmd.sh").chmod(0o755)
     err = res.get("error") or {}
+    flaky = "" if res else "did not reproduce when rerun (flaky, or fixed while the run went on); the first case:\n"
     (dest / "result.txt").write_text(
-        f"class: {bucket.key}\ncases in this run: {bucket.count} ({dict(bucket.families)})\n"
+        f"class: {bucket.key}\ncases in this run: {bucket.count} ({dict(bucket.families)})\n{flaky}"
         f"case: {case.describe(model)}\nexit: {res.get('rc')}\nstderr:\n{res.get('stderr', '')}\n"
         f"raised: {err.get('exc', '')} {err.get('message', '')}\n{err.get('frames', '')}\n"
         f"detail:\n{bucket.detail}\n")
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                         (dest / "result.txt").write_text(f"class: {b.key}\ncannot build: {type(e).__name__}: {e}\n"
                                                          f"case: {small.to_json()}\n")
                     with lock:
-                        repro[b.key] = f"`{dest.relative_to(args.out)}`"
+                        repro[b.key] = f"`{dest.relative_to(args.out)}`" + ("" if res else " (did not reproduce)")
 
             threads = [threading.Thread(target=mini, args=(w, k)) for k, w in enumerate(workers)]
             for t in threads:

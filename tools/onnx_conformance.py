@@ -43,6 +43,9 @@ import onnx
 import onnx.backend.test
 from onnx.backend.base import Backend, BackendRep
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conformance_report import target_markdown, write_report
+
 KINDS = ("node", "simple", "pytorch-converted", "pytorch-operator", "light")
 
 
@@ -466,114 +469,6 @@ def markdown(summary: dict[str, Any], command: str) -> str:
                   "converts to opset 21 on import:", ""]
         lines += [", ".join(f"`{t}`" for t in summary["nasc_pass_ort_fail"]), ""]
     return "\n".join(lines)
-
-
-# ---- the target runs' report ------------------------------------------------------------------------
-
-SECTION = "conformance-targets"  # the markers of the target runs' section in docs/conformance.md
-
-# Why a target fails a test ONNX Runtime passes, where that is understood and accepted (test -> why).
-EXPLAINED_TARGETS: dict[str, str] = {}
-
-
-def test_ops() -> dict[str, str]:
-    """The op each node test ("test_relu_cpu") is about: its one node's op; "Op (expanded)" for a function
-    body expanded into several nodes, named after its one-node twin."""
-    from onnx.backend.test.loader import load_node_model_tests
-
-    cases = {c.name: c for c in load_node_model_tests()}
-    single = {n: c.model.graph.node[0].op_type for n, c in cases.items() if len(c.model.graph.node) == 1}
-    ops = {}
-    for n, c in cases.items():
-        twin = re.sub(r"_expanded(_ver\d+)?$", "", n)
-        ops[f"{n}_cpu"] = single.get(n) or f"{single.get(twin) or c.model.graph.node[-1].op_type} (expanded)"
-    return ops
-
-
-def _cell(statuses: list[str]) -> str:
-    c = Counter(statuses)
-    rest = ", ".join(f"{n} {st}" for st, n in sorted(c.items()) if st != "pass")
-    return f"{c['pass']}" + (f" ({rest})" if rest else "")
-
-
-def target_markdown(results: dict[str, dict[str, tuple[str, str]]], records: list[dict], command: str) -> str:
-    """The section of docs/conformance.md for a target run: counts beside ORT's, per op, and what fails."""
-    from nasc.backends.tvm import ops as _ops  # noqa: F401  (registers the lowerings)
-    from nasc.backends.tvm.lower import LOWERINGS
-
-    labels = list(results)
-    names = sorted(results["ort"])
-    title = {"ort": "ONNX Runtime alone", "nasc": "nasc, onnx target (exported, run by ONNX Runtime)",
-             "cpu": "nasc, cpu target (TVM, this host's CPU)", "mcu": "nasc, mcu target (C for cortex-m4, host gcc)"}
-    bound = sorted({r["test"] for r in records if r.get("bound")})
-    lines = ["## The node tests built for the targets", "",
-             f"Produced by `{command}` (onnx {onnx.__version__}, onnxruntime {__import__('onnxruntime').__version__}).",
-             "",
-             "Every node test of the suite is built with nasc for each target and run on the test's inputs; the",
-             "outputs are compared with the suite's expected outputs at the suite's tolerances (rtol 1e-3, atol 1e-7",
-             "unless a test sets its own, as onnx's backend runner does; shapes and dtypes must match). cpu: TVM for",
-             "this host's CPU, run in TVM's VM; mcu: the C project for the default board (cortex-m4), built and run",
-             "with the host gcc (-Werror). Outcomes: *fail* wrong numbers, shape or dtype; *unsupported* a nasc",
-             "error that says what is not supported (no lowering for the op, a dynamic shape, an attribute",
-             "combination); *crash* any other error (an internal error, C that does not compile, a dead worker).",
-             "Operands a static build must know (Slice's starts, Reshape's shape, Pad's pads, Clip's bounds, ...:",
-             f"`BIND` in the tool) are bound to the test data's values: {len(bound)} of {len(names)} tests.", "",
-             "| | pass | fail | unsupported | crash | other | of |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for lab in labels:
-        c = Counter(st for st, _ in results[lab].values())
-        other = sum(n for st, n in c.items() if st not in ("pass", "fail", "unsupported", "crash"))
-        lines.append(f"| {title.get(lab, lab)} | {c['pass']} | {c['fail']} | {c['unsupported']} | {c['crash']} | "
-                     f"{other} | {len(results[lab])} |")
-    lines += ["", "(*other* for ONNX Runtime and the onnx target: errors, which they do not classify further.)", ""]
-    ops = test_ops()
-    by_op: dict[str, list[str]] = {}
-    for t in names:
-        by_op.setdefault(ops.get(t, "(model)"), []).append(t)
-    targets = [lab for lab in labels if lab in ("cpu", "mcu")]
-    lines += ["### Per op", "",
-              "Passing tests per op (and how the others ended); **bold**: ops with a TVM lowering (cpu and mcu).", "",
-              "| op | tests | " + " | ".join(labels) + " |", "|---|---:|" + "---:|" * len(labels)]
-    for op in sorted(by_op, key=str.lower):
-        ts = by_op[op]
-        base = op.removesuffix(" (expanded)")
-        name = f"**{op}**" if base in LOWERINGS and base == op else op
-        lines.append(f"| {name} | {len(ts)} | " + " | ".join(_cell([results[lab].get(t, ("missing", ""))[0]
-                                                                     for t in ts]) for lab in labels) + " |")
-    for lab in targets:
-        bad = {t: results[lab][t] for t in names if results[lab].get(t, ("", ""))[0] in ("fail", "crash")}
-        lines += ["", f"### {lab}: tests that fail or crash ({len(bad)})", ""]
-        if bad:
-            lines += ["| test | ORT | outcome | error | why |", "|---|---|---|---|---|"]
-            for t, (st, why) in bad.items():
-                lines.append(f"| `{t}` | {results['ort'].get(t, ('?', ''))[0]} | {st} | {why[:200].replace('|', '/')} | "
-                             f"{EXPLAINED_TARGETS.get(t, 'not yet understood')} |")
-        unsup = Counter(_pattern(why) for st, why in results[lab].values() if st == "unsupported")
-        if unsup:
-            lines += ["", f"Why {lab} builds were refused (unsupported; most common messages, names elided):", "",
-                      "| tests | message |", "|---:|---|"]
-            lines += [f"| {n} | {why.replace('|', '/')} |" for why, n in unsup.most_common(25)]
-    return "\n".join(lines)
-
-
-def _pattern(why: str) -> str:
-    why = re.sub(r"'[^']*'", "'…'", why)
-    why = re.sub(r"%[\w.]+", "%…", why)
-    return re.sub(r"\d+", "N", why)[:160]
-
-
-def write_report(path: Path, text: str, targets: bool) -> None:
-    """Write a target run's section into ``path`` between its markers (``targets``), or the onnx run's report
-    as the rest of the file, keeping the targets section already there."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from doc_tables import write_between_markers
-
-    if targets:
-        write_between_markers(path, text, SECTION)
-        return
-    old = path.read_text() if path.exists() else ""
-    begin, end = f"<!-- {SECTION}:begin -->", f"<!-- {SECTION}:end -->"
-    kept = old[old.index(begin):old.index(end) + len(end)] if begin in old and end in old else ""
-    path.write_text(text.rstrip("\n") + "\n" + (f"\n{kept}\n" if kept else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

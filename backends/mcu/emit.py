@@ -112,6 +112,8 @@ def model_c(k: Kernels, plan: Plan, ins: list[Port], outs: list[Port], labels: d
             return f"({ct}*)nasc_weights[{widx[root]}]"
         if kind == "output":
             return f"({ct}*){out_ptr[root]}"
+        if prog.buffers[root].nbytes == 0:  # a zero-size tensor: never read, never planned
+            return f"({ct}*)0"
         return f"({ct}*)(nasc_arena + {plan.offset(root)})"
 
     lines = [

@@ -121,8 +121,6 @@ def _loop_for_consumer(sch: s_tir.Schedule, red: Any, consumer: Any) -> Any | No
 def schedule_for_memory(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """Inline spatial blocks and compute each reduction where its consumer needs it, so that a fused
     kernel keeps its intermediates in scalars or small buffers instead of whole tensors."""
-    if not _has_root_block(func):  # an opaque kernel written with the IR builder (cumsum): as it is
-        return func
     sch = s_tir.Schedule(func)
     _inline_spatial(sch)
     for block in reversed(_blocks(sch)):
@@ -146,11 +144,6 @@ def schedule_for_memory(func: tirx.PrimFunc) -> tirx.PrimFunc:
             except Exception:
                 pass
     return sch.mod["main"]
-
-
-def _has_root_block(func: tirx.PrimFunc) -> bool:
-    body = func.body
-    return isinstance(body, s_tir.SBlockRealize) and body.block.name_hint == "root"
 
 
 def _drives_reduction(sch: s_tir.Schedule, block: Any, loop: Any) -> bool:
@@ -370,8 +363,6 @@ def build_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> Kernels:
 def inplace_params(func: tirx.PrimFunc) -> list[int]:
     """Parameters (by position) that the kernel's output may overwrite: the kernel is one spatial block after
     scheduling, and reads that parameter, of the output's shape, only at the index it writes."""
-    if not _has_root_block(func):
-        return []
     sch = s_tir.Schedule(func)
     blocks = _blocks(sch)
     if len(blocks) != 1 or _is_reduction(sch, blocks[0]):

@@ -375,11 +375,23 @@ def _gelu(lx: Lx, node: Node) -> Any:
     return lx.emit(fn(lx.x(node)))
 
 
+_HALF = ("f16", "bf16")
+
+
+def _in_f32(lx: Lx, node: Node, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` computed in float32 when the node's result is half precision (as ONNX Runtime does: half
+    sums and exponentials lose a digit against the suite's tolerance), cast back."""
+    dt = node.outputs[0].dtype
+    if dt not in _HALF:
+        return lx.emit(fn(*args))
+    return lx.emit(R.astype(fn(*(R.astype(a, "float32") for a in args)), tvm_dtype(dt)))
+
+
 @lowering("Softmax", "LogSoftmax")
 def _softmax(lx: Lx, node: Node) -> Any:
     axis = int(node.attr("axis", -1))
     fn = R.nn.log_softmax if node.op == "LogSoftmax" else R.nn.softmax
-    return lx.emit(fn(lx.x(node), axis=axis))
+    return _in_f32(lx, node, lambda x: fn(x, axis=axis), lx.x(node))
 
 
 # ---- linear algebra and convolution ---------------------------------------------------------------
@@ -387,6 +399,9 @@ def _softmax(lx: Lx, node: Node) -> Any:
 
 @lowering("MatMul")
 def _matmul(lx: Lx, node: Node) -> Any:
+    dt = node.outputs[0].dtype
+    if dt in _HALF:  # accumulate in float32
+        return lx.emit(R.astype(R.matmul(lx.x(node, 0), lx.x(node, 1), out_dtype="float32"), tvm_dtype(dt)))
     return lx.emit(R.matmul(lx.x(node, 0), lx.x(node, 1)))
 
 
@@ -439,11 +454,14 @@ def _conv(lx: Lx, node: Node) -> Any:
     dilations = list(node.attr("dilations", (1,) * k))
     pads = _conv_pads(node, list(x.shape[2:]), list(w.shape[2:]), strides, dilations, out_shape(node)[2:])
     layout = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}[k]
+    dt = node.outputs[0].dtype
     y = _CONV[k](lx.x(node, 0), lx.x(node, 1), strides=strides, padding=pads, dilation=dilations,
-                 groups=int(node.attr("group", 1)), data_layout=layout[0], kernel_layout=layout[1])
+                 groups=int(node.attr("group", 1)), data_layout=layout[0], kernel_layout=layout[1],
+                 out_dtype="float32" if dt in _HALF else None)  # half precision accumulates in float32
     if node.has_input(2):
-        y = R.add(y, R.reshape(lx.x(node, 2), [1, w.shape[0]] + [1] * k))
-    return lx.emit(y)
+        b = lx.x(node, 2)
+        y = R.add(y, R.reshape(R.astype(b, "float32") if dt in _HALF else b, [1, w.shape[0]] + [1] * k))
+    return lx.emit(R.astype(y, tvm_dtype(dt)) if dt in _HALF else y)
 
 
 _CONV_T = {1: (R.nn.conv1d_transpose, "NCW", "IOW"), 2: (R.nn.conv2d_transpose, "NCHW", "IOHW"),
@@ -609,6 +627,37 @@ def _empty_reduction(op: str, dtype: str) -> Any:
     return {"ReduceProd": 1, "ReduceLogSumExp": -np.inf, "ReduceMean": np.nan}.get(op, 0)
 
 
+def _float_extreme(lx: Lx, node: Node, axes: list[int], keep: bool) -> Any:
+    """Float max / min starting from -inf / +inf: TVM's start from the largest finite value, so a row of
+    infinities (a fully masked attention row) reduced to -FLT_MAX instead of -inf."""
+    from tvm import te, tirx
+
+    is_max = node.op == "ReduceMax"
+    rank = len(node.input(0).shape)
+    reducer = te.comm_reducer(lambda a, b: tirx.max(a, b) if is_max else tirx.min(a, b),
+                              lambda t: tirx.const(-np.inf if is_max else np.inf, t), name="extreme")
+
+    def compute(data: te.Tensor) -> te.Tensor:
+        red = {a: te.reduce_axis((0, data.shape[a]), f"k{a}") for a in axes}
+        shape = [1 if a in red else data.shape[a] for a in range(rank) if keep or a not in red]
+
+        def body(*idx: Any) -> Any:
+            it = iter(idx)
+            full = []
+            for a in range(rank):
+                if a in red:
+                    full.append(red[a])
+                    if keep:
+                        next(it)
+                else:
+                    full.append(next(it))
+            return reducer(data[tuple(full)], axis=list(red.values()))
+
+        return te.compute(shape, body, name="reduce_extreme")
+
+    return lx.bb.emit(lx.bb.call_te(compute, lx.x(node), primfunc_name_hint="reduce_" + ("max" if is_max else "min")))
+
+
 @lowering(*_REDUCE, "ReduceL2", "ReduceSumSquare", "ReduceL1", "ReduceLogSumExp")
 def _reduce(lx: Lx, node: Node) -> Any:
     axes = _reduce_axes(node)
@@ -625,6 +674,8 @@ def _reduce(lx: Lx, node: Node) -> Any:
     if node.op in _REDUCE:
         if dt == "bool":  # TVM's max/min have no bool identity: reduce as uint8
             return lx.emit(R.astype(red(_REDUCE[node.op], R.astype(x, "uint8")), "bool"))
+        if node.op in ("ReduceMax", "ReduceMin") and dt.startswith("f") and axes:
+            return _float_extreme(lx, node, axes, keep)
         return lx.emit(red(_REDUCE[node.op], x))
     if node.op == "ReduceL1":
         return lx.emit(red(R.sum, R.abs(x)))

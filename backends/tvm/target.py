@@ -185,6 +185,14 @@ def _check_triple(triple: str, what: str) -> None:
                          f"checks the model on this host: cross-compiling is not supported")
 
 
+#: the -mcpu names an unknown CPU's error shows (those LLVM knows for the triple): the x86-64 levels and the
+#: common server and desktop x86 and Arm cores; other triples show their first MAX_CPUS_SHOWN names
+COMMON_CPUS = ("generic", "x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4", "haswell", "skylake", "skylake-avx512",
+               "cascadelake", "icelake-server", "sapphirerapids", "alderlake", "znver2", "znver3", "znver4", "znver5",
+               "cortex-a53", "cortex-a72", "cortex-a76", "neoverse-n1", "neoverse-v1", "neoverse-n2", "apple-m1")
+MAX_CPUS_SHOWN = 16
+
+
 def _check_mcpu(mcpu: str, triple: str, what: str) -> None:
     from tvm.target import codegen
 
@@ -194,8 +202,11 @@ def _check_mcpu(mcpu: str, triple: str, what: str) -> None:
     names = _cpu_names(triple)
     close = difflib.get_close_matches(mcpu, names, n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
+    shown = [n for n in COMMON_CPUS if n in names] or names[:MAX_CPUS_SHOWN]
+    more = len(names) - len(shown)
+    rest = f", and {more} more (python -m nasc.backends.tvm.target lists them all)" if more > 0 else ""
     raise UsageError(f"{what}: LLVM does not know the CPU {mcpu!r} for {triple}; {hint}this host is "
-                     f"{host_cpu()} (--target cpu); valid -mcpu names: {', '.join(names)}")
+                     f"{host_cpu()} (--target cpu); valid -mcpu names include {', '.join(shown)}{rest}")
 
 
 def _check_gpu_arch(arch: str, what: str) -> None:
@@ -232,3 +243,9 @@ def quiet_stderr() -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+if __name__ == "__main__":  # python -m nasc.backends.tvm.target [TRIPLE]: the -mcpu names LLVM knows
+    _triple = sys.argv[1] if len(sys.argv) > 1 else host_triple()
+    print(f"-mcpu names LLVM knows for {_triple} (this host: {host_cpu()}):")
+    print("\n".join(_cpu_names(_triple)))

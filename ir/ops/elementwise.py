@@ -163,16 +163,21 @@ class Binary(OpDef):
         a, b = args[0], args[1]
         if self.np_fn is None or a is None or b is None:
             return None
-        if self.name == "Div" and np.issubdtype(a.dtype, np.integer):
-            # ONNX integer Div truncates toward zero
-            with np.errstate(divide="ignore"):
-                q = np.trunc(a.astype(np.float64) / b.astype(np.float64)).astype(a.dtype)
-            return [q]
-        if self.name == "Mod" and int(node.attr("fmod", 0)) == 1:
-            return [np.fmod(a, b).astype(a.dtype)]
-        res = getattr(np, self.np_fn)(a, b)
-        dt = np.dtype(bool) if self.result_dtype == "bool" else a.dtype
-        return [np.asarray(res).astype(dt)]
+        integer = np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer)
+        if integer and self.name in ("Div", "Mod") and not np.all(b):
+            return None  # integer division by zero: ONNX leaves the result undefined, so it is not folded
+        if integer and self.name == "Pow" and np.any(b < 0):
+            return None  # numpy refuses negative integer powers
+        # float division by zero gives inf/nan silently, as ONNX Runtime does
+        with np.errstate(all="ignore"):
+            if self.name == "Div" and integer:
+                # ONNX integer Div truncates toward zero
+                return [np.trunc(a.astype(np.float64) / b.astype(np.float64)).astype(a.dtype)]
+            if self.name == "Mod" and int(node.attr("fmod", 0)) == 1:
+                return [np.fmod(a, b).astype(a.dtype)]
+            res = getattr(np, self.np_fn)(a, b)
+            dt = np.dtype(bool) if self.result_dtype == "bool" else a.dtype
+            return [np.asarray(res).astype(dt)]
 
 
 _BINARY: dict[str, str | None] = {

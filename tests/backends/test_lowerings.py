@@ -7,7 +7,9 @@ come from ONNX Runtime on nasc's exported graph, or bit-exact from the integer r
 One family of cases is merged into one graph, so each family costs one build per target; when a family fails,
 its cases are rebuilt one by one to name the culprits. Each build also checks that the lowering of every op
 its cases claim really ran (an op the importer folded away would otherwise pass untested), and
-test_every_lowering_has_a_case fails when a lowering is added without a case here.
+test_every_lowering_has_a_case fails when a lowering is added without a case here. The MCU backend builds
+through the same table (build_mcu lowers with to_relax), so the table is both targets' supported set; the MCU
+also refuses half-precision tensors, so the cases here are float32 and integer.
 The whole ONNX node suite on both targets: tools/onnx_conformance.py --target cpu,mcu (docs/conformance.md).
 """
 
@@ -36,7 +38,8 @@ conf = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
 sys.modules.setdefault("onnx_conformance", conf)
 _spec.loader.exec_module(conf)  # type: ignore[union-attr]
 
-# family -> op -> cases: node tests of the onnx suite ("test_abs"), or generated IR models ("gen:...", GENERATED)
+# family -> op -> cases: node tests of the onnx suite ("test_abs"), or generated IR models ("gen:<name>": GENERATED_TEXT
+# below, or "gen:quantized", QUANTIZED quantized by nasc's own pass)
 CASES: dict[str, dict[str, tuple[str, ...]]] = {
     "unary": {
         "Abs": ("test_abs",), "Neg": ("test_neg",), "Exp": ("test_exp",), "Log": ("test_log",),
@@ -49,7 +52,7 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
         "IsInf": ("test_isinf", "test_isinf_negative"), "Not": ("test_not_2d",), "BitwiseNot": ("test_bitwise_not_2d",),
         "Identity": ("gen:identity",), "Dropout": ("test_dropout_default_mask",),
         "nasc.SiLU": ("gen:nasc_activations",), "nasc.Relu6": ("gen:nasc_activations",),
-        "Cast": ("test_cast_FLOAT_to_DOUBLE", "test_cast_DOUBLE_to_FLOAT"),
+        "Cast": ("test_cast_FLOAT_to_DOUBLE", "test_cast_DOUBLE_to_FLOAT"), "CastLike": ("test_castlike_FLOAT_to_DOUBLE",),
     },
     "binary": {
         "Add": ("test_add_bcast", "test_add_uint8"), "Sub": ("test_sub_bcast",), "Mul": ("test_mul_int16",),
@@ -78,18 +81,20 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
     "reduce": {
         "ReduceMean": ("test_reduce_mean_negative_axes_keepdims_random",),
         "ReduceSum": ("test_reduce_sum_do_not_keepdims_random", "test_reduce_sum_empty_set"),
-        "ReduceMax": ("test_reduce_max_keepdims_random", "test_reduce_max_bool_inputs"),
+        "ReduceMax": ("test_reduce_max_keepdims_random", "test_reduce_max_bool_inputs",
+                      "test_attention_23_boolmask_fullymasked_row_nan_robustness_expanded"),  # a row of -inf
         "ReduceMin": ("test_reduce_min_empty_set",), "ReduceProd": ("test_reduce_prod_keepdims_random",),
         "ReduceL1": ("test_reduce_l1_keep_dims_random",), "ReduceL2": ("test_reduce_l2_do_not_keepdims_random",),
         "ReduceSumSquare": ("test_reduce_sum_square_default_axes_keepdims_random",),
         "ReduceLogSumExp": ("test_reduce_log_sum_exp_negative_axes_keepdims_random",),
-        "ArgMax": ("test_argmax_negative_axis_keepdims_random",), "ArgMin": ("test_argmin_no_keepdims_random",),
-        "CumSum": ("test_cumsum_2d_negative_axis",), "Softmax": ("test_softmax_axis_1",),
+        "ArgMax": ("test_argmax_negative_axis_keepdims_random", "test_argmax_keepdims_example_select_last_index"),
+        "ArgMin": ("test_argmin_no_keepdims_random",),
+        "CumSum": ("test_cumsum_2d_negative_axis", "test_cumsum_1d_reverse_exclusive"), "Softmax": ("test_softmax_axis_1",),
         "LogSoftmax": ("test_logsoftmax_axis_0",), "Einsum": ("test_einsum_batch_diagonal", "test_einsum_sum"),
     },
     "nn": {
         "Conv": ("test_conv_with_strides_and_asymmetric_padding", "test_conv_with_autopad_same"),
-        "ConvTranspose": ("test_convtranspose_pads", "test_convtranspose_1d"), "MatMul": ("test_matmul_4d",),
+        "ConvTranspose": ("test_convtranspose_pads", "test_convtranspose_autopad_same", "test_convtranspose_3d"), "MatMul": ("test_matmul_4d",),
         "Gemm": ("test_gemm_all_attributes",), "BatchNormalization": ("test_batchnorm_epsilon",),
         "LayerNormalization": ("test_layer_normalization_3d_axis1_epsilon",),
         "MaxPool": ("test_maxpool_2d_ceil", "test_maxpool_3d_default"),

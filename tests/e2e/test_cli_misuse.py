@@ -88,6 +88,24 @@ CASES = [
      ["--tune-trials -5", ">= 0"]),
     ("zero-dim", (*COMPILE, "--input-shape", "image=0x1x8x8"), None, ["image=0x1x8x8", ">= 1"]),
     ("negative-dim", (*COMPILE, "--input-shape", "image=-1x1x8x8"), None, ["image=-1x1x8x8", ">= 1"]),
+    ("dim-over-int64", (*COMPILE, "--input-shape", "image=99999999999999999999x1x8x8"), None,
+     ["image=99999999999999999999x1x8x8", "<= 2147483647", "got 99999999999999999999"]),
+    # pass options: checked when the pipeline is read, naming the pass, option, value and the valid values
+    ("quant-policy-bits", (*COMPILE, "--passes", "quant-policy{bits=3}"), None,
+     ["pass 'quant-policy'", "bits=3", "8 and 4"]),
+    ("quantize-bits", (*COMPILE, "--passes", "quantize{bits=16}"), None, ["pass 'quantize'", "bits=16", "8 or 4"]),
+    ("quantize-calib", (*COMPILE, "--passes", "quantize{calib=foo}"), None,
+     ["pass 'quantize'", "calib='foo'", "minmax, percentile or mse"]),
+    ("quantize-percentile", (*COMPILE, "--passes", "quantize{percentile=nan}"), None,
+     ["pass 'quantize'", "percentile=nan", "(0, 100]"]),
+    ("quantize-keep-float", (*COMPILE, "--passes", "quantize{keep-float=conv(}"), None,
+     ["pass 'quantize'", "keep-float='conv('", "regular expression"]),
+    ("quant-policy-negative-flash", (*COMPILE, "--passes", "quant-policy{flash=-1KB}"), None,
+     ["pass 'quant-policy'", "'flash'", "'-1KB'"]),
+    ("quant-policy-zero-sram", (*COMPILE, "--passes", "quant-policy{sram=0}"), None,
+     ["pass 'quant-policy'", "sram=0", "positive size"]),
+    ("simplify-iterations", (*COMPILE, "--passes", "simplify{max-iterations=-1}"), None,
+     ["pass 'simplify'", "max-iterations=-1", ">= 1"]),
     # the output directory
     ("empty-output", ("compile", MODEL, "-o", ""), None, ["''", "-o build"]),
     ("output-is-cwd", ("compile", MODEL, "-o", "."), None, ["current directory", "-o build"]),
@@ -97,7 +115,8 @@ CASES = [
     ("output-holds-other-files", ("compile", MODEL, "-o", "mine"), a_dir_with("mine"),
      ["'mine'", "notes.txt", "would delete"]),
     # targets: names checked against TVM's LLVM, and no TVM log lines
-    ("unknown-cpu", (*COMPILE, "--target", "cpu:nosuchcpu"), None, ["'nosuchcpu'", "valid -mcpu names", "haswell"]),
+    ("unknown-cpu", (*COMPILE, "--target", "cpu:nosuchcpu"), None,
+     ["'nosuchcpu'", "valid -mcpu names include", "haswell", "more (python -m nasc.backends.tvm.target"]),
     ("misspelt-cpu", (*COMPILE, "--target", "cpu:haswel"), None, ["'haswel'", "did you mean haswell"]),
     ("json-unknown-cpu", (*COMPILE, "--target", JSON_CPU), None, ["'bogus'", "valid -mcpu names"]),
     ("json-unknown-option", (*COMPILE, "--target", '{"kind": "llvm", "bogus": 1}'), None,
@@ -142,6 +161,19 @@ def test_misuse_is_one_error_line_exit_2_and_nothing_written(tmp_path, args, set
     for text in expected:
         assert text in r.stderr, (text, r.stderr)
     assert tree(tmp_path) == before  # no output, staging or parent directory left behind
+
+
+@pytest.mark.parametrize("cpu", ["nosuchcpu", "haswel"])
+def test_an_unknown_cpu_error_is_short_and_names_the_host_and_close_names(tmp_path, cpu):
+    """LLVM knows ~130 x86 names: the error shows the common ones and how to list the rest, not all of them."""
+    from nasc.backends.tvm.target import host_cpu
+
+    r = nasc_cmd(*COMPILE, "--target", f"cpu:{cpu}", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert len(r.stderr) < 600, r.stderr
+    assert f"this host is {host_cpu()}" in r.stderr
+    assert ("did you mean haswell?" in r.stderr) == (cpu == "haswel")
+    assert "i486" not in r.stderr  # one of the names left out
 
 
 FAILING_BUILD = """

@@ -254,3 +254,94 @@ def test_a_bad_calibration_npz_is_a_user_error(legit, tmp_path, capsys, case):
     assert says in err and npz.name in err
     assert not marker.exists(), "the payload ran"
     assert not out.exists()
+
+
+# ---- malformed or oversized inputs: one error line, no torch log, nothing allocated -----------------
+
+
+def _nasc(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nasc.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def _zero_sizes(data: bytes) -> bytes:
+    config = json.loads(data)
+    entry = next(iter(config["config"].values()))
+    entry["tensor_meta"]["sizes"] = [{"as_int": 0} for _ in entry["tensor_meta"]["sizes"]]
+    return json.dumps(config).encode()
+
+
+@pytest.mark.parametrize("command", ["inspect", "compile"])
+def test_a_weight_of_size_zero_is_one_error_line_without_torch_log(legit, tmp_path, command):
+    """torch's fake-tensor propagation logs a traceback for the op that then fails; nasc reports the failure."""
+    bad = tmp_path / "zero.pt2"
+    _rewrite(legit, bad, {"data/weights/model_weights_config.json": _zero_sizes})
+    out = tmp_path / "out"
+    r = _nasc(command, str(bad), *(["--target", "onnx", "-o", str(out)] if command == "compile" else []))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("nasc: error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert not out.exists()
+
+
+def test_a_clean_pt2_compile_writes_nothing_on_stderr(legit, tmp_path):
+    """No FutureWarning from torch's own internals (treespec LeafSpec) on a successful run."""
+    r = _nasc("compile", str(legit), "--target", "onnx", "-o", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+
+
+class _Rows(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+@pytest.fixture(scope="module")
+def dynamic_rows(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pt2") / "rows.pt2"
+    rows = torch.export.Dim("rows", min=1, max=1 << 40)
+    ep = torch.export.export(_Rows().eval(), (torch.zeros(4, 3),), dynamic_shapes={"x": {0: rows}})
+    torch.export.save(ep, str(path))
+    return path
+
+
+def test_input_shapes_over_the_tensor_limit_are_refused_before_torch(dynamic_rows):
+    import nasc
+    from nasc.errors import ShapeError
+
+    with pytest.raises(ShapeError, match=r"input 'x'.*x=2000000000x3.*22\.4 GiB, over the limit of 16\.0 GiB.*"
+                                         r"max_tensor_bytes="):
+        nasc.load(dynamic_rows, {"x": (2_000_000_000, 3)})
+    with pytest.raises(ShapeError, match=r"over the limit of 1\.0 KiB"):
+        nasc.load(dynamic_rows, {"x": (100, 3)}, max_tensor_bytes=1024)
+
+
+def test_input_shapes_are_specialised_without_allocating_the_inputs(dynamic_rows):
+    """22 GiB of input, allowed by a raised limit: torch.export sees fake tensors, so nothing is allocated."""
+    import nasc
+
+    g = nasc.load(dynamic_rows, {"x": (2_000_000_000, 3)}, max_tensor_bytes=1 << 40)
+    assert g.inputs[0].type.shape == (2_000_000_000, 3)
+    assert nasc.load(dynamic_rows, {"x": (7, 3)}).outputs[0].type.shape == (7, 2)
+
+
+@pytest.mark.parametrize("dim", [99999999999999999999, 2**31, 0, -1])
+def test_input_shape_dims_out_of_range_are_a_usage_error(dynamic_rows, dim):
+    import nasc
+    from nasc.errors import UsageError
+    from nasc.frontends.torch import load_pt2
+
+    for load in (nasc.load, load_pt2):
+        with pytest.raises(UsageError, match=rf"x={dim}x3: dims must be integers >= 1 and <= 2147483647, got {dim}"):
+            load(dynamic_rows, {"x": (dim, 3)})
+
+
+@pytest.mark.parametrize("shape", ["99999999999999999999x3", "1x1x100000x100000"])
+def test_the_cli_refuses_an_input_shape_out_of_range_in_one_line(legit, tmp_path, capsys, shape):
+    rc, err = _cli_in_process(capsys, "compile", str(legit), "--target", "onnx", "-o", str(tmp_path / "out"),
+                              "--input-shape", f"x={shape}")
+    assert (rc, err.count("\n")) == (2, 1) and err.startswith("nasc: error: "), err
+    assert shape in err
+    assert ("over the limit of 16.0 GiB" in err) == (shape == "1x1x100000x100000")

@@ -101,7 +101,8 @@ def model_command(d: Draw, seed: str, passes: bool = True) -> list[list[str]]:
 
 
 BAD_MODELS = ["in/missing.onnx", "in", "in/empty.onnx", "in/garbage.onnx", "", "-", "/dev/null", "/dev/zero",
-              "in/dir.pt2", "in/dir.onnx", "in/other.pt2", "in/missing.pt2", "in/model.onnx/x"]
+              "in/dir.pt2", "in/dir.onnx", "in/other.pt2", "in/missing.pt2", "in/model.onnx/x", "in/model_as.pt2",
+              "in/model_as.onnx"]
 AUX_FOR = {"in/empty.onnx": "empty", "in/garbage.onnx": "garbage", "in/dir.pt2": "dir_pt2", "in/dir.onnx": "dir_onnx",
            "in/other.pt2": "zip_not_pt2", "in/model_as.pt2": "as_pt2", "in/model_as.onnx": "as_onnx"}
 OUTPUTS = ["out_dir", "nested/a/b/out", "", ".", "in/model.onnx", "in/model.onnx/sub", "/proc/nasc_fuzz", "x" * 300,
@@ -272,7 +273,7 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "bytes": Family(bytes_case, 16, 20),
     "truncate": Family(truncate_case, 8, 12),
-    "onnx-structure": Family(structure_case, 24, 60),
+    "onnx-structure": Family(structure_case, 24, 40),
     "onnx-subgraph": Family(subgraph_case, 10, 30),
     "external-data": Family(external_case, 8, 25),
     "pt2-archive": Family(pt2_archive_case, 10, 8),

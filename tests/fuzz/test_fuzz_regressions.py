@@ -122,6 +122,8 @@ FOUND = {
     "invalid UTF-8 in a node domain": ("digits", [["invalid_utf8", {"where": "domain", "index": 1}]]),
     "invalid UTF-8 in the graph name": ("digits", [["invalid_utf8", {"where": "graph_name", "index": 0}]]),
     "integer division by zero while folding (numpy warns on stderr)": ("digits", [["runtime_error", {"how": "int_div_zero_const"}]]),
+    # the ONNX exporter (the loader keeps the string, the export decodes it)
+    "invalid UTF-8 in metadata": ("ctrl", [["invalid_utf8", {"where": "metadata", "index": 0}]]),
     # the .pt2 reader
     "a zero-size weight (torch logs a traceback)": ("pt2", [["zip_weight_meta", {"weight": 3, "field": "sizes", "value": "zero"}]]),
 }
@@ -152,4 +154,11 @@ def test_pt2_command_line_errors_are_one_line(fuzz, argv: list[str]) -> None:
 
 def test_unsupported_quantization_width_is_a_usage_error(fuzz) -> None:
     res = fuzz.check(case("mixed", compile_argv("--passes", "quant-policy{bits=3}")))
+    assert res["rc"] == 2
+
+
+def test_model_failing_in_onnx_runtime_during_calibration_is_one_line(fuzz) -> None:
+    """quantize measures activations with ONNX Runtime on nasc's graph; the model itself fails there at run time."""
+    res = fuzz.check(case("digits", compile_argv("--passes", "simplify,fuse,quantize", "--allow-random-calib"),
+                          [["runtime_error", {"how": "reshape_shape_input"}]]))
     assert res["rc"] == 2

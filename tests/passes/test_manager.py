@@ -120,6 +120,41 @@ def test_bad_pipelines_are_errors_that_list_what_is_valid(text, match):
         Pipeline.parse(text)
 
 
+@pytest.mark.parametrize(("text", "match"), [
+    ("quant-policy{bits=3}", r"pass 'quant-policy': option bits=3 is not valid; expected one or more of the weight "
+                             r"widths 8 and 4"),
+    ("quant-policy{bits=8,2}", r"option bits=8,2 is not valid"),
+    ("quant-policy{act-bits=4}", r"option act-bits=4 is not valid; expected 8"),
+    ("quant-policy{metric=l1}", r"option metric='l1' is not valid; expected mse, cosine or top1"),
+    ("quant-policy{flash=0}", r"option flash=0 is not valid; expected a positive size"),
+    ("quant-policy{flash=-1KB}", r"option 'flash' must be a size or none, got '-1KB'"),
+    ("quant-policy{latency=0}", r"option latency=0us is not valid; expected a positive duration"),
+    ("quant-policy{keep-float=[}", r"option keep-float='\[' is not valid; expected a Python regular expression"),
+    ("quantize{bits=3}", r"pass 'quantize': option bits=3 is not valid; expected 8 or 4"),
+    ("quantize{act-bits=16}", r"pass 'quantize': option act-bits=16 is not valid"),
+    ("quantize{calib=foo}", r"pass 'quantize': option calib='foo' is not valid; expected minmax, percentile or mse"),
+    ("quantize{percentile=nan}", r"option percentile=nan is not valid; expected a number in \(0, 100\]"),
+    ("quantize{percentile=-5}", r"option percentile=-5.0 is not valid"),
+    ("quantize{percentile=100.5}", r"option percentile=100.5 is not valid"),
+    ("simplify{max-iterations=-1}", r"pass 'simplify': option max-iterations=-1 is not valid; expected an int >= 1"),
+])
+def test_bad_option_values_are_refused_when_the_pipeline_is_read(text, match):
+    """A value of the right type but outside what the pass can do: a usage error before anything runs."""
+    with pytest.raises(UsageError, match=match):
+        Pipeline.parse(text)
+
+
+def test_bad_option_values_are_refused_from_python_too():
+    from nasc.passes.quantize import Quantize, QuantPolicy
+
+    with pytest.raises(UsageError, match="pass 'quantize': option bits=3"):
+        Quantize(bits=3)
+    with pytest.raises(UsageError, match="pass 'quant-policy': option bits= is not valid"):
+        QuantPolicy(bits=())
+    assert str(Pipeline.parse("quantize{bits=4 percentile=100 calib=percentile},quant-policy{bits=8 flash=1KB}")) == (
+        "quantize{bits=4 calib=percentile percentile=100.0},quant-policy{bits=8 flash=1KB}")
+
+
 def test_sizes_and_durations():
     assert ByteSize.parse("512KB") == 512_000 and ByteSize.parse("1MiB") == 1 << 20 and ByteSize.parse("100") == 100
     assert str(ByteSize(2_000_000)) == "2MB"

@@ -130,7 +130,7 @@ def test_errors(digits, tmp_path: Path) -> None:
         nasc.optimize(g, "quantize", None)
     with pytest.raises(UsageError, match="metric='l1'"):
         nasc.optimize(g, "quant-policy{metric=l1}", feeds[:20])
-    with pytest.raises(ValueError, match="supported widths are 8 and 4"):
+    with pytest.raises(UsageError, match=r"pass 'quantize': option bits=3 is not valid; expected 8 or 4"):
         nasc.optimize(g, "quantize{bits=3}", feeds[:20])
     bad = tmp_path / "bad.npz"
     np.savez(bad, images=np.zeros((4, 1, 8, 8), np.float32))

@@ -65,3 +65,75 @@ def check_kind(kind: str, pipeline: str, known: set[str]) -> None:
     assert len(ort_passed) >= {"node": 450, "light": 5}.get(kind, 10), "the subset shrank: is the onnx pin right?"
     failures = {t: nasc[t][1] for t in sorted(ort_passed - known) if nasc[t][0] != "pass"}
     assert failures == {}, f"with pipeline {pipeline!r}"
+
+
+# ---- --target cpu / mcu ---------------------------------------------------------------------------------------
+
+
+def test_target_runs_classify_and_bind_operands():
+    """Two node tests in the worker processes: Relu passes on both targets; Slice's starts, ends, axes and steps
+    (graph inputs in the suite) are bound to the test's values; the string test is a clear refusal."""
+    results, records = conf.run_targets(("cpu", "mcu"), ("node",), r"^test_(relu|slice|equal_string)_cpu$", jobs=2)
+    assert set(results) == {"ort", "cpu", "mcu"}
+    for target in ("cpu", "mcu"):
+        assert results[target]["test_relu_cpu"] == ("pass", "")
+        assert results[target]["test_slice_cpu"] == ("pass", "")
+        status, why = results[target]["test_equal_string_cpu"]
+        assert status == "unsupported" and "element type str" in why
+    bound = {r["test"]: r["bound"] for r in records if r["mode"] == "cpu"}
+    assert bound["test_slice_cpu"] == ["starts", "ends", "axes", "steps"] and bound["test_relu_cpu"] == []
+
+
+def test_a_hung_test_is_a_crash_and_the_worker_restarts():
+    """With no time allowed, a build (seconds: TVM is imported first) is killed once the driver sees it started:
+    recorded as a crash, and a new worker runs what is left (ONNX Runtime's run may finish between two polls)."""
+    results, _ = conf.run_targets(("cpu",), ("node",), r"^test_(abs|neg)_cpu$", jobs=1, timeout_s=0.0)
+    for test in ("test_abs_cpu", "test_neg_cpu"):
+        status, why = results["cpu"][test]
+        assert status == "crash" and why.startswith("timed out"), (test, status, why)
+        assert results["ort"][test][0] in ("pass", "crash")
+
+
+def test_outcomes_tell_wrong_numbers_from_internal_errors():
+    import numpy as np
+    from onnx.backend.test.runner import Runner
+
+    from nasc.backends.mcu.verify import McuRunError
+    from nasc.errors import UnsupportedModelError
+
+    def err(fn):
+        try:
+            fn()
+        except BaseException:
+            return sys.exc_info()
+        raise AssertionError("no error")
+
+    def wrong():
+        Runner.assert_similar_outputs([np.ones(2)], [np.zeros(2)], rtol=1e-3, atol=1e-7)
+
+    def bare_assert():  # an internal assert, not the suite's comparison
+        raise AssertionError("an invariant inside nasc")
+
+    def refused():
+        raise UnsupportedModelError("no lowering")
+
+    def c_failed():
+        raise McuRunError("make host failed")
+
+    assert conf.outcome(err(wrong)) == "fail"
+    assert conf.outcome(err(bare_assert)) == "crash"
+    assert conf.outcome(err(refused)) == "unsupported"
+    assert conf.outcome(err(c_failed)) == "crash"
+    assert conf.outcome(err(lambda: {}["x"])) == "crash"
+
+
+def test_the_report_keeps_the_other_run_section(tmp_path):
+    doc = tmp_path / "conformance.md"
+    conf.write_report(doc, "# onnx run\n\nfirst", targets=False)
+    conf.write_report(doc, "## targets\n\none", targets=True)
+    conf.write_report(doc, "# onnx run\n\nsecond", targets=False)
+    text = doc.read_text()
+    assert text.startswith("# onnx run\n\nsecond") and "## targets\n\none" in text and "first" not in text
+    conf.write_report(doc, "## targets\n\ntwo", targets=True)
+    text = doc.read_text()
+    assert "second" in text and "two" in text and "one" not in text.replace("second", "")
