@@ -36,12 +36,13 @@ def bench(model: Any, target: str = "cpu", *, input_shapes: Mapping[str, Sequenc
     if _is_pt2(model):
         import torch
 
-        from nasc.frontends.torch import pt2_inputs, read_pt2
+        from nasc.frontends.torch import pt2_inputs, read_pt2, torch_quiet
 
         ep = read_pt2(model)
-        mod = ep.module()
+        with torch_quiet():
+            mod = ep.module()
         args, kwargs = pt2_inputs(ep, feed)
-        with torch.no_grad():
+        with torch.no_grad(), torch_quiet():
             rows.append({"runtime": "torch eager", "ms": median_ms(lambda: mod(*args, **kwargs))})
     with tempfile.TemporaryDirectory() as tmp:
         art = compile(graph, target, os.path.join(tmp, "build"), passes=passes, measure_latency=False)

@@ -200,6 +200,7 @@ def pt2_inputs(ep: Any, feed: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[
     return tuple(args), dict(kwargs)
 
 
+@_quiet
 def pt2_reference(path: str | os.PathLike[str]) -> Any:
     """A function feed -> list of numpy outputs that runs the original program in torch (for fidelity)."""
     from torch.utils._pytree import tree_flatten
