@@ -177,7 +177,7 @@ def test_an_unknown_cpu_error_is_short_and_names_the_host_and_close_names(tmp_pa
 
 
 FAILING_BUILD = """
-import sys, time
+import signal, sys, time
 import nasc.api
 from nasc.errors import ExportError
 
@@ -188,6 +188,8 @@ def build(*args, **kwargs):
         time.sleep(0.1)
 
 nasc.api._build = build
+# a shell starts background jobs with SIGINT ignored (CI may run us so): take it as a terminal would deliver it
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from nasc.cli import main
 sys.exit(main(sys.argv[2:]))
 """
