@@ -217,9 +217,11 @@ def pt2_reference(path: str | os.PathLike[str]) -> Any:
     return run
 
 
-def _first_line(e: BaseException) -> str:
+def _first_line(e: BaseException, most: int = 300) -> str:
+    """The first line of torch's message, cut at ``most`` characters (some print whole nodes or programs)."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line if len(line) <= most else line[:most] + " ..."
 
 
 def _split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -345,3 +345,12 @@ def test_the_cli_refuses_an_input_shape_out_of_range_in_one_line(legit, tmp_path
     assert (rc, err.count("\n")) == (2, 1) and err.startswith("nasc: error: "), err
     assert shape in err
     assert ("over the limit of 16.0 GiB" in err) == (shape == "1x1x100000x100000")
+
+
+def test_torch_messages_are_cut_to_one_short_line() -> None:
+    from nasc.frontends.torch import _first_line
+
+    long = ValueError("Failed deserializing node Node(" + "target=aten.add, " * 200 + ")\nsecond line")
+    line = _first_line(long)
+    assert line.startswith("Failed deserializing node") and line.endswith(" ...") and len(line) <= 304
+    assert _first_line(ValueError("short\nmore")) == "short"
