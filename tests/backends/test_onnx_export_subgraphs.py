@@ -386,16 +386,21 @@ def max_diff(a, b) -> float:
     return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
 
 
-@pytest.mark.parametrize("passes", [None, "simplify,fuse"])
-def test_silero_vad_16k_opset15_streams_like_the_original(passes, tmp_path):
-    src = silero("silero_vad_16k_op15.onnx")
-    graph = nasc.load(src, {"input": (1, 576), "state": (2, 1, 128)})  # 512 samples + 64 of context
+def silero_sessions(name: str, samples: int, passes: str | None, tmp_path) -> tuple:
+    """ONNX Runtime on the original Silero file and on nasc's export of it (checked complete) at ``samples``."""
+    src = silero(name)
+    graph = nasc.load(src, {"input": (1, samples), "state": (2, 1, 128)})
     assert [str(v.type) for v in graph.outputs] == ["f32[1,1]", "f32[2,1,128]"]
     if passes:
         graph = nasc.optimize(graph, passes)
     out = nasc.export_onnx(graph, tmp_path / "vad.onnx")
     assert_complete(onnx.load(str(out)))
-    want, got = ort_session(str(src)), ort_session(str(out))
+    return ort_session(str(src)), ort_session(str(out))
+
+
+@pytest.mark.parametrize("passes", [None, "simplify,fuse"])
+def test_silero_vad_16k_opset15_streams_like_the_original(passes, tmp_path):
+    want, got = silero_sessions("silero_vad_16k_op15.onnx", 576, passes, tmp_path)  # 512 samples + 64 of context
     for sr in (16000, 8000):  # this model takes sr but computes at 16 kHz whatever it says
         chunks = audio_chunks(16000, 512, 64, 12, seed=sr)
         (p0, s0), (p1, s1) = stream(want, chunks, sr), stream(got, chunks, sr)
@@ -406,14 +411,7 @@ def test_silero_vad_16k_opset15_streams_like_the_original(passes, tmp_path):
 @pytest.mark.parametrize("passes", [None, "simplify,fuse"])
 def test_silero_vad_both_sample_rate_branches(passes, tmp_path):
     # the If on sr: the 16 kHz branch and the 8 kHz branch; both accept 256 + 32 samples
-    src = silero("silero_vad.onnx")
-    graph = nasc.load(src, {"input": (1, 288), "state": (2, 1, 128)})
-    assert [str(v.type) for v in graph.outputs] == ["f32[1,1]", "f32[2,1,128]"]
-    if passes:
-        graph = nasc.optimize(graph, passes)
-    out = nasc.export_onnx(graph, tmp_path / "vad.onnx")
-    assert_complete(onnx.load(str(out)))
-    want, got = ort_session(str(src)), ort_session(str(out))
+    want, got = silero_sessions("silero_vad.onnx", 288, passes, tmp_path)
     for sr in (8000, 16000):
         chunks = audio_chunks(sr, 256, 32, 12, seed=sr)
         (p0, s0), (p1, s1) = stream(want, chunks, sr), stream(got, chunks, sr)
