@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nasc.errors import UsageError
 from nasc.ir.core import Graph
+from nasc.passes.metrics import accuracy
 
 
 def load(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None, *,
@@ -84,10 +87,14 @@ def optimize(
     verify: bool = True,
     print_ir_after_all: bool = False,
     log: Any = None,
+    labels: Any = None,
+    estimate: Any = None,
 ) -> Graph:
     """Run a pass pipeline (text like ``"simplify,fuse"`` or a Pipeline) on a copy of ``graph``.
 
-    ``calib`` is a list of feeds (input name -> array) for passes that measure.
+    ``calib`` is a list of feeds (input name -> array) for passes that measure;
+    ``labels`` (one class per feed) lets lossy passes report accuracy, and
+    ``estimate`` (graph -> {"arena_bytes": ..., "flash_bytes": ...}) their target figures.
     The verifier runs after every pass unless ``verify=False``. The returned
     graph's ``meta["passes"]`` holds each pass's report section.
     """
@@ -98,7 +105,8 @@ def optimize(
     out = graph.clone()
     ctx = PassContext(target=target, calib=[dict(f) for f in calib] if calib is not None else None, seed=seed,
                       runner=run_graph, verify=verify, print_ir_after_all=print_ir_after_all,
-                      log=log or (lambda _m: None))
+                      log=log or (lambda _m: None), estimate=estimate,
+                      labels=None if labels is None else np.asarray(labels).reshape(-1))
     pipe.run(out, ctx)
     out.meta["pipeline"] = str(pipe)
     out.meta["passes"] = ctx.report.to_dict()
@@ -277,8 +285,8 @@ def compile(
                             "kernels saturate with full-range weights; quantize{reduce-range=true} avoids it")
                 if labelled is not None:
                     lab_feeds, labels = labelled
-                    report["accuracy"] = {"nasc": _accuracy([runner(f)[0] for f in lab_feeds], labels),
-                                          "reference": _accuracy([run_ref(f)[0] for f in lab_feeds], labels),
+                    report["accuracy"] = {"nasc": accuracy([runner(f)[0] for f in lab_feeds], labels),
+                                          "reference": accuracy([run_ref(f)[0] for f in lab_feeds], labels),
                                           "samples": len(lab_feeds)}
             elif runner is None:
                 report["fidelity"] = None
@@ -449,8 +457,8 @@ def _verify_mcu(mcu: Any, board: Any, graph: Graph, tmp: Path, modes: list[str],
         if labelled is not None:
             lab_feeds, labels = labelled
             outs = run_project(tmp, mode, mcu.inputs, mcu.outputs, lab_feeds)
-            entry["accuracy"] = {"nasc": _accuracy([o[0] for o in outs], labels),
-                                 "reference": _accuracy([run_ref(f)[0] for f in lab_feeds], labels),
+            entry["accuracy"] = {"nasc": accuracy([o[0] for o in outs], labels),
+                                 "reference": accuracy([run_ref(f)[0] for f in lab_feeds], labels),
                                  "samples": len(lab_feeds)}
         report["verify"][mode] = entry
     report["fidelity"] = {**report["verify"][modes[0]]}
@@ -469,7 +477,6 @@ def _qdq_outputs(graph: Graph, feeds: list[dict[str, Any]]) -> list[list[Any]] |
 def _labelled(calib: Any, feeds: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], Any] | None:
     """Calibration feeds with their class labels, when the .npz has a ``label`` (or ``labels``) array: one per
     sample, else a UsageError."""
-    import numpy as np
 
     from nasc.backends.fidelity import npz_array
 
@@ -484,13 +491,6 @@ def _labelled(calib: Any, feeds: list[dict[str, Any]] | None) -> tuple[list[dict
         raise UsageError(f"calibration file '{calib}': array '{key}' has {labels.size if labels.ndim else 'a scalar'} "
                          f"label(s) for {len(feeds)} samples; give one class label per sample, or leave '{key}' out")
     return feeds, labels
-
-
-def _accuracy(outputs: Sequence[Any], labels: Any) -> float:
-    import numpy as np
-
-    pred = np.array([int(np.argmax(np.asarray(o).reshape(-1))) for o in outputs])
-    return round(float(np.mean(pred == np.asarray(labels).reshape(-1)[: len(pred)])), 4)
 
 
 def _make_tmp(out: Path, created: list[Path]) -> Path:

@@ -15,6 +15,7 @@ from nasc.errors import ModelLoadError
 from nasc.ir import dtypes
 from nasc.ir.core import Graph
 from nasc.ir.types import TensorType
+from nasc.passes.metrics import compare  # noqa: F401  (re-exported: api and tests use fidelity.compare)
 
 
 def random_inputs(graph: Graph, seed: int, batches: int = 1) -> list[dict[str, np.ndarray]]:
@@ -251,54 +252,6 @@ def ort_latency_ms(model: onnx.ModelProto | str | bytes, feed: Mapping[str, np.n
 def run_ort(session: Any, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     names = {i.name for i in session.get_inputs()}
     return [np.asarray(o) for o in session.run(None, {k: v for k, v in feed.items() if k in names})]
-
-
-def compare(ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndarray]]) -> dict[str, Any]:
-    """Error figures over all outputs and batches: max_abs_err, max_rel_err, cosine, top1_agreement.
-
-    The figures are over the elements finite in both; where there are NaN or infinite
-    values, ``nonfinite`` counts them (elements non-finite in either) and
-    ``nonfinite_mismatch`` those where the two disagree (not both NaN, not the same inf).
-    """
-    max_abs = 0.0
-    max_rel = 0.0
-    dots = nr = ng = 0.0
-    top1_hits = top1_total = 0
-    nonfinite = mismatched = 0
-    for rb, gb in zip(ref, got, strict=True):
-        for r, g in zip(rb, gb, strict=True):
-            if r.shape != g.shape:
-                raise ValueError(f"output shapes differ: {r.shape} vs {g.shape}")
-            if r.dtype.kind not in "fiub":
-                continue
-            r64, g64 = r.astype(np.float64), g.astype(np.float64)
-            both = np.isfinite(r64) & np.isfinite(g64)
-            bad = int(both.size - np.count_nonzero(both))
-            if bad:
-                nonfinite += bad
-                same = (np.isnan(r64) & np.isnan(g64)) | (r64 == g64)
-                mismatched += int(np.count_nonzero(~both & ~same))
-                r64, g64 = r64[both], g64[both]
-            diff = np.abs(r64 - g64)
-            if diff.size:
-                max_abs = max(max_abs, float(np.max(diff)))
-                max_rel = max(max_rel, float(np.max(diff / np.maximum(np.abs(r64), 1e-6))))
-            with np.errstate(over="ignore", invalid="ignore"):
-                dots += float(np.sum(r64 * g64))
-                nr += float(np.sum(r64 * r64))
-                ng += float(np.sum(g64 * g64))
-            if r.dtype.kind == "f" and r.ndim == 2 and r.shape[1] >= 2:  # class scores [batch, classes]
-                top1_hits += int(np.sum(np.argmax(r, 1) == np.argmax(g, 1)))
-                top1_total += r.shape[0]
-    with np.errstate(over="ignore", invalid="ignore"):
-        cosine = 1.0 if nr == 0 and ng == 0 else dots / max(np.sqrt(nr) * np.sqrt(ng), 1e-30)
-    out: dict[str, Any] = {"max_abs_err": max_abs, "max_rel_err": max_rel, "cosine": float(cosine)}
-    if top1_total:
-        out["top1_agreement"] = top1_hits / top1_total
-    if nonfinite:
-        out["nonfinite"] = nonfinite
-        out["nonfinite_mismatch"] = mismatched
-    return out
 
 
 def nonfinite_warning(fid: Mapping[str, Any], what: str = "the outputs") -> str | None:

@@ -187,7 +187,7 @@ def registered_passes() -> dict[str, type[Pass]]:
 
 
 def _load_builtin_passes() -> None:
-    from nasc.passes import fuse, quantize, simplify  # noqa: F401  (registration side effects)
+    from nasc.passes import drop_sublayers, fuse, quantize, simplify  # noqa: F401  (registration side effects)
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:
@@ -294,6 +294,7 @@ class Pipeline:
             before = _stats(graph)
             ctx.rewrites = Counter()
             ctx.notes = []
+            ctx.details = {}
             t0 = time.perf_counter()
             changed = bool(p.run(graph, ctx))
             elapsed = time.perf_counter() - t0
@@ -302,7 +303,8 @@ class Pipeline:
                     verify(graph)
                 except VerificationError as e:
                     raise VerificationError(f"after pass '{p}': {e}") from None
-            section = PassSection(str(p), changed, elapsed, before, _stats(graph), dict(ctx.rewrites), list(ctx.notes))
+            section = PassSection(str(p), changed, elapsed, before, _stats(graph), dict(ctx.rewrites), list(ctx.notes),
+                                  dict(ctx.details))
             ctx.report.passes.append(section)
             ctx.log(section.line())
             if ctx.print_ir_after_all:
@@ -334,6 +336,8 @@ class PassSection:
     after: dict[str, int]
     rewrites: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: structured, JSON-ready results of the pass (per-group tables, errors before/after), for report.json
+    details: dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
         """e.g. ``fuse: fold-batchnorm ×35, gelu ×6; nodes 669 → 211, MACs 1.2G → 1.2G (0.42 s)``."""
@@ -350,7 +354,7 @@ class PassSection:
     def to_dict(self) -> dict[str, Any]:
         return {"pass": self.pass_text, "changed": self.changed, "time_s": round(self.time_s, 4),
                 "before": self.before, "after": self.after, "rewrites": self.rewrites, "notes": self.notes,
-                "summary": self.line()}
+                "details": self.details, "summary": self.line()}
 
 
 @dataclass
@@ -367,13 +371,17 @@ class PassContext:
 
     ``runner`` evaluates a graph (ONNX Runtime, supplied by the API layer so that
     passes never import a runtime); passes that need numbers use it through
-    :meth:`evaluate`.
+    :meth:`evaluate`. ``estimate`` (also from the API layer, when the target has
+    one) gives a graph's target figures without building, e.g. an MCU's arena and
+    flash bytes; ``labels`` are the calibration feeds' class labels when known.
     """
 
     target: Any = None
     calib: list[Feed] | None = None
     seed: int = 0
     runner: Runner | None = None
+    estimate: Callable[[Graph], dict[str, int]] | None = None
+    labels: np.ndarray | None = None
     report: Report = field(default_factory=Report)
     verify: bool = True
     print_ir_after_all: bool = False
@@ -381,6 +389,7 @@ class PassContext:
     # per-pass scratch, reset by the pipeline before each pass
     rewrites: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
 
     def count(self, rewrite: str, n: int = 1) -> None:
         self.rewrites[rewrite] += n

@@ -3,18 +3,22 @@ DepthToSpace/SpaceToDepth and Einsum (ONNX opset 21 semantics)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from nasc.ir.core import Node
+from nasc.ir.core import Graph, Node
 from nasc.ir.ops.registry import (
     AxisGroup,
     AxisRef,
     Cost,
     InferenceError,
     OpDef,
+    const_value,
     io_bytes,
     norm_axis,
     register,
+    set_const_operand,
     shape_of,
     ttype,
 )
@@ -40,7 +44,24 @@ class Gather(OpDef):
     def channels(self, node: Node) -> list[AxisGroup]:
         r, q = len(shape_of(node, 0)), len(shape_of(node, 1))
         axis = norm_axis(node, int(node.attr("axis", 0)), r)
-        return pairs(node, [(k, k) for k in range(axis)] + [(k, k + q - 1) for k in range(axis + 1, r)])
+        groups = pairs(node, [(k, k) for k in range(axis)] + [(k, k + q - 1) for k in range(axis + 1, r)])
+        idx = const_value(node, 1)
+        d = shape_of(node, 0)[axis]
+        if idx is not None and idx.ndim == 1 and isinstance(d, int):  # a constant selection of channels
+            sel = tuple(int(i) % d for i in idx)
+            groups.append(AxisGroup((("out", 0, axis), ("in", 0, axis)), "gather", sel))
+        return groups
+
+    def prune(self, graph: Graph, node: Node, kept: Callable[[AxisRef], np.ndarray | None]) -> None:
+        axis = norm_axis(node, int(node.attr("axis", 0)), len(shape_of(node, 0)))
+        kin, kout = kept(("in", 0, axis)), kept(("out", 0, axis))
+        idx = const_value(node, 1)
+        if idx is None or idx.ndim != 1 or (kin is None and kout is None):
+            return
+        d = int(shape_of(node, 0)[axis])  # type: ignore[arg-type]
+        sel = idx.astype(np.int64) % d
+        sel = sel if kout is None else sel[kout]
+        set_const_operand(graph, node, 1, np.searchsorted(kin, sel) if kin is not None else sel)
 
     def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
         x, i = args[0], args[1]
@@ -117,9 +138,6 @@ register(type("ScatterElements", (_Scatter,), {"name": "ScatterElements"}))
 register(type("ScatterND", (_Scatter,), {"name": "ScatterND"}))
 
 
-
-
-
 # ---- depth/space, einsum -------------------------------------------------------------
 
 
@@ -146,7 +164,18 @@ class _BlockMove(OpDef):
         return [TensorType(t.dtype, (n, _mul(c, b * b), _div(h, b), _div(w, b)))]
 
     def channels(self, node: Node) -> list[AxisGroup]:
-        return pairs(node, [(0, 0)])
+        groups = pairs(node, [(0, 0)])
+        c = shape_of(node, 0)[1]
+        b = int(node.attr("blocksize", 0))
+        if not isinstance(c, int):
+            return groups
+        # the deep side's channel i is the shallow side's channel i // b^2 (CRD: PixelShuffle) or
+        # i % C (DCR); the spatial axes are a barrier either way
+        deep, shallow = (("in", 0, 1), ("out", 0, 1)) if self.to_space else (("out", 0, 1), ("in", 0, 1))
+        c_small = c // (b * b) if self.to_space else c
+        crd = self.to_space and node.attr("mode", "DCR") == "CRD"
+        groups.append(AxisGroup((deep, shallow), "digit", (b * b, c_small) if crd else (1, c_small)))
+        return groups
 
 
 def _mul(d: Dim, k: int) -> Dim:

@@ -7,6 +7,7 @@ which this module imports so that importing ``nn`` registers them too.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -139,10 +140,23 @@ class _ConvBase(OpDef):
                 AxisGroup((("in", 0, 1), ("in", 1, w_in))),
             ]
         cin, per = _int_or_none(xs[1]), _int_or_none(ws[1])
-        cout = ws[0] if not self.transpose else (per * g if per is not None else None)
+        cout = _int_or_none(ws[0]) if not self.transpose else (per * g if per is not None else None)
         if cin == g and per == 1 and (self.transpose or cout == cin):
             return [batch, AxisGroup((("in", 0, 1), ("out", 0, 1), ("in", 1, 0), *extra))]
-        return []
+        if self.transpose or cin is None or per is None or cout is None:
+            return [batch]
+        if cin == g and per == 1:  # depthwise with a channel multiplier: input c feeds outputs c*m .. c*m+m-1
+            return [batch, AxisGroup((("out", 0, 1), ("in", 1, 0), *extra)),
+                    AxisGroup((("out", 0, 1), ("in", 0, 1)), "digit", (cout // cin, cin))]
+        # a grouped conv keeps the same count per group: local channel j goes from every group at once
+        return [batch, AxisGroup((("in", 0, 1), ("in", 1, 1)), "digit", (1, per)),
+                AxisGroup((("out", 0, 1), ("in", 1, 0), *extra), "modulo", (cout // g,))]
+
+    def prune(self, graph: Graph, node: Node, kept: Callable[[AxisRef], np.ndarray | None]) -> None:
+        g = int(node.attr("group", 1))
+        kin = kept(("in", 0, 1))
+        if g > 1 and kin is not None and shape_of(node, 0)[1] == g and shape_of(node, 1)[1] == 1:
+            node.attrs["group"] = len(kin)  # depthwise: one group per remaining channel
 
 
 @register

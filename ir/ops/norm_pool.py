@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from nasc.ir import dtypes
-from nasc.ir.core import Node
+from nasc.ir.core import Graph, Node
 from nasc.ir.ops.registry import (
     AxisGroup,
     AxisRef,
@@ -229,9 +231,18 @@ class GroupNormalization(_Norm):
         return [TensorType(t.dtype, t.shape)]
 
     def channels(self, node: Node) -> list[AxisGroup]:
-        if not known(node, 0):
+        if not known(node, 0, 1, 2) or len(shape_of(node, 0)) < 2 or not isinstance(shape_of(node, 0)[1], int):
             return []
-        return [AxisGroup((("in", 0, 0), ("out", 0, 0)))]  # channels are grouped: a barrier
+        cpg = int(shape_of(node, 0)[1]) // int(node.attr("num_groups"))  # type: ignore[arg-type]
+        # statistics are per group: a whole group goes, or nothing of it (then zeroing it gives zeros)
+        return [AxisGroup((("in", 0, 0), ("out", 0, 0))),
+                AxisGroup((("in", 0, 1), ("out", 0, 1), ("in", 1, 0), ("in", 2, 0)), "block", (cpg,))]
+
+    def prune(self, graph: Graph, node: Node, kept: Callable[[AxisRef], np.ndarray | None]) -> None:
+        kin = kept(("in", 0, 1))
+        if kin is not None:
+            cpg = int(shape_of(node, 0)[1]) // int(node.attr("num_groups"))  # type: ignore[arg-type]
+            node.attrs["num_groups"] = len(kin) // cpg
 
 
 @register
@@ -271,7 +282,19 @@ class LayerNormalization(_Norm):
         rank = len(shape_of(node, 0))
         axis = self._axis(node, rank)
         outs = range(min(len(node.outputs), 3))
-        return [AxisGroup((("in", 0, k), *(("out", o, k) for o in outs))) for k in range(axis)]
+        groups = [AxisGroup((("in", 0, k), *(("out", o, k) for o in outs))) for k in range(axis)]
+        why = (f"{node.describe()} normalizes over this axis: removing channels changes the mean and variance "
+               "the others are normalized by")
+        for k in range(axis, rank):  # scale and bias broadcast against the normalized axes
+            m: list[AxisRef] = [("in", 0, k), ("out", 0, k)]
+            for s in (1, 2):
+                if node.has_input(s):
+                    ps = shape_of(node, s)
+                    j = len(ps) - rank + k
+                    if j >= 0 and ps[j] != 1:
+                        m.append(("in", s, j))
+            groups.append(AxisGroup(tuple(m), inexact=why))
+        return groups
 
 
 @register

@@ -39,15 +39,32 @@ AxisRef = tuple[str, int, int]
 
 @dataclass(frozen=True)
 class AxisGroup:
-    """Axes that must be pruned together inside one node.
+    """Axes whose channels must be pruned together inside one node, and how their indices correspond.
 
-    ``mode`` is "same" when index ``i`` of every member is the same channel;
-    "concat" when the first member (a result) is the members that follow
-    (operands) laid end to end along their axes.
+    ``mode`` says which index of one member is which index of another:
+
+    - "same": index ``i`` of every member is the same channel;
+    - "concat": the first member is the members that follow laid end to end along their axes;
+    - "digit" (two members, ``param=(radix, size)``): index ``i`` of the first is index
+      ``(i // radix) % size`` of the second: a reshape that splits or merges an axis (heads
+      from a hidden axis, a flattened feature axis), or a depthwise conv's channel multiplier;
+    - "gather" (result then operand, ``param`` = the operand index each result index reads):
+      a slice or a constant-index gather; operand channels it does not read are free to go;
+    - "block" (``param=(b,)``): indices ``i`` and ``j`` of every member go together when
+      ``i // b == j // b`` (GroupNorm's groups);
+    - "modulo" (``param=(p,)``): indices congruent modulo ``p`` go together (a grouped conv's
+      channels, which must stay equal in number per group).
+
+    ``inexact`` is empty when removing a channel from these axes leaves the others' values
+    as they were (zero-invariance); otherwise it says why not (LayerNorm's statistics over
+    the axis), and a pruner removes them only when told to approximate.
+    Every axis a node has that no group names is a barrier: its channels cannot be removed.
     """
 
     members: tuple[AxisRef, ...]
     mode: str = "same"
+    param: tuple[int, ...] = ()
+    inexact: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,15 @@ class OpDef:
     def channels(self, node: Node) -> list[AxisGroup]:
         """Default: no channel coupling is known (a pruning barrier)."""
         return []
+
+    def prune(self, graph: Graph, node: Node, kept: Callable[[AxisRef], np.ndarray | None]) -> None:
+        """Update attributes and shape operands after channels were removed from the node's axes.
+
+        ``kept(ref)`` gives the indices (in the old numbering) that remain on that axis, or
+        None when it lost none. It is called before any type changes: the operand and result
+        types still have the old shapes (:func:`pruned_shape` gives the new ones). The default
+        suits ops whose attributes do not count channels.
+        """
 
     def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
         """Results from constant operands, or None when this op does not fold."""
@@ -242,6 +268,19 @@ def value_bytes(v: Value | None) -> int:
 
 def io_bytes(node: Node) -> int:
     return sum(value_bytes(v) for v in node.inputs) + sum(value_bytes(v) for v in node.outputs)
+
+
+def pruned_shape(node: Node, port: str, slot: int, kept: Callable[[AxisRef], np.ndarray | None]) -> tuple[int, ...]:
+    """The static shape of a node's operand or result once the channels not in ``kept`` are gone."""
+    v = node.input(slot) if port == "in" else node.outputs[slot]
+    old = v.shape
+    return tuple(d if (k := kept((port, slot, a))) is None else len(k) for a, d in enumerate(old))
+
+
+def set_const_operand(graph: Graph, node: Node, slot: int, data: np.ndarray) -> None:
+    """Give operand ``slot`` a new constant (its own: the old one may be shared with other nodes)."""
+    old = node.input(slot)
+    graph.set_input(node, slot, graph.add_constant(np.asarray(data, dtype=old.data.dtype), old.name))
 
 
 def same_axes(node: Node, in_slots: Sequence[int], out_rank: int) -> list[AxisGroup]:

@@ -7,21 +7,24 @@ otherwise the dims they decide are ``UNKNOWN``, and the shape is None when even 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from nasc.ir.core import Node
+from nasc.ir.core import Graph, Node
 from nasc.ir.ops.registry import (
     AxisGroup,
+    AxisRef,
     InferenceError,
     OpDef,
     broadcast,
     const_ints,
     const_value,
     norm_axis,
+    pruned_shape,
     register,
     same_axes,
+    set_const_operand,
     shape_of,
     ttype,
 )
@@ -70,6 +73,47 @@ def norm_axes(node: Node, axes: Iterable[int], rank: int) -> list[int]:
     if len(set(res)) != len(res):
         raise InferenceError(f"{node.describe()}: repeated axis in {list(axes)}")
     return res
+
+
+def reshape_groups(node: Node, a: Shape | None, b: Shape | None) -> list[AxisGroup]:
+    """How a row-major reshape from ``a`` to ``b`` carries channels.
+
+    The shapes are cut into blocks of axes with equal products. A block of one axis on each
+    side is the same channel space. One axis split into several (heads from a hidden axis) or
+    several merged into one (a flattened feature map) is a "digit" group between the single
+    axis and one factor: the outermost factor of size > 1 (whole heads, whole feature maps),
+    or the innermost when ``node.meta["prune.inner"]`` is set (a pruner tries that where the
+    outer choice leaves nothing prunable: the channel shuffle's first reshape). Other axes
+    of a block, and blocks that are several axes on both sides, are barriers.
+    """
+    if a is None or b is None or not all(isinstance(d, int) and d > 0 for d in (*a, *b)):
+        return pairs(node, _prefix_links(a, b))
+    inner = bool(node.meta.get("prune.inner"))
+    groups: list[AxisGroup] = []
+    i = j = 0
+    while i < len(a) or j < len(b):
+        i0, j0 = i, j
+        pa = a[i] if i < len(a) else 1
+        pb = b[j] if j < len(b) else 1
+        i, j = i + 1, j + 1
+        while pa != pb:
+            if pa < pb and i < len(a):
+                pa, i = pa * a[i], i + 1  # type: ignore[operator]
+            elif pb < pa and j < len(b):
+                pb, j = pb * b[j], j + 1  # type: ignore[operator]
+            else:
+                return groups
+        ins = [k for k in range(i0, min(i, len(a))) if a[k] != 1]
+        outs = [k for k in range(j0, min(j, len(b))) if b[k] != 1]
+        if len(ins) == 1 and len(outs) == 1:
+            groups.append(AxisGroup((("in", 0, ins[0]), ("out", 0, outs[0]))))
+        elif len(ins) == 1 or len(outs) == 1:
+            one, many, mport, dims = (("in", 0, ins[0]), outs, "out", b) if len(ins) == 1 else (
+                ("out", 0, outs[0]), ins, "in", a)
+            t = len(many) - 1 if inner else 0
+            radix = prod(dims[k] for k in many[t + 1:])
+            groups.append(AxisGroup((one, (mport, 0, many[t])), "digit", (int(radix), int(dims[many[t]]))))  # type: ignore[call-overload]
+    return groups
 
 
 def _prefix_links(a: Shape | None, b: Shape | None) -> list[tuple[int, int]]:
@@ -146,7 +190,10 @@ class Reshape(OpDef):
         return [TensorType(t.dtype, _reshape(node, t, t.shape, target))]
 
     def channels(self, node: Node) -> list[AxisGroup]:
-        return pairs(node, _prefix_links(ttype(node, 0).shape, out_shape(self, node)))
+        return reshape_groups(node, ttype(node, 0).shape, out_shape(self, node))
+
+    def prune(self, graph: Graph, node: Node, kept: Callable[[AxisRef], np.ndarray | None]) -> None:
+        set_const_operand(graph, node, 1, np.array(pruned_shape(node, "out", 0, kept), dtype=np.int64))
 
     def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
         x, s = args[0], args[1]
@@ -177,7 +224,7 @@ class Flatten(OpDef):
         return [TensorType(t.dtype, _flatten(node, t.shape))]
 
     def channels(self, node: Node) -> list[AxisGroup]:
-        return pairs(node, _prefix_links(ttype(node, 0).shape, out_shape(self, node)))
+        return reshape_groups(node, ttype(node, 0).shape, out_shape(self, node))
 
     def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
         x = args[0]
@@ -394,6 +441,15 @@ class Split(OpDef):
         groups.append(AxisGroup((("in", 0, axis), *(("out", i, axis) for i in outs)), mode="concat"))
         return groups
 
+    def prune(self, graph: Graph, node: Node, kept: Callable[[AxisRef], np.ndarray | None]) -> None:
+        axis = norm_axis(node, int(node.attr("axis", 0)), len(shape_of(node, 0)))
+        sizes = [pruned_shape(node, "out", i, kept)[axis] for i in range(len(node.outputs))]
+        if node.has_input(1):
+            set_const_operand(graph, node, 1, np.array(sizes, dtype=np.int64))
+        elif sizes != [t.shape[axis] for t in self.infer(node)]:  # type: ignore[union-attr]
+            graph.set_input(node, 1, graph.add_constant(np.array(sizes, dtype=np.int64), f"{node.name}/split"))
+            node.attrs.pop("num_outputs", None)
+
     def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
         x = args[0]
         if x is None or (node.has_input(1) and arg(args, 1) is None):
@@ -459,7 +515,34 @@ class Slice(OpDef):
         if plan is None:
             return []
         same = [k for k in range(len(shape)) if k not in plan or plan[k] == (0, shape[k], 1, shape[k])]
-        return pairs(node, ((k, k) for k in same))
+        groups = pairs(node, ((k, k) for k in same))
+        for k, p in plan.items():  # a unit step keeps a range that stays a range once channels go
+            if k not in same and p is not None and abs(p[2]) == 1 and p[3] > 0:
+                groups.append(AxisGroup((("out", 0, k), ("in", 0, k)), "gather", tuple(range(p[0], p[1], p[2]))))
+        return groups
+
+    def prune(self, graph: Graph, node: Node, kept: Callable[[AxisRef], np.ndarray | None]) -> None:
+        shape = shape_of(node, 0)
+        vals = [const_ints(node, i) for i in range(1, 5)]
+        plan = self._plan(node, shape, vals)
+        starts, ends = list(vals[0] or []), list(vals[1] or [])
+        axes = vals[2] if vals[2] is not None else list(range(len(starts)))
+        changed = False
+        for n, ax in enumerate(axes):
+            k = ax % len(shape)
+            kin, kout = kept(("in", 0, k)), kept(("out", 0, k))
+            if kin is None and kout is None:
+                continue
+            s0, e0, st, _ = plan[k]  # type: ignore[index,misc]
+            sel = np.arange(s0, e0, st)
+            sel = sel if kout is None else sel[kout]
+            pos = np.searchsorted(kin, sel) if kin is not None else sel
+            starts[n] = int(pos[0])
+            ends[n] = int(pos[-1]) + st if st > 0 or pos[-1] > 0 else -(int(shape[k]) + 1)  # type: ignore[arg-type]
+            changed = True
+        if changed:
+            set_const_operand(graph, node, 1, np.array(starts, dtype=np.int64))
+            set_const_operand(graph, node, 2, np.array(ends, dtype=np.int64))
 
     def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
         x = args[0]
@@ -599,6 +682,13 @@ class Expand(OpDef):
     def channels(self, node: Node) -> list[AxisGroup]:
         out = out_shape(self, node)
         return [] if out is None else same_axes(node, [0], len(out))
+
+    def prune(self, graph: Graph, node: Node, kept: Callable[[AxisRef], np.ndarray | None]) -> None:
+        target = const_ints(node, 1) or []
+        new = pruned_shape(node, "out", 0, kept)
+        # a target dim of 1 is a dim the operand keeps: leave it so that the broadcast stays as written
+        set_const_operand(graph, node, 1, np.array([1 if t == 1 else d for t, d in zip(target, new[len(new) - len(target):],
+                                                                                           strict=True)], dtype=np.int64))
 
     def fold(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray] | None:
         x, s = args[0], args[1]

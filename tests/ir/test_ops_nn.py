@@ -444,9 +444,14 @@ def test_conv_channels() -> None:
     gs = groups("Conv", [f32(1, 8, 8, 8), f32(8, 1, 3, 3), f32(8)], {"group": 8})
     assert {("in", 0, 1), ("out", 0, 1), ("in", 1, 0), ("in", 2, 0)} in gs
     assert not any(("in", 1, 1) in g for g in gs)
-    # other grouped convs are barriers
-    assert groups("Conv", [f32(1, 8, 8, 8), f32(16, 2, 3, 3)], {"group": 4}) == []
-    assert groups("Conv", [f32(1, 8, 8, 8), f32(16, 1, 3, 3)], {"group": 8}) == []  # channel multiplier
+    # grouped: local input channel j of every group with weight column j; outputs equal in number per group
+    node = ir_node("Conv", [f32(1, 8, 8, 8), f32(16, 2, 3, 3)], {"group": 4})
+    full = lookup("Conv").channels(node)  # type: ignore[union-attr]
+    assert AxisGroup((("in", 0, 1), ("in", 1, 1)), "digit", (1, 2)) in full
+    assert AxisGroup((("out", 0, 1), ("in", 1, 0)), "modulo", (4,)) in full
+    # a channel multiplier: input c feeds outputs 2c and 2c+1
+    node = ir_node("Conv", [f32(1, 8, 8, 8), f32(16, 1, 3, 3)], {"group": 8})
+    assert AxisGroup((("out", 0, 1), ("in", 0, 1)), "digit", (2, 8)) in lookup("Conv").channels(node)  # type: ignore[union-attr]
     # transpose mirrors: W [Cin, Cout, k...]
     gs = groups("ConvTranspose", [f32(1, 4, 5, 5), f32(4, 2, 3, 3), f32(2)])
     assert {("out", 0, 1), ("in", 1, 1), ("in", 2, 0)} in gs
@@ -487,7 +492,10 @@ def test_norm_pool_quant_channels() -> None:
     gs = groups("BatchNormalization", [f32(2, 4, 5, 5)] + [f32(4)] * 4)
     assert {("in", 0, 1), ("out", 0, 1), ("in", 1, 0), ("in", 2, 0), ("in", 3, 0), ("in", 4, 0)} in gs
     gs = groups("LayerNormalization", [f32(2, 5, 8), f32(8), f32(8)])
-    assert gs == [{("in", 0, 0), ("out", 0, 0)}, {("in", 0, 1), ("out", 0, 1)}]
+    assert gs == [{("in", 0, 0), ("out", 0, 0)}, {("in", 0, 1), ("out", 0, 1)},
+                  {("in", 0, 2), ("out", 0, 2), ("in", 1, 0), ("in", 2, 0)}]
+    node = ir_node("LayerNormalization", [f32(2, 5, 8), f32(8), f32(8)])
+    assert "normalizes over this axis" in lookup("LayerNormalization").channels(node)[2].inexact  # type: ignore[union-attr]
     gs = groups("MaxPool", [f32(1, 3, 8, 8)], {"kernel_shape": [2, 2]}, n_out=2)
     assert {("in", 0, 1), ("out", 0, 1), ("out", 1, 1)} in gs
     gs = groups("QuantizeLinear", [f32(2, 3, 4), f32(3), ("i8", (3,))], {"axis": 1})

@@ -430,10 +430,18 @@ def test_channels_layout() -> None:
         same(("in", 0, 0), ("out", 0, 0)), same(("in", 0, 1), ("out", 0, 1)), same(("in", 0, 3), ("out", 0, 2))]
     assert groups("Unsqueeze", [arr(3, 4), i64(0)]) == [
         same(("in", 0, 0), ("out", 0, 1)), same(("in", 0, 1), ("out", 0, 2))]
-    assert groups("Reshape", [X, i64(2, 12)]) == [same(("in", 0, 0), ("out", 0, 0))]
+    # a merge couples the merged axis with its outermost factor: channel i of [2, 12] is row i // 4 of [2, 3, 4]
+    assert groups("Reshape", [X, i64(2, 12)]) == [same(("in", 0, 0), ("out", 0, 0)),
+                                                  AxisGroup((("out", 0, 1), ("in", 0, 1)), "digit", (4, 3))]
     assert groups("Reshape", [X, i64(2, 3, 2, 2)]) == [same(("in", 0, 0), ("out", 0, 0)),
-                                                       same(("in", 0, 1), ("out", 0, 1))]
-    assert groups("Reshape", [X, i64(6, 4)]) == []
+                                                       same(("in", 0, 1), ("out", 0, 1)),
+                                                       AxisGroup((("in", 0, 2), ("out", 0, 2)), "digit", (2, 2))]
+    assert groups("Reshape", [X, i64(6, 4)]) == [AxisGroup((("out", 0, 0), ("in", 0, 0)), "digit", (3, 2)),
+                                                 same(("in", 0, 2), ("out", 0, 1))]
+    node = ir_node("Reshape", [X, i64(2, 3, 2, 2)], {}, 1)
+    node.meta["prune.inner"] = True  # the innermost factor instead: channel i of the 4 is index i % 2
+    assert AxisGroup((("in", 0, 2), ("out", 0, 3)), "digit", (1, 2)) in lookup("Reshape").channels(node)  # type: ignore[union-attr]
+    assert groups("Reshape", [arr(6, 4), i64(4, 6)]) == []  # no axis survives as a factor
     assert groups("Flatten", [arr(2, 3)]) == [same(("in", 0, 0), ("out", 0, 0)), same(("in", 0, 1), ("out", 0, 1))]
     assert groups("Shape", [In("f32", (2, 3))]) == []
     assert groups("ConstantOfShape", [i64(2)]) == []
@@ -449,9 +457,14 @@ def test_channels_concat_split() -> None:
 
 
 def test_channels_untouched_axes() -> None:
-    assert groups("Slice", [arr(10, 5), i64(2), i64(100), i64(0)]) == [same(("in", 0, 1), ("out", 0, 1))]
+    # a unit-step slice reads channels 2..9: result i is operand channel 2 + i; a strided one is a barrier
+    assert groups("Slice", [arr(10, 5), i64(2), i64(100), i64(0)]) == [
+        same(("in", 0, 1), ("out", 0, 1)), AxisGroup((("out", 0, 0), ("in", 0, 0)), "gather", tuple(range(2, 10)))]
+    assert groups("Slice", [arr(10, 5), i64(0), i64(100), i64(0), i64(2)]) == [same(("in", 0, 1), ("out", 0, 1))]
     assert groups("Gather", [arr(5, 4, 3), i64(0, 1).reshape(1, 2)], {"axis": 1}) == [
         same(("in", 0, 0), ("out", 0, 0)), same(("in", 0, 2), ("out", 0, 3))]
+    assert groups("Gather", [arr(5, 4, 3), i64(3, -4)], {"axis": 1})[-1] == AxisGroup(
+        (("out", 0, 1), ("in", 0, 1)), "gather", (3, 0))
     assert groups("Pad", [arr(2, 3), i64(0, 1, 0, 1)]) == [same(("in", 0, 0), ("out", 0, 0))]
     assert groups("Resize", [arr(1, 3, 4, 4), None, np.array([1, 1, 2, 2], np.float32)]) == [
         same(("in", 0, 0), ("out", 0, 0)), same(("in", 0, 1), ("out", 0, 1))]

@@ -1,0 +1,92 @@
+"""What every lossy pass reports: sizes before and after, and the error it cost on the calibration inputs.
+
+A lossy pass takes a :func:`snapshot` of the graph before it changes anything and
+calls :func:`cost_details` at the end; the result goes into its report section
+(``ctx.details``). Figures: params, MACs, the target's estimate when the context
+has one (an MCU's arena and flash bytes), and, with calibration data, the error of
+the changed graph against the graph before the pass (max abs error, cosine, top-1
+agreement) and the top-1 accuracy before and after when the calibration has labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from nasc.ir.analysis import summarize
+from nasc.ir.core import Graph
+from nasc.passes.manager import Feed, PassContext
+from nasc.passes.metrics import accuracy, compare
+
+#: calibration batches the error is measured on (the first ones)
+ERROR_FEEDS = 64
+
+
+@dataclass
+class Snapshot:
+    """A graph's figures, and its outputs on the calibration inputs (None without calibration)."""
+
+    figures: dict[str, int]
+    outputs: list[list[np.ndarray]] | None
+
+
+def error_feeds(ctx: PassContext) -> list[Feed]:
+    return list(ctx.calib or [])[:ERROR_FEEDS]
+
+
+def figures(graph: Graph, ctx: PassContext) -> dict[str, int]:
+    """params, MACs and the target's estimate (e.g. arena_bytes, flash_bytes) of ``graph``."""
+    s = summarize(graph, None)
+    out = {"params": int(s["params"]), "macs": int(s["macs"])}
+    if ctx.estimate is not None:
+        out.update({k: int(v) for k, v in ctx.estimate(graph).items()})
+    return out
+
+
+def outputs(graph: Graph, ctx: PassContext) -> list[list[np.ndarray]] | None:
+    feeds = error_feeds(ctx)
+    if not feeds or ctx.runner is None:
+        return None
+    return ctx.evaluate(graph, feeds)
+
+
+def snapshot(graph: Graph, ctx: PassContext) -> Snapshot:
+    return Snapshot(figures(graph, ctx), outputs(graph, ctx))
+
+
+def error(before: Snapshot, after: list[list[np.ndarray]] | None, ctx: PassContext) -> dict[str, Any] | None:
+    """Error figures of ``after`` against the snapshot's outputs, with accuracies when labels are known."""
+    if before.outputs is None or after is None:
+        return None
+    err: dict[str, Any] = compare(before.outputs, after)
+    if ctx.labels is not None:
+        n = len(after)
+        err["accuracy_before"] = accuracy([o[0] for o in before.outputs], ctx.labels[:n])
+        err["accuracy_after"] = accuracy([o[0] for o in after], ctx.labels[:n])
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in err.items()}
+
+
+def cost_details(before: Snapshot, graph: Graph, ctx: PassContext) -> dict[str, Any]:
+    """Figures before/after (``{"params": [before, after], ...}``) and the error against the graph before."""
+    after = figures(graph, ctx)
+    out: dict[str, Any] = {k: [before.figures[k], after.get(k)] for k in before.figures}
+    err = error(before, outputs(graph, ctx), ctx)
+    if err is not None:
+        out["error"] = err
+        out["error_feeds"] = len(error_feeds(ctx))
+    return out
+
+
+def error_line(details: dict[str, Any]) -> str:
+    """One line for ctx.note: the error figures in ``cost_details``' output."""
+    err = details.get("error")
+    if not err:
+        return "error: not measured (no calibration data)"
+    parts = [f"max abs {err['max_abs_err']:.3g}", f"cosine {err['cosine']:.5f}"]
+    if "top1_agreement" in err:
+        parts.append(f"top-1 agreement {err['top1_agreement']:.2%}")
+    if "accuracy_after" in err:
+        parts.append(f"accuracy {err['accuracy_before']:.2%} → {err['accuracy_after']:.2%}")
+    return f"error vs before on {details['error_feeds']} calibration inputs: " + ", ".join(parts)
