@@ -233,7 +233,9 @@ def compile(
     params_before = graph.summary()["param_bytes"]
     if pipeline.passes:
         graph = optimize(graph, pipeline, pass_calib, target, seed=seed, verify=verify,
-                         print_ir_after_all=print_ir_after_all, log=log)
+                         print_ir_after_all=print_ir_after_all, log=log,
+                         labels=labelled[1] if labelled is not None and pass_calib is feeds_calib else None,
+                         estimate=_mcu_estimate(board) if board is not None else None)
     if out.exists():
         log(f"replacing the previous build in {out}/")
     created: list[Path] = []  # missing parents of out made for the staging directory: removed on failure
@@ -393,6 +395,13 @@ def _check_calib_arg(calib: Any) -> None:
     elif len(calib) == 0:
         raise UsageError("calib is an empty list: give at least one feed (input name -> array), or calib=None "
                          "for seeded random inputs")
+
+
+def _mcu_estimate(board: Any) -> Any:
+    """What lossy passes report for an MCU target: the planner's arena and the weights' bytes, per graph."""
+    from nasc.backends.mcu.build import estimate
+
+    return lambda graph: estimate(graph, board)
 
 
 def _verify_modes(verify_on: str | Sequence[str] | None) -> list[str]:

@@ -60,6 +60,28 @@ def _shape(d: dict[str, Any]) -> str:
     return f"{d['dtype']}{shape}"
 
 
+def _print_groups(groups: list[dict[str, Any]]) -> None:
+    """The channel groups prune{...} sees: one row per group, the barriers with their reasons."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t = Table(title="channel groups (prune)", title_justify="left", show_lines=False)
+    for col in ("id", "scope", "units × width", "status", "layers (out: produce, in: read) / why not"):
+        t.add_column(col, overflow="fold")
+    for g in groups:
+        layers = g["layers"]
+        shown = ", ".join(layers[:4]) + (f", … {len(layers) - 4} more" if len(layers) > 4 else "")
+        why = g["why"][0] + (f" (and {len(g['why']) - 1} more: --json lists them)" if len(g["why"]) > 1 else "") \
+            if g["why"] else ""
+        t.add_row(g["id"], g["scope"] or g["name"], f"{g['units']} × {g['width']}", g["status"],
+                  shown + (f"\n[dim]{why}[/]" if why else ""))
+    con.print(t)
+    n = {s: sum(g["units"] for g in groups if g["status"] == s) for s in ("prunable", "inexact", "barrier")}
+    con.print(f"{len(groups)} groups: {n['prunable']} prunable units, {n['inexact']} on normalized axes "
+              f"(prune{{approximate=true}}), {n['barrier']} behind barriers")
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Summarize a model after the checks ``compile`` runs before it builds: a model those refuse is an error.
 
@@ -84,11 +106,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         origin = f" from {v.producer.describe()}" if v.producer is not None else ""
         warnings.append(f"{len(dynamic)} value(s) have no static tensor shape (first: %{v.name} {v.type}{origin}): "
                         "the onnx target keeps them, but cpu, gpu and mcu builds need static shapes")
+    if args.passes:
+        graph = nasc.optimize(graph, args.passes)
     summary = summarize(graph, args.scope_depth)
     for w in warnings:
         print(f"nasc: warning: {w}", file=sys.stderr)
+    groups = None
+    if args.groups:
+        from nasc.passes.prune_groups import channel_groups, describe
+
+        groups = describe(channel_groups(graph))
     if args.json:
-        print(json.dumps({**summary, "warnings": warnings}, indent=2))
+        print(json.dumps({**summary, "warnings": warnings, **({"groups": groups} if groups is not None else {})},
+                         indent=2))
+        return 0
+    if groups is not None:
+        _print_groups(groups)
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -277,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     sp.add_argument("--scope-depth", type=_at_least(1), default=3,
                     help="roll scopes up to this many named parts (default 3)")
+    sp.add_argument("--groups", action="store_true",
+                    help="list the channel groups prune{...} would work on: size, members, and why barriers are")
+    sp.add_argument("--passes", metavar="PIPELINE", default="",
+                    help="run these passes first, e.g. simplify,fuse (what a compile would prune after)")
     _max_tensor_size_arg(sp)
     sp.set_defaults(func=cmd_inspect)
 

@@ -307,6 +307,8 @@ class Pipeline:
                                   dict(ctx.details))
             ctx.report.passes.append(section)
             ctx.log(section.line())
+            for note in section.notes:
+                ctx.log(f"  {note}")
             if ctx.print_ir_after_all:
                 ctx.log(f"// ----- IR after {p} -----\n{graph}")
             changed_any |= changed

@@ -383,3 +383,35 @@ def channel_groups(graph: Graph) -> Analysis:
         else:
             del node.meta["prune.inner"]
     return best
+
+
+def describe(a: Analysis) -> list[dict[str, object]]:
+    """Every group as a JSON-ready dict: size, width, scope, member nodes with their axes, and the barrier
+    reasons (``status``: "prunable", "inexact" — prunable only with approximate=true — or "barrier")."""
+    rows: list[dict[str, object]] = []
+    for g in a.groups:
+        status = "barrier" if g.barrier else ("inexact" if g.inexact else "prunable")
+        rows.append({
+            "id": g.id, "name": g.name(), "scope": g.scope, "units": g.size, "width": g.width,
+            "status": status, "why": g.barrier or ([g.inexact] if g.inexact else []),
+            "members": [{"node": m.node.name, "op": m.node.qualified_op, "scope": m.node.scope, "port": m.port,
+                         "slot": m.slot, "axis": m.axis, "channels_per_unit": m.per_unit} for m in g.members],
+            "weights": [{"value": sp.value.name, "axis": sp.axis, "per_unit": k} for sp, k in g.weights],
+            "layers": _layers(g),
+        })
+    return rows
+
+
+def _layers(g: Group) -> list[str]:
+    """The weight-bearing nodes of a group and how it meets them: "conv1 (out)" produces its channels,
+    "conv2 (in)" reads them; both for a depthwise conv."""
+    roles: dict[int, tuple[Node, set[str]]] = {}
+    weights = {id(sp.value) for sp, _ in g.weights}
+    for m in g.members:
+        if any(v is not None and id(v) in weights for v in m.node.inputs):
+            _, rs = roles.setdefault(id(m.node), (m.node, set()))
+            if m.port == "out":
+                rs.add("out")
+            elif not m.node.input(m.slot).is_const:
+                rs.add("in")
+    return [f"{n.name or '?'} ({', '.join(sorted(rs)) or 'weights'})" for n, rs in roles.values()]

@@ -44,13 +44,8 @@ def build_mcu(graph: Graph, board: Board, out: Path, *, model: str, pipeline: st
     Raises :class:`BudgetError` before writing anything when the arena or the weights exceed the board
     (unless ``budget_check`` is False).
     """
-    from nasc.backends.tvm.lower import to_relax
-
-    check_element_types(graph)
     integer: dict[str, Any] = {}
-    k = build_kernels(to_relax(graph, facts=integer), c_target(board))
-    p = plan(k.program, orders)
-    check_plan(k.program, p)
+    k, p = kernels_and_plan(graph, board, orders, integer)
     labels = layer_labels(graph, k)
     weight_bytes = sum(int(w.array.nbytes) for w in k.weights.values())
     ins, outs = emit.ports(k, [v.name for v in graph.inputs], [v.name for v in graph.outputs])
@@ -86,6 +81,25 @@ def build_mcu(graph: Graph, board: Board, out: Path, *, model: str, pipeline: st
         "files": files,
     }
     return McuBuild(k, p, ins, outs, labels, facts)
+
+
+def kernels_and_plan(graph: Graph, board: Board, orders: str = "auto", facts: dict[str, Any] | None = None
+                     ) -> tuple[Kernels, Plan]:
+    """The C kernels for ``graph`` and their static arena plan (nothing written to disk)."""
+    from nasc.backends.tvm.lower import to_relax
+
+    check_element_types(graph)
+    k = build_kernels(to_relax(graph, facts=facts if facts is not None else {}), c_target(board))
+    p = plan(k.program, orders)
+    check_plan(k.program, p)
+    return k, p
+
+
+def estimate(graph: Graph, board: Board) -> dict[str, int]:
+    """The arena and the weights' flash bytes ``graph`` needs on ``board``, exact from the planner, without
+    compiling C (code size is not included: it needs the cross compiler)."""
+    k, p = kernels_and_plan(graph, board)
+    return {"arena_bytes": p.arena_bytes, "weights_bytes": sum(int(w.array.nbytes) for w in k.weights.values())}
 
 
 def check_element_types(graph: Graph) -> None:
