@@ -29,7 +29,7 @@ from nasc.ir.core import Graph, Node, SubGraph, Value
 from nasc.ir.ops.registry import AxisGroup, AxisRef, InferenceError, lookup_node
 from nasc.ir.types import TensorType
 
-#: reshapes whose split/merge choice is retried (innermost factor) when the outer one prunes nothing
+#: reshapes whose split/merge choice is retried (other factors) when the outer one prunes nothing
 MAX_FLIPS = 32
 
 
@@ -363,25 +363,30 @@ def channel_groups(graph: Graph) -> Analysis:
     """Find the channel groups of ``graph`` (static shapes needed; others are barriers).
 
     Where a reshape splits or merges an axis and coupling its outermost factor leaves no unit
-    through it prunable, the innermost factor is tried instead (a channel shuffle's reshapes
-    then carry channel j of every branch together); the choice that prunes more units is kept
-    and recorded on the node (``meta["prune.inner"]``) so that later passes see the same groups.
+    through it prunable, the other factors are tried (a channel shuffle's reshapes then carry
+    channel j of every branch together; Swin's fused qkv split [3, heads, head_dim] is pruned
+    by heads); the choice that prunes more units is kept and recorded on the node
+    (``meta["prune.factor"]``) so that later passes see the same groups.
     """
     best = _build(graph)
     tried = 0
     for node in _digit_reshapes(graph):
-        if tried >= MAX_FLIPS or node.meta.get("prune.inner"):
+        if tried >= MAX_FLIPS or "prune.factor" in node.meta:
             continue
         through = {id(v) for v in (*node.inputs, *node.outputs) if v is not None}
         if any(any(id(sp.value) in through for sp, _ in g.spaces) for g in best.prunable):
             continue
         tried += 1
-        node.meta["prune.inner"] = True
-        trial = _build(graph)
-        if _prunable_units(trial) > _prunable_units(best):
-            best = trial
+        choice = 0
+        for factor in (1, 2, -1):
+            node.meta["prune.factor"] = factor
+            trial = _build(graph)
+            if _prunable_units(trial) > _prunable_units(best):
+                best, choice = trial, factor
+        if choice:
+            node.meta["prune.factor"] = choice
         else:
-            del node.meta["prune.inner"]
+            del node.meta["prune.factor"]
     return best
 
 

@@ -82,13 +82,14 @@ def reshape_groups(node: Node, a: Shape | None, b: Shape | None) -> list[AxisGro
     side is the same channel space. One axis split into several (heads from a hidden axis) or
     several merged into one (a flattened feature map) is a "digit" group between the single
     axis and one factor: the outermost factor of size > 1 (whole heads, whole feature maps),
-    or the innermost when ``node.meta["prune.inner"]`` is set (a pruner tries that where the
-    outer choice leaves nothing prunable: the channel shuffle's first reshape). Other axes
+    or factor ``node.meta["prune.factor"]`` (counting factors of size > 1 from 0; -1 is the
+    innermost), which a pruner sets where the outer choice leaves nothing prunable: the channel
+    shuffle's first reshape, Swin's [3, heads, head_dim] split of a fused qkv). Other axes
     of a block, and blocks that are several axes on both sides, are barriers.
     """
     if a is None or b is None or not all(isinstance(d, int) and d > 0 for d in (*a, *b)):
         return pairs(node, _prefix_links(a, b))
-    inner = bool(node.meta.get("prune.inner"))
+    factor = int(node.meta.get("prune.factor", 0))
     groups: list[AxisGroup] = []
     i = j = 0
     while i < len(a) or j < len(b):
@@ -110,7 +111,7 @@ def reshape_groups(node: Node, a: Shape | None, b: Shape | None) -> list[AxisGro
         elif len(ins) == 1 or len(outs) == 1:
             one, many, mport, dims = (("in", 0, ins[0]), outs, "out", b) if len(ins) == 1 else (
                 ("out", 0, outs[0]), ins, "in", a)
-            t = len(many) - 1 if inner else 0
+            t = max(-len(many), min(factor, len(many) - 1)) % len(many)
             radix = prod(dims[k] for k in many[t + 1:])
             groups.append(AxisGroup((one, (mport, 0, many[t])), "digit", (int(radix), int(dims[many[t]]))))  # type: ignore[call-overload]
     return groups

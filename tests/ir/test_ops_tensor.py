@@ -439,7 +439,7 @@ def test_channels_layout() -> None:
     assert groups("Reshape", [X, i64(6, 4)]) == [AxisGroup((("out", 0, 0), ("in", 0, 0)), "digit", (3, 2)),
                                                  same(("in", 0, 2), ("out", 0, 1))]
     node = ir_node("Reshape", [X, i64(2, 3, 2, 2)], {}, 1)
-    node.meta["prune.inner"] = True  # the innermost factor instead: channel i of the 4 is index i % 2
+    node.meta["prune.factor"] = -1  # the innermost factor instead: channel i of the 4 is index i % 2
     assert AxisGroup((("in", 0, 2), ("out", 0, 3)), "digit", (1, 2)) in lookup("Reshape").channels(node)  # type: ignore[union-attr]
     assert groups("Reshape", [arr(6, 4), i64(4, 6)]) == []  # no axis survives as a factor
     assert groups("Flatten", [arr(2, 3)]) == [same(("in", 0, 0), ("out", 0, 0)), same(("in", 0, 1), ("out", 0, 1))]
