@@ -28,6 +28,8 @@ from nasc.passes.prune_groups import Analysis, Group, channel_groups
 from nasc.passes.prune_importance import IMPORTANCE, normalized, scores
 
 DEFAULT_RATIO = 0.3
+#: calibration inputs the least-squares refit reads (a Gemm head gets one row per input)
+RECONSTRUCT_FEEDS = 128
 #: groups the zero-invariance check samples (``check=true``), and its tolerance
 CHECK_GROUPS = 8
 CHECK_RTOL, CHECK_ATOL = 1e-4, 1e-5
@@ -172,10 +174,11 @@ class Prune(Pass):
         apply_plan(graph, plan)
         details: dict[str, Any] = {}
         if self.reconstruct:
-            from nasc.passes.prune_reconstruct import reconstruct
+            from nasc.passes.prune_reconstruct import reconstruct, refit_summary
 
             details["error_without_reconstruct"] = lossy.error(before, lossy.outputs(graph, ctx), ctx)
-            details["reconstruct"] = reconstruct(original, graph, plan, ctx)
+            details["reconstruct"] = reconstruct(original, graph, plan, ctx, max_feeds=RECONSTRUCT_FEEDS)
+            ctx.note(refit_summary(details["reconstruct"]))
         if self.check:
             details["zero_invariance"] = check_zero_invariance(original, a, removed, check_feeds(original, ctx),
                                                                ctx.evaluate)
