@@ -53,6 +53,7 @@ from nasc.ir.types import TensorType
 
 CANONICAL_OPSET = 21
 FOLD_MAX_ELEMENTS = 1 << 16  # larger constant results are left to the simplify pass
+SHARED_MIN_ELEMENTS = 4096  # a weight this large read by several nodes is not copied by folding (ties stay ties)
 
 ModelLike = str | os.PathLike[str] | bytes | onnx.ModelProto
 
@@ -352,8 +353,14 @@ def build_graph(
     for sp in g.sparse_initializer:
         env[sp.values.name] = graph.add_constant(_sparse_constant(sp, base_dir, label, limit), sp.values.name)
 
+    uses: dict[str, int] = {}
     for nproto in g.node:
-        _import_node(graph, nproto, env, label, scopes or {}, max_tensor_bytes=limit, base_dir=base_dir)
+        for name in nproto.input:
+            uses[name] = uses.get(name, 0) + 1
+    shared = {t.name for t in g.initializer if uses.get(t.name, 0) > 1 and math.prod(t.dims) > SHARED_MIN_ELEMENTS}
+    for nproto in g.node:
+        _import_node(graph, nproto, env, label, scopes or {}, max_tensor_bytes=limit, base_dir=base_dir,
+                     shared=shared)
 
     outs = []
     for o in g.output:
@@ -441,10 +448,13 @@ def _node_attrs(n: onnx.NodeProto, entry: Any, label: str, where: str, base_dir:
 
 
 def _import_node(graph: Graph, n: onnx.NodeProto, env: dict[str, Value], label: str, scopes: Mapping[str, str],
-                 *, max_tensor_bytes: int | None = None, base_dir: str | None = None) -> None:
+                 *, max_tensor_bytes: int | None = None, base_dir: str | None = None,
+                 shared: frozenset[str] | set[str] = frozenset()) -> None:
     """Append the IR of ``n`` (or, for a foldable node of constants, bind its results to constants).
 
-    ``base_dir``: the model's directory, which external data in attributes is relative to.
+    ``base_dir``: the model's directory, which external data in attributes is relative to. A node reading
+    a weight in ``shared`` (one that several nodes read: a tied embedding and LM head) is not folded, so that
+    the weight stays one value instead of gaining a transformed copy.
     """
     domain = "" if n.domain == "ai.onnx" else n.domain
     scope = scope_of(n) or next((scopes[o] for o in n.output if scopes.get(o)), "")
@@ -471,7 +481,7 @@ def _import_node(graph: Graph, n: onnx.NodeProto, env: dict[str, Value], label: 
     outs = [Value(TensorType("f32", None), name) for name in n.output]
     node = Node(n.op_type, inputs, outs, attrs, domain=domain, scope=scope, name=n.name, captures=captures)
     try:
-        if entry is not None and entry.foldable and _fold(graph, node, entry, env):
+        if entry is not None and entry.foldable and not shared.intersection(n.input) and _fold(graph, node, entry, env):
             return
         types = entry.infer(node) if entry is not None else onnx_infer.infer_opaque(node, graph.opsets)
     except InferenceError as e:

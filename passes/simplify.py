@@ -81,6 +81,12 @@ def _foldable(node: Node, const_ids: set[int]) -> bool:
     return all(_numel(o) <= budget for o in node.outputs)  # folding must not blow a small constant up
 
 
+def _breaks_tie(node: Node, const_ids: set[int]) -> bool:
+    """Whether folding ``node`` would copy a large weight that other nodes also read (a tied embedding and LM
+    head): the copy would break the sharing that layer tying and backends rely on, and double the weights."""
+    return any(v is not None and id(v) in const_ids and _numel(v) > SMALL and len(v.users()) > 1 for v in node.inputs)
+
+
 def fold_constants(graph: Graph, ctx: PassContext) -> bool:
     """Replace nodes computed from constants alone (and Shape/Size of static tensors) by constants."""
     const_ids = {id(c) for c in graph.constants}
@@ -89,6 +95,8 @@ def fold_constants(graph: Graph, ctx: PassContext) -> bool:
     pending: list[Node] = []
     for node in list(graph.nodes):
         entry = lookup_node(node)
+        if _breaks_tie(node, const_ids):
+            continue
         if entry is not None and entry.foldable and node.op not in NONDETERMINISTIC:
             args = [v.data if v is not None and id(v) in const_ids and _numel(v) <= (1 << 24) else None
                     for v in node.inputs]
