@@ -91,6 +91,9 @@ class Prune(Pass):
                 scopes = sorted({m.node.scope for g in groups for m in g.members if m.node.scope})[:8]
                 raise UsageError(f"prune: keep={self.keep!r} matches no prunable group's scope or node name; "
                                  f"scopes look like: {', '.join(scopes) or '(none: the graph has no scopes)'}")
+            if len(kept) == len(groups):
+                raise UsageError(f"prune: keep={self.keep!r} matches all {len(groups)} prunable groups, so nothing is "
+                                 "left to prune; match fewer scopes (nasc inspect --groups lists them)")
             groups = [g for g in groups if g not in kept]
         if not groups:
             raise UsageError(no_group_message(a, self.approximate))

@@ -157,6 +157,7 @@ class _Slots:
                     self.index[(id(v), axis)] = sp
                     offset += d
         self.parent = list(range(offset))
+        self.pinned: dict[int, str] = {}  # slots that must stay, and why (see ``_pin``)
 
     def find(self, i: int) -> int:
         p = self.parent
@@ -219,6 +220,8 @@ def _link(slots: _Slots, node: Node, grp: AxisGroup) -> set[tuple[str, int, int]
             n = v.shape[r[2]] if v is not None else 0
             if whole is not None and sp is not None:
                 slots.union(range(whole.offset + at, whole.offset + at + n), range(sp.offset, sp.offset + n))
+            elif whole is not None and n == 1:  # a part with one channel: removing it would leave it empty
+                _pin(slots, [whole.offset + at], node, r)
             at += n
     elif mode in ("digit", "gather"):
         big, small = spaces
@@ -226,6 +229,11 @@ def _link(slots: _Slots, node: Node, grp: AxisGroup) -> set[tuple[str, int, int]
             i = np.arange(big.size) if mode == "digit" else np.arange(len(prm))
             j = (i // prm[0]) % prm[1] if mode == "digit" else np.asarray(prm)
             slots.union((big.offset + i).tolist(), (small.offset + j).tolist())
+        elif big is not None and mode == "digit":  # every index of big is the small side's single channel
+            _pin(slots, range(big.offset, big.offset + big.size), node, grp.members[1])
+            slots.union(range(big.offset, big.offset + big.size), [big.offset] * big.size)
+        elif small is not None:  # big has one channel: index 0's counterpart on the small side stays
+            _pin(slots, [small.offset + (0 if mode == "digit" else prm[0] % small.size)], node, grp.members[0])
     elif mode in ("block", "modulo"):
         live = [sp for sp in spaces if sp is not None]
         for k, sp in enumerate(live):
@@ -237,6 +245,16 @@ def _link(slots: _Slots, node: Node, grp: AxisGroup) -> set[tuple[str, int, int]
     else:
         raise ValueError(f"unknown AxisGroup mode {mode!r}")
     return {r for r, sp in zip(grp.members, spaces, strict=True) if sp is not None}
+
+
+def _pin(slots: _Slots, ids: Iterable[int], node: Node, ref: AxisRef) -> None:
+    """Keep slots whose channel an axis of size 1 also holds (a one-channel part of a concat or split, a
+    slice or pixel shuffle down to one channel): that axis is no space, so nothing else would keep them."""
+    port, slot, axis = ref
+    where = "operand" if port == "in" else "result"
+    why = f"{node.describe()}: its {where} {slot} has a single channel on axis {axis}, which cannot be removed"
+    for i in ids:
+        slots.pinned.setdefault(int(i), why)
 
 
 def _link_node(slots: _Slots, node: Node) -> None:
@@ -306,18 +324,22 @@ def _build(graph: Graph) -> Analysis:
     order = np.argsort(roots, kind="stable")
     sorted_roots = roots[order]
     cuts = np.flatnonzero(np.diff(sorted_roots)) + 1
-    by_sig: dict[tuple[tuple[int, int], ...], list[np.ndarray]] = defaultdict(list)
+    pinned: dict[int, str] = {}
+    for i, why in slots.pinned.items():
+        pinned.setdefault(int(roots[i]), why)
+    by_sig: dict[tuple[tuple[tuple[int, int], ...], str], list[np.ndarray]] = defaultdict(list)
     for unit in np.split(order, cuts) if n else []:
         if not has_w[roots[unit[0]]]:
             continue
         sp_ids, counts = np.unique(slot_space[unit], return_counts=True)
-        by_sig[tuple(zip(sp_ids.tolist(), counts.tolist(), strict=True))].append(np.sort(unit))
+        sig = tuple(zip(sp_ids.tolist(), counts.tolist(), strict=True))
+        by_sig[(sig, pinned.get(int(roots[unit[0]]), ""))].append(np.sort(unit))
     users = _space_members(graph, slots)
     groups: list[Group] = []
-    for sig, units in by_sig.items():
+    for (sig, pin), units in by_sig.items():
         g_spaces = [(spaces[i], k) for i, k in sig]
         members = [Member(node, port, slot, sp.axis, k) for sp, k in g_spaces for node, port, slot in users[id(sp)]]
-        reasons = list(dict.fromkeys(sp.barrier for sp, _ in g_spaces if sp.barrier))
+        reasons = list(dict.fromkeys([sp.barrier for sp, _ in g_spaces if sp.barrier] + ([pin] if pin else [])))
         inexact = next((sp.inexact for sp, _ in g_spaces if sp.inexact), "")
         groups.append(Group("", sorted(units, key=lambda u: int(u[0])), g_spaces, members, reasons, inexact))
     index = {id(node): k for k, node in enumerate(graph.nodes)}

@@ -430,6 +430,10 @@ class Attention(OpDef):
             AxisGroup((("in", 2, 3), ("out", 0, 3))),
         ]
 
+    def prune(self, graph: Graph, node: Node, kept: Callable[[AxisRef], np.ndarray | None]) -> None:
+        if node.attr("scale") is None and kept(("in", 0, 3)) is not None:
+            node.attrs["scale"] = self.scale(node)  # the default follows the head size: keep the old one
+
     def decompose(self, graph: Graph, node: Node) -> list[Value] | None:
         """ONNX Attention where the graph's opset has it (23+), else softmax(q @ k^T * scale + mask) @ v."""
         q, k, v = node.input(0), node.input(1), node.input(2)

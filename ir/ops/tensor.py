@@ -659,7 +659,23 @@ class Resize(OpDef):
     def channels(self, node: Node) -> list[AxisGroup]:
         if node.attr("coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize":
             return []
-        return _untouched(node, shape_of(node, 0), out_shape(self, node))
+        groups = _untouched(node, shape_of(node, 0), out_shape(self, node))
+        if self._given(node, 3) and node.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
+            # the sizes of the resized axes depend on each other's ratios: none of them is a channel
+            r = len(shape_of(node, 0))
+            resized = set(norm_axes(node, node.attr("axes", range(r)), r))
+            groups = [g for g in groups if g.members[0][2] not in resized]
+        return groups
+
+    def prune(self, graph: Graph, node: Node, kept: Callable[[AxisRef], np.ndarray | None]) -> None:
+        sizes = const_ints(node, 3) if self._given(node, 3) else None
+        if sizes is None:
+            return
+        r = len(shape_of(node, 0))
+        new = pruned_shape(node, "out", 0, kept)
+        want = [new[k] for k in norm_axes(node, node.attr("axes", range(r)), r)]
+        if want != sizes:  # a sizes operand that spells out the channel count
+            set_const_operand(graph, node, 3, np.array(want, dtype=np.int64))
 
 
 @register
