@@ -9,7 +9,7 @@ turns its input, and y = x is a small change. Dropping rewires y's readers to x;
 
 from __future__ import annotations
 
-import fnmatch
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -237,7 +237,7 @@ class DropSublayers(Pass):
     Score (He et al., "What Matters in Transformers", 2024): mean over tokens of cos(x, x + F(x)) on the
     calibration inputs; the highest scores go first. ``n`` drops that many; ``macs`` drops until the graph keeps
     at most that fraction of its MACs; with neither, the pass only reports the scores. ``kind`` (any, attention,
-    mlp, block) restricts the candidates and ``keep`` (an fnmatch pattern on sublayer scopes) protects some.
+    mlp, block) restricts the candidates and ``keep`` (a regular expression searched in sublayer scopes, as prune's and quantize's) protects some.
     Needs calibration data. Lossy, and it grows with each drop: the report gives the error against the graph
     before the pass (a BERT's attention sublayers often go at little cost; its MLPs and CNN blocks less so).
     """
@@ -256,6 +256,10 @@ class DropSublayers(Pass):
         self.check_option("macs", self.macs is None or self.n == 0,
                           "none when n is given (drop n sublayers, or down to a MACs budget, not both)")
         self.check_option("kind", self.kind == "any" or self.kind in KINDS, "any, attention, mlp or block")
+        try:
+            re.compile(self.keep)
+        except re.error as e:
+            self.check_option("keep", False, f"a Python regular expression searched in sublayer scopes: {e}")
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         feeds = need_calib(ctx, self.name)[:SCORE_FEEDS]
@@ -289,12 +293,12 @@ class DropSublayers(Pass):
 
     def _candidates(self, found: list[Sublayer]) -> list[Sublayer]:
         """The sublayers ``kind`` and ``keep`` allow; refuses a keep that matches nothing and too large an n."""
-        if self.keep and not any(fnmatch.fnmatchcase(s.scope, self.keep) for s in found):
+        if self.keep and not any(re.search(self.keep, s.scope) for s in found):
             scopes = ", ".join(s.scope for s in found) or "none (no residual sublayer was found)"
             raise UsageError(f"pass '{self.name}': option keep={self.keep!r} matches no sublayer's scope; "
                              f"the sublayers' scopes: {scopes}")
         out = [s for s in found if (self.kind == "any" or s.kind == KINDS[self.kind])
-               and not (self.keep and fnmatch.fnmatchcase(s.scope, self.keep))]
+               and not (self.keep and re.search(self.keep, s.scope))]
         if self.n > len(out):
             raise UsageError(f"pass '{self.name}': option n={self.n} asks for more sublayers than there are: "
                              f"{len(out)} {self._what()} found ({_tally(found)} in all); give n <= {len(out)}")
