@@ -218,14 +218,6 @@ def score(sublayers: Sequence[Sublayer], graph: Graph, ctx: PassContext, feeds: 
         s.score = float(np.mean(np.concatenate(cosines)))
 
 
-def need_calib(ctx: PassContext, pass_name: str) -> list[Feed]:
-    if not ctx.calib:
-        raise UsageError(f"{pass_name} needs calibration data (--calib FILE.npz, or calib=[...] in Python): "
-                         "it ranks sublayers by how much they change their input on real data, and scores "
-                         "measured on random inputs are meaningless. Use --allow-random-calib to go ahead anyway")
-    return list(ctx.calib)
-
-
 # ---- the pass -------------------------------------------------------------------------------------
 
 
@@ -262,7 +254,7 @@ class DropSublayers(Pass):
             self.check_option("keep", False, f"a Python regular expression searched in sublayer scopes: {e}")
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
-        feeds = need_calib(ctx, self.name)[:SCORE_FEEDS]
+        feeds = lossy.need_calib(ctx, self.name, "scores of how much each sublayer changes its input")[:SCORE_FEEDS]
         found = find_sublayers(graph)
         candidates = self._candidates(found)
         score(found, graph, ctx, feeds)

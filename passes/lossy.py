@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from nasc.errors import UsageError
 from nasc.ir.analysis import summarize
 from nasc.ir.core import Graph
 from nasc.passes.manager import Feed, PassContext
@@ -30,6 +31,15 @@ class Snapshot:
 
     figures: dict[str, int]
     outputs: list[list[np.ndarray]] | None
+
+
+def need_calib(ctx: PassContext, pass_name: str, why: str) -> list[Feed]:
+    """The calibration feeds, or a UsageError saying the pass needs them (``why``: what it measures on them)."""
+    if not ctx.calib:
+        raise UsageError(f"{pass_name} needs calibration data (--calib FILE.npz, or calib=[...] in Python): "
+                         f"{why} measured on random inputs are meaningless. Use --allow-random-calib to go ahead "
+                         "anyway")
+    return list(ctx.calib)
 
 
 def error_feeds(ctx: PassContext) -> list[Feed]:

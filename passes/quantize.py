@@ -21,6 +21,7 @@ from nasc.ir.core import Graph, Node, Value
 from nasc.ir.ops.registry import emit
 from nasc.ir.text import POLICY_KEY
 from nasc.ir.types import TensorType
+from nasc.passes import lossy
 from nasc.passes import quant_math as qm
 from nasc.passes.manager import ByteSize, Duration, Pass, PassContext, register_pass
 
@@ -137,14 +138,6 @@ def chain_end(v: Value) -> Value:
 
 
 # ---- measuring -------------------------------------------------------------------------------------
-
-
-def _need_calib(ctx: PassContext, pass_name: str) -> list[dict[str, np.ndarray]]:
-    if not ctx.calib:
-        raise UsageError(f"{pass_name} needs calibration data (--calib FILE.npz, or calib=[...] in Python): "
-                         "quantization ranges and sensitivities measured on random inputs are meaningless. "
-                         "Use --allow-random-calib to go ahead anyway")
-    return ctx.calib
 
 
 def activation_ranges(graph: Graph, layers: list[Layer], ctx: PassContext, feeds: list[dict[str, np.ndarray]],
@@ -363,7 +356,7 @@ class Quantize(Pass):
         _check_regex(self, "keep_float")
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
-        feeds = _need_calib(ctx, "quantize")
+        feeds = lossy.need_calib(ctx, "quantize", "quantization ranges and sensitivities")
         layers = find_layers(graph, self.keep_float)
         policy = graph.meta.get(POLICY_KEY)
         if policy:
@@ -492,7 +485,7 @@ class QuantPolicy(Pass):
         _check_regex(self, "keep_float")
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
-        feeds = _need_calib(ctx, "quant-policy")[:SENSITIVITY_SAMPLES]
+        feeds = lossy.need_calib(ctx, "quant-policy", "quantization ranges and sensitivities")[:SENSITIVITY_SAMPLES]
         board = _board(ctx.target)
         layers = find_layers(graph, self.keep_float)
         widths = sorted(set(self.bits), reverse=True)
