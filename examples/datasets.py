@@ -8,7 +8,11 @@
 from __future__ import annotations
 
 import gzip
+import importlib
+import inspect
 import os
+import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +59,25 @@ def load_fashion_mnist(directory: str | os.PathLike[str] | None = None
             raise ValueError(f"{images.name} has {len(x)} images but {labels.name} has {len(y)} labels")
         out += [(x[:, None, :, :] / 255.0 * 2.0 - 1.0).astype(np.float32), y]
     return out[0], out[1], out[2], out[3]
+
+
+#: modules whose docstrings give English sentences for text models (offline, see DATA.md)
+STDLIB_MODULES = ("argparse", "bisect", "collections", "csv", "datetime", "decimal", "difflib", "fractions",
+                  "functools", "heapq", "itertools", "json", "logging", "pathlib", "random", "shutil", "statistics",
+                  "string", "tempfile", "textwrap")
+
+
+def docstring_sentences() -> list[str]:
+    """English sentences (40-200 characters) from the docstrings of stdlib modules, deduplicated, in a fixed
+    seeded order: calibration and held-out sets are fixed slices of it (e.g. the first 16 calibrate, the next
+    16 are held out)."""
+    seen: dict[str, None] = {}
+    for name in STDLIB_MODULES:
+        for _, member in sorted(vars(importlib.import_module(name)).items()):
+            doc = inspect.getdoc(member) if callable(member) else None
+            for s in re.split(r"(?<=[.!?])\s+", " ".join((doc or "").split())):
+                if 40 <= len(s) <= 200 and s[0].isupper() and s.endswith("."):
+                    seen.setdefault(s, None)
+    sentences = sorted(seen)
+    random.Random(0).shuffle(sentences)
+    return sentences

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from nasc.examples.zoo import _vit_classes
+
 if TYPE_CHECKING:
     import torch
 
@@ -112,22 +114,8 @@ def _classes() -> SimpleNamespace:
         x = windows.view(b, h // ws, w // ws, ws, ws, -1)
         return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(b, h, w, -1)
 
-    class WindowAttention(nn.Module):
-        """Swin's window attention without the relative position bias: qkv Linear, per-head softmax, proj."""
-
-        def __init__(self, dim: int, heads: int) -> None:
-            super().__init__()
-            self.heads = heads
-            self.scale = (dim // heads) ** -0.5
-            self.qkv = nn.Linear(dim, dim * 3)
-            self.proj = nn.Linear(dim, dim)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            b, n, c = x.shape
-            qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv[0], qkv[1], qkv[2]
-            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-            return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+    # Swin's window attention without the relative position bias is a ViT's: qkv Linear, per-head softmax, proj
+    WindowAttention = _vit_classes()[0]
 
     class PatchMerging(nn.Module):
         """Swin's patch merging: 2x2 neighbours by strided slices, cat on channels, LayerNorm(4C), Linear(4C, 2C)."""

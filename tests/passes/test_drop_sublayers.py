@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
-import random
-import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +12,7 @@ from golden import count
 import nasc
 from nasc.backends.fidelity import load_calibration, run_graph
 from nasc.errors import UsageError
+from nasc.examples.datasets import docstring_sentences
 from nasc.ir import parse
 from nasc.ir.text import structural_diff
 from nasc.passes.drop_sublayers import find_sublayers, token_cosines
@@ -273,24 +270,6 @@ def test_digits_compile_runs_the_pass_before_quantize_and_reports_it(tmp_path: P
 
 # ---- all-MiniLM-L6-v2: 6 attention + 6 MLP sublayers (post-LN BERT) --------------------------------
 
-STDLIB_MODULES = ("argparse", "bisect", "collections", "csv", "datetime", "decimal", "difflib", "fractions",
-                  "functools", "heapq", "itertools", "json", "logging", "pathlib", "random", "shutil", "statistics",
-                  "string", "tempfile", "textwrap")
-
-
-def docstring_sentences() -> list[str]:
-    """English sentences (40-200 characters) from the docstrings of stdlib modules, in a fixed seeded order
-    (see DATA.md): the first 16 calibrate, the next 16 are held out."""
-    seen: dict[str, None] = {}
-    for name in STDLIB_MODULES:
-        for _, member in sorted(vars(importlib.import_module(name)).items()):
-            doc = inspect.getdoc(member) if callable(member) else None
-            for s in re.split(r"(?<=[.!?])\s+", " ".join((doc or "").split())):
-                if 40 <= len(s) <= 200 and s[0].isupper() and s.endswith("."):
-                    seen.setdefault(s, None)
-    sentences = sorted(seen)
-    random.Random(0).shuffle(sentences)
-    return sentences
 
 
 @pytest.fixture(scope="module")
