@@ -28,6 +28,8 @@ from nasc.passes.prune_groups import Analysis, Group, channel_groups
 from nasc.passes.prune_importance import IMPORTANCE, normalized, scores
 
 DEFAULT_RATIO = 0.3
+#: channel multiple that vector units and TVM's schedules want; a note suggests round-to when kept counts miss it
+SIMD_CHANNELS = 8
 #: calibration inputs the least-squares refit reads (a Gemm head gets one row per input)
 RECONSTRUCT_FEEDS = 128
 #: groups the zero-invariance check samples (``check=true``), and its tolerance
@@ -198,6 +200,12 @@ class Prune(Pass):
         ctx.note(f"{units} units removed from {len(removed)} of {len(groups)} groups "
                  f"({len(a.groups) - len(a.prunable)} groups are barriers)")
         ctx.note(lossy.error_line(details))
+        odd = [g for g in groups if g.id in removed and ((g.size - len(removed[g.id])) * g.width) % SIMD_CHANNELS]
+        if odd and self.round_to % SIMD_CHANNELS:
+            ctx.note(f"{len(odd)} group(s) keep channel counts that are not multiples of {SIMD_CHANNELS} (e.g. "
+                     f"{(odd[0].size - len(removed[odd[0].id])) * odd[0].width} in {odd[0].name()}): CPU and GPU "
+                     f"kernels run such shapes slower, which can cost more than the MACs saved; "
+                     f"round-to={SIMD_CHANNELS} avoids it (docs/benchmarks.md)")
         return True
 
 
