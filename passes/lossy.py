@@ -21,7 +21,7 @@ from nasc.ir.core import Graph
 from nasc.passes.manager import Feed, PassContext
 from nasc.passes.metrics import accuracy, compare
 
-#: calibration batches the error is measured on (the first ones)
+#: calibration batches the error is measured on (the last ones)
 ERROR_FEEDS = 64
 
 
@@ -43,7 +43,9 @@ def need_calib(ctx: PassContext, pass_name: str, why: str) -> list[Feed]:
 
 
 def error_feeds(ctx: PassContext) -> list[Feed]:
-    return list(ctx.calib or [])[:ERROR_FEEDS]
+    """The *last* calibration inputs: passes fit and score on the first ones (a least-squares refit reads up
+    to 128), so with enough calibration data the error is measured on inputs they did not see."""
+    return list(ctx.calib or [])[-ERROR_FEEDS:]
 
 
 def figures(graph: Graph, ctx: PassContext) -> dict[str, int]:
@@ -72,9 +74,10 @@ def error(before: Snapshot, after: list[list[np.ndarray]] | None, ctx: PassConte
         return None
     err: dict[str, Any] = compare(before.outputs, after)
     if ctx.labels is not None:
-        n = len(after)
-        err["accuracy_before"] = accuracy([o[0] for o in before.outputs], ctx.labels[:n])
-        err["accuracy_after"] = accuracy([o[0] for o in after], ctx.labels[:n])
+        start = max(0, len(ctx.calib or []) - len(after))  # the labels of error_feeds(ctx)
+        labels = ctx.labels[start:start + len(after)]
+        err["accuracy_before"] = accuracy([o[0] for o in before.outputs], labels)
+        err["accuracy_after"] = accuracy([o[0] for o in after], labels)
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in err.items()}
 
 
@@ -86,6 +89,7 @@ def cost_details(before: Snapshot, graph: Graph, ctx: PassContext) -> dict[str, 
     if err is not None:
         out["error"] = err
         out["error_feeds"] = len(error_feeds(ctx))
+        out["error_feeds_from"] = max(0, len(ctx.calib or []) - ERROR_FEEDS)
     return out
 
 
@@ -99,4 +103,7 @@ def error_line(details: dict[str, Any]) -> str:
         parts.append(f"top-1 agreement {err['top1_agreement']:.2%}")
     if "accuracy_after" in err:
         parts.append(f"accuracy {err['accuracy_before']:.2%} → {err['accuracy_after']:.2%}")
-    return f"error vs before on {details['error_feeds']} calibration inputs: " + ", ".join(parts)
+    first = details.get("error_feeds_from", 0)
+    which = f"the last {details['error_feeds']} calibration inputs" if first else \
+        f"{details['error_feeds']} calibration inputs"
+    return f"error vs before on {which}: " + ", ".join(parts)

@@ -126,29 +126,43 @@ class Prune(Pass):
         base = summarize(graph, None)[key]
         goal = frac * base
 
-        def plan_for(m: int) -> dict[str, np.ndarray]:
+        def kept_for(m: int) -> dict[str, int]:
             counts: dict[str, int] = {}
             for _, gid, _ in order[:m]:
                 counts[gid] = counts.get(gid, 0) + 1
-            return {gid: self._lowest(by_id[gid], imp, self._kept_count(by_id[gid], c)) for gid, c in counts.items()}
+            return {gid: self._kept_count(by_id[gid], c) for gid, c in counts.items()}
 
-        def size(m: int) -> int:
+        def removal(kept: dict[str, int]) -> dict[str, np.ndarray]:
+            return {gid: self._lowest(by_id[gid], imp, k) for gid, k in kept.items()}
+
+        def size(kept: dict[str, int]) -> int:
             trial = graph.clone()
-            apply_plan(trial, self._plan(a, plan_for(m)), data=False)
+            apply_plan(trial, self._plan(a, removal(kept)), data=False)
             return int(summarize(trial, None)[key])
 
         lo, hi = 0, len(order)
-        if size(hi) > goal:
+        if size(kept_for(hi)) > goal:
             raise UsageError(f"prune: {key}={frac:g} cannot be met: removing every removable unit leaves "
-                             f"{size(hi) / base:.1%} of the graph's {key} (min-channels={self.min_channels}, "
+                             f"{size(kept_for(hi)) / base:.1%} of the graph's {key} (min-channels={self.min_channels}, "
                              f"round-to={self.round_to}; the rest sits behind barriers: see nasc inspect --groups)")
         while lo < hi:  # the fewest removals that meet the goal
             mid = (lo + hi) // 2
-            if size(mid) <= goal:
+            if size(kept_for(mid)) <= goal:
                 hi = mid
             else:
                 lo = mid + 1
-        return plan_for(lo)
+        kept = kept_for(lo)
+        # rounding moves in steps: the prefix that meets the goal may overshoot it; give steps back, most
+        # important removed unit first, while the goal still holds
+        worth = {gid: max((s for s, g2, _ in order[:lo] if g2 == gid), default=0.0) for gid in kept}
+        for gid in sorted(kept, key=lambda g_: -worth[g_]):
+            step = self._min_kept(by_id[gid])[1]
+            while kept[gid] + step <= by_id[gid].size:
+                trial = {**kept, gid: kept[gid] + step}
+                if size(trial) > goal:
+                    break
+                kept = trial
+        return removal(kept)
 
     @staticmethod
     def _lowest(g: Group, imp: dict[str, np.ndarray], kept: int) -> np.ndarray:

@@ -370,7 +370,10 @@ PIPELINE = "simplify,fuse,prune{ratio=0.5 round-to=4}"
 @pytest.mark.parametrize("target", ["onnx", "cpu", "mcu:cortex-m4"])
 def test_every_backend_builds_the_pruned_graph(target, tmp_path, digits):
     kw = {"verify_on": "host"} if target.startswith("mcu") else {}
-    art = nasc.compile(DIGITS, target, tmp_path / "out", passes=PIPELINE, calib=str(DIGITS_NPZ), **kw)
+    # 64 calibration samples: the pass's error (on the last 64) and the build's fidelity (the first 64) then
+    # read the same inputs
+    calib = load_calibration(str(DIGITS_NPZ), digits, limit=64)
+    art = nasc.compile(DIGITS, target, tmp_path / "out", passes=PIPELINE, calib=calib, **kw)
     rep = art.report
     prune = next(p for p in rep["passes"] if p["pass"].startswith("prune"))
     assert [(r["units"], r["kept"]) for r in prune["details"]["groups"]] == [(16, 8), (32, 16)]
