@@ -367,7 +367,7 @@ def minilm_case(tmp: Path) -> Case:
                 tp_setup=_bert_heads, tp_after=_bert_after,
                 extra=[("drop-sublayers{n=2 kind=attention}", "drop-sublayers{n=2 kind=attention}")],
                 notes=[f"English sentences from stdlib docstrings ({len(sentences)} of them, seeded order as in "
-                       f"tests/passes/test_drop_sublayers.py): the first {MINILM_CALIB} calibrate (reconstruct; "
+                       f"nasc.examples.datasets.docstring_sentences): the first {MINILM_CALIB} calibrate (reconstruct; "
                        f"drop-sublayers scores the first 64), the next {MINILM_EVAL} are held out for the figures: "
                        "cosine between the pruned and unpruned sentence embeddings (mean-pooled over the mask, "
                        "L2-normalised), mean and min. Both tools prune attention heads and FFN units and leave the "
