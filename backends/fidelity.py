@@ -13,37 +13,8 @@ import onnx
 
 from nasc.errors import ModelLoadError
 from nasc.ir import dtypes
-from nasc.ir.core import Graph
-from nasc.ir.types import TensorType
+from nasc.passes.lossy import random_inputs  # noqa: F401  (re-exported: api, bench and tests use it)
 from nasc.passes.metrics import compare  # noqa: F401  (re-exported: api and tests use fidelity.compare)
-
-
-def random_inputs(graph: Graph, seed: int, batches: int = 1) -> list[dict[str, np.ndarray]]:
-    """Seeded random inputs for every graph input: floats ~ N(0, 1); integers and bools in {0, 1}.
-
-    Integer inputs are usually ids or masks, whose valid range nasc cannot know:
-    {0, 1} is valid for both, and lossy passes need real calibration data anyway.
-    """
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(batches):
-        feed: dict[str, np.ndarray] = {}
-        for v in graph.inputs:
-            t = v.type
-            if not isinstance(t, TensorType):
-                raise ValueError(f"input '{v.name}' is not a tensor ({t}); give real inputs")
-            shape = t.static_shape
-            npdt = dtypes.to_numpy(t.dtype)
-            if t.dtype in dtypes.FLOAT_DTYPES:
-                feed[v.name] = rng.standard_normal(shape).astype(npdt)
-            elif t.dtype == "bool":
-                feed[v.name] = rng.integers(0, 2, shape).astype(bool)
-            elif t.dtype == "str":
-                feed[v.name] = np.full(shape, "a", dtype=object)
-            else:
-                feed[v.name] = rng.integers(0, 2, shape).astype(npdt)
-        out.append(feed)
-    return out
 
 
 def ort_session(model: onnx.ModelProto | str | bytes, *, exact: bool = False, log_level: int = 3) -> Any:

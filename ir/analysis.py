@@ -45,6 +45,17 @@ def scope_prefix(scope: str, depth: int | None) -> str:
     return ".".join(out)
 
 
+def common_scope(scopes: list[str]) -> str:
+    """The longest common dotted prefix of ``scopes`` ("encoder.layer.3" of "encoder.layer.3.attention.q" and
+    "encoder.layer.3.output"); "" when they share none."""
+    out: list[str] = []
+    for level in zip(*(s.split(".") for s in scopes), strict=False):
+        if len(set(level)) != 1:
+            break
+        out.append(level[0])
+    return ".".join(out)
+
+
 def summarize(graph: Graph, scope_depth: int | None = 3) -> dict[str, Any]:
     """Counts and costs of ``graph`` as a JSON-ready dict.
 

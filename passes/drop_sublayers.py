@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from nasc.errors import UsageError
-from nasc.ir.analysis import node_cost
+from nasc.ir.analysis import common_scope, node_cost
 from nasc.ir.core import Graph, Node, Value
 from nasc.ir.types import TensorType
 from nasc.passes import lossy
@@ -173,16 +173,10 @@ def _scope(branch: list[Node], add: Node) -> str:
         if node.qualified_op in LAYER_OPS or any(v is not None and v.producer is not None
                                                  and id(v.producer) in after for v in node.inputs):
             after.add(id(node))
-    scopes = [n.scope.split(".") for n in branch if n.scope and id(n) in after] or \
-        [n.scope.split(".") for n in branch if n.scope]
+    scopes = [n.scope for n in branch if n.scope and id(n) in after] or [n.scope for n in branch if n.scope]
     if not scopes:
         return add.scope or add.name or "<unnamed add>"
-    common: list[str] = []
-    for parts in zip(*scopes, strict=False):
-        if any(p != parts[0] for p in parts):
-            break
-        common.append(parts[0])
-    return ".".join(common) or add.scope or add.name or "<root>"
+    return common_scope(scopes) or add.scope or add.name or "<root>"
 
 
 # ---- scoring --------------------------------------------------------------------------------------
@@ -196,8 +190,9 @@ def token_cosines(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     axis = 1 if x.ndim >= 4 else -1
     x64, y64 = x.astype(np.float64), y.astype(np.float64)
     dot = np.sum(x64 * y64, axis=axis)
-    norms = np.linalg.norm(x64, axis=axis) * np.linalg.norm(y64, axis=axis)
-    both_zero = (np.linalg.norm(x64, axis=axis) == 0) & (np.linalg.norm(y64, axis=axis) == 0)
+    nx, ny = np.linalg.norm(x64, axis=axis), np.linalg.norm(y64, axis=axis)
+    norms = nx * ny
+    both_zero = (nx == 0) & (ny == 0)
     cos = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 0.0)
     return np.where(both_zero, 1.0, cos).reshape(-1)
 

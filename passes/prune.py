@@ -20,7 +20,6 @@ import numpy as np
 from nasc.errors import UsageError, VerificationError
 from nasc.ir.analysis import summarize
 from nasc.ir.core import Graph
-from nasc.ir.dtypes import to_numpy
 from nasc.passes import lossy
 from nasc.passes.manager import Feed, Pass, PassContext, register_pass
 from nasc.passes.prune_apply import Plan, apply_plan, zero_plan
@@ -184,8 +183,8 @@ class Prune(Pass):
                              "in the pipeline, e.g. simplify,fuse,prune{ratio=0.3},quantize")
         a = channel_groups(graph)
         groups = self._candidates(a)
-        if self.reconstruct and not ctx.calib:
-            raise UsageError("prune: reconstruct=true needs calibration data (--calib FILE.npz, or calib=[...] in Python)")
+        if self.reconstruct:
+            lossy.need_calib(ctx, "prune: reconstruct=true", "least-squares refits")
         imp = scores(a, graph, groups, self.importance, ctx)
         removed = {gid: idx for gid, idx in self._select(a, groups, imp, graph).items() if idx.size}
         if not removed:
@@ -247,18 +246,8 @@ def no_group_message(a: Analysis, approximate: bool = False) -> str:
 
 
 def check_feeds(graph: Graph, ctx: PassContext) -> list[Feed]:
-    """Calibration inputs for the check, else seeded random ones (normal floats; zeros for other inputs)."""
-    if ctx.calib:
-        return ctx.calib[:4]
-    rng = np.random.default_rng(ctx.seed)
-    feeds: list[Feed] = []
-    for _ in range(2):
-        f: Feed = {}
-        for v in graph.inputs:
-            dt = np.dtype(to_numpy(v.dtype))
-            f[v.name] = rng.standard_normal(v.shape).astype(dt) if dt.kind == "f" else np.zeros(v.shape, dt)
-        feeds.append(f)
-    return feeds
+    """Calibration inputs for the check, else seeded random ones (:func:`lossy.random_inputs`)."""
+    return ctx.calib[:4] if ctx.calib else lossy.random_inputs(graph, ctx.seed, 2)
 
 
 def check_zero_invariance(original: Graph, a: Analysis, removed: dict[str, np.ndarray], feeds: list[Feed],

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nasc.ir.analysis import common_scope
 from nasc.ir.core import Graph, Node, SubGraph, Value
 from nasc.ir.ops.registry import AxisGroup, AxisRef, InferenceError, lookup_node
 from nasc.ir.types import TensorType
@@ -96,7 +97,7 @@ class Group:
     @property
     def scope(self) -> str:
         scopes = [m.node.scope for m in self.members if m.node.scope]
-        return _common_prefix(scopes) if scopes else ""
+        return common_scope(scopes)
 
     def name(self) -> str:
         """The scope and first weight-bearing node: what a user recognises the group by."""
@@ -282,16 +283,6 @@ def _link_node(slots: _Slots, node: Node) -> None:
                 where = "operand" if port == "in" else "result"
                 slots.mark(sp, why or f"{node.describe()} does not map axis {axis} of its {where} {slot} "
                                       f"(%{v.name}) to a channel it can remove")
-
-
-def _common_prefix(scopes: list[str]) -> str:
-    parts = [s.split(".") for s in scopes]
-    out: list[str] = []
-    for level in zip(*parts, strict=False):
-        if len(set(level)) != 1:
-            break
-        out.append(level[0])
-    return ".".join(out)
 
 
 def _build(graph: Graph) -> Analysis:

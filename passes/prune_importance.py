@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nasc.errors import UsageError
-from nasc.ir.core import Graph, Value
+from nasc.ir.core import Graph
+from nasc.passes import lossy
 from nasc.passes.manager import PassContext
 from nasc.passes.prune_groups import Analysis, Group, Space
 
@@ -61,23 +61,19 @@ def activation(a: Analysis, graph: Graph, groups: list[Group], ctx: PassContext)
     """Per unit: sum over the layers that read it of ||input channels|| (RMS on calibration data) times
     ||their weights|| (L2): the size of what the unit contributes to those layers' outputs (as in Wanda).
     Groups no contracting layer reads fall back to L2 magnitude."""
-    if not ctx.calib:
-        raise UsageError("prune: importance=activation needs calibration data (--calib FILE.npz, or calib=[...] "
-                         "in Python); importance=l2 needs none")
+    feeds = lossy.need_calib(ctx, "prune: importance=activation", "activation importances")[:ACT_FEEDS]
     pairs = {g.id: _consumers(g) for g in groups}
-    wanted: dict[int, Value] = {id(act.value): act.value for ps in pairs.values() for act, _ in ps}
-    values = list(wanted.values())
-    sq = {id(v): 0.0 for v in values}
+    acts = {id(act.value): act for ps in pairs.values() for act, _ in ps}  # the activations read, by value
+    values = [act.value for act in acts.values()]
     sums: dict[int, np.ndarray] = {}
-    feeds = ctx.calib[:ACT_FEEDS]
+    counts: dict[int, int] = {}
     for start in range(0, len(feeds), 4):  # a few feeds per run keeps the activations read small
         for outs in ctx.evaluate(graph, feeds[start:start + 4], values) if values else []:
             for v, x in zip(values, outs, strict=True):
-                sp = next(act for ps in pairs.values() for act, _ in ps if act.value is v)
                 x64 = np.asarray(x, dtype=np.float64)
-                red = tuple(k for k in range(x64.ndim) if k != sp.axis)
+                red = tuple(k for k in range(x64.ndim) if k != acts[id(v)].axis)
                 sums[id(v)] = sums.get(id(v), 0.0) + np.sum(x64**2, axis=red)
-                sq[id(v)] += np.prod([x64.shape[k] for k in red])
+                counts[id(v)] = counts.get(id(v), 0) + int(np.prod([x64.shape[k] for k in red]))
     l2 = magnitude(a, groups, "l2")
     wslot = _slot_scores(a, 2)
     out: dict[str, np.ndarray] = {}
@@ -87,7 +83,7 @@ def activation(a: Analysis, graph: Graph, groups: list[Group], ctx: PassContext)
             continue
         score = np.zeros(g.size)
         for act, w in pairs[g.id]:
-            rms = np.sqrt(sums[id(act.value)] / max(sq[id(act.value)], 1.0))
+            rms = np.sqrt(sums[id(act.value)] / max(counts[id(act.value)], 1))
             for i, u in enumerate(g.units):
                 a_slots = u[(u >= act.offset) & (u < act.offset + act.size)] - act.offset
                 w_slots = u[(u >= w.offset) & (u < w.offset + w.size)]
