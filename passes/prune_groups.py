@@ -391,8 +391,14 @@ def channel_groups(graph: Graph) -> Analysis:
             continue
         tried += 1
         choice = 0
+        entry = lookup_node(node)
+        seen = [entry.channels(node)] if entry is not None else []
         for factor in (1, 2, -1):
             node.meta["prune.factor"] = factor
+            rules = entry.channels(node) if entry is not None else []
+            if rules in seen:  # a reshape with fewer factors: this choice is one already tried
+                continue
+            seen.append(rules)
             trial = _build(graph)
             if _prunable_units(trial) > _prunable_units(best):
                 best, choice = trial, factor
