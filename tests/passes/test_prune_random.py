@@ -21,19 +21,13 @@ from nasc.ir import parse
 from nasc.passes.prune_groups import channel_groups
 
 
-class _Chain:
-    """IR text for a random CNN on [1, C, 6, 6]: convs (plain, depthwise, grouped), BN, ReLU, per-channel
-    Mul, residual Add, Concat, Split, channel Slice; then global pooling, Flatten and a Gemm to the output."""
+class _Text:
+    """IR text being written: lines, constants, fresh value names."""
 
-    def __init__(self, draw: st.DrawFn, c0: int) -> None:
-        self.draw = draw
+    def __init__(self) -> None:
         self.lines: list[str] = []
         self.consts: list[str] = []
         self.k = 0
-        self.x = self.name()
-        self.lines.append(f"input %{self.x} : f32[1,{c0},6,6]")
-        self.live: list[tuple[str, int]] = []  # (value, channels) of every activation so far
-        self.cur = (self.x, c0)
 
     def name(self) -> str:
         self.k += 1
@@ -49,9 +43,27 @@ class _Chain:
         self.consts.append(f'const %{n} : i64[{len(vals)}] = dense[{", ".join(map(str, vals))}]')
         return n
 
-    def node(self, c: int, op: str, args: list[str], attrs: str = "") -> str:
+    def op(self, shape: tuple[int, ...], op: str, args: list[str], attrs: str = "") -> str:
         out = self.name()
-        self.lines.append(f'%{out} : f32[1,{c},6,6] = {op}({", ".join("%" + a for a in args)}){attrs} #"{out}"')
+        self.lines.append(f'%{out} : f32[{",".join(map(str, shape))}] = {op}({", ".join("%" + a for a in args)})'
+                          f'{attrs} #"{out}"')
+        return out
+
+
+class _Chain(_Text):
+    """IR text for a random CNN on [1, C, 6, 6]: convs (plain, depthwise, grouped), BN, ReLU, per-channel
+    Mul, residual Add, Concat, Split, channel Slice; then global pooling, Flatten and a Gemm to the output."""
+
+    def __init__(self, draw: st.DrawFn, c0: int) -> None:
+        super().__init__()
+        self.draw = draw
+        self.x = self.name()
+        self.lines.append(f"input %{self.x} : f32[1,{c0},6,6]")
+        self.live: list[tuple[str, int]] = []  # (value, channels) of every activation so far
+        self.cur = (self.x, c0)
+
+    def node(self, c: int, op: str, args: list[str], attrs: str = "") -> str:
+        out = self.op((1, c, 6, 6), op, args, attrs)
         self.live.append((out, c))
         self.cur = (out, c)
         return out
@@ -164,38 +176,16 @@ def test_random_cnns_are_zero_invariant(text, data):
     assert_zero_invariant(g, a, removed, changes=False)
 
 
-class _Tokens:
+class _Tokens(_Text):
     """IR text for a random transformer on [1, 4, D]: residual MLPs and attention blocks (separate or fused
     QKV projections, grouped-query attention repeated by Unsqueeze/Expand/Reshape), then a linear head."""
 
     S = 4
 
     def __init__(self, draw: st.DrawFn, d: int) -> None:
+        super().__init__()
         self.draw, self.d = draw, d
-        self.consts: list[str] = []
-        self.lines: list[str] = []
-        self.k = 0
         self.x = "x"
-
-    def name(self) -> str:
-        self.k += 1
-        return f"v{self.k}"
-
-    def const(self, *shape: int) -> str:
-        n = self.name()
-        self.consts.append(f'const %{n} : f32[{",".join(map(str, shape))}] = "{n}"')
-        return n
-
-    def ints(self, vals: list[int]) -> str:
-        n = self.name()
-        self.consts.append(f'const %{n} : i64[{len(vals)}] = dense[{", ".join(map(str, vals))}]')
-        return n
-
-    def op(self, shape: tuple[int, ...], op: str, args: list[str], attrs: str = "") -> str:
-        out = self.name()
-        self.lines.append(f'%{out} : f32[{",".join(map(str, shape))}] = {op}({", ".join("%" + a for a in args)})'
-                          f'{attrs} #"{out}"')
-        return out
 
     def mlp(self) -> None:
         s, d, h = self.S, self.d, self.draw(st.integers(2, 12))
