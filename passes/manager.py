@@ -187,7 +187,7 @@ def registered_passes() -> dict[str, type[Pass]]:
 
 
 def _load_builtin_passes() -> None:
-    from nasc.passes import drop_sublayers, fuse, prune, quantize, simplify  # noqa: F401  (registration side effects)
+    from nasc.passes import drop_sublayers, fuse, prune, quantize, simplify, tie  # noqa: F401  (registration side effects)
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:

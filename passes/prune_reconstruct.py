@@ -55,7 +55,7 @@ def _in_axis(node: Node, w: Value) -> int:
     return len(w.shape) - 2
 
 
-def _bias_add(node: Node) -> tuple[Node, int] | None:
+def bias_add(node: Node) -> tuple[Node, int] | None:
     """The Add of a constant per-column bias that alone reads a MatMul's result: (add, its constant's slot)."""
     out = node.outputs[0]
     if len(out.uses) != 1:
@@ -101,7 +101,7 @@ def _candidate(nb: Node, na: Node, plan: Plan, pos: dict[int, int]) -> _Layer | 
         elif c is not None and not (c.is_const and len(c.shape) <= 2 and all(d == 1 for d in c.shape[:-1])):
             return "its C operand is not a constant per-column bias"
     elif na.op == "MatMul":
-        found = _bias_add(na)
+        found = bias_add(na)
         bias_node = None
         if found is not None:
             bias_node, bias_slot = found

@@ -54,8 +54,11 @@ def build_mcu(graph: Graph, board: Board, out: Path, *, model: str, pipeline: st
     files = emit.write_project(out, k, p, board, ins, outs, labels, model, weight_bytes)
     sizes = object_sizes(out)
     flash = sum(s["text"] + s["data"] for s in sizes.values()) if sizes else None
-    if budget_check and flash is not None and flash > board.flash_bytes:
-        raise BudgetError(f"the model needs {_kb(flash)} of flash (code + weights, measured with arm-none-eabi-size) "
+    # code flash: everything but weights.o, whose flash is the weight arrays (weights_bytes) and their pointer table
+    code = sum(s["text"] + s["data"] for name, s in sizes.items() if name != "weights.o") if sizes else None
+    if budget_check and flash is not None and code is not None and flash > board.flash_bytes:
+        raise BudgetError(f"the model needs {_kb(flash)} of flash (code {_kb(code)} + weights {_kb(flash - code)}, "
+                          "measured with arm-none-eabi-size) "
                           f"but {board.name} has {_kb(board.flash_bytes)}. {_flash_hint(k, labels, pipeline)}")
     steps = []
     for pos, i in enumerate(p.order):
@@ -71,6 +74,7 @@ def build_mcu(graph: Graph, board: Board, out: Path, *, model: str, pipeline: st
         "naive_bytes": sum(b.nbytes for b in k.program.buffers.values() if b.kind == "arena" and b.alias_of is None),
         "weights_bytes": weight_bytes,
         "flash_bytes": flash,
+        "code_bytes": code,
         "objects": sizes,
         "stack_bytes_max_kernel": max(k.stack_bytes.values(), default=0),
         "sram_bytes": p.arena_bytes + max(k.stack_bytes.values(), default=0),
@@ -136,7 +140,11 @@ def layer_labels(graph: Graph, k: Kernels) -> dict[str, str]:
         found: list[str] = []
         for r in s.reads:
             if r in k.weights:
-                for lab in by_content.get(_content_key(k.weights[r].array), []):
+                labs = by_content.get(_content_key(k.weights[r].array), [])
+                users = k.weights[r].users
+                if len(labs) > 1 and len(users) == len(labs):  # a shared weight, one step per reading node:
+                    labs = [labs[users.index(s.name)]]  # both in graph order, so the n-th step is the n-th node
+                for lab in labs:
                     if lab not in found:
                         found.append(lab)
         labels[s.name] = ", ".join(found[:3]) + (" ..." if len(found) > 3 else "") if found else s.label

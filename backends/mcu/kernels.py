@@ -14,6 +14,7 @@ good at (legalization, fusion, TIR lowering, C printing) and does the rest:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -258,6 +259,7 @@ def build_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> Kernels:
     shapes: dict[str, list[int]] = {}
     weights: dict[str, Weight] = {}
     const_names: dict[Any, str] = {}
+    by_content: dict[tuple[Any, ...], str] = {}  # (shape, dtype, sha1 of the bytes) -> weight
     steps: list[Step] = []
     calls: dict[str, list[str]] = {}
     names: dict[Any, str] = {}
@@ -285,9 +287,18 @@ def build_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> Kernels:
             for c, n in const_names.items():
                 if c.same_as(e):
                     return n
+            arr = e.value.numpy()
+            # one array per content: Relax folds a per-use transform of a shared constant (a Gemm's transB,
+            # for one) into a new constant at each use, so a tied weight comes back as equal copies
+            data = np.ascontiguousarray(arr).tobytes()
+            ckey = (arr.shape, str(arr.dtype), hashlib.sha1(data).hexdigest())
+            same = by_content.get(ckey)
+            if same is not None and np.ascontiguousarray(weights[same].array).tobytes() == data:
+                const_names[key] = same
+                return same
             name = f"w{len(weights)}"
             const_names[key] = name
-            arr = e.value.numpy()
+            by_content[ckey] = name
             weights[name] = Weight(name, arr)
             buffers[name] = Buffer(name, arr.nbytes, "weight")
             dtypes[name] = str(arr.dtype)
