@@ -82,6 +82,28 @@ def _print_groups(groups: list[dict[str, Any]]) -> None:
               f"(prune{{approximate=true}}), {n['barrier']} behind barriers")
 
 
+def _print_repeats(found: dict[str, Any]) -> None:
+    """The repeated blocks tie-layers{...} sees: copies, params per copy, near misses and failed candidates."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t = Table(title="repeated blocks (tie-layers)", title_justify="left")
+    for col in ("block", "found by", "copies", "nodes/copy", "params/copy", "weights", "copies / near misses"):
+        t.add_column(col, overflow="fold")
+    for r in found["repeats"]:
+        copies = r["copies"]
+        shown = ", ".join(copies[:3]) + (f", … {len(copies) - 3} more" if len(copies) > 3 else "")
+        misses = "".join(f"\n[dim]{m['copy']} differs: {m['why']}[/]" for m in r["near_misses"][:3])
+        t.add_row(r["stem"], r["how"], str(r["count"]), str(r["nodes_per_copy"]), f"{r['params_per_copy']:,}",
+                  str(r["weights"]), shown + misses)
+    con.print(t)
+    if not found["repeats"]:
+        con.print("no repeated blocks: tie-layers has nothing to tie")
+    for c in found["candidates"][:5]:
+        con.print(f"[dim]not a repeat: {c['stem']} ({c['copies']} copies): {c['why']}[/]")
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Summarize a model after the checks ``compile`` runs before it builds: a model those refuse is an error.
 
@@ -116,12 +138,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         from nasc.passes.prune_groups import channel_groups, describe
 
         groups = describe(channel_groups(graph))
+    repeats = None
+    if args.repeats:
+        from nasc.passes.tie_find import find_repeats
+
+        repeats = find_repeats(graph, args.repeats).describe()
     if args.json:
-        print(json.dumps({**summary, "warnings": warnings, **({"groups": groups} if groups is not None else {})},
-                         indent=2))
+        extra = {k: v for k, v in (("groups", groups), ("repeats", repeats)) if v is not None}
+        print(json.dumps({**summary, "warnings": warnings, **extra}, indent=2))
         return 0
-    if groups is not None:
-        _print_groups(groups)
+    if groups is not None or repeats is not None:
+        if groups is not None:
+            _print_groups(groups)
+        if repeats is not None:
+            _print_repeats(repeats)
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -312,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="roll scopes up to this many named parts (default 3)")
     sp.add_argument("--groups", action="store_true",
                     help="list the channel groups prune{...} would work on: size, members, and why barriers are")
+    sp.add_argument("--repeats", nargs="?", const="auto", choices=("auto", "scope", "structure"),
+                    help="list the repeated blocks tie-layers{...} would tie: copies, params per copy, near misses "
+                         "(found by scope, by graph structure, or auto: scope where it finds any)")
     sp.add_argument("--passes", metavar="PIPELINE", default="",
                     help="run these passes first, e.g. simplify,fuse (what a compile would prune after)")
     _max_tensor_size_arg(sp)

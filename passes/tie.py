@@ -204,7 +204,10 @@ class TieLayers(Pass):
 
     def _inputs(self, graph: Graph, slots: list[_Slot], ctx: PassContext) -> dict[int, Inputs]:
         """Input statistics of every twin's activation operand, from the first calibration feeds."""
-        feeds = lossy.need_calib(ctx, "tie-layers", "activation fits")[:FIT_FEEDS]
+        calib = lossy.need_calib(ctx, "tie-layers", "activation fits")
+        # keep the inputs the error is measured on (the last ones) out of the fit when there are enough
+        spare = len(calib) - lossy.ERROR_FEEDS
+        feeds = calib[:min(FIT_FEEDS, spare if spare >= 16 else len(calib))]
         values: dict[int, Value] = {}
         for s in slots:
             for t in s.twins:

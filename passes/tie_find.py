@@ -26,11 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from nasc.ir import dtypes
 from nasc.ir.core import Graph, Node, Value
 from nasc.ir.types import TensorType
 
 #: constants up to this many elements are part of a node's label by value (shapes, scales), larger ones by shape
 SMALL_CONST = 16
+#: the stem of top-level numbered scopes ("0.attn", "1.attn": an nn.Sequential of blocks)
+TOP = "<top>"
 #: Weisfeiler-Lehman refinement rounds for the structural search
 WL_ITERATIONS = 3
 
@@ -75,10 +78,12 @@ class Repeat:
         return [m[node] for m in self.match]
 
     def params_per_copy(self) -> int:
+        """Elements of the floating-point constants one copy reads."""
         seen: dict[int, int] = {}
         for n in self.template.nodes:
             for v in n.inputs:
-                if v is not None and v.is_const and isinstance(v.type, TensorType) and v.type.is_static:
+                if v is not None and v.is_const and isinstance(v.type, TensorType) and v.type.is_static \
+                        and v.type.dtype in dtypes.FLOAT_DTYPES:  # weights, not shape operands
                     seen[id(v)] = v.type.numel
         return sum(seen.values())
 
@@ -246,7 +251,7 @@ def scope_copies(graph: Graph) -> dict[str, dict[int, list[Node]]]:
     stems: dict[str, dict[int, list[Node]]] = {}
     for n in graph.nodes:
         parts = n.scope.split(".") if n.scope else []
-        for j in range(1, len(parts)):
+        for j in range(len(parts)):  # j = 0: top-level numbered modules (an nn.Sequential's "0", "1", ...)
             if _NUMBERED.match(parts[j]):
                 stems.setdefault(".".join(parts[:j]), {}).setdefault(int(parts[j]), []).append(n)
     return {s: d for s, d in stems.items() if len(d) >= 2}
@@ -255,12 +260,12 @@ def scope_copies(graph: Graph) -> dict[str, dict[int, list[Node]]]:
 def _by_scope(graph: Graph) -> tuple[list[Repeat], list[Candidate]]:
     repeats, cands = [], []
     for stem, by_index in scope_copies(graph).items():
-        copies = [Copy(i, f"{stem}.{i}", nodes) for i, nodes in sorted(by_index.items())]
-        rep, misses = match_copies(stem, "scope", copies)
+        copies = [Copy(i, f"{stem}.{i}" if stem else str(i), nodes) for i, nodes in sorted(by_index.items())]
+        rep, misses = match_copies(stem or TOP, "scope", copies)
         if rep is not None and rep.weights():
             repeats.append(rep)
         elif rep is None:
-            cands.append(Candidate(stem, len(copies), "no two copies match: " + (misses[0][1] if misses else "?")))
+            cands.append(Candidate(stem or TOP, len(copies), "no two copies match: " + (misses[0][1] if misses else "?")))
     return repeats, cands
 
 
