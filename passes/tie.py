@@ -244,9 +244,10 @@ class TieLayers(Pass):
                 corr = activation_correction(delta, rank, xs[layers.index(i)]) if use_act and xs else \
                     svd_correction(delta, rank)
                 graph.set_input(t, 1, value)
+                bias = _bias_of(t)  # before the correction's Add comes between the layer and its bias
                 _add_correction(graph, t, corr, ws[0].dtype)
-                if use_act and xs:
-                    _adjust_bias(graph, t, xs[layers.index(i)].mean @ (delta - corr.product(delta.shape)))
+                if use_act and xs and bias is not None and corr.rank:  # the least-squares fit's intercept
+                    _adjust_bias(graph, t, bias, xs[layers.index(i)].mean @ (delta - corr.product(delta.shape)))
                 corr_params += corr.params
                 rows.append({"layer": rep.copies[i].label, "weight": s.rel, "rank": corr.rank,
                              "energy": round(corr.energy, 6), "params": corr.params,
@@ -357,11 +358,8 @@ def _bias_of(node: Node) -> tuple[Node, int] | None:
     return None
 
 
-def _adjust_bias(graph: Graph, node: Node, shift: np.ndarray) -> None:
+def _adjust_bias(graph: Graph, node: Node, holder: tuple[Node, int], shift: np.ndarray) -> None:
     """Add ``shift`` [out] to the layer's own bias (the mean of the error its correction leaves)."""
-    holder = _bias_of(node)
-    if holder is None:
-        return
     owner, k = holder
     c = owner.input(k)
     if c.shape[-1:] != shift.shape or (node.op == "Gemm" and float(node.attr("beta", 1.0)) == 0.0):

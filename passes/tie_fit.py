@@ -15,9 +15,9 @@ A tied layer computes ``x·W_shared + x·A·B`` where ``A·B`` approximates its 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
+import scipy.linalg
 
 from nasc.ir.core import Node
 
@@ -50,20 +50,23 @@ def dense_is_cheaper(rows: int, cols: int, rank: int) -> bool:
     return rank * (rows + cols) >= rows * cols
 
 
-def top_svd(m: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The leading ``rank`` singular triplets of ``m`` (U·s, Vᵀ) and all singular values, from the
-    eigendecomposition of the smaller Gram matrix: much faster than a full SVD for the wide matrices here,
-    and exact enough in float64 for a truncation."""
+def top_svd(m: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The leading ``rank`` singular triplets of ``m`` as (U·s, Vᵀ), and the share of ‖m‖² they hold.
+
+    From the top eigenpairs of the smaller Gram matrix (LAPACK's subset eigensolver): much faster than a full
+    SVD for a truncation of the wide matrices here, and exact enough in float64; ‖m‖² is the Gram's trace.
+    """
     rows, cols = m.shape
     gram = m.T @ m if cols <= rows else m @ m.T
-    e, v = np.linalg.eigh(gram)
-    order = np.argsort(e)[::-1]
-    e, v = np.clip(e[order], 0.0, None), v[:, order]
+    n = gram.shape[0]
+    total = float(np.trace(gram))
+    e, v = scipy.linalg.eigh(gram, subset_by_index=[n - rank, n - 1], driver="evx")
+    e, v = np.clip(e[::-1], 0.0, None), v[:, ::-1]
     s = np.sqrt(e)
-    top = v[:, :rank]
-    if cols <= rows:  # m = U s Vᵀ with V = top: U s = m V
-        return m @ top, top.T, s
-    return top * s[:rank], (top.T @ m) / np.where(s[:rank] > 0, s[:rank], 1.0)[:, None], s
+    energy = float(np.sum(e) / total) if total > 0 else 1.0
+    if cols <= rows:  # m = U s Vᵀ with V = v: U s = m V
+        return m @ v, v.T, energy
+    return v * s, (v.T @ m) / np.where(s > 0, s, 1.0)[:, None], energy
 
 
 @dataclass
@@ -74,6 +77,7 @@ class Inputs:
     held: np.ndarray | None
     mean: np.ndarray
     rows: int
+    _chol: dict[float, np.ndarray] = field(default_factory=dict, repr=False)
 
     @staticmethod
     def of(batches: list[np.ndarray], held_from: int) -> Inputs:
@@ -85,11 +89,12 @@ class Inputs:
         fit, held = x[:n_fit], x[n_fit:]
         return Inputs(fit.T @ fit, held.T @ held if len(held) else None, mean, len(allrows))
 
-    @cached_property
-    def eig(self) -> tuple[np.ndarray, np.ndarray]:
-        """Eigenvalues (clipped at 0) and eigenvectors of the fit Gram matrix, shared by every ridge tried."""
-        e, v = np.linalg.eigh(self.fit)
-        return np.clip(e, 0.0, None), v
+    def chol(self, lam: float) -> np.ndarray:
+        """The lower Cholesky factor of the fit Gram matrix + λI (cached: Q, K and V share one input)."""
+        key = float(lam)
+        if key not in self._chol:
+            self._chol[key] = np.linalg.cholesky(self.fit + lam * np.eye(self.fit.shape[0]))
+        return self._chol[key]
 
 
 @dataclass
@@ -116,11 +121,6 @@ class Correction:
         return sum(int(x.size) for x in (self.a, self.b, self.delta) if x is not None)
 
 
-def _energy(s: np.ndarray, r: int) -> float:
-    total = float(np.sum(s**2))
-    return float(np.sum(s[:r] ** 2) / total) if total > 0 else 1.0
-
-
 def svd_correction(delta: np.ndarray, rank: int | None) -> Correction:
     """Truncated SVD of ``delta`` at ``rank`` (None: exact). Dense when the factors would not be smaller."""
     rows, cols = delta.shape
@@ -130,17 +130,16 @@ def svd_correction(delta: np.ndarray, rank: int | None) -> Correction:
         return Correction(delta=delta, rank=min(rows, cols), energy=1.0)
     if rank == 0:
         return Correction(rank=0, energy=0.0)
-    a, b, s = top_svd(delta.astype(np.float64), rank)
-    return Correction(a=a, b=b, rank=rank, energy=_energy(s, rank))
+    a, b, energy = top_svd(delta.astype(np.float64), rank)
+    return Correction(a=a, b=b, rank=rank, energy=energy)
 
 
 def _weighted(delta: np.ndarray, x: Inputs, lam: float, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Rank-``rank`` A, B minimising tr(Eᵀ(G + λI)E), E = Δ − AB; and the energy kept in that norm.
-    With G + λI = V D² Vᵀ, the weighted problem is a plain truncation of D·Vᵀ·Δ, mapped back by V·D⁻¹."""
-    e, v = x.eig
-    d = np.sqrt(e + lam)
-    us, b, s = top_svd(d[:, None] * (v.T @ delta), rank)
-    return v @ (us / d[:, None]), b, _energy(s, rank)
+    With G + λI = L·Lᵀ the weighted problem is a plain truncation of Lᵀ·Δ, mapped back by L⁻ᵀ."""
+    chol = x.chol(lam)
+    us, b, energy = top_svd(chol.T @ delta, rank)
+    return scipy.linalg.solve_triangular(chol.T, us, lower=False), b, energy
 
 
 def _held_error(delta: np.ndarray, approx: np.ndarray, held: np.ndarray) -> float:
