@@ -12,7 +12,7 @@ Norms and biases stay per layer unless ``share-norms`` / ``share-biases`` ask ot
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -61,7 +61,7 @@ class _Slot:
 
     rel: str
     twins: list[Node]
-    notes: list[str] = field(default_factory=list)
+    bias: tuple[Node, int] | None  # the template's bias (node, slot), found before corrections come between
 
 
 @register_pass
@@ -153,7 +153,7 @@ class TieLayers(Pass):
             twins = rep.twins(node)
             if len({id(t.input(k)) for t in twins}) == 1:
                 continue  # already one value
-            out.append(_Slot(rel, twins))
+            out.append(_Slot(rel, twins, _bias_of(node)))
         if not out:
             raise UsageError(f"tie-layers: no weight matrix of {rep.stem} can be tied"
                              + (f" (weights={self.weights!r} matches none of: "
@@ -199,6 +199,10 @@ class TieLayers(Pass):
         ctx.note(f"{len(rep.copies)} copies of {rep.stem} → {self.blocks} unique block(s) ({self.mapping}); "
                  f"{len(slots)} weights per block tied, correction rank {rank}, fit {self.fit}; "
                  f"block params {region_before:,} → {region_after:,}")
+        for blk in blocks:
+            ctx.note(f"unique block {blk['block']} serves {', '.join(blk['layers'])}: {blk['shared_params']:,} shared "
+                     f"+ {blk['correction_params']:,} correction params; energy of the layers' differences kept "
+                     f"{blk['energy_mean']:.1%} on average, {blk['energy_min']:.1%} at least")
         ctx.note(lossy.error_line(details))
         return True
 
@@ -265,14 +269,9 @@ class TieLayers(Pass):
             picks += [(n, k) for n in rep.template.nodes if n.op in NORM_OPS
                       for k in range(1, len(n.inputs)) if n.has_input(k) and n.input(k).is_const]
         if self.share_biases:
-            for s in slots:
-                holder = _bias_of(s.twins[0])
-                if holder is not None:
-                    picks.append(holder)
+            picks += [s.bias for s in slots if s.bias is not None]
         for node, k in picks:
-            twins = rep.twins(node) if node in rep.match[0] else None
-            if twins is None:  # a bias Add of a template node
-                continue
+            twins = rep.twins(node)
             for b in range(self.blocks):
                 group = [twins[i] for i, a in enumerate(assign) if a == b]
                 vals = [t.input(k) for t in group]

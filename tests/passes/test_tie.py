@@ -128,14 +128,25 @@ def test_weights_option_ties_only_matching_matrices(encoder: Any) -> None:
     assert len({id(n.input(1)) for n in _tied(g, "attn.qkv")}) == BLOCKS
 
 
+def _qkv_biases(g: Graph) -> set[int]:
+    """The constant each layer's qkv bias Add reads (behind the correction's Add when there is one)."""
+    out = set()
+    for n in g.nodes:
+        if n.op == "Add" and n.scope.endswith("attn.qkv") and not n.meta.get("tie.correction"):
+            out.add(id(next(v for v in n.inputs if v is not None and v.is_const)))
+    return out
+
+
 def test_share_norms_and_biases(encoder: Any) -> None:
     path, calib = encoder
-    g = _tie(path, calib, "blocks=2 share-norms=true share-biases=true")
+    g = _tie(path, calib, "blocks=2 rank=4 share-norms=true share-biases=true")
     norms = [n for n in g.nodes if n.op == "LayerNormalization" and n.scope.endswith("norm1")]
     assert len({id(n.input(1)) for n in norms}) == 2
+    assert len(_qkv_biases(g)) == 2
     kept = _tie(path, calib, "blocks=2")
     norms = [n for n in kept.nodes if n.op == "LayerNormalization" and n.scope.endswith("norm1")]
     assert len({id(n.input(1)) for n in norms}) == BLOCKS  # by default they stay per layer
+    assert len(_qkv_biases(kept)) == BLOCKS
 
 
 # ---- exact at full rank, and stored once, on every target ----------------------------------------------------
@@ -178,6 +189,23 @@ def test_shared_weights_are_stored_once(encoder: Any, tmp_path: Path) -> None:
     # the file's weights shrink by exactly the params the pass removed (the rest is the correction nodes' names)
     assert fewer > 0 and abs(sum(len(b) for b in data) - (sum(a.nbytes for a in untied) - 4 * fewer)) <= 64
     assert art.report["files"]["model.onnx"] < onnx.load(tmp_path / "untied" / "model.onnx").ByteSize()
+
+
+def test_conv_blocks_of_a_resnet_stage(tmp_path: Path) -> None:
+    """fashion_cnn's stage 1: two basic blocks of 3x3 convs; full rank exact, rank 4 as two convs (k×k to 4
+    channels, then 1×1 back)."""
+    path = Path(nasc.__file__).parent / "examples" / "fashion_cnn.onnx"
+    data = np.load(Path(nasc.__file__).parent / "examples" / "fashion_test.npz")
+    calib = [{"image": data["image"][i:i + 1]} for i in range(16)]
+    exact = nasc.optimize(nasc.load(path), "tie-layers{blocks=1 rank=full}", calib=calib)
+    assert _details(exact)["error"]["max_abs_err"] <= EXACT
+    g = nasc.optimize(nasc.load(path), "tie-layers{blocks=1 rank=4}", calib=calib)
+    convs = [n for n in g.nodes if n.op == "Conv" and n.meta.get("tie.correction")]
+    assert len(convs) == 2 * 2 * 2  # 2 layers × 2 convs × (k×k, 1×1)
+    assert sorted({tuple(n.input(1).shape[2:]) for n in convs}) == [(1, 1), (3, 3)]
+    assert {n.outputs[0].shape[1] for n in convs if n.input(1).shape[2:] == (3, 3)} == {4}
+    shared = [n for n in g.nodes if n.op == "Conv" and n.scope.startswith("layer1.") and not n.meta.get("tie.correction")]
+    assert len({id(n.input(1)) for n in shared}) == 2  # conv1 and conv2, each shared by both blocks
 
 
 # ---- fits ---------------------------------------------------------------------------------------------------
