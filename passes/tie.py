@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from nasc.errors import UsageError
+from nasc.ir.analysis import summarize
 from nasc.ir.core import Graph, Node, Value
 from nasc.ir.types import TensorType
 from nasc.passes import lossy
@@ -179,6 +180,7 @@ class TieLayers(Pass):
                              "least-squares fits of the corrections")
         before = lossy.snapshot(graph, ctx)
         region_before = _params_of(rep)
+        bytes_before = summarize(graph, None)["param_bytes"]  # what the file, .so and flash hold in weights
         inputs = self._inputs(graph, slots, ctx) if (self.fit == "activation" or self.init == "fit") else None
         blocks: list[dict[str, Any]] = []
         for b in range(self.blocks):
@@ -192,7 +194,8 @@ class TieLayers(Pass):
         details.update({
             "repeat": rep.describe(), "mapping": self.mapping, "assignment": assign,
             "blocks": blocks, "encoder_params": [region_before, region_after],
-            "params_unique": _unique_params(graph), "params_total": _total_params(graph)})
+            "params_unique": _unique_params(graph), "params_total": _total_params(graph),
+            "param_bytes": [bytes_before, summarize(graph, None)["param_bytes"]]})
         ctx.details.update(details)
         ctx.count("tied-weights", sum(len(s.twins) for s in slots))
         rank = "full" if self._rank is None else str(self._rank)
