@@ -198,6 +198,32 @@ def build_fashion_model():  # type: ignore[no-untyped-def]
     return FashionCNN()
 
 
+def train_epochs(model, opt, sched, xtr: np.ndarray, ytr: np.ndarray, epochs: int, batch: int,  # type: ignore[no-untyped-def]
+                 clip: float | None = None) -> tuple[object, float]:
+    """Cross-entropy training in seeded random batches, the scheduler stepped per batch; (model, seconds)."""
+    import torch
+
+    xt, yt = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    gen = torch.Generator().manual_seed(SEED)
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(xt), generator=gen)
+        total, seen = 0.0, 0
+        for i in range(0, len(xt), batch):
+            idx = perm[i : i + batch]
+            loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            sched.step()
+            total, seen = total + loss.item() * len(idx), seen + len(idx)
+        print(f"epoch {epoch + 1}/{epochs}: train loss {total / seen:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return model.eval(), time.perf_counter() - t0
+
+
 def train_fashion(epochs: int = 2, batch: int = 128) -> tuple[object, float]:
     """SGD (Nesterov momentum 0.9, weight decay 5e-4) with a one-cycle schedule peaking at lr 0.1; seed 0.
 
@@ -215,23 +241,7 @@ def train_fashion(epochs: int = 2, batch: int = 128) -> tuple[object, float]:
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     steps = epochs * ((len(xtr) + batch - 1) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps, pct_start=0.25)
-    xt, yt = torch.from_numpy(xtr), torch.from_numpy(ytr)
-    gen = torch.Generator().manual_seed(SEED)
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(len(xt), generator=gen)
-        total, seen = 0.0, 0
-        for i in range(0, len(xt), batch):
-            idx = perm[i : i + batch]
-            loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total, seen = total + loss.item() * len(idx), seen + len(idx)
-        print(f"epoch {epoch + 1}/{epochs}: train loss {total / seen:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return model.eval(), time.perf_counter() - t0
+    return train_epochs(model, opt, sched, xtr, ytr, epochs, batch)
 
 
 def torch_accuracy(model, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:  # type: ignore[no-untyped-def]
@@ -360,24 +370,7 @@ def train_fashion_vit(epochs: int = 10, batch: int = 128, lr: float = 2e-3) -> t
         torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.01, total_iters=warmup),
         torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps - warmup),
     ], milestones=[warmup])
-    xt, yt = torch.from_numpy(xtr), torch.from_numpy(ytr)
-    gen = torch.Generator().manual_seed(SEED)
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(len(xt), generator=gen)
-        total, seen = 0.0, 0
-        for i in range(0, len(xt), batch):
-            idx = perm[i : i + batch]
-            loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            total, seen = total + loss.item() * len(idx), seen + len(idx)
-        print(f"epoch {epoch + 1}/{epochs}: train loss {total / seen:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return model.eval(), time.perf_counter() - t0
+    return train_epochs(model, opt, sched, xtr, ytr, epochs, batch, clip=1.0)
 
 
 def make_fashion_vit(epochs: int = 10) -> None:
