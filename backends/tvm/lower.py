@@ -63,6 +63,14 @@ class Lx:
             self.env[id(v)] = relax.const(_np(v), tvm_dtype(v.dtype))
         return self.env[id(v)]
 
+    def transposed_const(self, v: Value) -> relax.Expr:
+        """A 2-D constant transposed, once per value: a weight that several Gemm(transB=1) read (tied layers)
+        stays one constant instead of one folded transpose per reader."""
+        key = -id(v)  # beside self.env's keys: ids are positive
+        if key not in self.env:
+            self.env[key] = relax.const(np.ascontiguousarray(_np(v).T), tvm_dtype(v.dtype))
+        return self.env[key]
+
     def x(self, node: Node, i: int = 0) -> relax.Expr:
         e = self(node.input(i))
         assert e is not None

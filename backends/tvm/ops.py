@@ -411,7 +411,8 @@ def _gemm(lx: Lx, node: Node) -> Any:
     if int(node.attr("transA", 0)):
         a = R.permute_dims(a, [1, 0])
     if int(node.attr("transB", 0)):
-        b = R.permute_dims(b, [1, 0])
+        w = node.input(1)
+        b = lx.transposed_const(w) if w.is_const and len(w.shape) == 2 else R.permute_dims(b, [1, 0])
     dt = node.outputs[0].dtype
     y = R.matmul(a, b)
     alpha, beta = float(node.attr("alpha", 1.0)), float(node.attr("beta", 1.0))

@@ -108,8 +108,8 @@ def test_onnx_target_report_gives_the_file_size(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("op", ["MatMul", "Gemm"])
 def test_cpu_library_holds_a_shared_weight_once(tmp_path: Path, op: str) -> None:
-    """Gemm(transB=1): Relax folds the transpose of W once per use into a new constant; the library still
-    holds one (TVM's VM executable keeps equal constants once)."""
+    """Gemm(transB=1): the lowering transposes a constant W once per value (Lx.transposed_const), and TVM's VM
+    executable keeps equal constants once besides."""
     so = {}
     for kind in ("shared", "distinct"):
         art = nasc.compile(_model(kind, op), "cpu", tmp_path / kind, measure_latency=False)
