@@ -266,10 +266,36 @@ def cpu_model() -> str:
     return "unknown"
 
 
+def fashion_record(model, onnx_path: Path, epochs: int, train_seconds: float,  # type: ignore[no-untyped-def]
+                   test: tuple[np.ndarray, np.ndarray], shipped: tuple[np.ndarray, np.ndarray],
+                   **after_data: object) -> dict[str, object]:
+    """What examples/<model>.json records for a Fashion-MNIST example: data, size, training, accuracies."""
+    import nasc
+
+    (xte, yte), (xs, ys) = test, shipped
+    return {
+        "model": onnx_path.name,
+        "data": "Fashion-MNIST (Debian dataset-fashion-mnist), 28x28 grayscale scaled to [-1, 1]; trained on the "
+                "60,000 training images, tested on the 10,000 test images; fashion_test.npz holds the first 1,000",
+        **after_data,
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "macs": int(nasc.load(onnx_path).summary()["macs"]),
+        "epochs": epochs,
+        "train_seconds": round(train_seconds, 1),
+        "cpu": f"{cpu_model()}, torch.set_num_threads(2)",
+        "test_samples": len(yte),
+        "accuracy_torch": round(torch_accuracy(model, xte, yte), 4),
+        "accuracy_onnxruntime": round(onnx_accuracy(onnx_path, xte, yte), 4),
+        "shipped_test_samples": len(ys),
+        "shipped_accuracy_torch": round(torch_accuracy(model, xs, ys), 4),
+        "shipped_accuracy_onnxruntime": round(onnx_accuracy(onnx_path, xs, ys), 4),
+        "onnx_bytes": onnx_path.stat().st_size,
+    }
+
+
 def make_fashion(epochs: int = 2) -> None:
     import torch
 
-    import nasc
     from nasc.examples.datasets import load_fashion_mnist
 
     model, train_seconds = train_fashion(epochs)
@@ -281,25 +307,8 @@ def make_fashion(epochs: int = 2) -> None:
     xs, ys = xte[:FASHION_SHIPPED], yte[:FASHION_SHIPPED]
     npz_path = EXAMPLES / "fashion_test.npz"
     np.savez_compressed(npz_path, image=xs, label=ys)
-    summary = nasc.load(onnx_path).summary()
-    info = {
-        "model": "fashion_cnn.onnx",
-        "data": "Fashion-MNIST (Debian dataset-fashion-mnist), 28x28 grayscale scaled to [-1, 1]; trained on the "
-                "60,000 training images, tested on the 10,000 test images; fashion_test.npz holds the first 1,000",
-        "params": int(sum(p.numel() for p in model.parameters())),
-        "macs": int(summary["macs"]),
-        "epochs": epochs,
-        "train_seconds": round(train_seconds, 1),
-        "cpu": f"{cpu_model()}, torch.set_num_threads(2)",
-        "test_samples": len(yte),
-        "accuracy_torch": round(torch_accuracy(model, xte, yte), 4),
-        "accuracy_onnxruntime": round(onnx_accuracy(onnx_path, xte, yte), 4),
-        "shipped_test_samples": len(ys),
-        "shipped_accuracy_torch": round(torch_accuracy(model, xs, ys), 4),
-        "shipped_accuracy_onnxruntime": round(onnx_accuracy(onnx_path, xs, ys), 4),
-        "onnx_bytes": onnx_path.stat().st_size,
-        "test_npz_bytes": npz_path.stat().st_size,
-    }
+    info = fashion_record(model, onnx_path, epochs, train_seconds, (xte, yte), (xs, ys))
+    info["test_npz_bytes"] = npz_path.stat().st_size
     (EXAMPLES / "fashion_cnn.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2))
 
@@ -376,7 +385,6 @@ def train_fashion_vit(epochs: int = 10, batch: int = 128, lr: float = 2e-3) -> t
 def make_fashion_vit(epochs: int = 10) -> None:
     import torch
 
-    import nasc
     from nasc.examples.datasets import load_fashion_mnist
     from nasc.examples.zoo import export_onnx
 
@@ -390,25 +398,8 @@ def make_fashion_vit(epochs: int = 10) -> None:
     np.testing.assert_array_equal(xs, xte[:FASHION_SHIPPED])  # the same images, the same [-1, 1] scaling
     onnx_path = export_onnx(model, (torch.zeros(1, 1, 28, 28),), EXAMPLES / "fashion_vit.onnx", dynamo=False,
                             input_names=["image"], output_names=["logits"], opset=17)
-    summary = nasc.load(onnx_path).summary()
-    info = {
-        "model": "fashion_vit.onnx",
-        "data": "Fashion-MNIST (Debian dataset-fashion-mnist), 28x28 grayscale scaled to [-1, 1]; trained on the "
-                "60,000 training images, tested on the 10,000 test images; fashion_test.npz holds the first 1,000",
-        "architecture": {**VIT_CONFIG, "tokens": (28 // VIT_CONFIG["patch"]) ** 2 + 1, "num_classes": 10},
-        "params": int(sum(p.numel() for p in model.parameters())),
-        "macs": int(summary["macs"]),
-        "epochs": epochs,
-        "train_seconds": round(train_seconds, 1),
-        "cpu": f"{cpu_model()}, torch.set_num_threads(2)",
-        "test_samples": len(yte),
-        "accuracy_torch": round(torch_accuracy(model, xte, yte), 4),
-        "accuracy_onnxruntime": round(onnx_accuracy(onnx_path, xte, yte), 4),
-        "shipped_test_samples": len(ys),
-        "shipped_accuracy_torch": round(torch_accuracy(model, xs, ys), 4),
-        "shipped_accuracy_onnxruntime": round(onnx_accuracy(onnx_path, xs, ys), 4),
-        "onnx_bytes": onnx_path.stat().st_size,
-    }
+    info = fashion_record(model, onnx_path, epochs, train_seconds, (xte, yte), (xs, ys), architecture={
+        **VIT_CONFIG, "tokens": (28 // VIT_CONFIG["patch"]) ** 2 + 1, "num_classes": 10})
     (EXAMPLES / "fashion_vit.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2))
 
