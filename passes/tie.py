@@ -24,7 +24,7 @@ from nasc.ir.types import TensorType
 from nasc.passes import lossy
 from nasc.passes.manager import Pass, PassContext, register_pass
 from nasc.passes.prune_reconstruct import bias_add
-from nasc.passes.tie_find import Repeat, find_repeats, select
+from nasc.passes.tie_find import Repeat, find_repeats, select, stems
 from nasc.passes.tie_fit import (
     Correction,
     Inputs,
@@ -121,7 +121,7 @@ class TieLayers(Pass):
         rep = select(found, self.scope)
         if rep is None and found.repeats:
             raise UsageError(f"tie-layers: scope={self.scope!r} names none of the repeats found: "
-                             + ", ".join(f"{r.stem} (×{len(r.copies)})" for r in found.repeats))
+                             + stems(found.repeats))
         if rep is None:
             raise UsageError("tie-layers: the graph has no repeated blocks (copies with the same structure and "
                              f"weight shapes). Closest candidates: {found.closest()}")

@@ -374,4 +374,5 @@ def select(found: Repeats, stem: str | None) -> Repeat | None:
 
 
 def stems(found: Iterable[Repeat]) -> str:
+    """"encoder.layer (×6), blocks (×4)": the repeats, for messages."""
     return ", ".join(f"{r.stem} (×{len(r.copies)})" for r in found)

@@ -107,7 +107,6 @@ class Correction:
     rank: int = 0
     energy: float = 1.0  # share of ‖Δ‖² (in the fit's norm) that the correction reproduces
     ridge: float | None = None  # the activation fit's λ (None: plain SVD)
-    notes: list[str] = field(default_factory=list)
 
     def product(self, shape: tuple[int, int]) -> np.ndarray:
         if self.delta is not None:
