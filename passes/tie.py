@@ -245,16 +245,15 @@ class TieLayers(Pass):
             value = graph.add_constant(from_matrix(node0, shared, ws[0]),
                                        name=_const_name(rep, b, s.rel))
             shared_params += int(value.tensor_type.numel)
-            for i, t in zip(layers, twins, strict=True):
-                delta = mats[layers.index(i)] - shared
-                use_act = self.fit == "activation" and xs is not None
-                corr = activation_correction(delta, rank, xs[layers.index(i)]) if use_act and xs else \
-                    svd_correction(delta, rank)
+            act = xs if self.fit == "activation" else None
+            for j, (i, t) in enumerate(zip(layers, twins, strict=True)):
+                delta = mats[j] - shared
+                corr = activation_correction(delta, rank, act[j]) if act else svd_correction(delta, rank)
                 graph.set_input(t, 1, value)
                 bias = _bias_of(t)  # before the correction's Add comes between the layer and its bias
                 _add_correction(graph, t, corr, ws[0].dtype)
-                if use_act and xs and bias is not None and corr.rank:  # the least-squares fit's intercept
-                    _adjust_bias(graph, t, bias, xs[layers.index(i)].mean @ (delta - corr.product(delta.shape)))
+                if act and bias is not None and corr.rank:  # the least-squares fit's intercept
+                    _adjust_bias(graph, t, bias, act[j].mean @ (delta - corr.product(delta.shape)))
                 corr_params += corr.params
                 rows.append({"layer": rep.copies[i].label, "weight": s.rel, "rank": corr.rank,
                              "energy": round(corr.energy, 6), "params": corr.params,
