@@ -99,13 +99,20 @@ def optimize(
     graph's ``meta["passes"]`` holds each pass's report section.
     """
     from nasc.backends.fidelity import run_graph
-    from nasc.passes.manager import PassContext, Pipeline
+    from nasc.passes.manager import Budgets, PassContext, Pipeline
 
     pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(str(pipeline))
+    tgt = None
+    if target is not None:
+        from nasc.backends.targets import parse_target
+
+        tgt = parse_target(target)
     out = graph.clone()
-    ctx = PassContext(target=target, calib=[dict(f) for f in calib] if calib is not None else None, seed=seed,
+    ctx = PassContext(target=tgt, budgets=tgt.budgets if tgt is not None else Budgets(),
+                      calib=[dict(f) for f in calib] if calib is not None else None, seed=seed,
                       runner=run_graph, verify=verify, print_ir_after_all=print_ir_after_all,
-                      log=log or (lambda _m: None), estimate=estimate,
+                      log=log or (lambda _m: None),
+                      estimate=estimate if estimate is not None or tgt is None else tgt.estimator,
                       labels=None if labels is None else np.asarray(labels).reshape(-1))
     pipe.run(out, ctx)
     out.meta["pipeline"] = str(pipe)
@@ -190,25 +197,17 @@ def compile(
     same inputs, sizes and the graph summary. ``max_tensor_bytes`` bounds each tensor, as in :func:`load`.
     """
     out = _output_dir(out)
-    if not isinstance(target, str):
-        raise UsageError(f"target {target!r} is not a string; targets: onnx, cpu, cpu:<llvm-mcpu>, gpu, gpu:sm_XX, "
-                         "mcu[:BOARD] or a JSON TVM target")
+    from nasc.backends.targets import McuTarget, TvmTarget, parse_target
+
+    tgt = parse_target(target)
+    target = tgt.text
     _check_numbers(seed=seed, tune_trials=tune_trials, fidelity_batches=fidelity_batches)
     _check_calib_arg(calib)
-    tvm_target = None
-    board = None
-    modes: list[str] = []
-    if target.split(":")[0] == "mcu":
-        from nasc.backends.mcu.boards import parse_board
-
-        board = parse_board(target)
-        modes = _verify_modes(verify_on)
-    elif target != "onnx":
-        from nasc.backends.tvm.target import parse_target
-
-        tvm_target = parse_target(target)
+    tvm_target = tgt.tvm if isinstance(tgt, TvmTarget) else None
+    board = tgt.board if isinstance(tgt, McuTarget) else None
+    modes = _verify_modes(verify_on) if board is not None else []
     if tvm_target is None and tune_trials:
-        raise UsageError(f"--tune-trials applies to the cpu and gpu targets, not {target.split(':')[0]}")
+        raise UsageError(f"--tune-trials applies to the cpu and gpu targets, not {tgt.kind}")
     if board is None and verify_on is not None:
         raise UsageError(f"--verify applies to mcu targets (where the C project is built and run to check it), not "
                          f"{target}: nasc checks that build itself")
@@ -232,10 +231,9 @@ def compile(
             pass_calib = fidelity.random_inputs(graph, seed, 8)
     params_before = graph.summary()["param_bytes"]
     if pipeline.passes:
-        graph = optimize(graph, pipeline, pass_calib, target, seed=seed, verify=verify,
+        graph = optimize(graph, pipeline, pass_calib, tgt, seed=seed, verify=verify,
                          print_ir_after_all=print_ir_after_all, log=log,
-                         labels=labelled[1] if labelled is not None and pass_calib is feeds_calib else None,
-                         estimate=_mcu_estimate(board) if board is not None else None)
+                         labels=labelled[1] if labelled is not None and pass_calib is feeds_calib else None)
     if out.exists():
         log(f"replacing the previous build in {out}/")
     created: list[Path] = []  # missing parents of out made for the staging directory: removed on failure
@@ -395,13 +393,6 @@ def _check_calib_arg(calib: Any) -> None:
     elif len(calib) == 0:
         raise UsageError("calib is an empty list: give at least one feed (input name -> array), or calib=None "
                          "for seeded random inputs")
-
-
-def _mcu_estimate(board: Any) -> Any:
-    """What lossy passes report for an MCU target: the planner's arena and the weights' bytes, per graph."""
-    from nasc.backends.mcu.build import estimate
-
-    return lambda graph: estimate(graph, board)
 
 
 def _verify_modes(verify_on: str | Sequence[str] | None) -> list[str]:

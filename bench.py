@@ -68,14 +68,18 @@ def bench(model: Any, target: str = "cpu", *, input_shapes: Mapping[str, Sequenc
 
 def _check_target(target: str) -> None:
     """bench times nasc's build here: a CPU target, or a GPU one on a host with a CUDA device."""
+    from nasc.backends.targets import TvmTarget, parse_target
+    from nasc.backends.tvm.target import cuda_device
     from nasc.errors import UsageError
 
-    text = target.strip() if isinstance(target, str) else ""
-    if text.split(":")[0] in ("cpu", "gpu") or text.startswith("{"):
-        from nasc.backends.tvm.target import cuda_device, parse_target
-
-        if parse_target(target).kind == "cpu" or cuda_device() is not None:
-            return
+    try:
+        tgt = parse_target(target)
+    except UsageError:
+        if str(target).strip().split(":")[0] in ("cpu", "gpu") or str(target).strip().startswith("{"):
+            raise  # a CPU or GPU target with a bad mcpu or arch: its own message
+        tgt = None
+    if isinstance(tgt, TvmTarget) and (tgt.kind == "cpu" or cuda_device() is not None):
+        return
     raise UsageError(f"bench --target {target}: bench times nasc's TVM build against ONNX Runtime on this host; "
                      "use cpu or cpu:<llvm-mcpu> (gpu on a host with a CUDA device)")
 

@@ -367,6 +367,17 @@ class Report:
         return [s.to_dict() for s in self.passes]
 
 
+@dataclass(frozen=True)
+class Budgets:
+    """What a target allows, as passes see it (backends fill it in; passes never import a backend for it):
+    flash and SRAM bytes and the core clock of a microcontroller; None where the target sets no limit."""
+
+    flash_bytes: int | None = None
+    sram_bytes: int | None = None
+    clock_hz: float | None = None
+    name: str = ""
+
+
 @dataclass
 class PassContext:
     """What passes share: target, calibration inputs, seed, a graph runner, the report and switches.
@@ -379,6 +390,7 @@ class PassContext:
     """
 
     target: Any = None
+    budgets: Budgets = field(default_factory=Budgets)
     calib: list[Feed] | None = None
     seed: int = 0
     runner: Runner | None = None

@@ -23,7 +23,7 @@ from nasc.ir.text import POLICY_KEY
 from nasc.ir.types import TensorType
 from nasc.passes import lossy
 from nasc.passes import quant_math as qm
-from nasc.passes.manager import ByteSize, Duration, Pass, PassContext, register_pass
+from nasc.passes.manager import Budgets, ByteSize, Duration, Pass, PassContext, register_pass
 
 SENSITIVITY_SAMPLES = 16
 
@@ -396,17 +396,9 @@ _CYCLES_PER_MAC = {32: 1.0, 8: 0.5, 4: 0.6}
 _CPU_MACS_PER_S = {32: 50e9, 8: 100e9, 4: 80e9}
 
 
-def _board(target: Any) -> Any:
-    if isinstance(target, str) and target.split(":")[0] == "mcu":
-        from nasc.backends.mcu.boards import parse_board
-
-        return parse_board(target)
-    return None
-
-
-def _latency_s(macs: int, bits: int, board: Any) -> float:
-    if board is not None:
-        return macs * _CYCLES_PER_MAC[bits] / (board.clock_mhz * 1e6)
+def _latency_s(macs: int, bits: int, budgets: Budgets) -> float:
+    if budgets.clock_hz:
+        return macs * _CYCLES_PER_MAC[bits] / budgets.clock_hz
     return macs / _CPU_MACS_PER_S[bits]
 
 
@@ -486,12 +478,12 @@ class QuantPolicy(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         feeds = lossy.need_calib(ctx, "quant-policy", "quantization ranges and sensitivities")[:SENSITIVITY_SAMPLES]
-        board = _board(ctx.target)
+        limits = ctx.budgets
         layers = find_layers(graph, self.keep_float)
         widths = sorted(set(self.bits), reverse=True)
-        budgets, fixed = self._budgets(graph, layers, board)
+        budgets, fixed = self._budgets(graph, layers, limits)
         # the budget is checked before anything is measured: an impossible one fails at once
-        costs_of = {lay.key: self._costs(lay, widths, board) for lay in layers if lay.weight is not None}
+        costs_of = {lay.key: self._costs(lay, widths, limits) for lay in layers if lay.weight is not None}
         try:
             qm.solve([qm.Choice(k, widths, [0.0] * len(widths), c) for k, c in costs_of.items()], budgets, fixed)
         except qm.Infeasible as e:
@@ -529,13 +521,13 @@ class QuantPolicy(Pass):
         return False
 
     @staticmethod
-    def _costs(lay: Layer, widths: list[int], board: Any) -> dict[str, list[float]]:
+    def _costs(lay: Layer, widths: list[int], limits: Budgets) -> dict[str, list[float]]:
         w = lay.weight_value
         assert w is not None
         return {"flash": [float(_weight_bytes(w, b, lay.axis)) for b in widths],
-                "latency": [_latency_s(lay.macs, b, board) for b in widths]}
+                "latency": [_latency_s(lay.macs, b, limits) for b in widths]}
 
-    def _budgets(self, graph: Graph, layers: list[Layer], board: Any) -> tuple[dict[str, float], dict[str, float]]:
+    def _budgets(self, graph: Graph, layers: list[Layer], limits: Budgets) -> tuple[dict[str, float], dict[str, float]]:
         weights = {id(lay.weight_value) for lay in layers if lay.weight is not None}
         biases = {id(lay.node.input(2)) for lay in layers if lay.weight is not None and lay.node.op in ("Conv", "Gemm")
                   and lay.node.has_input(2) and _is_float_const(lay.node.input(2))}
@@ -547,7 +539,7 @@ class QuantPolicy(Pass):
         # (twice the float bias), and an f32 scale + u8 zero point per quantized activation
         other = sum(c.tensor_type.nbytes * (2 if id(c) in biases else 1) for c in graph.constants
                     if id(c) not in weights and c.tensor_type.is_static) + 5 * len(acts)
-        flash = self.flash if self.flash is not None else (board.flash_bytes if board is not None else None)
+        flash = self.flash if self.flash is not None else limits.flash_bytes
         budgets: dict[str, float] = {}
         fixed: dict[str, float] = {}
         if flash is not None:
@@ -556,9 +548,9 @@ class QuantPolicy(Pass):
         if self.latency is not None:
             budgets["latency"] = float(self.latency)
             quantized = {id(lay.node) for lay in layers if lay.weight is not None}
-            fixed["latency"] = sum(_latency_s(node_cost(n).macs, 32, board) for n in graph.nodes
+            fixed["latency"] = sum(_latency_s(node_cost(n).macs, 32, limits) for n in graph.nodes
                                    if id(n) not in quantized)
-        sram = self.sram if self.sram is not None else (board.sram_bytes if board is not None else None)
+        sram = self.sram if self.sram is not None else limits.sram_bytes
         if sram is not None:
             need = _activation_peak_bytes(graph, self.act_bits)
             if need > sram:

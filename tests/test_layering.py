@@ -46,3 +46,17 @@ def test_the_check_itself_catches_an_import(tmp_path):
     f = tmp_path / "bad.py"
     f.write_text("import numpy\nfrom onnx import helper\nimport torch.nn as nn\n")
     assert imported_modules(f) & FORBIDDEN == {"onnx", "torch"}
+
+
+@pytest.mark.parametrize("package", ["ir", "passes"])
+def test_no_backend_imports(package: str) -> None:
+    """Passes learn about the target only through the PassContext (its budgets, estimator and runner)."""
+    offenders = {}
+    for f in sorted((ROOT / package).rglob("*.py")):
+        names = {n.module for n in ast.walk(ast.parse(f.read_text(), str(f)))
+                 if isinstance(n, ast.ImportFrom) and n.module} | \
+            {a.name for n in ast.walk(ast.parse(f.read_text(), str(f))) if isinstance(n, ast.Import) for a in n.names}
+        bad = sorted(m for m in names if m == "nasc.backends" or m.startswith("nasc.backends."))
+        if bad:
+            offenders[str(f.relative_to(ROOT))] = bad
+    assert offenders == {}
