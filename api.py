@@ -132,25 +132,10 @@ class Artifact:
     def run(self, inputs: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
         """Run the built model on a dict by input name or a list in input order."""
         if self._runner is None:
-            self._runner = _load_runner(self.out)
+            from nasc.backends.targets import load_runner
+
+            self._runner = load_runner(self.out)
         return list(self._runner(inputs))
-
-
-def _load_runner(out: Path) -> Any:
-    if (out / "model.so").is_file():
-        from nasc.runtime import load as load_compiled
-
-        return load_compiled(out).run
-    from nasc.backends import fidelity
-
-    sess = fidelity.ort_session(str(out / "model.onnx"))
-    names = [i.name for i in sess.get_inputs()]
-
-    def run(inputs: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
-        feed = dict(inputs) if isinstance(inputs, Mapping) else dict(zip(names, inputs))
-        return fidelity.run_ort(sess, feed)
-
-    return run
 
 
 def compile(
@@ -197,18 +182,16 @@ def compile(
     same inputs, sizes and the graph summary. ``max_tensor_bytes`` bounds each tensor, as in :func:`load`.
     """
     out = _output_dir(out)
-    from nasc.backends.targets import McuTarget, TvmTarget, parse_target
+    from nasc.backends.targets import BuildJob, McuTarget, OnnxTarget, TvmTarget, parse_target, qdq_outputs
 
     tgt = parse_target(target)
     target = tgt.text
     _check_numbers(seed=seed, tune_trials=tune_trials, fidelity_batches=fidelity_batches)
     _check_calib_arg(calib)
-    tvm_target = tgt.tvm if isinstance(tgt, TvmTarget) else None
-    board = tgt.board if isinstance(tgt, McuTarget) else None
-    modes = _verify_modes(verify_on) if board is not None else []
-    if tvm_target is None and tune_trials:
+    modes = _verify_modes(verify_on) if isinstance(tgt, McuTarget) else []
+    if not isinstance(tgt, TvmTarget) and tune_trials:
         raise UsageError(f"--tune-trials applies to the cpu and gpu targets, not {tgt.kind}")
-    if board is None and verify_on is not None:
+    if not isinstance(tgt, McuTarget) and verify_on is not None:
         raise UsageError(f"--verify applies to mcu targets (where the C project is built and run to check it), not "
                          f"{target}: nasc checks that build itself")
     t0 = time.perf_counter()
@@ -258,13 +241,10 @@ def compile(
         for key in ("quant_policy", "quantization"):
             if key in graph.meta:
                 report[key] = graph.meta[key]
-        tuning = {"tune_trials": tune_trials, "tuning_db": tuning_db, "rpc_tracker": rpc_tracker,
-                  "rpc_key": rpc_key, "log": log}
-        if board is not None:
-            _compile_mcu(graph, board, tmp, modes, budget_check, reference, feeds, inputs_label, labelled, report,
-                         log)
-        else:
-            runner = _build(graph, tvm_target, tmp, str(pipeline), report, tuning)  # None: cannot run here
+        job = BuildJob(report, feeds, inputs_label, reference, labelled, log, tune_trials, tuning_db, rpc_tracker,
+                       rpc_key, modes, budget_check)
+        runner = tgt.build(graph, tmp, job)  # None: cannot run here, or checked itself (mcu)
+        if not isinstance(tgt, McuTarget):
             if reference is not None and runner is not None:
                 run_ref, ref_label = reference
                 ref = [run_ref(f) for f in feeds]
@@ -274,11 +254,11 @@ def compile(
                 nonfinite = fidelity.nonfinite_warning(report["fidelity"])
                 if nonfinite is not None:
                     warnings.append(nonfinite)
-                qdq = _qdq_outputs(graph, feeds)
+                qdq = qdq_outputs(graph, feeds)
                 if qdq is not None:
                     vs = fidelity.compare(qdq, got)
                     report["fidelity"]["vs_quantized_graph"] = vs
-                    if tvm_target is None and vs["cosine"] < 0.9999:
+                    if isinstance(tgt, OnnxTarget) and vs["cosine"] < 0.9999:
                         warnings.append(
                             f"ONNX Runtime's int8 kernels on this CPU differ from the model's QDQ definition (max abs "
                             f"err {vs['max_abs_err']:.3g}, cosine {vs['cosine']:.5f}): on x86 without VNNI its u8 x s8 "
@@ -291,7 +271,7 @@ def compile(
             elif runner is None:
                 report["fidelity"] = None
         report["compile_time_s"] = round(time.perf_counter() - t0, 3)
-        if measure_latency and tvm_target is not None and tvm_target.kind == "cpu" and runner is not None:
+        if measure_latency and tgt.kind == "cpu" and runner is not None:
             report["latency_ms"] = _latency(tmp, model, graph, feeds[0])
         report["files"] = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         if isinstance(model, str | os.PathLike) and Path(model).is_file():
@@ -413,67 +393,6 @@ def _verify_modes(verify_on: str | Sequence[str] | None) -> list[str]:
     return modes
 
 
-def _compile_mcu(graph: Graph, board: Any, tmp: Path, modes: list[str], budget_check: bool, reference: Any,
-                 feeds: list[dict[str, Any]], inputs_label: str, labelled: Any, report: dict[str, Any],
-                 log: Any) -> None:
-    from nasc.backends.mcu.build import build_mcu
-
-    mcu = build_mcu(graph, board, tmp, model=report["model"], pipeline=report["pipeline"], budget_check=budget_check)
-    report.update({k: v for k, v in mcu.facts.items() if k != "files"})
-    if modes:
-        _verify_mcu(mcu, board, graph, tmp, modes, reference, feeds, inputs_label, labelled, report, log)
-    else:
-        report["fidelity"] = None
-        report["warnings"].append("the C project was not built or run here (--verify none): its outputs are "
-                                  "unchecked")
-
-
-def _verify_mcu(mcu: Any, board: Any, graph: Graph, tmp: Path, modes: list[str], reference: Any, feeds: list[dict[str, Any]],
-                inputs_label: str, labelled: tuple[list[dict[str, Any]], Any] | None, report: dict[str, Any],
-                log: Any) -> None:
-    """Build and run the C project (host gcc and/or QEMU) on the fidelity inputs and compare with the reference
-    (the original model; nasc's own graph under ONNX Runtime when there is none); with labelled calibration
-    data, also measure accuracy on all of it."""
-    from nasc.backends import fidelity
-    from nasc.backends.mcu.verify import run_project
-
-    if reference is None:
-        from nasc.backends.onnx import to_onnx
-
-        sess = fidelity.ort_session(to_onnx(graph), exact=True)
-        reference = (lambda f: fidelity.run_ort(sess, f)), "onnxruntime on nasc's graph (no original model given)"
-    run_ref, ref_label = reference
-    ref = [run_ref(f) for f in feeds]
-    qdq = _qdq_outputs(graph, feeds)
-    report["verify"] = {}
-    for mode in modes:
-        log(f"mcu: building and running the C project on {mode}")
-        entry: dict[str, Any] = {"ran_on": "host gcc" if mode == "host" else
-                                 f"qemu-system-arm -M {board.qemu_machine} ({board.cflags[0]})"}
-        got = run_project(tmp, mode, mcu.inputs, mcu.outputs, feeds)
-        entry.update({**fidelity.compare(ref, got), "inputs": inputs_label, "reference": ref_label})
-        if qdq is not None:
-            entry["vs_quantized_graph"] = fidelity.compare(qdq, got)
-        if labelled is not None:
-            lab_feeds, labels = labelled
-            outs = run_project(tmp, mode, mcu.inputs, mcu.outputs, lab_feeds)
-            entry["accuracy"] = {"nasc": accuracy([o[0] for o in outs], labels),
-                                 "reference": accuracy([run_ref(f)[0] for f in lab_feeds], labels),
-                                 "samples": len(lab_feeds)}
-        report["verify"][mode] = entry
-    report["fidelity"] = {**report["verify"][modes[0]]}
-
-
-def _qdq_outputs(graph: Graph, feeds: list[dict[str, Any]]) -> list[list[Any]] | None:
-    """For a quantized graph: its outputs under ONNX Runtime by the QDQ definition (what integer kernels are
-    held to; they differ by rounding, about 1 LSB), else None."""
-    if not any(n.qualified_op == "QuantizeLinear" for n in graph.nodes):
-        return None
-    from nasc.backends import fidelity
-
-    return fidelity.run_graph(graph, feeds)
-
-
 def _labelled(calib: Any, feeds: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], Any] | None:
     """Calibration feeds with their class labels, when the .npz has a ``label`` (or ``labels``) array: one per
     sample, else a UsageError."""
@@ -515,72 +434,6 @@ def _discard(tmp: Path | None, created: list[Path]) -> None:
             p.rmdir()
         except OSError:
             pass
-
-
-def _build(graph: Graph, tvm_target: Any, tmp: Path, pipeline: str, report: dict[str, Any],
-           tuning: dict[str, Any]) -> Any:
-    """Write the artifact into ``tmp``; return a function feed -> outputs that runs it here (None if it cannot)."""
-    if tvm_target is None:
-        from nasc.backends.onnx import export_onnx as _export
-
-        _export(graph, tmp / "model.onnx")
-        return _load_runner(tmp)
-    from nasc.backends.tvm.build import build, write_artifact
-
-    rpc = None
-    if tuning["rpc_tracker"]:
-        from nasc.backends.tvm.tune import RpcConfig
-
-        rpc = RpcConfig.parse(tuning["rpc_tracker"], tuning["rpc_key"])
-    db = Path(tuning["tuning_db"]) if tuning["tuning_db"] else None
-    ex, facts = build(graph, tvm_target, tune_trials=int(tuning["tune_trials"]), tuning_db=db, rpc=rpc,
-                      log=tuning["log"])
-    write_artifact(ex, graph, tvm_target, tmp, pipeline)
-    report["build"] = facts
-    warning = _int8_cpu_warning(tvm_target, facts.get("integer", {}))
-    if warning:
-        report["warnings"].append(warning)
-    if tvm_target.kind == "cpu":
-        from nasc.backends.tvm.target import cpu_unavailable
-
-        why = cpu_unavailable(tvm_target)
-        if why is not None:
-            report["warnings"].append(f"the build is for {tvm_target.spec.get('mcpu')} and {why}: it was not run; "
-                                      "run it on such a CPU and compare there")
-            return None
-    if tvm_target.kind == "gpu":
-        from nasc.backends.tvm.target import gpu_unavailable
-
-        arch = str(tvm_target.spec.get("arch"))
-        why = gpu_unavailable(arch)
-        if why is not None:
-            report["warnings"].append(f"the build is for an NVIDIA GPU ({arch}) and {why}: it was not run; run "
-                                      "it on such a GPU and compare there")
-            return None
-    return _load_runner(tmp)
-
-
-def _int8_cpu_warning(target: Any, integer: Mapping[str, Any]) -> str | None:
-    """What an int8 CPU build should know about its speed on the target (None when nothing)."""
-    if target.kind != "cpu" or not integer.get("integer_ops"):
-        return None
-    from nasc.backends.tvm.schedules import int8_kind
-
-    kernels = int8_kind(target.tvm())  # which tensorized integer matmuls the build used
-    if kernels == "vnni" or target.int8_dot_product() == "dotprod":
-        return None
-    mcpu = target.spec.get("mcpu")
-    if kernels is None:
-        return (f"the CPU target ({mcpu}) has no integer dot-product instructions (AVX2, AVX-512 VNNI or Arm "
-                "dotprod): the int8 kernels are exact but multiply through 16-bit lanes and can be slower than "
-                "float32; compile the float model where latency matters more than size")
-    wide, total = int(integer.get("matmuls_with_wide_weight_pairs", 0)), int(integer.get("matmuls", 0))
-    if not wide:
-        return None
-    return (f"{wide} of {total} integer matmuls have int8 weight pairs whose uint8 x int8 sums can exceed int16, so "
-            f"on this {mcpu} (AVX2 without AVX-512 VNNI) they use vpmaddwd, about float32 speed, instead of "
-            "vpmaddubsw; quantize{reduce-range=true} (7-bit weights) makes them eligible (MiniLM: 1.6x faster, "
-            "docs/benchmarks.md)")
 
 
 def _latency(tmp: Path, model: Any, graph: Graph, feed: Mapping[str, Any]) -> dict[str, float]:

@@ -8,8 +8,10 @@ backend for budgets.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from nasc.errors import UsageError
@@ -17,6 +19,25 @@ from nasc.ir.core import Graph
 from nasc.passes.manager import Budgets
 
 NAMES = "onnx, cpu, cpu:<llvm-mcpu>, gpu, gpu:sm_XX, mcu[:BOARD] or a JSON TVM target"
+
+
+@dataclass
+class BuildJob:
+    """What a build needs besides the graph: the report it fills, the inputs and reference it is checked on, and
+    the options that apply to some targets only (tuning for cpu/gpu, verification and budgets for mcu)."""
+
+    report: dict[str, Any]
+    feeds: list[dict[str, Any]]
+    inputs_label: str
+    reference: tuple[Callable[[Any], list[Any]], str] | None = None
+    labelled: tuple[list[dict[str, Any]], Any] | None = None
+    log: Callable[[str], None] = field(default=lambda _m: None)
+    tune_trials: int = 0
+    tuning_db: str | os.PathLike[str] | None = None
+    rpc_tracker: str | None = None
+    rpc_key: str | None = None
+    verify_modes: list[str] = field(default_factory=list)
+    budget_check: bool = True
 
 
 @dataclass(frozen=True)
@@ -36,6 +57,12 @@ class Target:
         """``graph -> figures`` on this target without building it (what lossy passes report), or None."""
         return None
 
+    def build(self, graph: Graph, out: Path, job: BuildJob) -> Callable[[Any], list[Any]] | None:
+        """Write the artifact into ``out`` and its facts into ``job.report``; return a function inputs ->
+        outputs that runs it here for the fidelity check, or None when it cannot run here or checks itself
+        (then ``job.report["fidelity"]`` is set)."""
+        raise NotImplementedError
+
     def __str__(self) -> str:
         return self.text
 
@@ -45,6 +72,12 @@ class OnnxTarget(Target):
     """The optimized graph as an ONNX file (any runtime)."""
 
     kind: ClassVar[str] = "onnx"
+
+    def build(self, graph: Graph, out: Path, job: BuildJob) -> Callable[[Any], list[Any]]:
+        from nasc.backends.onnx import export_onnx
+
+        export_onnx(graph, out / "model.onnx")
+        return load_runner(out)
 
 
 @dataclass(frozen=True)
@@ -56,6 +89,41 @@ class TvmTarget(Target):
     @property
     def kind(self) -> str:  # type: ignore[override]
         return str(self.tvm.kind)
+
+    def build(self, graph: Graph, out: Path, job: BuildJob) -> Callable[[Any], list[Any]] | None:
+        from nasc.backends.tvm.build import build, write_artifact
+
+        tvm_target, report = self.tvm, job.report
+        rpc = None
+        if job.rpc_tracker:
+            from nasc.backends.tvm.tune import RpcConfig
+
+            rpc = RpcConfig.parse(job.rpc_tracker, job.rpc_key)
+        db = Path(job.tuning_db) if job.tuning_db else None
+        ex, facts = build(graph, tvm_target, tune_trials=int(job.tune_trials), tuning_db=db, rpc=rpc, log=job.log)
+        write_artifact(ex, graph, tvm_target, out, report["pipeline"])
+        report["build"] = facts
+        warning = _int8_cpu_warning(tvm_target, facts.get("integer", {}))
+        if warning:
+            report["warnings"].append(warning)
+        if tvm_target.kind == "cpu":
+            from nasc.backends.tvm.target import cpu_unavailable
+
+            why = cpu_unavailable(tvm_target)
+            if why is not None:
+                report["warnings"].append(f"the build is for {tvm_target.spec.get('mcpu')} and {why}: it was not "
+                                          "run; run it on such a CPU and compare there")
+                return None
+        if tvm_target.kind == "gpu":
+            from nasc.backends.tvm.target import gpu_unavailable
+
+            arch = str(tvm_target.spec.get("arch"))
+            why = gpu_unavailable(arch)
+            if why is not None:
+                report["warnings"].append(f"the build is for an NVIDIA GPU ({arch}) and {why}: it was not run; run "
+                                          "it on such a GPU and compare there")
+                return None
+        return load_runner(out)
 
 
 @dataclass(frozen=True)
@@ -80,6 +148,21 @@ class McuTarget(Target):
 
         return estimate(graph, self.board)
 
+    def build(self, graph: Graph, out: Path, job: BuildJob) -> None:
+        """The C project; with ``job.verify_modes``, built and run (host gcc, QEMU) against the reference."""
+        from nasc.backends.mcu.build import build_mcu
+
+        report = job.report
+        mcu = build_mcu(graph, self.board, out, model=report["model"], pipeline=report["pipeline"],
+                        budget_check=job.budget_check)
+        report.update({k: v for k, v in mcu.facts.items() if k != "files"})
+        if job.verify_modes:
+            _verify_mcu(mcu, self.board, graph, out, job)
+        else:
+            report["fidelity"] = None
+            report["warnings"].append("the C project was not built or run here (--verify none): its outputs are "
+                                      "unchecked")
+
 
 def parse_target(text: Any) -> Target:
     """The target object for ``onnx``, ``cpu[:mcpu]``, ``gpu[:sm_XX]``, ``mcu[:BOARD]`` or a JSON TVM target."""
@@ -97,3 +180,95 @@ def parse_target(text: Any) -> Target:
     from nasc.backends.tvm.target import parse_target as parse_tvm
 
     return TvmTarget(text, tvm=parse_tvm(text))
+
+
+# ---- shared by the builds ---------------------------------------------------------------------------------
+
+
+def load_runner(out: Path) -> Any:
+    """A function inputs -> outputs that runs a built ``model.so`` or ``model.onnx`` here."""
+    if (out / "model.so").is_file():
+        from nasc.runtime import load as load_compiled
+
+        return load_compiled(out).run
+    from nasc.backends import fidelity
+
+    sess = fidelity.ort_session(str(out / "model.onnx"))
+    names = [i.name for i in sess.get_inputs()]
+
+    def run(inputs: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
+        feed = dict(inputs) if isinstance(inputs, Mapping) else dict(zip(names, inputs))
+        return fidelity.run_ort(sess, feed)
+
+    return run
+
+
+def qdq_outputs(graph: Graph, feeds: list[dict[str, Any]]) -> list[list[Any]] | None:
+    """For a quantized graph: its outputs under ONNX Runtime by the QDQ definition (what integer kernels are
+    held to; they differ by rounding, about 1 LSB), else None."""
+    if not any(n.qualified_op == "QuantizeLinear" for n in graph.nodes):
+        return None
+    from nasc.backends import fidelity
+
+    return fidelity.run_graph(graph, feeds)
+
+
+def _verify_mcu(mcu: Any, board: Any, graph: Graph, tmp: Path, job: BuildJob) -> None:
+    """Build and run the C project (host gcc and/or QEMU) on the fidelity inputs and compare with the reference
+    (the original model; nasc's own graph under ONNX Runtime when there is none); with labelled calibration
+    data, also measure accuracy on all of it."""
+    from nasc.backends import fidelity
+    from nasc.backends.mcu.verify import run_project
+    from nasc.passes.metrics import accuracy
+
+    reference, feeds, report, labelled = job.reference, job.feeds, job.report, job.labelled
+
+    if reference is None:
+        from nasc.backends.onnx import to_onnx
+
+        sess = fidelity.ort_session(to_onnx(graph), exact=True)
+        reference = (lambda f: fidelity.run_ort(sess, f)), "onnxruntime on nasc's graph (no original model given)"
+    run_ref, ref_label = reference
+    ref = [run_ref(f) for f in feeds]
+    qdq = qdq_outputs(graph, feeds)
+    report["verify"] = {}
+    for mode in job.verify_modes:
+        job.log(f"mcu: building and running the C project on {mode}")
+        entry: dict[str, Any] = {"ran_on": "host gcc" if mode == "host" else
+                                 f"qemu-system-arm -M {board.qemu_machine} ({board.cflags[0]})"}
+        got = run_project(tmp, mode, mcu.inputs, mcu.outputs, feeds)
+        entry.update({**fidelity.compare(ref, got), "inputs": job.inputs_label, "reference": ref_label})
+        if qdq is not None:
+            entry["vs_quantized_graph"] = fidelity.compare(qdq, got)
+        if labelled is not None:
+            lab_feeds, labels = labelled
+            outs = run_project(tmp, mode, mcu.inputs, mcu.outputs, lab_feeds)
+            entry["accuracy"] = {"nasc": accuracy([o[0] for o in outs], labels),
+                                 "reference": accuracy([run_ref(f)[0] for f in lab_feeds], labels),
+                                 "samples": len(lab_feeds)}
+        report["verify"][mode] = entry
+    report["fidelity"] = {**report["verify"][job.verify_modes[0]]}
+
+
+def _int8_cpu_warning(target: Any, integer: Mapping[str, Any]) -> str | None:
+    """What an int8 CPU build should know about its speed on the target (None when nothing)."""
+    if target.kind != "cpu" or not integer.get("integer_ops"):
+        return None
+    from nasc.backends.tvm.schedules import int8_kind
+
+    kernels = int8_kind(target.tvm())  # which tensorized integer matmuls the build used
+    if kernels == "vnni" or target.int8_dot_product() == "dotprod":
+        return None
+    mcpu = target.spec.get("mcpu")
+    if kernels is None:
+        return (f"the CPU target ({mcpu}) has no integer dot-product instructions (AVX2, AVX-512 VNNI or Arm "
+                "dotprod): the int8 kernels are exact but multiply through 16-bit lanes and can be slower than "
+                "float32; compile the float model where latency matters more than size")
+    wide, total = int(integer.get("matmuls_with_wide_weight_pairs", 0)), int(integer.get("matmuls", 0))
+    if not wide:
+        return None
+    return (f"{wide} of {total} integer matmuls have int8 weight pairs whose uint8 x int8 sums can exceed int16, so "
+            f"on this {mcpu} (AVX2 without AVX-512 VNNI) they use vpmaddwd, about float32 speed, instead of "
+            "vpmaddubsw; quantize{reduce-range=true} (7-bit weights) makes them eligible (MiniLM: 1.6x faster, "
+            "docs/benchmarks.md)")
+

@@ -305,7 +305,7 @@ def test_minilm_int8_cpu_build_keeps_sentence_embeddings(tmp_path: Path) -> None
 
 
 def test_cpu_int8_build_says_when_its_kernels_cannot_use_integer_dot_products(models, tmp_path: Path) -> None:
-    from nasc.api import _int8_cpu_warning
+    from nasc.backends.targets import _int8_cpu_warning
     from nasc.backends.tvm.target import parse_target
 
     assert parse_target("cpu:cascadelake").int8_dot_product() == "avx512vnni"
