@@ -70,6 +70,15 @@ def from_torch(
     return _from_torch(module, example_inputs, dynamic_shapes, via=via, strict=strict, output_names=output_names)
 
 
+def to_torch(graph: Graph) -> Any:
+    """``graph`` as a ``torch.fx.GraphModule`` that computes it: floating-point constants are parameters named
+    after their IR values (a constant several nodes read is one parameter), other constants buffers; ``forward``
+    takes the inputs and returns the outputs as a tuple. Ops without a torch lowering are an error that lists them."""
+    from nasc.backends.pytorch.lower import to_torch as _to_torch
+
+    return _to_torch(graph)
+
+
 def export_onnx(graph: Graph, path: str | os.PathLike[str]) -> Path:
     """Write ``graph`` as an ONNX model at ``path`` (checked with the full onnx.checker)."""
     from nasc.backends.onnx import export_onnx as _export

@@ -1,0 +1,111 @@
+"""IR -> ``torch.fx.GraphModule``: constants become parameters (floats) or buffers, named after their IR values.
+
+A constant read by several nodes is one parameter, so tied weights stay tied under training. Every node goes
+through the lowering registered for its op (``@torch_lowering("Conv")`` in ops.py, beside the Relax
+lowerings of backends/tvm/ops.py); ops without one are reported all at once, with their nodes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from nasc.errors import UnsupportedModelError
+from nasc.ir import dtypes
+from nasc.ir.core import Graph, Node, Value
+
+LOWERINGS: dict[str, Callable[[Lx, Node], Any]] = {}
+
+
+def torch_lowering(*ops: str) -> Callable[[Callable[[Lx, Node], Any]], Callable[[Lx, Node], Any]]:
+    """Register the torch lowering of ``ops`` (qualified names: ``nasc.Attention``)."""
+
+    def wrap(fn: Callable[[Lx, Node], Any]) -> Callable[[Lx, Node], Any]:
+        for op in ops:
+            LOWERINGS[op] = fn
+        return fn
+
+    return wrap
+
+
+def torch_dtype(dtype: str) -> Any:
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.zeros(1, dtypes.to_numpy(dtype))).dtype
+
+
+class Lx:
+    """What a lowering sees: the fx graph under construction and the fx node of every IR value so far."""
+
+    def __init__(self, fx: Any) -> None:
+        self.fx = fx
+        self.env: dict[int, Any] = {}
+
+    def x(self, node: Node, i: int = 0) -> Any:
+        return self.env[id(node.input(i))]
+
+    def opt(self, node: Node, i: int) -> Any:
+        """Operand ``i``'s fx node, or None when it is omitted."""
+        return self.env[id(node.input(i))] if node.has_input(i) else None
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.fx.call_function(fn, args, kwargs)
+
+
+def _attr_name(v: Value, i: int, used: set[str]) -> str:
+    base = re.sub(r"\W", "_", v.name).strip("_") or f"const_{i}"
+    if base[0].isdigit():
+        base = f"c_{base}"
+    name, k = base, 1
+    while name in used:
+        name, k = f"{base}_{k}", k + 1
+    used.add(name)
+    return name
+
+
+def missing_lowerings(graph: Graph) -> dict[str, list[Node]]:
+    from nasc.backends.pytorch import ops  # noqa: F401  (registers the lowerings)
+
+    out: dict[str, list[Node]] = {}
+    for n in graph.nodes:
+        if n.qualified_op not in LOWERINGS:
+            out.setdefault(n.qualified_op, []).append(n)
+    return out
+
+
+def to_torch(graph: Graph) -> Any:
+    """A ``torch.fx.GraphModule`` computing ``graph``: ``forward`` takes the graph's inputs (by position or by
+    name) and returns its outputs as a tuple. Floating-point constants are ``nn.Parameter`` s named after their
+    IR values (the names ``named_parameters`` gives); other constants are buffers."""
+    import torch
+    import torch.fx
+
+    missing = missing_lowerings(graph)
+    if missing:
+        rows = "; ".join(f"{op} ({len(ns)}: {', '.join(n.name or '?' for n in ns[:3])}"
+                         f"{', …' if len(ns) > 3 else ''})" for op, ns in sorted(missing.items()))
+        raise UnsupportedModelError(f"to_torch: {len(missing)} op(s) have no torch lowering: {rows}")
+    root = torch.nn.Module()
+    fx = torch.fx.Graph()
+    lx = Lx(fx)
+    used: set[str] = set()
+    for v in graph.inputs:
+        lx.env[id(v)] = fx.placeholder(_attr_name(v, 0, used))
+    for i, c in enumerate(graph.constants):
+        name = _attr_name(c, i, used)
+        t = torch.from_numpy(c.data.copy()) if c.data.ndim else torch.tensor(c.data.item(), dtype=torch_dtype(c.dtype))
+        if c.dtype in dtypes.FLOAT_DTYPES:
+            root.register_parameter(name, torch.nn.Parameter(t))
+        else:
+            root.register_buffer(name, t)
+        lx.env[id(c)] = fx.get_attr(name)
+    for node in graph.nodes:
+        outs = LOWERINGS[node.qualified_op](lx, node)
+        if not isinstance(outs, list | tuple):
+            outs = [outs]
+        for v, o in zip(node.outputs, outs, strict=False):
+            lx.env[id(v)] = o
+    fx.output(tuple(lx.env[id(v)] for v in graph.outputs))
+    return torch.fx.GraphModule(root, fx, class_name=re.sub(r"\W", "_", graph.name) or "Graph")

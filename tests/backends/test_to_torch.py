@@ -1,0 +1,85 @@
+"""nasc.to_torch: the IR as a torch.fx.GraphModule that computes it (checked against ONNX Runtime), with
+constants as named parameters, shared constants as one parameter, and every missing lowering named at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import nasc
+from nasc.backends.fidelity import run_graph
+from nasc.errors import UnsupportedModelError
+from nasc.examples import zoo
+
+EXAMPLES = Path(nasc.__file__).parent / "examples"
+TOL = 1e-5  # max abs difference to ONNX Runtime on the same graph (float32 summation order)
+
+
+def _max_err(g: nasc.Graph, feeds: list[dict[str, np.ndarray]]) -> float:
+    m = nasc.to_torch(g)
+    worst = 0.0
+    for f, ref in zip(feeds, run_graph(g, feeds), strict=True):
+        with torch.no_grad():
+            got = m(*[torch.from_numpy(f[v.name]) for v in g.inputs])
+        worst = max(worst, *(float(np.max(np.abs(r - o.numpy()))) for r, o in zip(ref, got, strict=True)))
+    return worst
+
+
+@pytest.mark.parametrize("model", ["digits_cnn", "fashion_cnn", "fashion_vit"])
+@pytest.mark.parametrize("passes", ["", "simplify,fuse"])
+def test_example_models_match_onnxruntime(model: str, passes: str) -> None:
+    data = np.load(EXAMPLES / ("digits_test.npz" if model == "digits_cnn" else "fashion_test.npz"))
+    feeds = [{"image": data["image"][i:i + 1]} for i in range(4)]
+    g = nasc.load(EXAMPLES / f"{model}.onnx")
+    assert _max_err(nasc.optimize(g, passes) if passes else g, feeds) <= TOL
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_minilm_matches_onnxruntime(tmp_path: Path, dynamo: bool) -> None:
+    module, inputs = zoo.minilm(max_length=16, sentences=zoo.SENTENCES[:1])
+    g = nasc.load(zoo.export_onnx(module, inputs, tmp_path / "m.onnx", dynamo=dynamo))
+    feeds = zoo.minilm_feeds(zoo.SENTENCES[:2], 16)  # the second sentence is padded: the mask path runs
+    assert _max_err(g, feeds) <= 1e-4
+    assert _max_err(nasc.optimize(g, "simplify,fuse"), feeds) <= 1e-4
+
+
+def test_constants_are_named_parameters_and_a_shared_one_stays_one() -> None:
+    """tie-layers makes six ViT blocks read two shared weights per matrix: the module holds each once, its
+    gradient collects every reader's, and an optimizer step changes what all of them read."""
+    data = np.load(EXAMPLES / "fashion_test.npz")
+    calib = [{"image": data["image"][i:i + 1]} for i in range(8)]
+    g = nasc.optimize(nasc.load(EXAMPLES / "fashion_vit.onnx"), "simplify,fuse,tie-layers{blocks=2 rank=4}",
+                      calib=calib)
+    m = nasc.to_torch(g)
+    floats = [c for c in g.constants if c.dtype == "f32"]
+    params = dict(m.named_parameters())
+    assert len(params) == len(floats)
+    shared = next(c for c in floats if c.name.startswith("blocks.tied0.attn.qkv"))
+    name = next(n for n in params if n.startswith("blocks_tied0_attn_qkv"))
+    assert sum(1 for n in g.nodes for v in n.inputs if v is shared) == 3  # layers 0, 2, 4
+    np.testing.assert_array_equal(params[name].detach().numpy(), shared.data)
+    out = m(torch.from_numpy(calib[0]["image"]))[0]
+    out.square().sum().backward()
+    assert params[name].grad is not None and float(params[name].grad.abs().sum()) > 0
+    opt = torch.optim.SGD(m.parameters(), lr=1e-2)
+    opt.step()
+    assert len(dict(m.named_parameters())) == len(floats)  # still one tensor per shared weight
+
+
+def test_missing_lowerings_are_listed_with_their_nodes() -> None:
+    from nasc.ir.core import Graph
+    from nasc.ir.types import TensorType
+
+    gr = Graph()
+    x = gr.add_input("x", TensorType("f32", (4,)))
+    k = gr.add_constant(np.array([2], np.int64), "k")
+    t = gr.make_node("TopK", [x, k], [TensorType("f32", (2,)), TensorType("i64", (2,))], name="topk0")
+    e = gr.make_node("Einsum", [x, x], [TensorType("f32", ())], {"equation": "i,i->"}, name="dot0")
+    r = gr.make_node("Relu", [t.outputs[0]], [TensorType("f32", (2,))], name="relu0")
+    gr.outputs += [r.outputs[0], e.outputs[0]]
+    with pytest.raises(UnsupportedModelError, match=r"2 op\(s\) have no torch lowering: Einsum \(1: dot0\); "
+                                                    r"TopK \(1: topk0\)"):
+        nasc.to_torch(gr)
