@@ -11,6 +11,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+import torch
+
 from nasc.errors import UnsupportedModelError
 from nasc.ir import dtypes
 from nasc.ir.core import Graph, Node, Value
@@ -66,7 +69,7 @@ def _attr_name(v: Value, i: int, used: set[str]) -> str:
 
 
 def missing_lowerings(graph: Graph) -> dict[str, list[Node]]:
-    from nasc.backends.pytorch import ops  # noqa: F401  (registers the lowerings)
+    from nasc.backends.pytorch import nn, ops, quant, shape  # noqa: F401  (registers the lowerings)
 
     out: dict[str, list[Node]] = {}
     for n in graph.nodes:
@@ -109,3 +112,33 @@ def to_torch(graph: Graph) -> Any:
             lx.env[id(v)] = o
     fx.output(tuple(lx.env[id(v)] for v in graph.outputs))
     return torch.fx.GraphModule(root, fx, class_name=re.sub(r"\W", "_", graph.name) or "Graph")
+
+
+# ---- helpers the lowerings share -------------------------------------------------------------------------
+
+
+def result_used(node: Node, i: int) -> bool:
+    """Whether result ``i`` of ``node`` is read by a node or is a graph output."""
+    if i >= len(node.outputs):
+        return False
+    v = node.outputs[i]
+    return bool(v.uses) or (node.graph is not None and any(o is v for o in node.graph.outputs))
+
+
+def const_of(node: Node, i: int) -> np.ndarray:
+    """Operand ``i``'s contents: it must be a constant (shapes are static)."""
+    v = node.input(i)
+    if not v.is_const:
+        raise UnsupportedModelError(f"to_torch: {node.describe()}'s operand %{v.name} must be a constant "
+                                    "(run --passes simplify)")
+    return np.asarray(v.data)
+
+
+def constant(values: Any, shape: list[int], dtype: torch.dtype) -> torch.Tensor:
+    """A tensor spelled out in the generated code (values as nested lists)."""
+    return torch.tensor(values, dtype=dtype).reshape(shape)
+
+
+def constant_node(lx: Lx, value: np.ndarray, dtype: str) -> Any:
+    """A constant computed while lowering (a static shape, a folded value) as a node of the fx graph."""
+    return lx.call(constant, value.tolist(), list(value.shape), torch_dtype(dtype))

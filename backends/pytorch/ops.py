@@ -1,4 +1,5 @@
-"""Torch lowerings, one per op, with ONNX semantics (shapes are static in the IR: reshapes use the result's).
+"""Torch lowerings of the elementwise ops and reductions, one per op, with ONNX semantics (shape ops: shape.py;
+nn ops: nn.py; quantization: quant.py).
 
 Helpers that fx calls are module-level functions, so a GraphModule's generated code can name them.
 """
@@ -6,36 +7,174 @@ Helpers that fx calls are module-level functions, so a GraphModule's generated c
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nasc.backends.pytorch.lower import Lx, torch_dtype, torch_lowering
+from nasc.backends.pytorch.lower import Lx, const_of, constant_node, torch_dtype, torch_lowering
 from nasc.errors import UnsupportedModelError
 from nasc.ir.core import Node
-from nasc.ir.ops.registry import lookup_node
 
 # ---- elementwise ---------------------------------------------------------------------------------------
 
 _BINARY = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Pow": torch.pow, "And": torch.logical_and,
            "Or": torch.logical_or, "Xor": torch.logical_xor, "Equal": torch.eq, "Less": torch.lt,
-           "Greater": torch.gt, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge, "Max": torch.maximum,
-           "Min": torch.minimum}
+           "Greater": torch.gt, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge, "BitwiseAnd": torch.bitwise_and,
+           "BitwiseOr": torch.bitwise_or, "BitwiseXor": torch.bitwise_xor}
 _UNARY = {"Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Exp": torch.exp, "Log": torch.log,
           "Sqrt": torch.sqrt, "Neg": torch.neg, "Abs": torch.abs, "Erf": torch.erf, "Not": torch.logical_not,
           "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil, "Sin": torch.sin,
-          "Cos": torch.cos, "Identity": torch.clone}
+          "Cos": torch.cos, "Identity": torch.clone, "Sign": torch.sign, "Round": torch.round,
+          "IsNaN": torch.isnan, "BitwiseNot": torch.bitwise_not, "HardSwish": F.hardswish, "nasc.SiLU": F.silu,
+          "Tan": torch.tan, "Atan": torch.atan, "Asin": torch.asin, "Acos": torch.acos, "Sinh": torch.sinh,
+          "Cosh": torch.cosh, "Asinh": torch.asinh, "Acosh": torch.acosh, "Atanh": torch.atanh, "Mish": F.mish,
+          "Softsign": F.softsign}
 
 
 @torch_lowering(*_BINARY)
 def _binary(lx: Lx, node: Node) -> Any:
-    return lx.call(_BINARY[node.op], lx.x(node, 0), lx.x(node, 1))
+    y = lx.call(_BINARY[node.op], lx.x(node, 0), lx.x(node, 1))
+    if node.op == "Pow" and node.input(1).dtype != node.outputs[0].dtype:  # the base's type (int ** float)
+        y = lx.call(torch.Tensor.to, y, torch_dtype(node.outputs[0].dtype))
+    return y
 
 
 @torch_lowering(*_UNARY)
 def _unary(lx: Lx, node: Node) -> Any:
-    return lx.call(_UNARY[node.op], lx.x(node, 0))
+    return lx.call(_UNARY[node.qualified_op], lx.x(node, 0))
+
+
+_VARIADIC = {"Max": torch.maximum, "Min": torch.minimum, "Sum": torch.add, "Mean": torch.add}
+
+
+def mean_of(x: torch.Tensor, n: int) -> torch.Tensor:
+    return x / n
+
+
+@torch_lowering(*_VARIADIC)
+def _variadic(lx: Lx, node: Node) -> Any:
+    acc = lx.x(node, 0)
+    for i in range(1, len(node.inputs)):
+        acc = lx.call(_VARIADIC[node.op], acc, lx.x(node, i))
+    return lx.call(mean_of, acc, len(node.inputs)) if node.op == "Mean" else acc
+
+
+def mod(a: torch.Tensor, b: torch.Tensor, fmod: bool) -> torch.Tensor:
+    """ONNX Mod: fmod=1 truncates (C fmod); fmod=0 takes the divisor's sign (numpy's mod, signed zeros too)."""
+    if fmod:
+        return torch.fmod(a, b)
+    if not a.dtype.is_floating_point:
+        return torch.remainder(a, b)
+    r = torch.fmod(a, b)
+    moved = torch.where((r != 0) & ((r < 0) != (b < 0)), r + b, r)
+    return torch.where(r == 0, torch.where(b < 0, -torch.zeros_like(r), torch.zeros_like(r)), moved)
+
+
+@torch_lowering("Mod")
+def _mod(lx: Lx, node: Node) -> Any:
+    return lx.call(mod, lx.x(node, 0), lx.x(node, 1), bool(node.attr("fmod", 0)))
+
+
+def isinf(x: torch.Tensor, pos: bool, neg: bool) -> torch.Tensor:
+    if pos and neg:
+        return torch.isinf(x)
+    if not (pos or neg):
+        return torch.zeros_like(x, dtype=torch.bool)
+    return x == (math.inf if pos else -math.inf)
+
+
+@torch_lowering("IsInf")
+def _isinf(lx: Lx, node: Node) -> Any:
+    return lx.call(isinf, lx.x(node, 0), bool(node.attr("detect_positive", 1)), bool(node.attr("detect_negative", 1)))
+
+
+def prelu(x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    return torch.where(x < 0, x * slope, x)
+
+
+@torch_lowering("PRelu")
+def _prelu(lx: Lx, node: Node) -> Any:
+    return lx.call(prelu, lx.x(node, 0), lx.x(node, 1))
+
+
+def hard_sigmoid(x: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    return torch.clamp(x * alpha + beta, 0.0, 1.0)
+
+
+@torch_lowering("HardSigmoid")
+def _hard_sigmoid(lx: Lx, node: Node) -> Any:
+    return lx.call(hard_sigmoid, lx.x(node, 0), float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5)))
+
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """ONNX Softplus: log(exp(x) + 1), without overflow."""
+    return torch.logaddexp(x, torch.zeros_like(x))
+
+
+@torch_lowering("Softplus")
+def _softplus(lx: Lx, node: Node) -> Any:
+    return lx.call(softplus, lx.x(node, 0))
+
+
+def selu(x: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    return gamma * torch.where(x > 0, x, alpha * torch.expm1(x))
+
+
+def thresholded_relu(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    return torch.where(x > alpha, x, torch.zeros_like(x))
+
+
+def shrink(x: torch.Tensor, bias: float, lambd: float) -> torch.Tensor:
+    return torch.where(x < -lambd, x + bias, torch.where(x > lambd, x - bias, torch.zeros_like(x)))
+
+
+@torch_lowering("Elu", "Celu", "Selu", "ThresholdedRelu", "Shrink")
+def _alpha_activations(lx: Lx, node: Node) -> Any:
+    x = lx.x(node, 0)
+    if node.op == "Elu":
+        return lx.call(F.elu, x, float(node.attr("alpha", 1.0)))
+    if node.op == "Celu":
+        return lx.call(F.celu, x, float(node.attr("alpha", 1.0)))
+    if node.op == "Selu":
+        return lx.call(selu, x, float(node.attr("alpha", 1.67326319217681884765625)),
+                       float(node.attr("gamma", 1.05070102214813232421875)))
+    if node.op == "ThresholdedRelu":
+        return lx.call(thresholded_relu, x, float(node.attr("alpha", 1.0)))
+    return lx.call(shrink, x, float(node.attr("bias", 0.0)), float(node.attr("lambd", 0.5)))
+
+
+def hardmax(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """1 at the first maximum along ``axis``, 0 elsewhere."""
+    idx = torch.argmax(x, axis, keepdim=True)
+    return torch.zeros_like(x).scatter(axis, idx, 1.0)
+
+
+@torch_lowering("Hardmax")
+def _hardmax(lx: Lx, node: Node) -> Any:
+    return lx.call(hardmax, lx.x(node, 0), int(node.attr("axis", -1)) % len(node.input(0).shape))
+
+
+@torch_lowering("nasc.Relu6")
+def _relu6(lx: Lx, node: Node) -> Any:
+    return lx.call(F.relu6, lx.x(node, 0))
+
+
+def dropout_mask(x: torch.Tensor) -> torch.Tensor:
+    return torch.ones_like(x, dtype=torch.bool)
+
+
+@torch_lowering("Dropout")
+def _dropout(lx: Lx, node: Node) -> Any:
+    """Inference: the input, and an all-true mask. Training mode with a nonzero ratio is random: refused."""
+    training = float(const_of(node, 2).reshape(-1)[0]) if node.has_input(2) else 0.0
+    ratio = float(const_of(node, 1).reshape(-1)[0]) if node.has_input(1) else 0.5
+    if training and ratio:
+        raise UnsupportedModelError(f"to_torch: {node.describe()}: training-mode Dropout (random) has no lowering")
+    x = lx.call(torch.clone, lx.x(node, 0))
+    return [x, lx.call(dropout_mask, lx.x(node, 0))] if len(node.outputs) > 1 else x
 
 
 def div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -55,7 +194,7 @@ def _where(lx: Lx, node: Node) -> Any:
     return lx.call(torch.where, lx.x(node, 0), lx.x(node, 1), lx.x(node, 2))
 
 
-@torch_lowering("Cast")
+@torch_lowering("Cast", "CastLike")
 def _cast(lx: Lx, node: Node) -> Any:
     return lx.call(torch.Tensor.to, lx.x(node, 0), torch_dtype(node.outputs[0].dtype))
 
@@ -72,7 +211,10 @@ def _leaky(lx: Lx, node: Node) -> Any:
 
 @torch_lowering("Clip")
 def _clip(lx: Lx, node: Node) -> Any:
-    return lx.call(torch.clamp, lx.x(node, 0), lx.opt(node, 1), lx.opt(node, 2))
+    lo, hi = lx.opt(node, 1), lx.opt(node, 2)
+    if lo is None and hi is None:
+        return lx.call(torch.clone, lx.x(node, 0))
+    return lx.call(torch.clamp, lx.x(node, 0), lo, hi)
 
 
 @torch_lowering("Softmax")
@@ -80,153 +222,119 @@ def _softmax(lx: Lx, node: Node) -> Any:
     return lx.call(torch.softmax, lx.x(node, 0), int(node.attr("axis", -1)))
 
 
-# ---- shapes ---------------------------------------------------------------------------------------------
+# ---- reductions -----------------------------------------------------------------------------------------
 
 
-@torch_lowering("Reshape", "Flatten", "Squeeze", "Unsqueeze")
-def _reshape(lx: Lx, node: Node) -> Any:
-    return lx.call(torch.reshape, lx.x(node, 0), tuple(node.outputs[0].shape))
-
-
-@torch_lowering("Expand")
-def _expand(lx: Lx, node: Node) -> Any:
-    return lx.call(torch.broadcast_to, lx.x(node, 0), tuple(node.outputs[0].shape))
-
-
-@torch_lowering("Transpose")
-def _transpose(lx: Lx, node: Node) -> Any:
+def _reduce_axes(node: Node) -> list[int]:
+    """The reduced axes; [] when none are (noop_with_empty_axes): then only the elementwise part applies."""
     rank = len(node.input(0).shape)
-    perm = node.attr("perm")
-    return lx.call(torch.permute, lx.x(node, 0), tuple(perm) if perm is not None else tuple(reversed(range(rank))))
+    axes = [int(a) for a in const_of(node, 1).reshape(-1)] if node.has_input(1) else node.attr("axes")
+    if not axes:
+        return [] if int(node.attr("noop_with_empty_axes", 0)) else list(range(rank))
+    return sorted({int(a) % rank for a in axes})
 
 
-@torch_lowering("Concat")
-def _concat(lx: Lx, node: Node) -> Any:
-    return lx.call(torch.cat, [lx.x(node, i) for i in range(len(node.inputs))], int(node.attr("axis")))
+def _empty_reduction(op: str, dtype: np.dtype) -> Any:
+    """What a reduction over no elements gives (ONNX's reference: the identity of the reduction)."""
+    if op in ("ReduceMax", "ReduceMin"):
+        if dtype.kind == "b":
+            return op == "ReduceMin"
+        if dtype.kind in "iu":
+            return np.iinfo(dtype).min if op == "ReduceMax" else np.iinfo(dtype).max
+        return -np.inf if op == "ReduceMax" else np.inf
+    return {"ReduceProd": 1, "ReduceLogSumExp": -np.inf, "ReduceMean": np.nan}.get(op, 0)
 
 
-def gather(x: torch.Tensor, idx: torch.Tensor, axis: int) -> torch.Tensor:
-    """ONNX Gather (numpy ``take`` along ``axis``; negative indices count from the end)."""
-    axis %= x.dim()
-    idx = torch.where(idx < 0, idx + x.shape[axis], idx).long()
-    out = torch.index_select(x, axis, idx.reshape(-1))
-    return out.reshape(*x.shape[:axis], *idx.shape, *x.shape[axis + 1:])
+def reduce(x: torch.Tensor, op: str, axes: list[int], keep: bool) -> torch.Tensor:
+    """ONNX Reduce* over ``axes`` (none: the elementwise part only)."""
+    if op == "ReduceL1":
+        x = x.abs()
+    elif op in ("ReduceL2", "ReduceSumSquare"):
+        x = x * x
+    if not axes:
+        return x
+    if op in ("ReduceMax", "ReduceMin") and x.dtype == torch.bool:
+        return reduce(x.to(torch.uint8), op, axes, keep).to(torch.bool)
+    if op == "ReduceMax":
+        return torch.amax(x, axes, keepdim=keep)
+    if op == "ReduceMin":
+        return torch.amin(x, axes, keepdim=keep)
+    if op == "ReduceMean":
+        return torch.mean(x, axes, keepdim=keep)
+    if op == "ReduceProd":
+        for a in reversed(axes):
+            x = torch.prod(x, a, keepdim=keep)
+        return x
+    if op == "ReduceLogSumExp":
+        return torch.logsumexp(x, axes, keepdim=keep)
+    y = torch.sum(x, axes, keepdim=keep, dtype=x.dtype)
+    return torch.sqrt(y) if op == "ReduceL2" else y
 
 
-@torch_lowering("Gather")
-def _gather(lx: Lx, node: Node) -> Any:
-    return lx.call(gather, lx.x(node, 0), lx.x(node, 1), int(node.attr("axis", 0)))
+_REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+           "ReduceSumSquare", "ReduceLogSumExp")
 
 
-def gather_nd(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """ONNX GatherND with batch_dims=0."""
-    idx = idx.long()
-    return x[tuple(idx.unbind(-1))]
+@torch_lowering(*_REDUCE)
+def _reduce(lx: Lx, node: Node) -> Any:
+    from nasc.ir.dtypes import to_numpy
+
+    axes = _reduce_axes(node)
+    out = node.outputs[0]
+    if any(node.input(0).shape[a] == 0 for a in axes):
+        dt = np.dtype(to_numpy(out.dtype))
+        return constant_node(lx, np.full(out.shape, _empty_reduction(node.op, dt), dt), out.dtype)
+    return lx.call(reduce, lx.x(node, 0), node.op, axes, bool(node.attr("keepdims", 1)))
 
 
-@torch_lowering("GatherND")
-def _gather_nd(lx: Lx, node: Node) -> Any:
-    if int(node.attr("batch_dims", 0)):
-        raise UnsupportedModelError(f"to_torch: {node.describe()} has batch_dims={node.attr('batch_dims')}; only 0 "
-                                    "has a torch lowering")
-    return lx.call(gather_nd, lx.x(node, 0), lx.x(node, 1))
+def argmax(x: torch.Tensor, is_max: bool, axis: int, keep: bool, last: bool) -> torch.Tensor:
+    fn = torch.argmax if is_max else torch.argmin
+    if not last:
+        return fn(x, axis, keepdim=keep)
+    return (x.shape[axis] - 1) - fn(torch.flip(x, (axis,)), axis, keepdim=keep)
 
 
-# ---- linear algebra and nn ------------------------------------------------------------------------------
+@torch_lowering("ArgMax", "ArgMin")
+def _argmax(lx: Lx, node: Node) -> Any:
+    return lx.call(argmax, lx.x(node, 0), node.op == "ArgMax", int(node.attr("axis", 0)) % len(node.input(0).shape),
+                   bool(node.attr("keepdims", 1)), bool(node.attr("select_last_index", 0)))
 
 
-@torch_lowering("MatMul")
-def _matmul(lx: Lx, node: Node) -> Any:
-    return lx.call(torch.matmul, lx.x(node, 0), lx.x(node, 1))
+def cumsum(x: torch.Tensor, axis: int, exclusive: bool, reverse: bool) -> torch.Tensor:
+    if reverse:
+        x = torch.flip(x, (axis,))
+    if exclusive:  # shifted by one along the axis, a zero first
+        x = torch.cat([torch.zeros_like(x.narrow(axis, 0, 1)), x.narrow(axis, 0, x.shape[axis] - 1)], axis)
+    y = torch.cumsum(x, axis, dtype=x.dtype)
+    return torch.flip(y, (axis,)) if reverse else y
 
 
-def gemm(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None, alpha: float, beta: float, trans_a: bool,
-         trans_b: bool) -> torch.Tensor:
-    y = (a.t() if trans_a else a) @ (b.t() if trans_b else b)
-    if alpha != 1.0:
-        y = y * alpha
-    if c is not None:
-        y = y + (c * beta if beta != 1.0 else c)
-    return y
+@torch_lowering("CumSum")
+def _cumsum(lx: Lx, node: Node) -> Any:
+    axis = int(const_of(node, 1).reshape(-1)[0]) % len(node.input(0).shape)
+    return lx.call(cumsum, lx.x(node, 0), axis, bool(node.attr("exclusive", 0)), bool(node.attr("reverse", 0)))
 
 
-@torch_lowering("Gemm")
-def _gemm(lx: Lx, node: Node) -> Any:
-    return lx.call(gemm, lx.x(node, 0), lx.x(node, 1), lx.opt(node, 2), float(node.attr("alpha", 1.0)),
-                   float(node.attr("beta", 1.0)), bool(node.attr("transA", 0)), bool(node.attr("transB", 0)))
+@torch_lowering("LogSoftmax")
+def _log_softmax(lx: Lx, node: Node) -> Any:
+    return lx.call(torch.log_softmax, lx.x(node, 0), int(node.attr("axis", -1)))
 
 
-def conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, strides: list[int], pads: list[int],
-         dilations: list[int], group: int) -> torch.Tensor:
-    k = w.dim() - 2
-    begin, end = pads[:k], pads[k:]
-    if begin != end:  # asymmetric: pad explicitly (F.pad takes the last axis first)
-        x = F.pad(x, [p for i in reversed(range(k)) for p in (begin[i], end[i])])
-        begin = [0] * k
-    fn = (F.conv1d, F.conv2d, F.conv3d)[k - 1]
-    return fn(x, w, b, strides, begin, dilations, group)
+@torch_lowering("Einsum")
+def _einsum(lx: Lx, node: Node) -> Any:
+    return lx.call(torch.einsum, str(node.attr("equation")), *(lx.x(node, i) for i in range(len(node.inputs))))
 
 
-@torch_lowering("Conv")
-def _conv(lx: Lx, node: Node) -> Any:
-    k = len(node.input(1).shape) - 2
-    if str(node.attr("auto_pad", "NOTSET")) not in ("NOTSET", "VALID"):
-        raise UnsupportedModelError(f"to_torch: {node.describe()} uses auto_pad={node.attr('auto_pad')}; "
-                                    "run --passes simplify (explicit pads) first")
-    pads = list(node.attr("pads") or [0] * 2 * k)
-    return lx.call(conv, lx.x(node, 0), lx.x(node, 1), lx.opt(node, 2), list(node.attr("strides") or [1] * k),
-                   pads, list(node.attr("dilations") or [1] * k), int(node.attr("group", 1)))
+def topk(x: torch.Tensor, k: int, axis: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """ONNX TopK, sorted; equal values keep their order (the lower index first), by a stable sort."""
+    values, indices = torch.sort(x, dim=axis, descending=largest, stable=True)
+    return values.narrow(axis, 0, k), indices.narrow(axis, 0, k)
 
 
-def layer_norm(x: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None, axis: int,
-               eps: float) -> torch.Tensor:
-    shape = x.shape[axis % x.dim():]
-    if (scale is None or scale.shape == shape) and (bias is None or bias.shape == shape):
-        return F.layer_norm(x, shape, scale, bias, eps)
-    dims = tuple(range(axis % x.dim(), x.dim()))
-    mean = x.mean(dims, keepdim=True)
-    var = ((x - mean) ** 2).mean(dims, keepdim=True)
-    y = (x - mean) / torch.sqrt(var + eps)
-    return y * scale + bias if bias is not None else y * scale
+@torch_lowering("TopK")
+def _topk(lx: Lx, node: Node) -> Any:
+    axis = int(node.attr("axis", -1)) % len(node.input(0).shape)
+    parts = lx.call(topk, lx.x(node, 0), int(node.outputs[0].shape[axis]), axis, bool(node.attr("largest", 1)))
+    return [lx.call(operator.getitem, parts, i) for i in range(len(node.outputs))]
 
-
-@torch_lowering("LayerNormalization")
-def _layer_norm(lx: Lx, node: Node) -> Any:
-    if any(out.uses for out in node.outputs[1:]):
-        raise UnsupportedModelError(f"to_torch: {node.describe()}'s mean and inverse-std results are used; only "
-                                    "the normalized result has a torch lowering")
-    return lx.call(layer_norm, lx.x(node, 0), lx.opt(node, 1), lx.opt(node, 2), int(node.attr("axis", -1)),
-                   float(node.attr("epsilon", 1e-5)))
-
-
-def batch_norm(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
-               eps: float) -> torch.Tensor:
-    return F.batch_norm(x, mean, var, scale, bias, False, 0.0, eps)
-
-
-@torch_lowering("BatchNormalization")
-def _batch_norm(lx: Lx, node: Node) -> Any:
-    return lx.call(batch_norm, *(lx.x(node, i) for i in range(5)), float(node.attr("epsilon", 1e-5)))
-
-
-@torch_lowering("GlobalAveragePool")
-def _gap(lx: Lx, node: Node) -> Any:
-    dims = tuple(range(2, len(node.input(0).shape)))
-    return lx.call(torch.mean, lx.x(node, 0), dims, keepdim=True)
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-              scale: float) -> torch.Tensor:
-    """nasc.Attention: softmax(q @ k^T * scale + mask) @ v."""
-    s = (q @ k.transpose(-1, -2)) * scale
-    if mask is not None:
-        s = s + mask
-    return torch.softmax(s, dim=-1) @ v
-
-
-@torch_lowering("nasc.Attention")
-def _attention(lx: Lx, node: Node) -> Any:
-    entry = lookup_node(node)
-    scale = entry.scale(node) if entry is not None else 1 / math.sqrt(node.input(0).shape[-1])  # type: ignore[attr-defined]
-    return lx.call(attention, lx.x(node, 0), lx.x(node, 1), lx.x(node, 2), lx.opt(node, 3), float(scale))
 

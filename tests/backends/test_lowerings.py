@@ -10,6 +10,10 @@ its cases claim really ran (an op the importer folded away would otherwise pass 
 test_every_lowering_has_a_case fails when a lowering is added without a case here. The MCU backend builds
 through the same table (build_mcu lowers with to_relax), so the table is both targets' supported set; the MCU
 also refuses half-precision tensors, so the cases here are float32 and integer.
+The same families also run through nasc.to_torch (target "torch": the merged graph, integerized as the TVM
+lowering does, as a torch.fx module under no_grad, compared at the same tolerances), each family whose every op
+has a torch lowering; TORCH_MISSING lists the TVM-lowered ops that still lack one, and TORCH_ONLY_CASES holds the
+cases of the ops only torch lowers.
 The whole ONNX node suite on both targets: tools/onnx_conformance.py --target cpu,mcu (docs/conformance.md).
 """
 
@@ -26,6 +30,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from nasc.backends.pytorch import nn as _torch_nn  # noqa: F401  (these register the torch lowerings)
+from nasc.backends.pytorch import ops as _torch_ops  # noqa: F401
+from nasc.backends.pytorch import quant as _torch_quant  # noqa: F401
+from nasc.backends.pytorch import shape as _torch_shape  # noqa: F401
+from nasc.backends.pytorch.lower import LOWERINGS as TORCH_LOWERINGS
 from nasc.backends.tvm import ops as _ops  # noqa: F401  (registers the lowerings)
 from nasc.backends.tvm import qops as _qops  # noqa: F401
 from nasc.backends.tvm.lower import LOWERINGS
@@ -112,6 +121,33 @@ CASES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 TARGETS = ("cpu", "mcu")
+
+# ops with a torch lowering but none for TVM: run on torch only
+TORCH_ONLY_CASES: dict[str, dict[str, tuple[str, ...]]] = {
+    "torch_only": {
+        "Tan": ("test_tan",), "Atan": ("test_atan",), "Asin": ("test_asin",), "Acos": ("test_acos",),
+        "Sinh": ("test_sinh",), "Cosh": ("test_cosh",), "Asinh": ("test_asinh",), "Acosh": ("test_acosh",),
+        "Atanh": ("test_atanh",), "Mish": ("test_mish",), "Softsign": ("test_softsign",), "Softplus": ("test_softplus",),
+        "Elu": ("test_elu",), "Celu": ("test_celu",), "Selu": ("test_selu",), "ThresholdedRelu": ("test_thresholdedrelu",),
+        "Shrink": ("test_shrink_soft", "test_shrink_hard"), "Hardmax": ("test_hardmax_one_hot", "test_hardmax_negative_axis"),
+        "TopK": ("test_top_k_same_values_2d", "test_top_k_smallest"),
+        "DepthToSpace": ("test_depthtospace_crd_mode_example", "test_depthtospace_example"),
+        "SpaceToDepth": ("test_spacetodepth_crd_mode_example", "test_spacetodepth_example"),
+        "Trilu": ("test_tril_neg", "test_triu_out_pos"),
+        "OneHot": ("test_onehot_negative_indices", "test_onehot_with_axis", "test_onehot_out_of_range_indices"),
+        "ScatterElements": ("test_scatter_elements_with_negative_indices", "test_scatter_elements_with_reduction_mul"),
+        "ScatterND": ("test_scatternd_add", "test_scatternd_max"),
+        "InstanceNormalization": ("test_instancenorm_epsilon",), "GroupNormalization": ("test_group_normalization_epsilon",),
+        "LpNormalization": ("test_l1normalization_axis_0", "test_l2normalization_axis_0"),
+        "MatMulInteger": ("test_matmulinteger",), "ConvInteger": ("test_convinteger_with_padding",),
+    },
+}
+ALL_CASES = {**CASES, **TORCH_ONLY_CASES}
+
+# nasc.to_torch runs every family whose every op has a torch lowering; the TVM-lowered ops that still lack one
+# (test_torch_lowerings_still_missing keeps this list exact: adding a torch lowering shrinks it)
+TORCH_FAMILIES = [f for f in ALL_CASES if set(ALL_CASES[f]) <= set(TORCH_LOWERINGS)]
+TORCH_MISSING: set[str] = set()
 
 
 @dataclass
@@ -312,21 +348,36 @@ def lowered(monkeypatch: pytest.MonkeyPatch) -> set[str]:
 
         return lower
 
-    for op, fn in list(LOWERINGS.items()):
-        monkeypatch.setitem(LOWERINGS, op, recording(op, fn))
+    for table in (LOWERINGS, TORCH_LOWERINGS):
+        for op, fn in list(table.items()):
+            monkeypatch.setitem(table, op, recording(op, fn))
     return seen
+
+
+def run_torch(graph: Graph, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """nasc.to_torch of the graph the TVM targets lower (QDQ patterns integerized into nasc's integer ops, whose
+    outputs the quantized cases compare bit for bit), run without autograd."""
+    import torch
+
+    import nasc
+    from nasc.backends.tvm.qint import integerize
+
+    m = nasc.to_torch(integerize(graph)[0])
+    with torch.no_grad():
+        outs = m(*[torch.from_numpy(np.array(feed[v.name])) for v in graph.inputs])
+    return [o.detach().numpy() for o in outs]
 
 
 def build_and_check(cases: list[Case], target: str) -> dict[str, str]:
     graph, feed = merge(cases)
-    got = conf.build_and_run(graph, [feed], target)[0]
+    got = run_torch(graph, feed) if target == "torch" else conf.build_and_run(graph, [feed], target)[0]
     return compare(cases, got)
 
 
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("family", list(CASES))
+@pytest.mark.parametrize(("family", "target"), [(f, t) for f in CASES for t in TARGETS]
+                         + [(f, "torch") for f in TORCH_FAMILIES])
 def test_family_builds_and_matches(family: str, target: str, node_cases: dict[str, Any], lowered: set[str]) -> None:
-    names = list(dict.fromkeys(c for op_cases in CASES[family].values() for c in op_cases))
+    names = list(dict.fromkeys(c for op_cases in ALL_CASES[family].values() for c in op_cases))
     cases = [make_case(n, node_cases) for n in names]
     try:
         bad = build_and_check(cases, target)
@@ -340,13 +391,23 @@ def test_family_builds_and_matches(family: str, target: str, node_cases: dict[st
         raise AssertionError(f"the {family} build for {target} failed ({type(whole).__name__}); "
                              f"alone: {alone or 'every case builds'}") from whole
     assert bad == {}, f"{family} on {target}: outputs differ"
-    assert set(CASES[family]) - lowered == set(), "these ops' lowerings never ran (folded away on import?)"
+    assert set(ALL_CASES[family]) - lowered == set(), "these ops' lowerings never ran (folded away on import?)"
 
 
 def test_every_lowering_has_a_case() -> None:
     covered = {op for family in CASES.values() for op in family}
     assert set(LOWERINGS) - covered == set(), "lowerings without a case in CASES (add a node test or a generated model)"
     assert covered - set(LOWERINGS) == set(), "CASES names ops that have no lowering"
+
+
+def test_torch_lowerings_still_missing() -> None:
+    """The TVM-lowered ops without a torch lowering (their families are not run on torch), listed exactly."""
+    assert set(LOWERINGS) - set(TORCH_LOWERINGS) == TORCH_MISSING
+
+
+def test_every_torch_only_lowering_has_a_case() -> None:
+    covered = {op for family in TORCH_ONLY_CASES.values() for op in family}
+    assert set(TORCH_LOWERINGS) - set(LOWERINGS) == covered, "torch lowerings without a case in TORCH_ONLY_CASES"
 
 
 def test_the_merged_graph_keeps_each_case_apart(node_cases: dict[str, Any]) -> None:
