@@ -14,6 +14,7 @@ from nasc.backends.pytorch.lower import Lx, const_of, result_used, torch_lowerin
 from nasc.errors import UnsupportedModelError
 from nasc.ir.core import Node
 from nasc.ir.ops.registry import lookup_node
+from nasc.ir.ops.resize import resize_coords
 
 # ---- linear algebra and nn ------------------------------------------------------------------------------
 
@@ -65,14 +66,20 @@ def _conv_pads(node: Node, spatial_in: list[int], kernel: list[int], strides: li
     return begins + ends
 
 
-@torch_lowering("Conv")
-def _conv(lx: Lx, node: Node) -> Any:
+def conv_geometry(node: Node) -> tuple[list[int], list[int], list[int]]:
+    """A convolution node's strides, explicit pads (auto_pad resolved) and dilations."""
     x, w = node.input(0), node.input(1)
     k = len(w.shape) - 2
     strides = list(node.attr("strides") or [1] * k)
     dilations = list(node.attr("dilations") or [1] * k)
     pads = _conv_pads(node, list(x.shape[2:]), list(w.shape[2:]), strides, dilations,
                       list(node.outputs[0].shape[2:]))
+    return strides, pads, dilations
+
+
+@torch_lowering("Conv")
+def _conv(lx: Lx, node: Node) -> Any:
+    strides, pads, dilations = conv_geometry(node)
     return lx.call(conv, lx.x(node, 0), lx.x(node, 1), lx.opt(node, 2), strides, pads, dilations,
                    int(node.attr("group", 1)))
 
@@ -262,28 +269,6 @@ def _gap(lx: Lx, node: Node) -> Any:
     return lx.call(torch.mean if node.op == "GlobalAveragePool" else torch.amax, lx.x(node, 0), dims, keepdim=True)
 
 
-def _onnx_coords(ctm: str, scale: float, n_in: int, n_out: int, roi: tuple[float, float]) -> np.ndarray:
-    """Where each output position reads the input along one axis, by ONNX's definition (its reference
-    implementation): by the scale given, with the resized length n_in * scale before flooring to n_out."""
-    y = np.arange(n_out, dtype=np.float64)
-    length = scale * n_in
-    if ctm == "tf_crop_and_resize":
-        start, end = roi
-        if n_out == 1:
-            return np.full(n_out, (start + end) * (n_in - 1) / 2)
-        return start * (n_in - 1) + y * (end - start) * (n_in - 1) / (n_out - 1)
-    if ctm == "align_corners":
-        return np.zeros(n_out) if length == 1 else y * (n_in - 1) / (length - 1)
-    if ctm == "asymmetric":
-        return y / scale
-    if ctm == "tf_half_pixel_for_nn":
-        return (y + 0.5) / scale
-    if ctm == "pytorch_half_pixel" and length == 1:
-        return np.full(n_out, -0.5)
-    offset = n_in / 2 * (1 - n_out / length) if ctm == "half_pixel_symmetric" else 0.0
-    return offset + (y + 0.5) / scale - 0.5
-
-
 def _cubic(d: np.ndarray, a: float) -> np.ndarray:
     d = np.abs(d)
     return np.where(d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1,
@@ -361,7 +346,7 @@ def _resize(lx: Lx, node: Node) -> Any:
     for a in range(rank):
         if scale[a] == 1.0 and out[a] == x.shape[a] and ctm != "tf_crop_and_resize":
             continue
-        c = _onnx_coords(ctm, scale[a], x.shape[a], out[a], roi[a])
+        c = resize_coords(ctm, scale[a], x.shape[a], out[a], roi[a])
         mats[a] = _resize_matrix(c, x.shape[a], mode, str(node.attr("nearest_mode", "round_prefer_floor")),
                                  float(node.attr("cubic_coeff_a", -0.75)), bool(node.attr("exclude_outside", 0)))
         mats[a] = mats[a].tolist()

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from nasc.backends.pytorch.lower import Lx, torch_dtype, torch_lowering
-from nasc.backends.pytorch.nn import _conv_pads, conv
+from nasc.backends.pytorch.nn import conv, conv_geometry
 from nasc.errors import UnsupportedModelError
 from nasc.ir.core import Node
 
@@ -100,12 +100,7 @@ def qconv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, mult: torch.
 
 @torch_lowering("nasc.QConv")
 def _qconv(lx: Lx, node: Node) -> Any:
-    x, w = node.input(0), node.input(1)
-    k = len(w.shape) - 2
-    strides = list(node.attr("strides") or [1] * k)
-    dilations = list(node.attr("dilations") or [1] * k)
-    pads = _conv_pads(node, list(x.shape[2:]), list(w.shape[2:]), strides, dilations,
-                      list(node.outputs[0].shape[2:]))
+    strides, pads, dilations = conv_geometry(node)
     return lx.call(qconv, lx.x(node, 0), lx.x(node, 1), lx.opt(node, 2), lx.x(node, 3), lx.x(node, 4),
                    int(node.attr("x_zp")), int(node.attr("y_zp")), int(node.attr("qmin")), int(node.attr("qmax")),
                    strides, pads, dilations, int(node.attr("group", 1)))
@@ -192,12 +187,7 @@ def conv_integer(x: torch.Tensor, w: torch.Tensor, x_zp: torch.Tensor | None, w_
 
 @torch_lowering("ConvInteger")
 def _conv_integer(lx: Lx, node: Node) -> Any:
-    x, w = node.input(0), node.input(1)
-    k = len(w.shape) - 2
-    strides = list(node.attr("strides") or [1] * k)
-    dilations = list(node.attr("dilations") or [1] * k)
-    pads = _conv_pads(node, list(x.shape[2:]), list(w.shape[2:]), strides, dilations,
-                      list(node.outputs[0].shape[2:]))
+    strides, pads, dilations = conv_geometry(node)
     return lx.call(conv_integer, lx.x(node, 0), lx.x(node, 1), lx.opt(node, 2), lx.opt(node, 3), strides, pads,
                    dilations, int(node.attr("group", 1)))
 

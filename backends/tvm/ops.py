@@ -19,6 +19,7 @@ from nasc.backends.tvm.lower import Lx, ints, lowering, out_shape, scalar, tvm_d
 from nasc.errors import UnsupportedModelError
 from nasc.ir.core import Node
 from nasc.ir.ops.registry import lookup_node
+from nasc.ir.ops.resize import resize_coords
 
 # ---- pass-through and shape movement --------------------------------------------------------
 
@@ -716,23 +717,6 @@ _CTM = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "asymmetric"
         "align_corners")
 
 
-def _onnx_coords(ctm: str, scale: float, n_in: int, n_out: int) -> np.ndarray:
-    """Where each output position reads the input along one axis, by ONNX's definition (its reference
-    implementation): by the scale given, with the resized length n_in * scale before flooring to n_out."""
-    y = np.arange(n_out, dtype=np.float64)
-    length = scale * n_in
-    if ctm == "align_corners":
-        return np.zeros(n_out) if length == 1 else y * (n_in - 1) / (length - 1)
-    if ctm == "asymmetric":
-        return y / scale
-    if ctm == "tf_half_pixel_for_nn":
-        return (y + 0.5) / scale
-    if ctm == "pytorch_half_pixel" and length == 1:
-        return np.full(n_out, -0.5)
-    offset = n_in / 2 * (1 - n_out / length) if ctm == "half_pixel_symmetric" else 0.0
-    return offset + (y + 0.5) / scale - 0.5
-
-
 def _nearest_index(coords: np.ndarray, n_in: int, rounding: str) -> np.ndarray:
     base = np.floor(coords)
     frac = coords - base
@@ -745,9 +729,9 @@ def _roi_for(node: Node, ctm: str, scale: list[float], n_in: list[int], n_out: l
     """None where TVM's own map for ``ctm`` (by n_out / n_in) is ONNX's; else the tf_crop_and_resize roi (start_h,
     start_w, end_h, end_w) whose map is ONNX's (TVM: x = start (n_in - 1) + x_out (end - start) (n_in - 1) /
     (n_out - 1)), which holds while no coordinate falls outside the input (tf_crop_and_resize extrapolates)."""
-    coords = [_onnx_coords(ctm, s, i, o) for s, i, o in zip(scale, n_in, n_out)]
+    coords = [resize_coords(ctm, s, i, o) for s, i, o in zip(scale, n_in, n_out)]
     if ctm != "half_pixel_symmetric" and all(
-            np.allclose(c, _onnx_coords(ctm, o / i, i, o), rtol=0, atol=1e-6) for c, i, o in zip(coords, n_in, n_out)):
+            np.allclose(c, resize_coords(ctm, o / i, i, o), rtol=0, atol=1e-6) for c, i, o in zip(coords, n_in, n_out)):
         return None
     start, end = [], []
     for c, i, o in zip(coords, n_in, n_out):
@@ -791,7 +775,7 @@ def _resize(lx: Lx, node: Node) -> Any:
         y = lx.x(node)
         for a in range(rank):
             if scale[a] != 1.0 or out[a] != x.shape[a]:
-                idx = _nearest_index(_onnx_coords(ctm, scale[a], x.shape[a], out[a]), x.shape[a], rounding)
+                idx = _nearest_index(resize_coords(ctm, scale[a], x.shape[a], out[a]), x.shape[a], rounding)
                 y = R.take(y, lx.const(idx, "i64"), axis=a)
         return lx.emit(y)
     if rank != 4:

@@ -28,6 +28,30 @@ from nasc.ir.types import UNKNOWN, Dim, Shape, TensorType, Type
 # ---- pad, resize, expand, tile -----------------------------------------------------------
 
 
+def resize_coords(ctm: str, scale: float, n_in: int, n_out: int, roi: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """Where each output position reads the input along one axis, by ONNX's definition (its reference
+    implementation): by the scale given, with the resized length n_in * scale before flooring to n_out; ``roi``
+    (start, end) for tf_crop_and_resize. Shared by the Relax and torch lowerings."""
+    y = np.arange(n_out, dtype=np.float64)
+    length = scale * n_in
+    if ctm == "tf_crop_and_resize":
+        start, end = roi
+        if n_out == 1:
+            return np.full(n_out, (start + end) * (n_in - 1) / 2)
+        return start * (n_in - 1) + y * (end - start) * (n_in - 1) / (n_out - 1)
+    if ctm == "align_corners":
+        return np.zeros(n_out) if length == 1 else y * (n_in - 1) / (length - 1)
+    if ctm == "asymmetric":
+        return y / scale
+    if ctm == "tf_half_pixel_for_nn":
+        return (y + 0.5) / scale
+    if ctm == "pytorch_half_pixel" and length == 1:
+        return np.full(n_out, -0.5)
+    offset = n_in / 2 * (1 - n_out / length) if ctm == "half_pixel_symmetric" else 0.0
+    return offset + (y + 0.5) / scale - 0.5
+
+
+
 def _untouched(node: Node, shape: Shape | None, out: Shape | None) -> list[AxisGroup]:
     return [] if shape is None or out is None else pairs(
         node, ((k, k) for k in range(len(shape)) if isinstance(shape[k], int) and shape[k] == out[k]))
