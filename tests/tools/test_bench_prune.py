@@ -10,15 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tables import rows
+
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "bench_prune.py"
-
-
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
-
-
-def _rows(lines: list[str], first: str) -> list[list[str]]:
-    return [_cells(line) for line in lines if line.startswith(f"| {first} ")]
 
 
 def test_bench_prune_quick_writes_both_tables(tmp_path: Path) -> None:
@@ -33,15 +27,15 @@ def test_bench_prune_quick_writes_both_tables(tmp_path: Path) -> None:
     assert "Produced by `python tools/bench_prune.py --quick --no-torch-pruning`" in text
     lines = text.splitlines()
 
-    header = _rows(lines, "tool")[0]
+    header = rows(lines, "tool")[0]
     col = {name: i for i, name in enumerate(header)}
     assert header[:5] == ["tool", "setting", "MACs kept", "MACs kept (TP count)", "params"]
     assert "accuracy (360)" in col and "nasc cpu ms" not in col  # --quick measures no latency
-    (base,) = _rows(lines, "-")
+    (base,) = rows(lines, "-")
     assert base[1] == "unpruned" and base[col["MACs kept"]] == "100.0%" and base[col["params"]] == "7,450"
     assert float(base[col["accuracy (360)"]]) == 0.9889 and float(base[col["top-1 agreement"]]) == 1.0
 
-    nasc = {r[1].split(" (")[0]: r for r in _rows(lines, "nasc")}
+    nasc = {r[1].split(" (")[0]: r for r in rows(lines, "nasc")}
     assert set(nasc) == {f"prune{{macs={f} {v}}}".replace(" }", "}") for f in ("0.7", "0.5")
                          for v in ("", "reconstruct=true", "round-to=8 reconstruct=true")}
     for setting, r in nasc.items():
@@ -59,10 +53,10 @@ def test_bench_prune_quick_writes_both_tables(tmp_path: Path) -> None:
         assert float(recon[col["accuracy (360)"]]) > float(plain[col["accuracy (360)"]]) + 0.2
         assert float(recon[col["accuracy (360)"]]) > 0.9
 
-    tp = _rows(lines, "Torch-Pruning")
+    tp = rows(lines, "Torch-Pruning")
     assert len(tp) == 4 and all("failed: Torch-Pruning not installed" in r[2] for r in tp)
 
-    (cov,) = _rows(lines, "digits_cnn")
+    (cov,) = rows(lines, "digits_cnn")
     assert cov[1:5] == ["10", "2 / 0 / 3", "48", "234,816"]
     assert cov[6].startswith("holds (2 groups") and cov[7] == "graph output (10 ch)"
     assert cov[8].startswith("Torch-Pruning not installed")

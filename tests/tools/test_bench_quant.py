@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tables import cells
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "bench_quant.py"
 
@@ -15,7 +16,7 @@ TOOL = Path(__file__).resolve().parents[2] / "tools" / "bench_quant.py"
 def _row(lines: list[str], prefix: str) -> list[str]:
     row = next((line for line in lines if line.startswith(f"| {prefix}")), None)
     assert row is not None, f"no row starting with {prefix!r} in:\n" + "\n".join(lines)
-    return [c.strip() for c in row.strip().strip("|").split("|")]
+    return cells(row)
 
 
 def test_bench_quant_digits_writes_its_table(tmp_path: Path) -> None:

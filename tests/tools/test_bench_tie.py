@@ -7,12 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tables import cells
+
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "bench_tie.py"
-
-
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
 def test_bench_tie_quick_writes_the_vit_table(tmp_path: Path) -> None:
@@ -24,7 +22,7 @@ def test_bench_tie_quick_writes_the_vit_table(tmp_path: Path) -> None:
     text = doc.read_text()
     assert text.startswith("# hand-written") and "\nold\n" not in text and "tail" in text
     assert "by `python tools/bench_tie.py --quick --write" in text
-    rows = [_cells(ln) for ln in text.splitlines() if ln.startswith("| 6 (original)") or ln.startswith("| 2 |")]
+    rows = [cells(ln) for ln in text.splitlines() if ln.startswith("| 6 (original)") or ln.startswith("| 2 |")]
     base, strict, fitted = rows
     recorded = json.loads((ROOT / "examples" / "fashion_vit.json").read_text())["shipped_accuracy_onnxruntime"]
     assert base[5] == f"{recorded:.2%}"  # the untied model's accuracy on the shipped 1,000 images, as recorded
