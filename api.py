@@ -122,11 +122,21 @@ def optimize(
                       runner=run_graph, verify=verify, print_ir_after_all=print_ir_after_all,
                       log=log or (lambda _m: None),
                       estimate=estimate if estimate is not None or tgt is None else tgt.estimator,
-                      labels=None if labels is None else np.asarray(labels).reshape(-1))
+                      labels=None if labels is None else np.asarray(labels).reshape(-1),
+                      original=graph, trainer=_trainer())
     pipe.run(out, ctx)
     out.meta["pipeline"] = str(pipe)
     out.meta["passes"] = ctx.report.to_dict()
     return out
+
+
+def _trainer() -> Any:
+    """The torch trainer for passes that need gradients (recover, importance=taylor), when torch imports."""
+    try:
+        from nasc.backends.pytorch.train import TorchTrainer
+    except ImportError:
+        return None
+    return TorchTrainer()
 
 
 @dataclass

@@ -187,7 +187,7 @@ def registered_passes() -> dict[str, type[Pass]]:
 
 
 def _load_builtin_passes() -> None:
-    from nasc.passes import drop_sublayers, fuse, prune, quantize, simplify, tie  # noqa: F401  (registration side effects)
+    from nasc.passes import drop_sublayers, fuse, prune, quantize, recover, simplify, tie  # noqa: F401  (registration side effects)
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:
@@ -386,7 +386,9 @@ class PassContext:
     passes never import a runtime); passes that need numbers use it through
     :meth:`evaluate`. ``estimate`` (also from the API layer, when the target has
     one) gives a graph's target figures without building, e.g. an MCU's arena and
-    flash bytes; ``labels`` are the calibration feeds' class labels when known.
+    flash bytes; ``labels`` are the calibration feeds' class labels when known. ``original`` is the graph the
+    pipeline started from (what ``recover`` distils from) and ``trainer`` computes gradients through a graph
+    (a :class:`nasc.passes.recover_job.Trainer`, torch's, from the API layer).
     """
 
     target: Any = None
@@ -396,6 +398,8 @@ class PassContext:
     runner: Runner | None = None
     estimate: Callable[[Graph], dict[str, int]] | None = None
     labels: np.ndarray | None = None
+    original: Graph | None = None
+    trainer: Any = None
     report: Report = field(default_factory=Report)
     verify: bool = True
     print_ir_after_all: bool = False

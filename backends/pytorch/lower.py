@@ -8,7 +8,7 @@ lowerings of backends/tvm/ops.py); ops without one are reported all at once, wit
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,19 +32,34 @@ def torch_lowering(*ops: str) -> Callable[[Callable[[Lx, Node], Any]], Callable[
     return wrap
 
 
-def torch_dtype(dtype: str) -> Any:
-    import numpy as np
-    import torch
+#: sub-byte integers have no torch dtype: their constants are held widened (int4 values in an int8 tensor)
+_WIDENED = {"i4": "i8", "u4": "u8", "i2": "i8", "u2": "u8"}
 
-    return torch.from_numpy(np.zeros(1, dtypes.to_numpy(dtype))).dtype
+
+def torch_dtype(dtype: str) -> Any:
+    return torch.from_numpy(np.zeros(1, dtypes.to_numpy(_WIDENED.get(dtype, dtype)))).dtype
+
+
+def const_tensor(v: Value) -> torch.Tensor:
+    """A constant's contents as a tensor (sub-byte integers widened to 8 bits, values unchanged)."""
+    data = np.asarray(v.data)
+    if v.dtype in _WIDENED:
+        data = data.astype(dtypes.to_numpy(_WIDENED[v.dtype]))
+    return torch.from_numpy(data.copy()) if data.ndim else torch.tensor(data.item(), dtype=torch_dtype(v.dtype))
 
 
 class Lx:
     """What a lowering sees: the fx graph under construction and the fx node of every IR value so far."""
 
-    def __init__(self, fx: Any) -> None:
+    def __init__(self, fx: Any, train: bool = False) -> None:
         self.fx = fx
         self.env: dict[int, Any] = {}
+        #: lowering for training: QDQ as fake quantization with straight-through gradients (quant.py)
+        self.train = train
+        #: (train) QuantizeLinear results lowered as a whole fake-quantize pair, by value id
+        self.fake: set[int] = set()
+        #: (train) integer constants that have a float shadow parameter, by value id
+        self.shadows: dict[int, Any] = {}
 
     def x(self, node: Node, i: int = 0) -> Any:
         return self.env[id(node.input(i))]
@@ -78,12 +93,19 @@ def missing_lowerings(graph: Graph) -> dict[str, list[Node]]:
     return out
 
 
-def to_torch(graph: Graph) -> Any:
+def to_torch(graph: Graph, *, train: bool = False, outputs: Sequence[Value] | None = None) -> Any:
     """A ``torch.fx.GraphModule`` computing ``graph``: ``forward`` takes the graph's inputs (by position or by
-    name) and returns its outputs as a tuple. Floating-point constants are ``nn.Parameter`` s named after their
-    IR values (the names ``named_parameters`` gives); other constants are buffers."""
-    import torch
+    name) and returns its outputs (or ``outputs``, any values of the graph) as a tuple. Floating-point constants
+    are ``nn.Parameter`` s named after their IR values (the names ``named_parameters`` gives); other constants are
+    buffers. ``module.nasc_values`` maps each parameter and buffer name to its IR value.
+
+    ``train=True`` lowers for training (the forward stays exact): a QuantizeLinear -> DequantizeLinear pair
+    becomes fake quantization whose gradient is straight-through for the input and LSQ's for the scale (torch's
+    learnable fake-quantize ops), and a dequantized integer weight becomes a float parameter (its "shadow",
+    named like the integer constant) fake-quantized the same way; ``module.nasc_shadows`` describes them."""
     import torch.fx
+
+    from nasc.passes.recover_job import QuantWeight, quantized_weights
 
     missing = missing_lowerings(graph)
     if missing:
@@ -92,17 +114,24 @@ def to_torch(graph: Graph) -> Any:
         raise UnsupportedModelError(f"to_torch: {len(missing)} op(s) have no torch lowering: {rows}")
     root = torch.nn.Module()
     fx = torch.fx.Graph()
-    lx = Lx(fx)
+    lx = Lx(fx, train)
     used: set[str] = set()
+    values: dict[str, Value] = {}
+    lx.shadows = quantized_weights(graph) if train else {}
+    shadows: dict[str, QuantWeight] = {}
     for v in graph.inputs:
         lx.env[id(v)] = fx.placeholder(_attr_name(v, 0, used))
     for i, c in enumerate(graph.constants):
         name = _attr_name(c, i, used)
-        t = torch.from_numpy(c.data.copy()) if c.data.ndim else torch.tensor(c.data.item(), dtype=torch_dtype(c.dtype))
-        if c.dtype in dtypes.FLOAT_DTYPES:
-            root.register_parameter(name, torch.nn.Parameter(t))
+        values[name] = c
+        shadow = lx.shadows.get(id(c))
+        if shadow is not None:
+            shadows[name] = shadow
+            root.register_parameter(name, torch.nn.Parameter(torch.from_numpy(shadow.dequantized())))
+        elif c.dtype in dtypes.FLOAT_DTYPES:
+            root.register_parameter(name, torch.nn.Parameter(const_tensor(c)))
         else:
-            root.register_buffer(name, t)
+            root.register_buffer(name, const_tensor(c))
         lx.env[id(c)] = fx.get_attr(name)
     for node in graph.nodes:
         outs = LOWERINGS[node.qualified_op](lx, node)
@@ -110,8 +139,11 @@ def to_torch(graph: Graph) -> Any:
             outs = [outs]
         for v, o in zip(node.outputs, outs, strict=False):
             lx.env[id(v)] = o
-    fx.output(tuple(lx.env[id(v)] for v in graph.outputs))
-    return torch.fx.GraphModule(root, fx, class_name=re.sub(r"\W", "_", graph.name) or "Graph")
+    fx.output(tuple(lx.env[id(v)] for v in (graph.outputs if outputs is None else outputs)))
+    module = torch.fx.GraphModule(root, fx, class_name=re.sub(r"\W", "_", graph.name) or "Graph")
+    module.nasc_values = values
+    module.nasc_shadows = shadows
+    return module
 
 
 # ---- helpers the lowerings share -------------------------------------------------------------------------

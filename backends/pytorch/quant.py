@@ -50,6 +50,34 @@ def _q_axis(node: Node) -> tuple[int, int]:
     return (int(node.attr("axis", 1)) % rank if rank else 0), int(node.attr("block_size", 0) or 0)
 
 
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, axis: int, block: int, lo: int,
+               hi: int) -> torch.Tensor:
+    """DequantizeLinear(QuantizeLinear(x)) exactly as ONNX defines it; when gradients are recorded, they are
+    LSQ's (Esser et al. 2020): straight-through for ``x`` inside [lo, hi], zero outside, and for the scale
+    round(x/s) - x/s inside, the clamp bound outside, scaled by 1/sqrt(n * hi)."""
+    exact = dequantize(quantize(x, scale, zp, axis, block, torch.int32, lo, hi), scale, zp, axis, block, x.dtype)
+    if not torch.is_grad_enabled():  # (under vmap, requires_grad cannot be read off the batched operands)
+        return exact
+    surrogate = _lsq(x.float(), scale.float(), zp, axis, block, lo, hi)
+    return exact.detach() + (surrogate - surrogate.detach()).to(exact.dtype)
+
+
+def _lsq(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, axis: int, block: int, lo: int,
+         hi: int) -> torch.Tensor:
+    if hi - lo > 1 << 16:  # an int32 bias: rounding at its scale is negligible, the gradient is the identity
+        return x
+    z = torch.zeros_like(scale) if zp is None else zp.float().reshape(scale.shape)
+    factor = 1.0 / float(np.sqrt(max(x.numel() // max(scale.numel(), 1), 1) * max(hi, 1)))
+    # written out rather than torch's _fake_quantize_learnable_per_{tensor,channel}_affine, which compute the
+    # same estimator but have no vmap batching rule (torch 2.13 warns and loops over the batch) and no blocks
+    rank, n = x.dim(), x.shape[axis] if x.dim() else 1
+    s = qparam(scale, axis, block, rank, n)
+    s = s * factor + (s - s * factor).detach()  # LSQ's gradient scale, value unchanged
+    zz = qparam(z, axis, block, rank, n)
+    v = torch.clamp(x / s + zz, lo, hi) - zz
+    return (v + (torch.round(v) - v).detach()) * s
+
+
 @torch_lowering("QuantizeLinear")
 def _quantize(lx: Lx, node: Node) -> Any:
     from nasc.ir.dtypes import to_numpy
@@ -64,15 +92,34 @@ def _quantize(lx: Lx, node: Node) -> Any:
     if np_dt.kind not in "iu" or dt is None:
         raise UnsupportedModelError(f"to_torch: {node.describe()}: QuantizeLinear to {out} has no torch lowering")
     info = np.iinfo(np_dt)
-    return lx.call(quantize, lx.x(node, 0), lx.x(node, 1), lx.opt(node, 2), *_q_axis(node), dt, int(info.min),
-                   int(info.max))
+    lo, hi = (-8, 7) if out == "i4" else (0, 15) if out == "u4" else (int(info.min), int(info.max))
+    if lx.train and _fake_pair(node):
+        lx.fake.add(id(node.outputs[0]))
+        return lx.call(fake_quant, lx.x(node, 0), lx.x(node, 1), lx.opt(node, 2), *_q_axis(node), lo, hi)
+    return lx.call(quantize, lx.x(node, 0), lx.x(node, 1), lx.opt(node, 2), *_q_axis(node), dt, lo, hi)
+
+
+def _fake_pair(q: Node) -> bool:
+    """Whether every reader of QuantizeLinear ``q`` dequantizes it with the same parameters (so the pair is one
+    fake quantization) and it is no graph output."""
+    v = q.outputs[0]
+    if q.graph is None or any(o is v for o in q.graph.outputs) or not v.uses:
+        return False
+    return all(n.op == "DequantizeLinear" and i == 0 and n.inputs[1:] == q.inputs[1:] and n.attrs == q.attrs
+               for n, i in v.uses)
 
 
 @torch_lowering("DequantizeLinear")
 def _dequantize(lx: Lx, node: Node) -> Any:
-    if node.input(0).dtype not in ("u8", "i8", "i16", "u16", "i32"):
+    if node.input(0).dtype not in ("u8", "i8", "i16", "u16", "i32", "i4", "u4"):
         raise UnsupportedModelError(f"to_torch: {node.describe()}: DequantizeLinear of {node.input(0).dtype} has "
                                     "no torch lowering")
+    if lx.train and id(node.input(0)) in lx.fake:
+        return lx.x(node, 0)  # the QuantizeLinear already lowered the pair
+    shadow = lx.shadows.get(id(node.input(0))) if lx.train else None
+    if shadow is not None:
+        return lx.call(fake_quant, lx.x(node, 0), lx.x(node, 1), lx.opt(node, 2), shadow.axis, shadow.block,
+                       shadow.lo, shadow.hi)
     return lx.call(dequantize, lx.x(node, 0), lx.x(node, 1), lx.opt(node, 2), *_q_axis(node),
                    torch_dtype(node.outputs[0].dtype))
 

@@ -1,0 +1,238 @@
+"""The torch trainer behind ``recover`` and the gradient-based importances: distillation of a transformed graph
+from the original one, and gradients of output projections.
+
+Both graphs go through ``to_torch`` (the student with ``train=True``: QDQ as fake quantization). Calibration
+feeds are single samples of a statically shaped graph, so a batch runs the module once per sample under
+``torch.func.vmap`` (one batched computation); a graph whose ops vmap cannot batch runs sample by sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from nasc.backends.pytorch.lower import to_torch
+from nasc.errors import UsageError
+from nasc.ir.core import Graph, Value
+from nasc.passes.recover_job import DistillJob, DistillResult, Feed
+
+
+class _Runner:
+    """A graph as a batched function of (parameters, stacked inputs) -> list of stacked results."""
+
+    def __init__(self, graph: Graph, outputs: Sequence[Value], train: bool) -> None:
+        self.module = to_torch(graph, train=train, outputs=outputs)
+        self.module.train(False)
+        self.names = [v.name for v in graph.inputs]
+        self.batched = True
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return dict(self.module.named_parameters())
+
+    def __call__(self, params: dict[str, torch.Tensor], xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        buffers = dict(self.module.named_buffers())
+
+        def one(*x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            out: tuple[torch.Tensor, ...] = torch.func.functional_call(self.module, (params, buffers), x)
+            return out
+
+        if self.batched:
+            try:
+                return list(torch.func.vmap(one, in_dims=tuple(0 for _ in xs))(*xs))
+            except Exception:  # an op without a batching rule: fall back to one sample at a time
+                self.batched = False
+        per = [one(*(x[i] for x in xs)) for i in range(xs[0].shape[0])]
+        return [torch.stack([p[k] for p in per]) for k in range(len(per[0]))]
+
+    def stack(self, feeds: Sequence[Feed]) -> list[torch.Tensor]:
+        return [torch.from_numpy(np.stack([np.asarray(f[n]) for f in feeds])) for n in self.names]
+
+
+def _is_logits(t: torch.Tensor) -> bool:
+    """[batch, 1, C] or [batch, C] with C > 1: one row of class scores per sample."""
+    per = t.shape[1:]
+    return t.is_floating_point() and len(per) in (1, 2) and per[-1] > 1 and math.prod(per) == per[-1]
+
+
+def _match(kind: str, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    s, t = s.float(), t.float()
+    if kind == "auto":
+        kind = "kl" if _is_logits(t) else "mse"
+    if kind == "kl":
+        s2, t2 = s.reshape(s.shape[0], -1), t.reshape(t.shape[0], -1)
+        return torch.nn.functional.kl_div(torch.log_softmax(s2, -1), torch.log_softmax(t2, -1), log_target=True,
+                                          reduction="batchmean")
+    if kind == "cosine":
+        return (1 - torch.nn.functional.cosine_similarity(s, t, dim=-1, eps=1e-8)).mean()
+    return torch.mean((s - t) ** 2) / (torch.var(t) + 1e-12)
+
+
+class _Distill:
+    """One distillation: the loss, held-out figures and the training loop of a :class:`DistillJob`."""
+
+    def __init__(self, job: DistillJob) -> None:
+        self.job = job
+        n_out = len(job.student.outputs)
+        self.n_out = n_out
+        self.student = _Runner(job.student, [*job.student.outputs, *(s for s, _ in job.features)], train=True)
+        self.teacher = _Runner(job.teacher, [*job.teacher.outputs, *(t for _, t in job.features)], train=False)
+        values = self.student.module.nasc_values
+        wanted = {id(v) for v in job.trainable}
+        self.params = self.student.params()
+        self.trained = {n: p for n, p in self.params.items() if id(values[n]) in wanted}
+        for p in self.params.values():
+            p.requires_grad_(False)
+        for p in self.trained.values():
+            p.requires_grad_(True)
+        if not self.trained:
+            raise UsageError("recover: none of the chosen parameters is a parameter of the torch module")
+        self.teacher_params = self.teacher.params()
+        for p in self.teacher_params.values():
+            p.requires_grad_(False)
+
+    def losses(self, feeds: Sequence[Feed], labels: np.ndarray | None,
+               grad: bool) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        job = self.job
+        xs = self.student.stack(feeds)
+        with torch.no_grad():
+            t = self.teacher(self.teacher_params, xs)
+        with contextlib.nullcontext() if grad else torch.no_grad():
+            s = self.student(self.params, xs)
+        loss = sum((_match(job.loss, a, b) for a, b in zip(s[:self.n_out], t[:self.n_out], strict=True)),
+                   torch.zeros(()))
+        feats = list(zip(s[self.n_out:], t[self.n_out:], strict=True))
+        if feats and job.feature_weight:
+            loss = loss + job.feature_weight * sum((_match("mse", a, b) for a, b in feats), torch.zeros(())) / len(feats)
+        if labels is not None and job.label_weight and _is_logits(s[0]):
+            y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+            loss = loss + job.label_weight * torch.nn.functional.cross_entropy(s[0].reshape(len(y), -1).float(), y)
+        return loss, s[:self.n_out], t[:self.n_out]
+
+    def figures(self) -> dict[str, float]:
+        """Held-out loss, mean cosine of every output to the teacher's, top-1 agreement and accuracy (logits)."""
+        job = self.job
+        total, cos, agree, correct, n = 0.0, 0.0, 0, 0, 0
+        for start in range(0, len(job.held), job.batch):
+            feeds = job.held[start:start + job.batch]
+            labels = job.held_labels[start:start + len(feeds)] if job.held_labels is not None else None
+            loss, s, t = self.losses(feeds, labels, grad=False)
+            total += float(loss) * len(feeds)
+            a, b = s[0].reshape(len(feeds), -1).float(), t[0].reshape(len(feeds), -1).float()
+            cos += float(torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-8).sum())
+            if _is_logits(t[0]):
+                agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+                if labels is not None:
+                    correct += int((a.argmax(-1) == torch.from_numpy(np.asarray(labels))).sum())
+            n += len(feeds)
+        out = {"loss": total / max(n, 1), "cosine": cos / max(n, 1)}
+        if _is_logits(t[0]):
+            out["agreement"] = agree / max(n, 1)
+            if job.held_labels is not None:
+                out["accuracy"] = correct / max(n, 1)
+        return {k: round(v, 6) for k, v in out.items()}
+
+    def run(self) -> DistillResult:
+        job = self.job
+        t0 = time.perf_counter()
+        torch.manual_seed(job.seed)
+        rng = np.random.default_rng(job.seed)
+        opt = torch.optim.Adam(list(self.trained.values()), lr=job.lr)
+        warm = max(1, job.steps // 20)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda k: min(1.0, (k + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(k / job.steps, 1)))))
+        before = self.figures()
+        best, best_step, best_state, bad = before["loss"], 0, self._state(), 0
+        history: list[dict[str, float]] = [{"step": 0, "held_loss": before["loss"]}]
+        order = rng.permutation(len(job.train))
+        pos, step, stopped, running = 0, 0, "steps", None
+        with _progress(job.steps) as tick:
+            while step < job.steps:
+                if pos + job.batch > len(order):
+                    order, pos = rng.permutation(len(job.train)), 0
+                idx = order[pos:pos + job.batch]
+                pos += job.batch
+                labels = job.train_labels[idx] if job.train_labels is not None else None
+                loss, _, _ = self.losses([job.train[i] for i in idx], labels, grad=True)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                value = loss.item()
+                running = value if running is None else 0.9 * running + 0.1 * value
+                tick(step, running)
+                if step % job.eval_every == 0 or step == job.steps:
+                    held = self.figures()["loss"]
+                    history.append({"step": step, "train_loss": round(running, 6), "held_loss": held})
+                    job.log(f"  recover step {step}/{job.steps}: train loss {running:.4g}, held-out loss {held:.4g}")
+                    if held < best:
+                        best, best_step, best_state, bad = held, step, self._state(), 0
+                    else:
+                        bad += 1
+                        if bad >= job.patience:
+                            stopped = "early stop"
+                            break
+                if job.time_limit is not None and time.perf_counter() - t0 > job.time_limit:
+                    stopped = "time limit"
+                    break
+        with torch.no_grad():
+            for n, p in self.trained.items():
+                p.copy_(best_state[n])
+        after = self.figures()
+        values = self.student.module.nasc_values
+        arrays = {id(values[n]): p.detach().numpy().copy() for n, p in self.trained.items()}
+        return DistillResult(arrays, before, after, history, step, best_step, stopped, time.perf_counter() - t0,
+                             self.student.batched)
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.trained.items()}
+
+
+@contextlib.contextmanager
+def _progress(total: int) -> Iterator[Callable[[int, float], None]]:
+    """A rich progress bar with the running loss (on stderr, shown when it is a terminal)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("recover"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                  TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("recover", total=total, loss="-")
+        yield lambda step, loss: bar.update(task, completed=step, loss=f"{loss:.4g}")
+
+
+class TorchTrainer:
+    """nasc's :class:`nasc.passes.recover_job.Trainer`, on torch (CPU)."""
+
+    def distill(self, job: DistillJob) -> DistillResult:
+        return _Distill(job).run()
+
+    def probe_gradients(self, graph: Graph, feeds: list[Feed], values: list[Value], seed: int,
+                        batch: int) -> Iterator[list[np.ndarray]]:
+        runner = _Runner(graph, graph.outputs, train=True)
+        names = runner.module.nasc_values
+        by_id = {id(v): n for n, v in names.items()}
+        params = runner.params()
+        for p in params.values():
+            p.requires_grad_(False)
+        wanted = [params[by_id[id(v)]] for v in values]
+        for p in wanted:
+            p.requires_grad_(True)
+        gen = torch.Generator().manual_seed(seed)
+        for start in range(0, len(feeds), batch):
+            outs = runner(params, runner.stack(feeds[start:start + batch]))
+            probe = sum((torch.sum(y.float() * torch.randn(y.shape, generator=gen) / (y.detach().float().std() + 1e-12))
+                         for y in outs if y.is_floating_point()), torch.zeros(()))
+            grads = torch.autograd.grad(probe, wanted, allow_unused=True)
+            yield [np.zeros(tuple(p.shape), np.float32) if g is None else g.numpy() for g, p in
+                   zip(grads, wanted, strict=True)]
+
+
+def trainer() -> Any:
+    return TorchTrainer()
