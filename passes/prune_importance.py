@@ -1,4 +1,5 @@
-"""How much each unit of a channel group matters: weight magnitude, activations on calibration data, or chance.
+"""How much each unit of a channel group matters: weight magnitude, activations or gradients on calibration
+data, or chance.
 
 Scores are per unit (one conv channel with everything coupled to it, one attention head,
 one FFN hidden unit) and only compared within a group, or across groups after dividing
@@ -9,12 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from nasc.errors import UsageError
 from nasc.ir.core import Graph
+from nasc.ir.dtypes import FLOAT_DTYPES
 from nasc.passes import lossy
 from nasc.passes.manager import PassContext
 from nasc.passes.prune_groups import Analysis, Group, Space
 
-IMPORTANCE = ("l1", "l2", "activation", "random")
+IMPORTANCE = ("l1", "l2", "activation", "taylor", "random")
+#: calibration feeds read for taylor importance, and how many share one random output projection
+TAYLOR_FEEDS, TAYLOR_BATCH = 64, 8
 #: calibration feeds read for activation importance
 ACT_FEEDS = 16
 #: ops whose operand 0 is contracted with a constant weight's input channels (operand 1)
@@ -92,11 +97,40 @@ def activation(a: Analysis, graph: Graph, groups: list[Group], ctx: PassContext)
     return out
 
 
+def taylor(a: Analysis, graph: Graph, groups: list[Group], ctx: PassContext) -> dict[str, np.ndarray]:
+    """Per unit: the mean over calibration batches of (sum over its weights of w * dL/dw)^2, the squared
+    first-order Taylor estimate of what removing it changes (Molchanov et al. 2019), with L a random projection
+    <r, y / std(y)> of the outputs (r ~ N(0, 1) per sample and batch). The distillation loss itself has zero
+    gradient while the graph still equals the original model, so its first-order term says nothing there;
+    over random r this estimates ||J w_u||^2, the Gauss-Newton (second-order) estimate of the distillation
+    loss that removing unit u costs."""
+    feeds = lossy.need_calib(ctx, "prune: importance=taylor", "gradient importances")[:TAYLOR_FEEDS]
+    if ctx.trainer is None:
+        raise UsageError("prune: importance=taylor needs gradients through the graph (torch); run it through "
+                         "nasc.optimize or nasc compile with torch installed")
+    spaces = [sp for sp in a.spaces if sp.value.is_const and sp.value.dtype in FLOAT_DTYPES]
+    values = list({id(sp.value): sp.value for sp in spaces}.values())
+    index = {id(v): i for i, v in enumerate(values)}
+    totals = {g.id: np.zeros(g.size) for g in groups}
+    batches = 0
+    for grads in ctx.trainer.probe_gradients(graph, feeds, values, ctx.seed, TAYLOR_BATCH):
+        slot = np.zeros(len(a.slot_space), dtype=np.float64)
+        for sp in spaces:
+            wg = np.asarray(sp.value.data, np.float64) * grads[index[id(sp.value)]].astype(np.float64)
+            slot[sp.offset:sp.offset + sp.size] = np.sum(wg, axis=tuple(k for k in range(wg.ndim) if k != sp.axis))
+        for g in groups:
+            totals[g.id] += np.array([slot[u].sum() for u in g.units]) ** 2
+        batches += 1
+    return {k: v / max(batches, 1) for k, v in totals.items()}
+
+
 def scores(a: Analysis, graph: Graph, groups: list[Group], kind: str, ctx: PassContext) -> dict[str, np.ndarray]:
     if kind in ("l1", "l2"):
         return magnitude(a, groups, kind)
     if kind == "activation":
         return activation(a, graph, groups, ctx)
+    if kind == "taylor":
+        return taylor(a, graph, groups, ctx)
     rng = np.random.default_rng(ctx.seed)
     return {g.id: rng.random(g.size) for g in groups}
 

@@ -444,13 +444,37 @@ def _sensitivity(graph: Graph, layer: Layer, bits: int, ranges: dict[int, tuple[
     return _score(metric, ref, ctx.evaluate(g2, feeds))
 
 
+#: how quant-policy rates a layer's width: by measuring the outputs, or by the Fisher-weighted rounding error
+SENSITIVITIES = ("measured", "fisher")
+FISHER_BATCH = 4
+
+
+def _fisher(graph: Graph, layers: list[Layer], ctx: PassContext,
+            feeds: list[dict[str, np.ndarray]]) -> dict[int, np.ndarray]:
+    """Per weight (by id): the diagonal Fisher estimate E[g^2], g the gradient of a random projection of the
+    outputs (so that E[g^2] = diag(J^T J) / var(y)): the rounding error d then costs about sum(F * d^2)."""
+    if ctx.trainer is None:
+        raise UsageError("quant-policy: sensitivity=fisher needs gradients through the graph (torch); run it "
+                         "through nasc.optimize or nasc compile with torch installed")
+    weights = list({id(w): w for lay in layers if (w := lay.weight_value) is not None}.values())
+    sums = [np.zeros(w.shape, np.float64) for w in weights]
+    n = 0
+    for grads in ctx.trainer.probe_gradients(graph, feeds, weights, ctx.seed, FISHER_BATCH):
+        for acc, g in zip(sums, grads, strict=True):
+            acc += np.asarray(g, np.float64) ** 2
+        n += 1
+    return {id(w): acc / max(n, 1) for w, acc in zip(weights, sums, strict=True)}
+
+
 @register_pass
 @dataclass(frozen=True)
 class QuantPolicy(Pass):
     """Choose each layer's weight width, minimising measured sensitivity under flash/SRAM/latency budgets.
 
-    The ``quantize`` pass that follows realises it (scipy milp picks the widths). Sensitivity: the output error (``metric``) with that layer alone quantized, on up to 16 calibration
-    inputs. Budgets default to the target board's SRAM and flash. Activations are 8-bit. The policy is
+    The ``quantize`` pass that follows realises it (scipy milp picks the widths). Sensitivity
+    (``sensitivity=measured``): the output error (``metric``) with that layer alone quantized, on up to 16
+    calibration inputs; ``fisher``: the weight rounding error weighted by the diagonal Fisher (squared
+    gradients of random output projections, one backward pass per batch for all layers at once). Budgets default to the target board's SRAM and flash. Activations are 8-bit. The policy is
     stored on the graph and printed in its text form. Changes no numbers itself.
     """
 
@@ -463,8 +487,10 @@ class QuantPolicy(Pass):
     latency: Duration | None = None
     keep_float: str = ""
     metric: str = "mse"
+    sensitivity: str = "measured"
 
     def __post_init__(self) -> None:
+        self.check_option("sensitivity", self.sensitivity in SENSITIVITIES, ", ".join(SENSITIVITIES))
         self.check_option("bits", bool(self.bits) and all(b in qm.WEIGHT_BITS for b in self.bits),
                           "one or more of the weight widths 8 and 4, e.g. bits=8,4")
         self.check_option("act_bits", self.act_bits == 8, "8 (activations are quantized to uint8)")
@@ -492,13 +518,19 @@ class QuantPolicy(Pass):
         ref = ctx.evaluate(graph, feeds)
         choices: list[qm.Choice] = []
         policy: dict[str, dict[str, Any]] = {}
+        fisher = _fisher(graph, layers, ctx, feeds) if self.sensitivity == "fisher" else {}
         for i, lay in enumerate(layers):
             ctx.log(f"quant-policy: measuring layer {i + 1}/{len(layers)} {lay.key}")
             if lay.weight is None:
                 s = _sensitivity(graph, lay, 8, ranges, ctx, feeds, ref, self.metric)
                 policy[lay.key] = {"op": lay.node.op, "bits": self.act_bits, "weightless": True, "sensitivity": s}
                 continue
-            sens = [_sensitivity(graph, lay, b, ranges, ctx, feeds, ref, self.metric) for b in widths]
+            if fisher:
+                w = np.asarray(lay.weight_value.data, np.float32)  # type: ignore[union-attr]
+                f = fisher[id(lay.weight_value)]
+                sens = [float(np.sum(f * (qm.fake_quant_weight(w, b, lay.axis) - w) ** 2)) for b in widths]
+            else:
+                sens = [_sensitivity(graph, lay, b, ranges, ctx, feeds, ref, self.metric) for b in widths]
             choices.append(qm.Choice(lay.key, widths, sens, costs_of[lay.key]))
         try:
             picks = qm.solve(choices, budgets, fixed)

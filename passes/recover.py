@@ -28,6 +28,7 @@ from nasc.passes.tie_find import scope_copies
 #: which constants train: everything trainable, the low-rank corrections of tie-layers, norms and biases, or
 #: the quantization scales
 TRAIN = ("all", "corrections", "norms", "scales")
+_KIND_OF = {"corrections": "correction", "norms": "norm-or-bias", "scales": "scale"}
 _NORMS = ("LayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
           "RMSNormalization", "SimplifiedLayerNormalization", "nasc.RMSNorm")
 #: operands that set a shape, a bound or an exponent rather than a value to learn
@@ -173,8 +174,8 @@ def trainable_values(graph: Graph, which: str, learn_scales: bool = False, freez
     for v in graph.constants:
         if not v.uses or (v.dtype not in dtypes.FLOAT_DTYPES and id(v) not in qw):
             continue
-        if v.dtype in dtypes.FLOAT_DTYPES and (int(np.prod(v.shape)) <= 1 and not _is_scale(v)
-                                               or not np.all(np.isfinite(v.data))):
+        scalar = int(np.prod(v.shape)) <= 1 and not _is_scale(v)
+        if v.dtype in dtypes.FLOAT_DTYPES and (scalar or not np.all(np.isfinite(v.data))):
             continue
         if any(n.op in _NOT_LEARNED for n in _readers(v)) or any(n.op == "DequantizeLinear" and i == 2
                                                                 for n, i in v.uses):
@@ -182,8 +183,10 @@ def trainable_values(graph: Graph, which: str, learn_scales: bool = False, freez
         if rx is not None and (rx.search(v.name) or any(rx.search(n.scope or "") for n in _readers(v))):
             continue
         kind = _kind(v)
-        if which == "all" and (kind != "scale" or learn_scales) or which == "corrections" and kind == "correction" \
-                or which == "norms" and kind == "norm-or-bias" or which == "scales" and kind == "scale":
+        if which == "all":
+            if kind != "scale" or learn_scales:
+                out.append(v)
+        elif kind == _KIND_OF[which]:
             out.append(v)
     return out
 
