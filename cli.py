@@ -354,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     _max_tensor_size_arg(sp)
     sp.add_argument("--target", default="onnx",
-                    help="onnx, cpu (this host), cpu:<llvm-mcpu>, gpu, gpu:sm_XX, a JSON TVM target, or mcu[:BOARD] "
+                    help="onnx, torch (a torch.export .pt2 that nasc.load reads back), cpu (this host), cpu:<llvm-mcpu>, "
+                         "gpu, gpu:sm_XX, a JSON TVM target, or mcu[:BOARD] "
                          "(boards: cortex-m4, cortex-m7, stm32f746, stm32f411, nrf52840, ...)")
     sp.add_argument("-o", "--output", required=True, help="output directory (written whole or not at all)")
     sp.add_argument("--passes", default="", metavar="PIPELINE", help='passes to run first, e.g. "simplify,fuse"')

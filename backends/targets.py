@@ -1,4 +1,4 @@
-"""Targets as objects: one per kind (onnx, cpu/gpu through TVM, mcu boards), parsed from text in one place.
+"""Targets as objects: one per kind (onnx, torch, cpu/gpu through TVM, mcu boards), parsed from text in one place.
 
 A target knows its name, its budgets (what passes may plan against, through the PassContext) and, where it
 has one, a cheap ``estimator`` (graph -> figures) that needs no build (an MCU's arena and weight bytes come from the planner exactly).
@@ -18,7 +18,7 @@ from nasc.errors import UsageError
 from nasc.ir.core import Graph
 from nasc.passes.manager import Budgets
 
-NAMES = "onnx, cpu, cpu:<llvm-mcpu>, gpu, gpu:sm_XX, mcu[:BOARD] or a JSON TVM target"
+NAMES = "onnx, torch, cpu, cpu:<llvm-mcpu>, gpu, gpu:sm_XX, mcu[:BOARD] or a JSON TVM target"
 
 
 @dataclass
@@ -78,6 +78,22 @@ class OnnxTarget(Target):
 
         export_onnx(graph, out / "model.onnx")
         return load_runner(out)
+
+
+@dataclass(frozen=True)
+class TorchTarget(Target):
+    """The optimized graph as a ``torch.export`` program (``model.pt2``) that also carries nasc's graph, so
+    ``nasc.load`` reads the same graph back (backends/pytorch/export.py)."""
+
+    kind: ClassVar[str] = "torch"
+
+    def build(self, graph: Graph, out: Path, job: BuildJob) -> Callable[[Any], list[Any]]:
+        from nasc.backends.pytorch.export import artifact_facts, export_pt2, pt2_runner
+
+        path = out / "model.pt2"
+        ep = export_pt2(graph, path, job.feeds[0] if job.feeds else None)
+        job.report["build"] = artifact_facts(ep, path)
+        return pt2_runner(path, [v.name for v in graph.inputs])
 
 
 @dataclass(frozen=True)
@@ -165,7 +181,8 @@ class McuTarget(Target):
 
 
 def parse_target(text: Any) -> Target:
-    """The target object for ``onnx``, ``cpu[:mcpu]``, ``gpu[:sm_XX]``, ``mcu[:BOARD]`` or a JSON TVM target."""
+    """The target object for ``onnx``, ``torch``, ``cpu[:mcpu]``, ``gpu[:sm_XX]``, ``mcu[:BOARD]`` or a JSON TVM
+    target."""
     if isinstance(text, Target):
         return text
     if not isinstance(text, str):
@@ -173,6 +190,8 @@ def parse_target(text: Any) -> Target:
     name = text.strip().partition(":")[0]
     if text.strip() == "onnx":
         return OnnxTarget(text)
+    if text.strip() == "torch":
+        return TorchTarget(text)
     if name == "mcu":
         from nasc.backends.mcu.boards import parse_board
 

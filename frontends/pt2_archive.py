@@ -74,6 +74,14 @@ def load(path: Path) -> Any:
     Raises ``ModelLoadError`` for a refused archive; the loader's own errors (a
     damaged but harmless file) propagate for the caller to report.
     """
+    return load_with_extras(path)[0]
+
+
+def load_with_extras(path: Path) -> tuple[Any, dict[str, str]]:
+    """As :func:`load`, with the archive's ``extra/`` members (name without the prefix -> text).
+
+    The loader reads those members as UTF-8 text (``PT2ArchiveReader.read_string``), never unpickles them.
+    """
     from torch.export.pt2_archive._package import load_pt2
 
     with open(path, "rb") as f:  # one open file for both layers: the check sees what the loader reads
@@ -91,7 +99,8 @@ def load(path: Path) -> Any:
     if "model" not in contents.exported_programs:
         raise ModelLoadError(f"'{path}' holds no program named 'model' (it has {sorted(contents.exported_programs)}); "
                              "save one with torch.export.save")
-    return contents.exported_programs["model"]
+    extras = {str(k): v for k, v in contents.extra_files.items() if isinstance(v, str)}
+    return contents.exported_programs["model"], extras
 
 
 def check_archive(f: IO[bytes], path: Path) -> None:

@@ -111,7 +111,6 @@ def from_torch(
     return from_exported_program(ep, output_names=output_names, name=type(module).__name__)
 
 
-@_quiet
 def read_pt2(path: str | os.PathLike[str]) -> Any:
     """The ExportedProgram in a ``torch.export.save`` file, read without running code from it.
 
@@ -119,6 +118,12 @@ def read_pt2(path: str | os.PathLike[str]) -> Any:
     need more are refused by name (``frontends/pt2_archive.py`` says how, and
     why that holds for members it does not know).
     """
+    return read_pt2_with_extras(path)[0]
+
+
+@_quiet
+def read_pt2_with_extras(path: str | os.PathLike[str]) -> tuple[Any, dict[str, str]]:
+    """As :func:`read_pt2`, with the archive's ``extra/`` text members (name -> text)."""
     import zipfile
 
     from nasc.frontends import pt2_archive
@@ -129,7 +134,7 @@ def read_pt2(path: str | os.PathLike[str]) -> Any:
     if not zipfile.is_zipfile(p):
         raise ModelLoadError(f"'{p}' is not a readable torch.export program (.pt2): not a zip archive")
     try:  # torch logs a traceback for files it then rejects anyway: @_quiet keeps it off stderr
-        return pt2_archive.load(p)
+        return pt2_archive.load_with_extras(p)
     except ModelLoadError:
         raise
     except Exception as e:
@@ -154,7 +159,16 @@ def load_pt2(path: str | os.PathLike[str], input_shapes: Mapping[str, Sequence[i
     limit = tensor_limit(max_tensor_bytes)
     for name, shape in (input_shapes or {}).items():
         check_input_shape(name, shape)
-    ep = read_pt2(path)
+    ep, extras = read_pt2_with_extras(path)
+    from nasc.backends.pytorch.export import graph_from_pt2, has_nasc_graph
+
+    if has_nasc_graph(extras):  # written by nasc's torch target: its own graph, not the ATen ops re-imported
+        graph = graph_from_pt2(ep, extras, str(path))
+        static = {v.name: [int(d) for d in v.shape] for v in graph.inputs}
+        if any(static.get(n) != [int(d) for d in s] for n, s in (input_shapes or {}).items()):
+            raise UsageError(f"'{path}' is a nasc build whose inputs have the static shapes {static}; "
+                             "input_shapes cannot change them")
+        return graph
     if input_shapes:
         names = list(ep.graph_signature.user_inputs)
         unknown = set(input_shapes) - set(names)
