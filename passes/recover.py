@@ -41,9 +41,11 @@ class Recover(Pass):
     """Train the graph's parameters to match the original model on the calibration inputs (distillation).
 
     ``train``: all, corrections (tie-layers' low-rank paths), norms (norm scales and shifts, biases) or scales
-    (quantization scales, LSQ); ``learn-scales`` adds the scales to ``all``. Quantized weights train through
+    (quantization scales, LSQ); ``learn-scales`` adds the scales to ``all``, ``embeddings`` the embedding
+    tables (Gather from a constant: left out by default, as their gradient is a dense table per sample). Quantized weights train through
     fake quantization and are requantized. ``features`` weighs block-boundary features, ``labels`` the
-    cross-entropy against calibration labels; ``holdout`` of the feeds (seeded) pick the best step. Moves
+    cross-entropy against calibration labels; ``holdout`` of the feeds (seeded) pick the best step; ``mask``
+    names an input (an attention mask) whose zeros drop padded positions from the loss. Moves
     results toward the original model's, never away on the held-out slice (step 0 is kept if nothing helps).
     """
 
@@ -51,6 +53,7 @@ class Recover(Pass):
     lossy: ClassVar[bool] = True
     train: str = "all"
     learn_scales: bool = False
+    embeddings: bool = False
     steps: int = 300
     batch: int = 16
     lr: float = 1e-4
@@ -58,6 +61,7 @@ class Recover(Pass):
     eval_every: int = 25
     patience: int = 4
     loss: str = "auto"
+    mask: str = ""
     features: float = 1.0
     labels: float = 1.0
     time: Duration | None = None
@@ -87,7 +91,10 @@ class Recover(Pass):
         if ctx.original is None or ctx.trainer is None:
             raise UsageError("recover: needs the original model and torch; run it through nasc.optimize or "
                              "nasc compile (pip install torch==2.13.0 if torch is missing)")
-        trainable = trainable_values(graph, self.train, self.learn_scales, self.freeze)
+        names = [v.name for v in graph.inputs]
+        if self.mask and self.mask not in names:
+            raise UsageError(f"recover: mask={self.mask!r} is not an input of the graph; inputs: {', '.join(names)}")
+        trainable = trainable_values(graph, self.train, self.learn_scales, self.freeze, self.embeddings)
         if not trainable:
             raise UsageError(f"recover: nothing to train with train={self.train} in this graph: "
                              + _nothing_hint(self.train))
@@ -99,7 +106,7 @@ class Recover(Pass):
         labels = ctx.labels if ctx.labels is not None and len(ctx.labels) == len(feeds) else None
         job = DistillJob(graph, ctx.original, trainable, pairs, [feeds[i] for i in train], [feeds[i] for i in held],
                          None if labels is None else labels[train], None if labels is None else labels[held],
-                         self.loss, self.features, self.labels, self.lr, self.steps, self.batch, self.eval_every,
+                         self.loss, self.mask, self.features, self.labels, self.lr, self.steps, self.batch, self.eval_every,
                          self.patience, ctx.seed, None if self.time is None else float(self.time), ctx.log)
         result = ctx.trainer.distill(job)
         changed = result.best_step > 0
@@ -155,6 +162,12 @@ def _is_norm_or_bias(v: Value) -> bool:
     return False
 
 
+def _is_table(v: Value) -> bool:
+    """An embedding table: the data Gather reads (directly or dequantized)."""
+    return any((n.op == "Gather" and i == 0) or (n.op == "DequantizeLinear" and i == 0 and _is_table(n.outputs[0]))
+               for n, i in v.uses)
+
+
 def _kind(v: Value) -> str:
     if _is_scale(v):
         return "scale"
@@ -165,9 +178,11 @@ def _kind(v: Value) -> str:
     return "weight"
 
 
-def trainable_values(graph: Graph, which: str, learn_scales: bool = False, freeze: str = "") -> list[Value]:
+def trainable_values(graph: Graph, which: str, learn_scales: bool = False, freeze: str = "",
+                     embeddings: bool = False) -> list[Value]:
     """The constants ``recover{train=which}`` trains: floating-point tensors of more than one element (finite,
-    not a shape, bound or exponent), and integer weights behind DequantizeLinear (through their float shadow)."""
+    not a shape, bound or exponent), and integer weights behind DequantizeLinear (through their float shadow);
+    embedding tables (read by Gather as its data) only with ``embeddings``."""
     rx = re.compile(freeze) if freeze else None
     qw = quantized_weights(graph)
     out = []
@@ -179,6 +194,8 @@ def trainable_values(graph: Graph, which: str, learn_scales: bool = False, freez
             continue
         if any(n.op in _NOT_LEARNED for n in _readers(v)) or any(n.op == "DequantizeLinear" and i == 2
                                                                 for n, i in v.uses):
+            continue
+        if not embeddings and _is_table(v):
             continue
         if rx is not None and (rx.search(v.name) or any(rx.search(n.scope or "") for n in _readers(v))):
             continue

@@ -25,7 +25,9 @@ class DistillJob:
     """Train ``trainable`` (constants of ``student``) so that the student matches ``teacher`` on ``train``.
 
     ``features`` pairs a student value with the teacher value it should match (block boundaries); ``held``
-    (and its labels) decide early stopping and the figures reported. Labels are one class per feed.
+    (and its labels) decide early stopping and the figures reported. Labels are one class per feed. ``mask``
+    names an input (a transformer's attention mask) whose zeros mark positions of the outputs and features
+    that the loss and the figures leave out (padding).
     """
 
     student: Graph
@@ -37,6 +39,7 @@ class DistillJob:
     train_labels: np.ndarray | None = None
     held_labels: np.ndarray | None = None
     loss: str = "auto"
+    mask: str = ""
     feature_weight: float = 1.0
     label_weight: float = 1.0
     lr: float = 1e-4

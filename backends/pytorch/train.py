@@ -60,7 +60,15 @@ def _is_logits(t: torch.Tensor) -> bool:
     return t.is_floating_point() and len(per) in (1, 2) and per[-1] > 1 and math.prod(per) == per[-1]
 
 
-def _match(kind: str, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def _weights(mask: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor | None:
+    """The mask [batch, ...] as weights over ``t`` 's positions ([batch, ..., 1]) when its size per sample is
+    that of ``t`` 's leading axes (all but the last); None when it does not apply."""
+    if mask is None or t.dim() < 2 or math.prod(mask.shape[1:]) != math.prod(t.shape[1:-1]):
+        return None
+    return (mask != 0).to(torch.float32).reshape(*t.shape[:-1], 1)
+
+
+def _match(kind: str, s: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
     s, t = s.float(), t.float()
     if kind == "auto":
         kind = "kl" if _is_logits(t) else "mse"
@@ -68,9 +76,19 @@ def _match(kind: str, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         s2, t2 = s.reshape(s.shape[0], -1), t.reshape(t.shape[0], -1)
         return torch.nn.functional.kl_div(torch.log_softmax(s2, -1), torch.log_softmax(t2, -1), log_target=True,
                                           reduction="batchmean")
+    if w is None:
+        w = torch.ones((*t.shape[:-1], 1))
     if kind == "cosine":
-        return (1 - torch.nn.functional.cosine_similarity(s, t, dim=-1, eps=1e-8)).mean()
-    return torch.mean((s - t) ** 2) / (torch.var(t) + 1e-12)
+        c = torch.nn.functional.cosine_similarity(s, t, dim=-1, eps=1e-8).unsqueeze(-1)
+        return torch.sum((1 - c) * w) / torch.sum(w).clamp_min(1)
+    n = torch.sum(w).clamp_min(1) * t.shape[-1]
+    mean = torch.sum(t * w) / n
+    return torch.sum((s - t) ** 2 * w) / (torch.sum((t - mean) ** 2 * w) + 1e-12 * n)
+
+
+def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    w = _weights(mask, x)
+    return x if w is None else x * w
 
 
 class _Distill:
@@ -104,14 +122,18 @@ class _Distill:
             t = self.teacher(self.teacher_params, xs)
         with contextlib.nullcontext() if grad else torch.no_grad():
             s = self.student(self.params, xs)
-        loss = sum((_match(job.loss, a, b) for a, b in zip(s[:self.n_out], t[:self.n_out], strict=True)),
-                   torch.zeros(()))
+        mask = xs[self.student.names.index(job.mask)] if job.mask else None
+        loss = sum((_match(job.loss, a, b, _weights(mask, b)) for a, b in zip(s[:self.n_out], t[:self.n_out],
+                                                                              strict=True)), torch.zeros(()))
         feats = list(zip(s[self.n_out:], t[self.n_out:], strict=True))
         if feats and job.feature_weight:
-            loss = loss + job.feature_weight * sum((_match("mse", a, b) for a, b in feats), torch.zeros(())) / len(feats)
+            loss = loss + job.feature_weight * sum((_match("mse", a, b, _weights(mask, b)) for a, b in feats),
+                                                   torch.zeros(())) / len(feats)
         if labels is not None and job.label_weight and _is_logits(s[0]):
             y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
             loss = loss + job.label_weight * torch.nn.functional.cross_entropy(s[0].reshape(len(y), -1).float(), y)
+        if mask is not None:  # the figures compare the positions the mask keeps
+            s, t = [_masked(a, mask) for a in s], [_masked(b, mask) for b in t]
         return loss, s[:self.n_out], t[:self.n_out]
 
     def figures(self) -> dict[str, float]:
