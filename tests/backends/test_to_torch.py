@@ -11,6 +11,7 @@ import torch
 
 import nasc
 from nasc.backends.fidelity import run_graph
+from nasc.backends.pytorch.lower import to_torch
 from nasc.errors import UnsupportedModelError
 from nasc.examples import zoo
 
@@ -82,3 +83,41 @@ def test_missing_lowerings_are_listed_with_their_nodes() -> None:
     with pytest.raises(UnsupportedModelError, match=r"2 op\(s\) have no torch lowering: LpPool \(1: pool0\); "
                                                     r"NonZero \(1: nz0\)"):
         nasc.to_torch(gr)
+
+
+ZOO = {  # the zoo's CNNs and blocks, at small input sizes (weights random where the zoo ships none)
+    "mobilenet_v2": (lambda: zoo.mobilenet_v2(pretrained=True), (1, 3, 96, 96)),
+    "resnet18": (lambda: zoo.resnet18(num_classes=10), (1, 3, 64, 64)),
+    "efficientnet_lite_se": (lambda: zoo.efficientnet_lite(num_classes=10, se=True), (1, 3, 64, 64)),
+    "ds_cnn": (lambda: zoo.ds_cnn(), (1, 1, 49, 10)),
+    "vit_block": (lambda: zoo.vit_block(dim=64, heads=4), (1, 17, 64)),
+}
+
+
+@pytest.mark.parametrize("model", sorted(ZOO))
+def test_zoo_models_match_onnxruntime(tmp_path: Path, model: str) -> None:
+    make, shape = ZOO[model]
+    torch.manual_seed(0)
+    module = make().eval()
+    g = nasc.load(zoo.export_onnx(module, (torch.randn(*shape),), tmp_path / "m.onnx", dynamo=False,
+                                  input_names=["x"]))
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(2)]
+    assert _max_err(g, feeds) <= 1e-4
+    assert _max_err(nasc.optimize(g, "simplify,fuse"), feeds) <= 1e-4
+
+
+def test_training_lowering_of_a_quantized_graph_is_exact() -> None:
+    """train=True (fake quantization with LSQ gradients, float shadows of integer weights) computes the same
+    numbers as the exact lowering, int4 included."""
+    data = np.load(EXAMPLES / "digits_test.npz")
+    feeds = [{"image": data["image"][i:i + 1]} for i in range(16)]
+    for bits in (8, 4):
+        g = nasc.optimize(nasc.load(EXAMPLES / "digits_cnn.onnx"), f"simplify,fuse,quantize{{bits={bits}}}",
+                          calib=feeds)
+        exact, train = nasc.to_torch(g), to_torch(g, train=True)
+        assert train.nasc_shadows and not exact.nasc_shadows
+        x = torch.from_numpy(feeds[0]["image"])
+        np.testing.assert_array_equal(train(x)[0].detach().numpy(), exact(x)[0].detach().numpy())
+        ref = run_graph(g, feeds[:1])[0][0]
+        np.testing.assert_allclose(exact(x)[0].detach().numpy(), ref, rtol=0, atol=1e-5)
