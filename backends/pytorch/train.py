@@ -111,15 +111,22 @@ class _Distill:
         if not self.trained:
             raise UsageError("recover: none of the chosen parameters is a parameter of the torch module")
         self.teacher_params = self.teacher.params()
+        self.held_teacher: dict[int, list[torch.Tensor]] = {}
         for p in self.teacher_params.values():
             p.requires_grad_(False)
 
-    def losses(self, feeds: Sequence[Feed], labels: np.ndarray | None,
-               grad: bool) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    def losses(self, feeds: Sequence[Feed], labels: np.ndarray | None, grad: bool,
+               key: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The loss on ``feeds`` and the (masked) outputs of student and teacher; ``key`` caches the teacher's
+        results of a batch that recurs (the held-out ones)."""
         job = self.job
         xs = self.student.stack(feeds)
-        with torch.no_grad():
-            t = self.teacher(self.teacher_params, xs)
+        t = self.held_teacher.get(key) if key is not None else None
+        if t is None:
+            with torch.no_grad():
+                t = self.teacher(self.teacher_params, xs)
+            if key is not None:
+                self.held_teacher[key] = t
         with contextlib.nullcontext() if grad else torch.no_grad():
             s = self.student(self.params, xs)
         mask = xs[self.student.names.index(job.mask)] if job.mask else None
@@ -143,7 +150,7 @@ class _Distill:
         for start in range(0, len(job.held), job.batch):
             feeds = job.held[start:start + job.batch]
             labels = job.held_labels[start:start + len(feeds)] if job.held_labels is not None else None
-            loss, s, t = self.losses(feeds, labels, grad=False)
+            loss, s, t = self.losses(feeds, labels, grad=False, key=start)
             total += float(loss) * len(feeds)
             a, b = s[0].reshape(len(feeds), -1).float(), t[0].reshape(len(feeds), -1).float()
             cos += float(torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-8).sum())
