@@ -2,7 +2,8 @@
 
     python tools/onnx_conformance.py [--kinds node,simple,pytorch-converted,pytorch-operator,light]
                                      [-k PATTERN] [--write docs/conformance.md] [--json out.json]
-    python tools/onnx_conformance.py --target cpu,mcu [--jobs 2] [-k PATTERN] [--write docs/conformance.md]
+    python tools/onnx_conformance.py --target cpu,mcu,torch [--jobs 2] [-k PATTERN] [--write docs/conformance.md]
+                                     [--json out.json] [--merge earlier.json]
 
 "nasc" (``--target onnx``, the default) means: load the test model into the IR
 (frontend, opset conversion, shape folding, verifier), export it back to ONNX,
@@ -13,15 +14,22 @@ passes and nasc fails, with the reason.
 
 ``--target cpu`` builds each test model with TVM for this CPU and runs it in
 TVM's VM; ``--target mcu`` builds the C project for the default board
-(cortex-m4) and builds and runs it with the host gcc. Both compare with the
-suite's expected outputs at the suite's tolerances (rtol 1e-3, atol 1e-7 unless
-a test sets its own, as onnx's backend runner does). Operands that a static
+(cortex-m4) and builds and runs it with the host gcc; ``--target torch`` lowers
+it with nasc.to_torch (the graph the TVM targets lower, QDQ integerized into
+nasc's integer ops) and runs the torch.fx module under torch.no_grad
+(backends/pytorch/run.py). All three compare with the suite's expected outputs
+at the suite's tolerances (rtol 1e-3, atol 1e-7 unless a test sets its own, as
+onnx's backend runner does). Operands that a static
 build must know (Slice's starts, Reshape's shape, Pad's pads, ...) are bound to
 the test data's values (BIND below); every bound test is counted. Outcomes:
 pass, fail (wrong numbers, shape or dtype), unsupported (a nasc error a user can
 act on: no lowering for the target, dynamic shapes, ...) and crash (anything
 else: an internal error, a C compile error, a dead or hung worker). Tests run in
 at most two nice'd worker processes that are restarted after a crash.
+
+``--merge earlier.json`` (the ``--json`` of an earlier target run) keeps that run's
+rows for the targets not run now, so that one target can be rerun alone; the
+report names the command that produced each row.
 """
 
 from __future__ import annotations
@@ -63,15 +71,16 @@ def _real_inputs(model: onnx.ModelProto) -> list[str]:
 
 
 PIPELINE = ""  # passes run between load and export (--passes), e.g. "simplify,fuse"
-MODES = ("onnx", "cpu", "mcu")  # --target: where nasc's result runs ("onnx": exported, under ONNX Runtime)
-LABEL = {"onnx": "nasc", "cpu": "cpu", "mcu": "mcu"}  # result keys; "nasc" is the onnx target (history)
+MODES = ("onnx", "cpu", "mcu", "torch")  # --target: where nasc's result runs ("onnx": exported, under ONNX Runtime)
+BUILT = ("cpu", "mcu", "torch")  # the targets nasc builds itself: their errors are classified (outcome)
+LABEL = {"onnx": "nasc", "cpu": "cpu", "mcu": "mcu", "torch": "torch"}  # result keys ("nasc": the onnx target)
 
 # Operands a static-shape build must know when it is built: they set the result's shape or the op's
 # parameters, and the lowerings read them as constants. The node tests feed most of them as graph inputs;
-# for --target cpu/mcu they are bound to the test data's values (each bound test says so in its record).
+# for --target cpu/mcu/torch they are bound to the test data's values (each bound test says so in its record).
 BIND = {
     "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3), "Tile": (1,), "Reshape": (1,), "Expand": (1,), "Squeeze": (1,),
-    "Unsqueeze": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "CumSum": (1,), "ConstantOfShape": (0,),
+    "Unsqueeze": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "CumSum": (1,), "CumProd": (1,), "ConstantOfShape": (0,),
     "Range": (0, 1, 2), "Split": (1,), "TopK": (1,), "OneHot": (1,), "Clip": (1, 2), "Trilu": (1,),
     "Dropout": (1, 2), "QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "LSTM": (1, 2, 3, 4, 7),
     "CenterCropPad": (1,), "Col2Im": (1, 2), "DFT": (1, 2), "STFT": (1, 2), "ReduceMean": (1,),
@@ -92,7 +101,7 @@ class _Rep(BackendRep):
         else:
             feed = dict(zip(names, inputs))
         model = self.model
-        if self.mode in ("cpu", "mcu"):
+        if self.mode in BUILT:
             return tuple(run_on_target(self.model, feed, self.mode))
         if self.mode == "onnx":
             from nasc.backends.onnx import to_onnx
@@ -153,9 +162,14 @@ def run_on_target(model: onnx.ModelProto, feed: dict[str, Any], mode: str) -> li
 
 def build_and_run(graph: Any, feeds: list[dict[str, Any]], mode: str) -> list[list[np.ndarray]]:
     """Build ``graph`` for ``mode`` and run it on each feed: cpu: TVM for this host, run in TVM's VM; mcu: the
-    C project for the default board (cortex-m4), built and run with the host gcc."""
+    C project for the default board (cortex-m4), built and run with the host gcc; torch: nasc.to_torch of the
+    integerized graph, run under torch.no_grad."""
     import tempfile
 
+    if mode == "torch":
+        from nasc.backends.pytorch.run import run_torch
+
+        return run_torch(graph, feeds)
     if mode == "cpu":
         import tvm
 
@@ -252,7 +266,7 @@ def _mode(via: bool | str | None) -> str | None:
 
 def suite_tests(via: bool | str | None, kinds: tuple[str, ...], pattern: str | None) -> unittest.TestSuite:
     """The suite's CPU tests of ``kinds`` matching ``pattern``, run by ORT alone (``via`` None or False) or
-    through nasc for a target (``via`` "onnx" (or True), "cpu", "mcu")."""
+    through nasc for a target (``via`` "onnx" (or True), "cpu", "mcu", "torch")."""
     bt = onnx.backend.test.BackendTest(_make_backend(_mode(via)), __name__)
     rx = re.compile(pattern) if pattern else None
     suite = unittest.TestSuite()
@@ -260,7 +274,7 @@ def suite_tests(via: bool | str | None, kinds: tuple[str, ...], pattern: str | N
         if _kind_of(name) not in kinds:
             continue
         for test in unittest.defaultTestLoader.loadTestsFromTestCase(case):
-            tname = test.id().rsplit(".", 1)[-1]
+            tname = _Collect._name(test)
             # each test exists once per device; the CPU one is the test, the CUDA twin only skips
             if tname.endswith("_cuda") or (rx is not None and not rx.search(tname)):
                 continue
@@ -271,7 +285,7 @@ def suite_tests(via: bool | str | None, kinds: tuple[str, ...], pattern: str | N
 def run_one(test_name: str, via: bool | str | None) -> tuple[str, str]:
     """Run a single suite test ("test_relu_cpu") one way; returns (status, reason)."""
     suite = suite_tests(via, KINDS, rf"^{re.escape(test_name)}$")
-    res = _Collect(classify=_mode(via) in ("cpu", "mcu"))
+    res = _Collect(classify=_mode(via) in BUILT)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         suite.run(res)
@@ -316,13 +330,13 @@ def _worker(job: Path) -> None:
     for mode in dict.fromkeys(m for _, m in pairs):
         wanted = {t for t, m in pairs if m == mode}
         suite = suite_tests(None if mode == "ort" else mode, tuple(spec["kinds"]), None)
-        tests[mode] = {t.id().rsplit(".", 1)[-1]: t for t in suite if t.id().rsplit(".", 1)[-1] in wanted}
+        tests[mode] = {_Collect._name(t): t for t in suite if _Collect._name(t) in wanted}
     with open(job / "results.jsonl", "a") as f:
         for name, mode in pairs:
             f.write(json.dumps({"start": name, "mode": mode}) + "\n")
             f.flush()
             BOUND.clear()
-            res = _Collect(classify=mode in ("cpu", "mcu"))
+            res = _Collect(classify=mode in BUILT)
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -392,7 +406,7 @@ def run_targets(modes: tuple[str, ...], kinds: tuple[str, ...], pattern: str | N
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # generating the node tests warns about the casts they exercise
-        names = [t.id().rsplit(".", 1)[-1] for t in suite_tests(None, kinds, pattern)]
+        names = [_Collect._name(t) for t in suite_tests(None, kinds, pattern)]
     jobs = max(1, min(jobs, 2))
     shards = [[(n, m) for n in names[i::jobs] for m in ("ort", *modes)] for i in range(jobs)]
     records: list[dict] = []
@@ -409,6 +423,23 @@ def run_targets(modes: tuple[str, ...], kinds: tuple[str, ...], pattern: str | N
         print(f"{label}: {sum(s == 'pass' for s, _ in res.values())} of {len(res)} passed", file=sys.stderr)
     print(f"({time.perf_counter() - t0:.0f} s with {jobs} workers)", file=sys.stderr)
     return results, records
+
+
+def merge_runs(results: dict[str, dict[str, tuple[str, str]]], records: list[dict], commands: dict[str, str],
+               earlier: dict[str, Any]) -> tuple[dict[str, dict[str, tuple[str, str]]], list[dict], dict[str, str]]:
+    """This run's results, records and commands (label -> the command that produced its row) with the rows of
+    ``earlier`` (a ``--json`` of a target run on the same tests) for the targets this run did not run."""
+    old = earlier["results"]
+    if set(old["ort"]) != set(results["ort"]):
+        raise SystemExit("--merge: the earlier run covers other tests (its -k / --kinds differ)")
+    kept = [lab for lab in old if lab not in results]
+    modes = {LABEL[m] if m != "ort" else m: m for m in ("ort", *MODES)}
+    order = ["ort", *(LABEL[m] for m in MODES)]
+    merged = {lab: results[lab] if lab in results else {t: (st, why) for t, (st, why) in old[lab].items()}
+              for lab in sorted({*results, *kept}, key=order.index)}
+    old_cmd = earlier.get("commands", {})
+    cmds = {lab: commands[lab] if lab in commands else old_cmd.get(lab, "an earlier run") for lab in merged}
+    return merged, records + [r for r in earlier["records"] if r["mode"] in {modes[lab] for lab in kept}], cmds
 
 
 def summarize(results: dict[str, dict[str, tuple[str, str]]]) -> dict[str, Any]:
@@ -477,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-k", "--pattern", default=None, help="regex of test names to include")
     p.add_argument("--write", type=Path, default=None, help="write the markdown report here")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--merge", type=Path, default=None,
+                   help="with --target: the --json of an earlier target run; its rows of targets not run now are kept")
     p.add_argument("--passes", default="", help="a pipeline to run between load and export, e.g. simplify,fuse")
     p.add_argument("--target", default="onnx", help="onnx (default), or cpu and/or mcu, e.g. onnx,cpu,mcu")
     p.add_argument("--jobs", type=int, default=2, help="worker processes for --target cpu/mcu (at most 2)")
@@ -500,15 +533,18 @@ def main(argv: list[str] | None = None) -> int:
         for lab in results:
             c = Counter(st for st, _ in results[lab].values())
             print(f"{lab:5s} " + ", ".join(f"{st} {n}" for st, n in c.most_common()) + f" (of {len(results[lab])})")
-        for lab in (m for m in results if m in ("cpu", "mcu")):
+        for lab in (m for m in results if m in BUILT):
             for t, (st, why) in sorted(results[lab].items()):
                 if st in ("fail", "crash"):
                     print(f"  {lab} {st}: {t}: {why[:300]}")
         cmd += f" --target {args.target}" + (f" --kinds {args.kinds}" if args.kinds else "")
+        commands = dict.fromkeys(results, cmd)
+        if args.merge:
+            results, records, commands = merge_runs(results, records, commands, json.loads(args.merge.read_text()))
         if args.write:
-            write_report(args.write, target_markdown(results, records, cmd), targets=True)
+            write_report(args.write, target_markdown(results, records, cmd, commands), targets=True)
         if args.json:
-            args.json.write_text(json.dumps({"results": results, "records": records}, indent=1))
+            args.json.write_text(json.dumps({"results": results, "records": records, "commands": commands}, indent=1))
         return 0
     kinds = tuple(k for k in (args.kinds or ",".join(KINDS)).split(",") if k)
     results = run(kinds, args.pattern)

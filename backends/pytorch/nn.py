@@ -430,3 +430,167 @@ def _attention(lx: Lx, node: Node) -> Any:
 
 
 
+
+
+# ---- more normalizations and the losses ------------------------------------------------------------------
+
+
+def rms_norm(x: torch.Tensor, scale: torch.Tensor, axis: int, eps: float, stash: torch.dtype) -> torch.Tensor:
+    """ONNX RMSNormalization: x / sqrt(mean(x^2) + eps) over axes [axis, rank) in the stash type, back in x's
+    type, times scale."""
+    xs = x.to(stash)
+    dims = tuple(range(axis % x.dim(), x.dim()))
+    return (xs * torch.rsqrt((xs * xs).mean(dims, keepdim=True) + eps)).to(x.dtype) * scale
+
+
+@torch_lowering("RMSNormalization")
+def _rms_norm(lx: Lx, node: Node) -> Any:
+    from nasc.backends.pytorch.lower import torch_dtype
+
+    st = node.attr("stash_type", 1)
+    stash = torch_dtype(st) if isinstance(st, str) else {1: torch.float32, 11: torch.float64}.get(int(st))
+    if stash is None:
+        raise UnsupportedModelError(f"to_torch: {node.describe()}: stash_type {st!r} has no torch lowering")
+    return lx.call(rms_norm, lx.x(node, 0), lx.x(node, 1), int(node.attr("axis", -1)),
+                   float(node.attr("epsilon", 1e-5)), stash)
+
+
+def mean_variance_norm(x: torch.Tensor, axes: list[int]) -> torch.Tensor:
+    """ONNX MeanVarianceNormalization's body: (x - E[x]) / (sqrt(E[x^2] - E[x]^2) + 1e-9)."""
+    mean = x.mean(axes, keepdim=True)
+    std = torch.sqrt((x * x).mean(axes, keepdim=True) - mean * mean)
+    return (x - mean) / (std + 1e-9)
+
+
+@torch_lowering("MeanVarianceNormalization")
+def _mvn(lx: Lx, node: Node) -> Any:
+    rank = len(node.input(0).shape)
+    return lx.call(mean_variance_norm, lx.x(node, 0), [int(a) % rank for a in node.attr("axes") or (0, 2, 3)])
+
+
+def lrn(x: torch.Tensor, size: int, alpha: float, beta: float, bias: float) -> torch.Tensor:
+    """ONNX LRN: x / (bias + alpha / size * the sum of squares over channels [c - (size-1)//2, c + ceil((size-1)/2)])
+    ^ beta."""
+    lo = (size - 1) // 2
+    sq = F.pad((x * x).movedim(1, -1), (lo, size - 1 - lo)).movedim(-1, 1)
+    total = sq.narrow(1, 0, x.shape[1])
+    for i in range(1, size):
+        total = total + sq.narrow(1, i, x.shape[1])
+    return x / (bias + alpha / size * total) ** beta
+
+
+@torch_lowering("LRN")
+def _lrn(lx: Lx, node: Node) -> Any:
+    return lx.call(lrn, lx.x(node, 0), int(node.attr("size")), float(node.attr("alpha", 1e-4)),
+                   float(node.attr("beta", 0.75)), float(node.attr("bias", 1.0)))
+
+
+def nll_loss(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, reduction: str,
+             ignore_index: int) -> torch.Tensor:
+    """ONNX NegativeLogLikelihoodLoss (``mean``: divided by the summed weights of the targets not ignored)."""
+    return F.nll_loss(x, target.long(), weight, ignore_index=ignore_index, reduction=reduction)
+
+
+def softmax_cross_entropy(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, reduction: str,
+                          ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ONNX SoftmaxCrossEntropyLoss: the loss, and the log-probabilities (log_softmax over axis 1)."""
+    log_prob = torch.log_softmax(x, 1)
+    return nll_loss(log_prob, target, weight, reduction, ignore_index), log_prob
+
+
+@torch_lowering("NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss")
+def _losses(lx: Lx, node: Node) -> Any:
+    # without ignore_index every target must be a class: torch's default (-100) is then never a target
+    ignore = int(node.attr("ignore_index", -100))
+    args = (lx.x(node, 0), lx.x(node, 1), lx.opt(node, 2), str(node.attr("reduction", "mean")), ignore)
+    if node.op == "NegativeLogLikelihoodLoss":
+        return lx.call(nll_loss, *args)
+    parts = lx.call(softmax_cross_entropy, *args)
+    return [lx.call(operator.getitem, parts, i) for i in range(len(node.outputs))]
+
+
+_GRID_MODES = {"linear": "bilinear", "bilinear": "bilinear", "nearest": "nearest", "cubic": "bicubic",
+               "bicubic": "bicubic"}
+
+
+def grid_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align: bool) -> torch.Tensor:
+    return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align)
+
+
+@torch_lowering("GridSample")
+def _grid_sample(lx: Lx, node: Node) -> Any:
+    """ONNX GridSample is torch's grid_sample (4-d and 5-d inputs; cubic only 4-d)."""
+    mode = _GRID_MODES.get(str(node.attr("mode", "linear")))
+    padding = str(node.attr("padding_mode", "zeros"))
+    rank = len(node.input(0).shape)
+    if mode is None or padding not in ("zeros", "border", "reflection") or rank not in (4, 5) or (
+            mode == "bicubic" and rank != 4):
+        raise UnsupportedModelError(f"to_torch: {node.describe()}: GridSample mode {node.attr('mode', 'linear')!r}"
+                                    f" with padding {padding!r} on rank {rank} has no torch lowering")
+    return lx.call(grid_sample, lx.x(node, 0), lx.x(node, 1), mode, padding, bool(int(node.attr("align_corners", 0))))
+
+
+@torch_lowering("Det")
+def _det(lx: Lx, node: Node) -> Any:
+    return lx.call(torch.linalg.det, lx.x(node, 0))
+
+
+def gru_rnn(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, b: torch.Tensor | None, h0: torch.Tensor | None,
+            hidden: int, direction: str, batch_first: bool, gru: bool,
+            linear_before_reset: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """ONNX GRU (gates z, r, h; default activations) or RNN (tanh), step by step over the sequence:
+    Y [seq, dirs, batch, hidden] and Y_h [dirs, batch, hidden] (batch first with layout=1)."""
+    if batch_first:
+        x = x.transpose(0, 1)
+        h0 = h0.transpose(0, 1) if h0 is not None else None
+    seq, batch = x.shape[0], x.shape[1]
+    gates = 3 if gru else 1
+    ys, hs = [], []
+    for d in range(w.shape[0]):
+        gx = x @ w[d].t()
+        rb: Any = 0
+        if b is not None:
+            gx, rb = gx + b[d, :gates * hidden], b[d, gates * hidden:]
+        h = h0[d] if h0 is not None else x.new_zeros(batch, hidden)
+        backward = direction == "reverse" or (direction == "bidirectional" and d == 1)
+        out: list[Any] = [None] * seq
+        for t in (range(seq - 1, -1, -1) if backward else range(seq)):
+            if not gru:
+                h = torch.tanh(gx[t] + h @ r[d].t() + rb)
+            else:
+                xz, xr, xh = torch.split(gx[t], hidden, -1)
+                rz, rr, rh = torch.split(r[d], hidden, 0)
+                bz, br, bh = torch.split(rb, hidden, -1) if b is not None else (0, 0, 0)
+                z = torch.sigmoid(xz + h @ rz.t() + bz)
+                rt = torch.sigmoid(xr + h @ rr.t() + br)
+                hh = torch.tanh(xh + rt * (h @ rh.t() + bh)) if linear_before_reset else \
+                    torch.tanh(xh + (rt * h) @ rh.t() + bh)
+                h = (1 - z) * hh + z * h
+            out[t] = h
+        ys.append(torch.stack(out))
+        hs.append(h)
+    y, yh = torch.stack(ys, 1), torch.stack(hs)
+    if batch_first:
+        return y.permute(2, 0, 1, 3), yh.transpose(0, 1)
+    return y, yh
+
+
+@torch_lowering("GRU", "RNN")
+def _gru_rnn(lx: Lx, node: Node) -> Any:
+    gru = node.op == "GRU"
+    acts = [str(a).lower() for a in node.attr("activations", None) or []]
+    defaults = ["sigmoid", "tanh"] * 2 if gru else ["tanh"] * 2
+    if any(a != d for a, d in zip(acts, defaults)) or node.attr("clip", None) is not None:
+        raise UnsupportedModelError(f"to_torch: {node.describe()}: {node.op} with custom activations or clip has no "
+                                    "torch lowering")
+    batch_first = bool(int(node.attr("layout", 0)))
+    seq = node.input(0).shape[1 if batch_first else 0]
+    if node.has_input(4):
+        v = node.input(4)
+        if not v.is_const or any(int(n) != seq for n in np.asarray(v.data).reshape(-1)):
+            raise UnsupportedModelError(f"to_torch: {node.describe()}: {node.op} with sequence_lens other than the "
+                                        "whole sequence has no torch lowering")
+    parts = lx.call(gru_rnn, lx.x(node, 0), lx.x(node, 1), lx.x(node, 2), lx.opt(node, 3), lx.opt(node, 5),
+                    int(node.attr("hidden_size")), str(node.attr("direction", "forward")), batch_first, gru,
+                    bool(int(node.attr("linear_before_reset", 0))))
+    return [lx.call(operator.getitem, parts, i) for i in range(len(node.outputs))]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from nasc.ir.core import Node
 
 # ---- elementwise ---------------------------------------------------------------------------------------
 
-_BINARY = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Pow": torch.pow, "And": torch.logical_and,
+_BINARY: dict[str, Callable[..., Any]] = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Pow": torch.pow, "And": torch.logical_and,
            "Or": torch.logical_or, "Xor": torch.logical_xor, "Equal": torch.eq, "Less": torch.lt,
            "Greater": torch.gt, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge, "BitwiseAnd": torch.bitwise_and,
            "BitwiseOr": torch.bitwise_or, "BitwiseXor": torch.bitwise_xor}
@@ -34,8 +35,47 @@ _UNARY = {"Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Exp
           "Softsign": F.softsign}
 
 
+# torch has few kernels for uint16/32/64 (no add, compare, max, div, ...): those ops compute in int64
+_UNSIGNED = ("u16", "u32", "u64")
+_SIGN = -(2**63)  # flipping the sign bit orders uint64 bit patterns held in int64 as signed order does
+_ORDERED = {"Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge,
+            "Max": torch.maximum, "Min": torch.minimum}
+_WIDE: dict[str, Callable[..., Any]] = {**_BINARY, "Max": torch.maximum, "Min": torch.minimum, "Sum": torch.add, "BitwiseNot": torch.bitwise_not,
+         "Div": lambda a, b: torch.div(a, b, rounding_mode="trunc"), "Mod": torch.remainder}
+
+
+def divu(n: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """uint64 ``n // d`` on their bit patterns held in int64 (Hacker's Delight's divlu by a signed division)."""
+    big = d < 0  # d >= 2**63: the quotient is 0 or 1
+    ds = torch.where(big, torch.ones_like(d), d)
+    q = (((n >> 1) & (2**63 - 1)) // ds) << 1  # a logical shift: half of n fits int64, then doubled
+    q = q + (((n - q * ds) ^ _SIGN) >= (ds ^ _SIGN)).to(torch.int64)  # the remainder is in [0, 2d): one more step
+    return torch.where(big, ((n ^ _SIGN) >= (d ^ _SIGN)).to(torch.int64), q)
+
+
+def unsigned_op(op: str, *xs: torch.Tensor) -> torch.Tensor:
+    """``op`` on uint16/32/64 operands: in int64 (uint64 bit for bit, ordered by its flipped sign bit), the
+    result cast back with ONNX's wrap-around."""
+    dt = xs[0].dtype
+    w = [x.to(torch.int64) for x in xs]
+    if dt == torch.uint64 and op in _ORDERED:
+        y = _ORDERED[op](*(x ^ _SIGN for x in w))
+        return y if y.dtype == torch.bool else (y ^ _SIGN).to(dt)
+    if dt == torch.uint64 and op in ("Div", "Mod"):
+        q = divu(w[0], w[1])
+        return (q if op == "Div" else w[0] - q * w[1]).to(dt)
+    y = _WIDE[op](*w)
+    return y if y.dtype == torch.bool else y.to(dt)
+
+
+def _is_unsigned(node: Node) -> bool:
+    return node.input(0).dtype in _UNSIGNED
+
+
 @torch_lowering(*_BINARY)
 def _binary(lx: Lx, node: Node) -> Any:
+    if node.op != "Pow" and _is_unsigned(node):
+        return lx.call(unsigned_op, node.op, lx.x(node, 0), lx.x(node, 1))
     y = lx.call(_BINARY[node.op], lx.x(node, 0), lx.x(node, 1))
     if node.op == "Pow" and node.input(1).dtype != node.outputs[0].dtype:  # the base's type (int ** float)
         y = lx.call(torch.Tensor.to, y, torch_dtype(node.outputs[0].dtype))
@@ -44,6 +84,8 @@ def _binary(lx: Lx, node: Node) -> Any:
 
 @torch_lowering(*_UNARY)
 def _unary(lx: Lx, node: Node) -> Any:
+    if node.op == "BitwiseNot" and _is_unsigned(node):
+        return lx.call(unsigned_op, node.op, lx.x(node, 0))
     return lx.call(_UNARY[node.qualified_op], lx.x(node, 0))
 
 
@@ -58,7 +100,10 @@ def mean_of(x: torch.Tensor, n: int) -> torch.Tensor:
 def _variadic(lx: Lx, node: Node) -> Any:
     acc = lx.x(node, 0)
     for i in range(1, len(node.inputs)):
-        acc = lx.call(_VARIADIC[node.op], acc, lx.x(node, i))
+        if node.op != "Mean" and _is_unsigned(node):
+            acc = lx.call(unsigned_op, node.op, acc, lx.x(node, i))
+        else:
+            acc = lx.call(_VARIADIC[node.op], acc, lx.x(node, i))
     return lx.call(mean_of, acc, len(node.inputs)) if node.op == "Mean" else acc
 
 
@@ -75,6 +120,8 @@ def mod(a: torch.Tensor, b: torch.Tensor, fmod: bool) -> torch.Tensor:
 
 @torch_lowering("Mod")
 def _mod(lx: Lx, node: Node) -> Any:
+    if _is_unsigned(node):
+        return lx.call(unsigned_op, node.op, lx.x(node, 0), lx.x(node, 1))
     return lx.call(mod, lx.x(node, 0), lx.x(node, 1), bool(node.attr("fmod", 0)))
 
 
@@ -157,6 +204,15 @@ def _hardmax(lx: Lx, node: Node) -> Any:
     return lx.call(hardmax, lx.x(node, 0), int(node.attr("axis", -1)) % len(node.input(0).shape))
 
 
+def swish(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    return x * torch.sigmoid(alpha * x)
+
+
+@torch_lowering("Swish")
+def _swish(lx: Lx, node: Node) -> Any:
+    return lx.call(swish, lx.x(node, 0), float(node.attr("alpha", 1.0)))
+
+
 @torch_lowering("nasc.Relu6")
 def _relu6(lx: Lx, node: Node) -> Any:
     return lx.call(F.relu6, lx.x(node, 0))
@@ -186,6 +242,8 @@ def div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @torch_lowering("Div")
 def _div(lx: Lx, node: Node) -> Any:
+    if _is_unsigned(node):
+        return lx.call(unsigned_op, node.op, lx.x(node, 0), lx.x(node, 1))
     return lx.call(div, lx.x(node, 0), lx.x(node, 1))
 
 
@@ -194,9 +252,24 @@ def _where(lx: Lx, node: Node) -> Any:
     return lx.call(torch.where, lx.x(node, 0), lx.x(node, 1), lx.x(node, 2))
 
 
+_SUB_BYTE = {"i4": (4, True), "u4": (4, False), "i2": (2, True), "u2": (2, False)}  # bits, signed
+
+
+def cast_sub_byte(x: torch.Tensor, bits: int, signed: bool, dtype: torch.dtype) -> torch.Tensor:
+    """A cast to a 4- or 2-bit integer (held in 8 bits): the low bits kept, as ONNX casts integers out of range
+    (a float is truncated first; ONNX leaves its cast out of range undefined)."""
+    y = x.to(torch.int64) & ((1 << bits) - 1)
+    if signed:
+        y = torch.where(y >= 1 << (bits - 1), y - (1 << bits), y)
+    return y.to(dtype)
+
+
 @torch_lowering("Cast", "CastLike")
 def _cast(lx: Lx, node: Node) -> Any:
-    return lx.call(torch.Tensor.to, lx.x(node, 0), torch_dtype(node.outputs[0].dtype))
+    out = node.outputs[0].dtype
+    if out in _SUB_BYTE and node.input(0).dtype not in _SUB_BYTE:
+        return lx.call(cast_sub_byte, lx.x(node, 0), *_SUB_BYTE[out], torch_dtype(out))
+    return lx.call(torch.Tensor.to, lx.x(node, 0), torch_dtype(out))
 
 
 @torch_lowering("Gelu")
@@ -309,10 +382,20 @@ def cumsum(x: torch.Tensor, axis: int, exclusive: bool, reverse: bool) -> torch.
     return torch.flip(y, (axis,)) if reverse else y
 
 
-@torch_lowering("CumSum")
+def cumprod(x: torch.Tensor, axis: int, exclusive: bool, reverse: bool) -> torch.Tensor:
+    if reverse:
+        x = torch.flip(x, (axis,))
+    if exclusive:  # shifted by one along the axis, a one first
+        x = torch.cat([torch.ones_like(x.narrow(axis, 0, 1)), x.narrow(axis, 0, x.shape[axis] - 1)], axis)
+    y = torch.cumprod(x, axis, dtype=x.dtype)
+    return torch.flip(y, (axis,)) if reverse else y
+
+
+@torch_lowering("CumSum", "CumProd")
 def _cumsum(lx: Lx, node: Node) -> Any:
     axis = int(const_of(node, 1).reshape(-1)[0]) % len(node.input(0).shape)
-    return lx.call(cumsum, lx.x(node, 0), axis, bool(node.attr("exclusive", 0)), bool(node.attr("reverse", 0)))
+    return lx.call(cumsum if node.op == "CumSum" else cumprod, lx.x(node, 0), axis, bool(node.attr("exclusive", 0)),
+                   bool(node.attr("reverse", 0)))
 
 
 @torch_lowering("LogSoftmax")

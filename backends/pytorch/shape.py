@@ -120,8 +120,12 @@ def _tile(lx: Lx, node: Node) -> Any:
     return lx.call(torch.tile, lx.x(node, 0), tuple(int(r) for r in const_of(node, 1).reshape(-1)))
 
 
-def pad_constant(x: torch.Tensor, width: list[int], value: float) -> torch.Tensor:
-    return F.pad(x, width, "constant", value)
+def pad_constant(x: torch.Tensor, width: list[int], value: float | torch.Tensor) -> torch.Tensor:
+    """F.pad with ``value``, a number or a one-element tensor computed by the graph."""
+    if not isinstance(value, torch.Tensor):
+        return F.pad(x, width, "constant", value)
+    inside = F.pad(torch.ones_like(x, dtype=torch.bool), width, "constant", False)
+    return torch.where(inside, F.pad(x, width, "constant", 0), value.reshape(()).to(x.dtype))
 
 
 @torch_lowering("Pad")
@@ -144,7 +148,10 @@ def _pad(lx: Lx, node: Node) -> Any:
     cropped = [shape[a] - max(-before[a], 0) - max(-after[a], 0) for a in range(rank)]
     before, after = [max(p, 0) for p in before], [max(p, 0) for p in after]
     if mode == "constant":
-        value = float(const_of(node, 2).reshape(-1)[0]) if node.has_input(2) else 0.0
+        value: Any = 0.0
+        if node.has_input(2):  # a constant, or a value the graph computes (a function body's Cast)
+            v = node.input(2)
+            value = float(np.asarray(v.data).reshape(-1)[0]) if v.is_const else lx.x(node, 2)
         width = [w for a in reversed(range(rank)) for w in (before[a], after[a])]
         return lx.call(pad_constant, y, width, value)
     index = [[int(i) for i in np.pad(np.arange(cropped[a]), (before[a], after[a]), mode=mode)]  # type: ignore[call-overload]

@@ -137,3 +137,42 @@ def test_the_report_keeps_the_other_run_section(tmp_path):
     conf.write_report(doc, "## targets\n\ntwo", targets=True)
     text = doc.read_text()
     assert "second" in text and "two" in text and "one" not in text.replace("second", "")
+
+
+def test_torch_target_runs_and_classifies():
+    """--target torch: nasc.to_torch of the loaded graph under no_grad. Relu passes, Slice's operands are bound as
+    on the other targets, uint64 division (which torch has no kernel for; computed in int64) is exact, and a string
+    test is a clear refusal."""
+    results, records = conf.run_targets(("torch",), ("node",), r"^test_(relu|slice|div_uint64|equal_string)_cpu$",
+                                        jobs=1)
+    assert set(results) == {"ort", "torch"}
+    for test in ("test_relu_cpu", "test_slice_cpu", "test_div_uint64_cpu"):
+        assert results["torch"][test] == ("pass", ""), test
+    status, why = results["torch"]["test_equal_string_cpu"]
+    assert status == "unsupported" and "element type str" in why
+    bound = {r["test"]: r["bound"] for r in records if r["mode"] == "torch"}
+    assert bound["test_slice_cpu"] == ["starts", "ends", "axes", "steps"]
+
+
+def test_a_target_row_merges_into_an_earlier_run():
+    """--merge keeps an earlier run's rows of the targets not run now, and the report names each row's command."""
+    ort = {"test_relu_cpu": ("pass", ""), "test_abs_cpu": ("pass", "")}
+    earlier = {"results": {"ort": ort, "nasc": dict(ort), "cpu": {**ort, "test_abs_cpu": ("unsupported", "x")}},
+               "records": [{"test": t, "mode": m, "status": "pass", "reason": "", "bound": [], "s": 1.0}
+                           for t in ort for m in ("ort", "onnx", "cpu")],
+               "commands": {"ort": "A", "nasc": "A", "cpu": "A"}}
+    now = {"ort": dict(ort), "torch": {**ort, "test_relu_cpu": ("crash", "boom")}}
+    recs = [{"test": t, "mode": m, "status": "pass", "reason": "", "bound": [], "s": 2.0}
+            for t in ort for m in ("ort", "torch")]
+    results, records, commands = conf.merge_runs(now, recs, {"ort": "B", "torch": "B"}, earlier)
+    assert list(results) == ["ort", "nasc", "cpu", "torch"]
+    assert results["cpu"]["test_abs_cpu"] == ("unsupported", "x") and results["torch"] == now["torch"]
+    assert commands == {"ort": "B", "nasc": "A", "cpu": "A", "torch": "B"}
+    assert sorted({r["mode"] for r in records}) == ["cpu", "onnx", "ort", "torch"]
+    assert len([r for r in records if r["mode"] == "ort"]) == 2  # this run's ORT, not the earlier one's too
+    text = conf.target_markdown(results, records, "B", commands)
+    assert "Produced by `B` (rows ort, torch) and `A` (rows nasc, cpu)" in text
+    assert "| nasc, torch target (nasc.to_torch, torch.fx under no_grad) | 1 | 0 | 0 | 1 | 0 | 2 | 1 of 2 |" in text
+    assert "### torch: tests that fail or crash (1)" in text
+    with pytest.raises(SystemExit):
+        conf.merge_runs({"ort": {"test_neg_cpu": ("pass", "")}}, [], {"ort": "B"}, earlier)
