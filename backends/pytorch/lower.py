@@ -17,6 +17,7 @@ import torch
 from nasc.errors import UnsupportedModelError
 from nasc.ir import dtypes
 from nasc.ir.core import Graph, Node, Value
+from nasc.ir.types import TensorType
 
 LOWERINGS: dict[str, Callable[[Lx, Node], Any]] = {}
 
@@ -93,6 +94,22 @@ def missing_lowerings(graph: Graph) -> dict[str, list[Node]]:
     return out
 
 
+def check_types(graph: Graph) -> None:
+    """Refuse a graph with a value that is not a tensor (a sequence, an optional) or has an element type torch
+    has no tensor for (strings, float8, ...)."""
+    values = [v for v in (*graph.inputs, *graph.constants, *(o for n in graph.nodes for o in n.outputs))
+              if v is not None]
+    for v in values:
+        if not isinstance(v.type, TensorType):
+            kind = re.sub(r":\w*>", ">", str(v.type))  # (without the type's serialized proto)
+            raise UnsupportedModelError(f"to_torch: %{v.name} is not a tensor ({kind}): no torch lowering")
+    for dtype in sorted({v.type.dtype for v in values if isinstance(v.type, TensorType)}):
+        try:
+            torch_dtype(dtype)
+        except (TypeError, ValueError, KeyError) as e:
+            raise UnsupportedModelError(f"to_torch: element type {dtype} has no torch tensor") from e
+
+
 def to_torch(graph: Graph, *, train: bool = False, outputs: Sequence[Value] | None = None) -> Any:
     """A ``torch.fx.GraphModule`` computing ``graph``: ``forward`` takes the graph's inputs (by position or by
     name) and returns its outputs (or ``outputs``, any values of the graph) as a tuple. Floating-point constants
@@ -107,6 +124,7 @@ def to_torch(graph: Graph, *, train: bool = False, outputs: Sequence[Value] | No
 
     from nasc.passes.recover_job import QuantWeight, quantized_weights
 
+    check_types(graph)
     missing = missing_lowerings(graph)
     if missing:
         rows = "; ".join(f"{op} ({len(ns)}: {', '.join(n.name or '?' for n in ns[:3])}"

@@ -4,33 +4,12 @@ nasc's integer ops (bit-exact against their reference), as a ``torch.fx`` module
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from nasc.errors import UnsupportedModelError
 from nasc.ir.core import Graph
-from nasc.ir.types import TensorType
-
-
-def check_types(graph: Graph) -> None:
-    """Refuse a graph with a value that is not a tensor (a sequence, an optional) or has an element type torch
-    has no tensor for (strings, float8, ...)."""
-    from nasc.backends.pytorch.lower import torch_dtype
-
-    values = [v for v in (*graph.inputs, *graph.constants, *(o for n in graph.nodes for o in n.outputs))
-              if v is not None]
-    for v in values:
-        if not isinstance(v.type, TensorType):
-            kind = re.sub(r":\w*>", ">", str(v.type))  # (without the type's serialized proto)
-            raise UnsupportedModelError(f"to_torch: %{v.name} is not a tensor ({kind}): no torch lowering")
-    for dtype in sorted({v.type.dtype for v in values if isinstance(v.type, TensorType)}):
-        try:
-            torch_dtype(dtype)
-        except (TypeError, ValueError, KeyError) as e:
-            raise UnsupportedModelError(f"to_torch: element type {dtype} has no torch tensor") from e
 
 
 def run_torch(graph: Graph, feeds: Sequence[Mapping[str, Any]]) -> list[list[np.ndarray]]:
@@ -43,7 +22,6 @@ def run_torch(graph: Graph, feeds: Sequence[Mapping[str, Any]]) -> list[list[np.
     from nasc.backends.tvm.qint import integerize
     from nasc.ir.dtypes import to_numpy
 
-    check_types(graph)
     module = to_torch(integerize(graph)[0])
 
     def held(v: Any) -> np.dtype:  # the numpy dtype of the tensors holding v's values (int8 for int4)
