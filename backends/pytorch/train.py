@@ -22,6 +22,9 @@ from nasc.errors import UsageError
 from nasc.ir.core import Graph, Value
 from nasc.passes.recover_job import DistillJob, DistillResult, Feed
 
+#: the teacher's results are kept per feed while all of them fit in this many bytes
+TEACHER_CACHE_BYTES = 4 << 30
+
 
 class _Runner:
     """A graph as a batched function of (parameters, stacked inputs) -> list of stacked results."""
@@ -111,22 +114,18 @@ class _Distill:
         if not self.trained:
             raise UsageError("recover: none of the chosen parameters is a parameter of the torch module")
         self.teacher_params = self.teacher.params()
-        self.held_teacher: dict[int, list[torch.Tensor]] = {}
+        self.cache: dict[int, list[torch.Tensor]] = {}  # feed key (train i, held -1 - i) -> teacher results
+        self.caching: bool | None = None
         for p in self.teacher_params.values():
             p.requires_grad_(False)
 
     def losses(self, feeds: Sequence[Feed], labels: np.ndarray | None, grad: bool,
-               key: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """The loss on ``feeds`` and the (masked) outputs of student and teacher; ``key`` caches the teacher's
-        results of a batch that recurs (the held-out ones)."""
+               ids: Sequence[int]) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The loss on ``feeds`` (``ids``: their keys in the teacher cache) and the (masked) outputs of student and
+        teacher."""
         job = self.job
         xs = self.student.stack(feeds)
-        t = self.held_teacher.get(key) if key is not None else None
-        if t is None:
-            with torch.no_grad():
-                t = self.teacher(self.teacher_params, xs)
-            if key is not None:
-                self.held_teacher[key] = t
+        t = self._teacher(xs, ids)
         with contextlib.nullcontext() if grad else torch.no_grad():
             s = self.student(self.params, xs)
         mask = xs[self.student.names.index(job.mask)] if job.mask else None
@@ -143,6 +142,23 @@ class _Distill:
             s, t = [_masked(a, mask) for a in s], [_masked(b, mask) for b in t]
         return loss, s[:self.n_out], t[:self.n_out]
 
+    def _teacher(self, xs: list[torch.Tensor], ids: Sequence[int]) -> list[torch.Tensor]:
+        """The teacher's results on a batch; per sample, they are computed once while the cache of all the feeds'
+        results fits in TEACHER_CACHE_BYTES (most recoveries see each feed several times)."""
+        missing = [k for k, i in enumerate(ids) if i not in self.cache]
+        if not missing:
+            return [torch.stack([self.cache[i][m] for i in ids]) for m in range(len(self.cache[ids[0]]))]
+        with torch.no_grad():
+            got = self.teacher(self.teacher_params, [x[missing] for x in xs])
+        if self.caching is None:  # the first batch decides
+            per = sum(r[0].numel() * r.element_size() for r in got)
+            self.caching = per * (len(self.job.train) + len(self.job.held)) <= TEACHER_CACHE_BYTES
+        if not self.caching:
+            return got
+        for j, k in enumerate(missing):
+            self.cache[ids[k]] = [r[j] for r in got]
+        return self._teacher(xs, ids)
+
     def figures(self) -> dict[str, float]:
         """Held-out loss, mean cosine of every output to the teacher's, top-1 agreement and accuracy (logits)."""
         job = self.job
@@ -150,7 +166,8 @@ class _Distill:
         for start in range(0, len(job.held), job.batch):
             feeds = job.held[start:start + job.batch]
             labels = job.held_labels[start:start + len(feeds)] if job.held_labels is not None else None
-            loss, s, t = self.losses(feeds, labels, grad=False, key=start)
+            ids = [-1 - i for i in range(start, start + len(feeds))]
+            loss, s, t = self.losses(feeds, labels, grad=False, ids=ids)
             total += float(loss) * len(feeds)
             a, b = s[0].reshape(len(feeds), -1).float(), t[0].reshape(len(feeds), -1).float()
             cos += float(torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-8).sum())
@@ -187,7 +204,7 @@ class _Distill:
                 idx = order[pos:pos + job.batch]
                 pos += job.batch
                 labels = job.train_labels[idx] if job.train_labels is not None else None
-                loss, _, _ = self.losses([job.train[i] for i in idx], labels, grad=True)
+                loss, _, _ = self.losses([job.train[i] for i in idx], labels, grad=True, ids=[int(i) for i in idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
