@@ -248,7 +248,7 @@ def boundaries(student: Graph, teacher: Graph) -> list[tuple[Value, Value]]:
 
 
 def _set(v: Value, arr: np.ndarray) -> None:
-    arr = np.ascontiguousarray(arr.astype(np.asarray(v.data).dtype).reshape(v.shape))
+    arr = np.array(arr, dtype=np.asarray(v.data).dtype).reshape(v.shape)  # (0-d stays 0-d)
     v.const = LazyArray(arr.shape, v.dtype, lambda a=arr: a)  # type: ignore[misc]
 
 

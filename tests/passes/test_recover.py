@@ -73,8 +73,14 @@ def test_quantized_recovery_lowers_the_held_out_loss_and_writes_integers_back(di
 
 
 def test_int32_biases_follow_trained_scales(digits):
-    g, feeds, _ = digits
-    q = nasc.optimize(g, f"simplify,fuse,quantize,recover{{{QUICK} learn-scales=true}}", calib=feeds)
+    g, feeds, labels = digits
+    q = nasc.optimize(g, f"simplify,fuse,quantize{{bits=4}},recover{{{QUICK} learn-scales=true}}", calib=feeds,
+                      labels=labels)
+    assert _section(q)["details"]["best_step"] > 0, "scales trained and were written back"
+    before = nasc.optimize(g, "simplify,fuse,quantize{bits=4}", calib=feeds)
+    scales = {c.name: np.asarray(c.data) for c in before.constants if c.name.endswith("_scale")}
+    moved = [c for c in q.constants if c.name in scales and not np.array_equal(scales[c.name], c.data)]
+    assert moved and all(c.data.shape == scales[c.name].shape for c in moved)  # 0-d scales stay 0-d
     checked = 0
     for n in q.nodes:
         if n.op in ("Conv", "Gemm") and n.has_input(2) and n.input(2).producer is not None:
