@@ -211,22 +211,31 @@ def _test_set(n: int, total: int) -> str:
     return f"all {total:,} test images" if n == total else f"the first {n:,} test images"
 
 
+def fashion_case(model: str, n_cal: int, quick: bool) -> tuple[Any, list[Feed], np.ndarray, list[Feed], np.ndarray,
+                                                               int]:
+    """A shipped Fashion-MNIST model after ``simplify,fuse``, ``n_cal`` seeded training images with labels, the
+    test images (the first few hundred with --quick) with labels, and the size of the whole test set."""
+    import nasc
+    from nasc.examples.datasets import load_fashion_mnist
+
+    xtr, ytr, xte, yte = load_fashion_mnist()
+    idx = np.sort(np.random.default_rng(SEED).choice(len(xtr), n_cal, replace=False))
+    n_test = int(QUICK["test"]) if quick else len(xte)
+    g0 = nasc.optimize(nasc.load(ROOT / "examples" / f"{model}.onnx"), "simplify,fuse")
+    return (g0, [{"image": xtr[i:i + 1]} for i in idx], ytr[idx], [{"image": xte[i:i + 1]} for i in range(n_test)],
+            yte[:n_test], len(xte))
+
+
 # ---- cnn -----------------------------------------------------------------------------------------------------
 
 
 def case_cnn(quick: bool, log: Log) -> Section:
-    import nasc
-    from nasc.examples.datasets import load_fashion_mnist
 
     n_cal = QUICK["cnn_calib"] if quick else CNN_CALIB
     recover = str(QUICK["cnn_recover"] if quick else CNN_RECOVER)
     importances: Sequence[str] = QUICK["importances"] if quick else CNN_IMPORTANCES  # type: ignore[assignment]
-    xtr, ytr, xte, yte = load_fashion_mnist()
-    idx = np.sort(np.random.default_rng(SEED).choice(len(xtr), n_cal, replace=False))
-    calib, labels = [{"image": xtr[i:i + 1]} for i in idx], ytr[idx]
-    n_test = int(QUICK["test"]) if quick else len(xte)
-    test, y = [{"image": xte[i:i + 1]} for i in range(n_test)], yte[:n_test]
-    g0 = nasc.optimize(nasc.load(ROOT / "examples" / "fashion_cnn.onnx"), "simplify,fuse")
+    g0, calib, labels, test, y, n_total = fashion_case("fashion_cnn", n_cal, quick)
+    n_test = len(test)
     s0 = g0.summary()
 
     def acc(g: Any) -> float:
@@ -253,7 +262,7 @@ def case_cnn(quick: bool, log: Log) -> Section:
                      f"{_pt(r.figures['accuracy'] - base.figures['accuracy'])} {_rec_cells(r)}")
     notes = [f"Calibration (prune's importances and error report, recover's training and its held-out 20%): "
              f"{n_cal:,} Fashion-MNIST training images drawn with numpy seed {SEED}, with their labels. Accuracy "
-             f"on {_test_set(n_test, len(xte))} (ONNX Runtime). Pipelines, after `simplify,fuse`: "
+             f"on {_test_set(n_test, n_total)} (ONNX Runtime). Pipelines, after `simplify,fuse`: "
              + "; ".join(f"`{r.pipeline}`" for r in rows[1:]) + "."]
     return Section("Fashion-MNIST CNN pruned to 50% of its MACs (examples/fashion_cnn.onnx)", table, notes, rows, "cnn")
 
@@ -262,17 +271,11 @@ def case_cnn(quick: bool, log: Log) -> Section:
 
 
 def case_vit(quick: bool, log: Log) -> Section:
-    import nasc
-    from nasc.examples.datasets import load_fashion_mnist
 
     n_cal = QUICK["vit_calib"] if quick else VIT_CALIB
     recover = str(QUICK["vit_recover"] if quick else VIT_RECOVER)
-    xtr, ytr, xte, yte = load_fashion_mnist()
-    idx = np.sort(np.random.default_rng(SEED).choice(len(xtr), n_cal, replace=False))
-    calib, labels = [{"image": xtr[i:i + 1]} for i in idx], ytr[idx]
-    n_test = int(QUICK["test"]) if quick else len(xte)
-    test, y = [{"image": xte[i:i + 1]} for i in range(n_test)], yte[:n_test]
-    g0 = nasc.optimize(nasc.load(ROOT / "examples" / "fashion_vit.onnx"), "simplify,fuse")
+    g0, calib, labels, test, y, n_total = fashion_case("fashion_vit", n_cal, quick)
+    n_test = len(test)
 
     def acc(g: Any) -> float:
         return float(np.mean(np.argmax(outputs(g, test), axis=1) == y))
@@ -296,7 +299,7 @@ def case_vit(quick: bool, log: Log) -> Section:
                      f"{_pct(r.figures['accuracy'])} | {_pt(r.figures['accuracy'] - base.figures['accuracy'])} "
                      f"{_rec_cells(r)}")
     notes = [f"Calibration: {n_cal:,} Fashion-MNIST training images (numpy seed {SEED}) with labels; tie-layers "
-             f"fits on the first 128. Accuracy on {_test_set(n_test, len(xte))}. Pipelines, after "
+             f"fits on the first 128. Accuracy on {_test_set(n_test, n_total)}. Pipelines, after "
              f"`simplify,fuse`: " + "; ".join(f"`{r.pipeline}`" for r in rows[1:]) + "."]
     return Section("Fashion-MNIST ViT (examples/fashion_vit.onnx) tied to 2 unique blocks", table, notes, rows,
                    "vit")

@@ -393,6 +393,18 @@ def lstm(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, b: torch.Tensor | No
     return y, yh, yc
 
 
+def _whole_sequences(node: Node) -> bool:
+    """An LSTM/GRU/RNN's ``layout`` (batch first), refusing sequence_lens other than the whole sequence."""
+    batch_first = bool(int(node.attr("layout", 0)))
+    seq = node.input(0).shape[1 if batch_first else 0]
+    if node.has_input(4):
+        v = node.input(4)
+        if not v.is_const or any(int(n) != seq for n in np.asarray(v.data).reshape(-1)):
+            raise UnsupportedModelError(f"to_torch: {node.describe()}: {node.op} with sequence_lens other than the "
+                                        "whole sequence has no torch lowering")
+    return batch_first
+
+
 @torch_lowering("LSTM")
 def _lstm(lx: Lx, node: Node) -> Any:
     acts = [str(a).lower() for a in node.attr("activations", None) or []]
@@ -400,13 +412,7 @@ def _lstm(lx: Lx, node: Node) -> Any:
             or int(node.attr("input_forget", 0)):
         raise UnsupportedModelError(f"to_torch: {node.describe()}: LSTM with custom activations, clip or "
                                     "input_forget has no torch lowering")
-    batch_first = bool(int(node.attr("layout", 0)))
-    seq = node.input(0).shape[1 if batch_first else 0]
-    if node.has_input(4):
-        v = node.input(4)
-        if not v.is_const or any(int(n) != seq for n in np.asarray(v.data).reshape(-1)):
-            raise UnsupportedModelError(f"to_torch: {node.describe()}: LSTM with sequence_lens other than the "
-                                        "whole sequence has no torch lowering")
+    batch_first = _whole_sequences(node)
     parts = lx.call(lstm, lx.x(node, 0), lx.x(node, 1), lx.x(node, 2), lx.opt(node, 3), lx.opt(node, 5),
                     lx.opt(node, 6), lx.opt(node, 7), int(node.attr("hidden_size")),
                     str(node.attr("direction", "forward")), batch_first)
@@ -583,13 +589,7 @@ def _gru_rnn(lx: Lx, node: Node) -> Any:
     if any(a != d for a, d in zip(acts, defaults)) or node.attr("clip", None) is not None:
         raise UnsupportedModelError(f"to_torch: {node.describe()}: {node.op} with custom activations or clip has no "
                                     "torch lowering")
-    batch_first = bool(int(node.attr("layout", 0)))
-    seq = node.input(0).shape[1 if batch_first else 0]
-    if node.has_input(4):
-        v = node.input(4)
-        if not v.is_const or any(int(n) != seq for n in np.asarray(v.data).reshape(-1)):
-            raise UnsupportedModelError(f"to_torch: {node.describe()}: {node.op} with sequence_lens other than the "
-                                        "whole sequence has no torch lowering")
+    batch_first = _whole_sequences(node)
     parts = lx.call(gru_rnn, lx.x(node, 0), lx.x(node, 1), lx.x(node, 2), lx.opt(node, 3), lx.opt(node, 5),
                     int(node.attr("hidden_size")), str(node.attr("direction", "forward")), batch_first, gru,
                     bool(int(node.attr("linear_before_reset", 0))))

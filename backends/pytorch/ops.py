@@ -373,29 +373,22 @@ def _argmax(lx: Lx, node: Node) -> Any:
                    bool(node.attr("keepdims", 1)), bool(node.attr("select_last_index", 0)))
 
 
-def cumsum(x: torch.Tensor, axis: int, exclusive: bool, reverse: bool) -> torch.Tensor:
+def cumulative(x: torch.Tensor, axis: int, exclusive: bool, reverse: bool, product: bool) -> torch.Tensor:
+    """ONNX CumSum (CumProd with ``product``): ``exclusive`` shifts by one along the axis, the identity first."""
     if reverse:
         x = torch.flip(x, (axis,))
-    if exclusive:  # shifted by one along the axis, a zero first
-        x = torch.cat([torch.zeros_like(x.narrow(axis, 0, 1)), x.narrow(axis, 0, x.shape[axis] - 1)], axis)
-    y = torch.cumsum(x, axis, dtype=x.dtype)
-    return torch.flip(y, (axis,)) if reverse else y
-
-
-def cumprod(x: torch.Tensor, axis: int, exclusive: bool, reverse: bool) -> torch.Tensor:
-    if reverse:
-        x = torch.flip(x, (axis,))
-    if exclusive:  # shifted by one along the axis, a one first
-        x = torch.cat([torch.ones_like(x.narrow(axis, 0, 1)), x.narrow(axis, 0, x.shape[axis] - 1)], axis)
-    y = torch.cumprod(x, axis, dtype=x.dtype)
+    if exclusive:
+        first = (torch.ones_like if product else torch.zeros_like)(x.narrow(axis, 0, 1))
+        x = torch.cat([first, x.narrow(axis, 0, x.shape[axis] - 1)], axis)
+    y = (torch.cumprod if product else torch.cumsum)(x, axis, dtype=x.dtype)
     return torch.flip(y, (axis,)) if reverse else y
 
 
 @torch_lowering("CumSum", "CumProd")
 def _cumsum(lx: Lx, node: Node) -> Any:
     axis = int(const_of(node, 1).reshape(-1)[0]) % len(node.input(0).shape)
-    return lx.call(cumsum if node.op == "CumSum" else cumprod, lx.x(node, 0), axis, bool(node.attr("exclusive", 0)),
-                   bool(node.attr("reverse", 0)))
+    return lx.call(cumulative, lx.x(node, 0), axis, bool(node.attr("exclusive", 0)), bool(node.attr("reverse", 0)),
+                   node.op == "CumProd")
 
 
 @torch_lowering("LogSoftmax")

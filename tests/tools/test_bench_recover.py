@@ -31,7 +31,6 @@ def _pct(cell: str) -> float:
 
 
 def test_bench_recover_quick_writes_its_section(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
     doc = tmp_path / "bench.md"
     doc.write_text("# hand-written\n\n<!-- bench_recover:begin -->\nold\n<!-- bench_recover:end -->\n\ntail\n")
     out = subprocess.run([sys.executable, str(TOOL), "--quick", "--write", str(doc)], capture_output=True, text=True,
@@ -53,7 +52,7 @@ def test_bench_recover_quick_writes_its_section(tmp_path: Path) -> None:
         assert 0.0 <= _pct(r[head["accuracy"]]) <= 1.0
     assert rec[head["recover time"]].endswith(" s") and rec[head["steps (best)"]].startswith("4 (best ")
     assert pruned[head["recover time"]] == "-"
-    assert "`prune{macs=0.5 importance=taylor},recover{" in text
+    assert "`prune{macs=0.5 importance=taylor reconstruct=true},recover{" in text
 
     vit = _table(lines, "Fashion-MNIST ViT")
     head = {c: i for i, c in enumerate(vit[0])}
