@@ -57,8 +57,9 @@ CNN_RECOVER = "recover{steps=600 batch=32 lr=1e-3}"
 # ---- minilm: all-MiniLM-L6-v2 tied -----------------------------------------------------------------------------
 MINILM_HELD = 200  # held-out sentences (the last 200 of bench_tie's seeded permutation)
 MINILM_CALIB: int | None = None  # calibration sentences (None: all the others, about 8,000)
-MINILM_TIES = ("tie-layers{blocks=2 rank=32 fit=activation}", "tie-layers{blocks=3 rank=0}")
-MINILM_RECOVER = "recover{mask=attention_mask steps=4000 batch=16 lr=3e-4 time=1800s}"
+MINILM_TIES = ("tie-layers{blocks=2 rank=32 fit=activation}",)
+MINILM_RECOVER = ("recover{mask=attention_mask steps=4000 batch=16 lr=2e-4 eval-every=100 patience=4 "
+                  "time=1800s}")
 
 # ---- vit: Fashion-MNIST ViT tied -------------------------------------------------------------------------------
 VIT_CALIB = 4000
