@@ -52,7 +52,7 @@ SEED = 0
 CNN_CALIB = 4000  # training images (with labels), seeded sample
 CNN_IMPORTANCES = ("taylor", "l2")
 CNN_PRUNE = "prune{{macs=0.5 importance={importance} reconstruct=true}}"
-CNN_RECOVER = "recover{steps=600 batch=32 lr=1e-3}"
+CNN_RECOVER = "recover{steps=600 batch=32 lr=1e-4 eval-every=50 patience=6}"
 
 # ---- minilm: all-MiniLM-L6-v2 tied -----------------------------------------------------------------------------
 MINILM_HELD = 200  # held-out sentences (the last 200 of bench_tie's seeded permutation)
