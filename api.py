@@ -130,13 +130,27 @@ def optimize(
     return out
 
 
+class _Trainer:
+    """The torch trainer for passes that need gradients (recover, importance=taylor, sensitivity=fisher), imported
+    on first use: a pipeline without them never loads torch."""
+
+    def _torch(self) -> Any:
+        try:
+            from nasc.backends.pytorch.train import TorchTrainer
+        except ImportError as e:
+            raise UsageError(f"this pass trains through the graph and needs torch ({e}): pip install torch==2.13.0"
+                             ) from None
+        return TorchTrainer()
+
+    def distill(self, job: Any) -> Any:
+        return self._torch().distill(job)
+
+    def probe_gradients(self, *args: Any) -> Any:
+        return self._torch().probe_gradients(*args)
+
+
 def _trainer() -> Any:
-    """The torch trainer for passes that need gradients (recover, importance=taylor), when torch imports."""
-    try:
-        from nasc.backends.pytorch.train import TorchTrainer
-    except ImportError:
-        return None
-    return TorchTrainer()
+    return _Trainer()
 
 
 @dataclass

@@ -318,7 +318,7 @@ def test_activation_importance_needs_calibration(digits, digits_calib):
     ("prune{ratio=-0.1}", "option ratio=-0.1 is not valid"),
     ("prune{macs=0}", "option macs=0.0 is not valid"),
     ("prune{ratio=0.3 macs=0.5}", "one of ratio, macs or params"),
-    ("prune{importance=taylor}", "importance='taylor' is not valid; expected l1, l2, activation, random"),
+    ("prune{importance=hessian}", "importance='hessian' is not valid; expected l1, l2, activation, taylor, random"),
     ("prune{round-to=0}", "option round-to=0 is not valid"),
     ("prune{keep=(}", "option keep='(' is not valid"),
 ])
