@@ -160,7 +160,7 @@ def load_pt2(path: str | os.PathLike[str], input_shapes: Mapping[str, Sequence[i
     for name, shape in (input_shapes or {}).items():
         check_input_shape(name, shape)
     ep, extras = read_pt2_with_extras(path)
-    from nasc.backends.pytorch.export import graph_from_pt2, has_nasc_graph
+    from nasc.frontends.nasc_pt2 import graph_from_pt2, has_nasc_graph
 
     if has_nasc_graph(extras):  # written by nasc's torch target: its own graph, not the ATen ops re-imported
         graph = graph_from_pt2(ep, extras, str(path))

@@ -41,6 +41,15 @@ def dtype_from_torch(dt: torch.dtype) -> str:
     return _TORCH_DTYPES[dt]
 
 
+#: sub-byte integers have no torch dtype: their constants are held widened (int4 values in an int8 tensor)
+WIDENED = {"i4": "i8", "u4": "u8", "i2": "i8", "u2": "u8"}
+
+
+def torch_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype that holds IR dtype ``dtype`` (sub-byte integers widened, see ``WIDENED``)."""
+    return torch.from_numpy(np.zeros(1, dtypes.to_numpy(WIDENED.get(dtype, dtype)))).dtype
+
+
 def target_name(target: Any) -> str:
     """'aten.add.Tensor' for an OpOverload, 'getitem' for operator.getitem, else the callable's name."""
     if isinstance(target, torch._ops.OpOverload):

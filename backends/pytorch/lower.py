@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from nasc.errors import UnsupportedModelError
+from nasc.frontends.nasc_pt2 import attr_name
+from nasc.frontends.torch_ops import WIDENED, torch_dtype
 from nasc.ir import dtypes
 from nasc.ir.core import Graph, Node, Value
 from nasc.ir.types import TensorType
@@ -33,19 +35,13 @@ def torch_lowering(*ops: str) -> Callable[[Callable[[Lx, Node], Any]], Callable[
     return wrap
 
 
-#: sub-byte integers have no torch dtype: their constants are held widened (int4 values in an int8 tensor)
-_WIDENED = {"i4": "i8", "u4": "u8", "i2": "i8", "u2": "u8"}
-
-
-def torch_dtype(dtype: str) -> Any:
-    return torch.from_numpy(np.zeros(1, dtypes.to_numpy(_WIDENED.get(dtype, dtype)))).dtype
 
 
 def const_tensor(v: Value) -> torch.Tensor:
     """A constant's contents as a tensor (sub-byte integers widened to 8 bits, values unchanged)."""
     data = np.asarray(v.data)
-    if v.dtype in _WIDENED:
-        data = data.astype(dtypes.to_numpy(_WIDENED[v.dtype]))
+    if v.dtype in WIDENED:
+        data = data.astype(dtypes.to_numpy(WIDENED[v.dtype]))
     return torch.from_numpy(data.copy()) if data.ndim else torch.tensor(data.item(), dtype=torch_dtype(v.dtype))
 
 
@@ -71,17 +67,6 @@ class Lx:
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return self.fx.call_function(fn, args, kwargs)
-
-
-def _attr_name(v: Value, i: int, used: set[str]) -> str:
-    base = re.sub(r"\W", "_", v.name).strip("_") or f"const_{i}"
-    if base[0].isdigit():
-        base = f"c_{base}"
-    name, k = base, 1
-    while name in used:
-        name, k = f"{base}_{k}", k + 1
-    used.add(name)
-    return name
 
 
 def missing_lowerings(graph: Graph) -> dict[str, list[Node]]:
@@ -138,9 +123,9 @@ def to_torch(graph: Graph, *, train: bool = False, outputs: Sequence[Value] | No
     lx.shadows = quantized_weights(graph) if train else {}
     shadows: dict[str, QuantWeight] = {}
     for v in graph.inputs:
-        lx.env[id(v)] = fx.placeholder(_attr_name(v, 0, used))
+        lx.env[id(v)] = fx.placeholder(attr_name(v, 0, used))
     for i, c in enumerate(graph.constants):
-        name = _attr_name(c, i, used)
+        name = attr_name(c, i, used)
         values[name] = c
         shadow = lx.shadows.get(id(c))
         if shadow is not None:

@@ -19,9 +19,9 @@ import torch
 
 import nasc
 from nasc.backends import fidelity
-from nasc.backends.pytorch.export import IR_MEMBER, MAP_MEMBER
 from nasc.backends.targets import NAMES, TorchTarget, parse_target
 from nasc.errors import ModelLoadError, UsageError
+from nasc.frontends.nasc_pt2 import IR_MEMBER, MAP_MEMBER
 from nasc.ir.text import print_graph, structural_diff
 
 EXAMPLES = Path(nasc.__file__).parent / "examples"
