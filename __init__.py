@@ -7,7 +7,7 @@
 """
 
 from nasc import ir
-from nasc.api import Artifact, compile, export_onnx, from_torch, load, optimize, to_torch
+from nasc.api import Artifact, compile, export_onnx, from_torch, load, optimize, search, to_torch
 from nasc.errors import (
     DeviceError,
     Error,
@@ -41,5 +41,6 @@ __all__ = [
     "ir",
     "load",
     "optimize",
+    "search",
     "to_torch",
 ]

@@ -130,6 +130,13 @@ def optimize(
     return out
 
 
+def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "search", **options: Any) -> Any:
+    """Search pipelines for ``target`` with Optuna: see :func:`nasc.hw_search.run.search` for the options."""
+    from nasc.hw_search.run import search as run_search
+
+    return run_search(model, target, out, **options)
+
+
 class _Trainer:
     """The torch trainer for passes that need gradients (recover, importance=taylor, sensitivity=fisher), imported
     on first use: a pipeline without them never loads torch."""

@@ -292,6 +292,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from nasc.hw_search.run import search
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    r = search(args.model, args.target, args.output, space=args.space, calib=args.calib, trials=args.trials,
+               sampler=args.sampler, population=args.population, storage=args.storage, study=args.study,
+               seed=args.seed, holdout=args.holdout, latency_budget_ms=args.latency_budget,
+               label_output=args.label_output, input_shapes=parse_input_shapes(args.input_shape), pick=args.pick,
+               timeout=args.timeout, log=log)
+    d = r.data
+    print(f"{d['trials']} trials in the study ({d['complete']} complete, {d['failed']} failed, {d['infeasible']} over "
+          f"budget, {d['cached']} reused a build); the front ({len(d['points'])} points):")
+    print("\n".join(r.table))
+    print(f"wrote {r.out}/pareto.json, pareto.md, pareto.png")
+    if r.picked is not None:
+        print(f"picked trial {r.picked['trial']}: {r.picked['pipeline']}; built into {r.out}/build")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad command line is one ``nasc: error:`` line (a UsageError), not a usage block."""
 
@@ -388,6 +409,37 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--calib", default=None, metavar="FILE.npz",
                     help="also time int8: ONNX Runtime quantize_static and nasc's integer build, calibrated on it")
     sp.set_defaults(func=cmd_bench)
+
+    sp = sub.add_parser("search", help="search pipelines (pruning, tying, quantization) for a target's budgets")
+    common(sp)
+    sp.add_argument("--target", default="onnx", help="as for compile; mcu boards' flash and SRAM are constraints")
+    sp.add_argument("-o", "--output", required=True, help="directory for search.db, pareto.json/.md/.png and --pick")
+    sp.add_argument("--space", default=None, metavar="PIPELINE",
+                    help='a pipeline with ranges lo..hi and choices a|b, e.g. "simplify,fuse,prune?{macs=0.3..1.0},'
+                         'quant-policy{bits=8|8,4},quantize" (default: pruning, tying where the model repeats '
+                         'blocks, and a mixed int8/int4 policy)')
+    sp.add_argument("--calib", default=None, metavar="FILE.npz",
+                    help="samples the passes calibrate on, a held-out share of them scores each trial (with a "
+                         "'label' array: accuracy, else fidelity to the original model)")
+    sp.add_argument("--trials", type=_at_least(0), default=20, help="trials this run adds to the study (default 20)")
+    sp.add_argument("--sampler", default="nsga2", choices=("nsga2", "tpe", "random", "grid"),
+                    help="Optuna sampler (default nsga2)")
+    sp.add_argument("--population", type=_at_least(2), default=10,
+                    help="NSGA-II population / TPE's random start-up trials (default 10)")
+    sp.add_argument("--storage", default=None, metavar="URL",
+                    help="Optuna storage, e.g. postgresql://user:pass@host/db, shared by workers (default: SQLite "
+                         "in the output directory)")
+    sp.add_argument("--study", default=None, metavar="NAME", help="study name in the storage (default nasc-search)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the sampler and of the held-out split")
+    sp.add_argument("--holdout", type=float, default=0.25, help="share of --calib that scores trials (default 0.25)")
+    sp.add_argument("--latency-budget", type=float, default=None, metavar="MS", help="cpu: the most latency allowed")
+    sp.add_argument("--label-output", default=None, metavar="NAME",
+                    help="the output the calibration labels score (default: the first)")
+    sp.add_argument("--pick", default=None, metavar="RULE",
+                    help='compile the front point a rule chooses into OUTPUT/build, e.g. "accuracy>=0.98 '
+                         'minimize=flash"')
+    sp.add_argument("--timeout", type=float, default=None, metavar="S", help="stop starting trials after S seconds")
+    sp.set_defaults(func=cmd_search)
 
     sp = sub.add_parser("passes", help="list the passes with their options")
     sp.set_defaults(func=cmd_passes)

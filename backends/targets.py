@@ -63,6 +63,12 @@ class Target:
         (then ``job.report["fidelity"]`` is set)."""
         raise NotImplementedError
 
+    def measure(self, graph: Graph, feed: Mapping[str, Any], repeat: int = 50) -> dict[str, float]:
+        """What the target costs for ``graph`` beyond its size (``latency_ms`` where nasc can time a build here,
+        exact memory figures where a planner gives them), built in a scratch directory when it needs a build;
+        ``repeat`` timing runs. Nothing for targets whose builds do not run here."""
+        return {}
+
     def __str__(self) -> str:
         return self.text
 
@@ -105,6 +111,21 @@ class TvmTarget(Target):
     @property
     def kind(self) -> str:  # type: ignore[override]
         return str(self.tvm.kind)
+
+    def measure(self, graph: Graph, feed: Mapping[str, Any], repeat: int = 50) -> dict[str, float]:
+        """The median latency of the compiled graph here (cpu targets this host can run; else nothing)."""
+        import tempfile
+
+        if self.kind != "cpu":
+            return {}
+        with tempfile.TemporaryDirectory(prefix="nasc-measure-") as tmp:
+            job = BuildJob({"pipeline": "", "warnings": []}, [dict(feed)], "measure")
+            if self.build(graph, Path(tmp), job) is None:
+                return {}
+            from nasc.runtime import load as load_compiled
+
+            return {"latency_ms": load_compiled(Path(tmp)).latency_ms(feed, repeat=repeat, warmup=1,
+                                                                     min_seconds=0.05 if repeat < 20 else 0.5)}
 
     def build(self, graph: Graph, out: Path, job: BuildJob) -> Callable[[Any], list[Any]] | None:
         from nasc.backends.tvm.build import build, write_artifact
@@ -163,6 +184,10 @@ class McuTarget(Target):
         from nasc.backends.mcu.build import estimate
 
         return estimate(graph, self.board)
+
+    def measure(self, graph: Graph, feed: Mapping[str, Any], repeat: int = 50) -> dict[str, float]:
+        """The planner's arena and weight bytes (exact; no C is compiled, so code size is not included)."""
+        return {k: float(v) for k, v in self.estimate(graph).items()}
 
     def build(self, graph: Graph, out: Path, job: BuildJob) -> None:
         """The C project; with ``job.verify_modes``, built and run (host gcc, QEMU) against the reference."""

@@ -190,8 +190,17 @@ class _Distill:
         rng = np.random.default_rng(job.seed)
         opt = torch.optim.Adam(list(self.trained.values()), lr=job.lr)
         warm = max(1, job.steps // 20)
+
+        def progress(k: int) -> float:
+            """How far training is: by steps, or by the clock when a time limit will end it first (so the
+            cosine decay still anneals the rate before a time-limited run stops)."""
+            done = k / job.steps
+            if job.time_limit is not None:
+                done = max(done, (time.perf_counter() - t0) / job.time_limit)
+            return min(done, 1.0)
+
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda k: min(1.0, (k + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(k / job.steps, 1)))))
+            opt, lambda k: min(1.0, (k + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress(k)))))
         before = self.figures()
         best, best_step, best_state, bad = before["loss"], 0, self._state(), 0
         history: list[dict[str, float]] = [{"step": 0, "held_loss": before["loss"]}]

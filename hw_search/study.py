@@ -1,0 +1,303 @@
+"""``nasc search``: an Optuna study over a pipeline space, each trial built with the real passes and measured.
+
+Objectives: the quality on a held-out slice of the calibration data (``accuracy`` with labels, else ``fidelity``,
+the cosine of the outputs to the original model's; maximized) and the target's costs (minimized): on ``mcu:*``
+the planner's exact arena and weight bytes; on ``cpu`` the compiled artifact's latency and the weight bytes;
+elsewhere the weight bytes and MACs. The board's flash and SRAM (and ``latency_budget_ms``) are constraints:
+an infeasible trial is recorded with its violation and never joins the front. Trials whose pipeline was
+already measured reuse its figures (the cache is the study itself, so it holds across workers and resumes).
+Storage defaults to SQLite in the output directory; a killed worker's running trial is failed by the next
+worker's heartbeat check and retried with the same parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasc.errors import Error, UsageError
+from nasc.hw_search.space import Space
+from nasc.ir.core import Graph
+
+SAMPLERS = ("nsga2", "tpe", "random", "grid")
+#: timing repeats of a cpu latency during the search (the front is re-measured with the defaults of median_ms)
+QUICK_REPEATS = 5
+DEFAULT_STUDY = "nasc-search"
+#: seconds between a running trial's heartbeats ($NASC_SEARCH_HEARTBEAT_S); a trial silent for three of them is
+#: failed (and retried with its parameters) by the next worker that starts a trial
+HEARTBEAT_S = 10
+
+
+def _heartbeat() -> int:
+    try:
+        return max(1, int(os.environ.get("NASC_SEARCH_HEARTBEAT_S", HEARTBEAT_S)))
+    except ValueError:
+        raise UsageError("$NASC_SEARCH_HEARTBEAT_S must be a whole number of seconds") from None
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    direction: str  # "maximize" or "minimize"
+    unit: str = ""
+
+
+@dataclass
+class Problem:
+    """What every trial of one search shares: the model, its target, the data split and the objectives."""
+
+    model: Any
+    graph: Graph
+    target: Any  # nasc.backends.targets.Target
+    space: Space
+    fit: list[dict[str, np.ndarray]]
+    fit_labels: np.ndarray | None
+    held: list[dict[str, np.ndarray]]
+    held_labels: np.ndarray | None
+    reference: list[list[np.ndarray]]
+    label_output: int
+    objectives: list[Objective]
+    limits: dict[str, float]  # objective name -> the most it may be (constraints)
+    seed: int = 0
+    log: Callable[[str], None] = field(default=lambda _m: None)
+
+    @property
+    def quality(self) -> str:
+        return self.objectives[0].name
+
+
+def objectives_for(target: Any, labelled: bool) -> list[Objective]:
+    quality = Objective("accuracy" if labelled else "fidelity", "maximize")
+    if target.kind == "mcu":
+        return [quality, Objective("weights_bytes", "minimize", "B"), Objective("arena_bytes", "minimize", "B")]
+    if target.kind == "cpu":
+        return [quality, Objective("latency_ms", "minimize", "ms"), Objective("weights_bytes", "minimize", "B")]
+    return [quality, Objective("weights_bytes", "minimize", "B"), Objective("macs", "minimize")]
+
+
+def limits_for(target: Any, latency_budget_ms: float | None) -> dict[str, float]:
+    b = target.budgets
+    out: dict[str, float] = {}
+    if b.flash_bytes is not None:
+        out["weights_bytes"] = float(b.flash_bytes)
+    if b.sram_bytes is not None:
+        out["arena_bytes"] = float(b.sram_bytes)
+    if latency_budget_ms is not None:
+        if target.kind != "cpu":
+            raise UsageError(f"a latency budget needs a target whose latency nasc measures (cpu), not {target.text}")
+        out["latency_ms"] = float(latency_budget_ms)
+    return out
+
+
+def evaluate(problem: Problem, pipeline: str) -> dict[str, float]:
+    """Build ``pipeline`` on the model and measure every objective (the figures of one trial)."""
+    import nasc
+    from nasc.backends import fidelity
+
+    g = nasc.optimize(problem.graph, pipeline, problem.fit, problem.target, seed=problem.seed,
+                      labels=problem.fit_labels)
+    got = fidelity.run_graph(g, problem.held)
+    values: dict[str, float] = {}
+    if problem.held_labels is not None:
+        k = problem.label_output
+        pred = np.array([int(np.argmax(np.asarray(o[k]).reshape(-1))) for o in got])
+        values["accuracy"] = float(np.mean(pred == problem.held_labels.reshape(-1)))
+    values["fidelity"] = float(fidelity.compare(problem.reference, got)["cosine"])
+    s = g.summary()
+    values["weights_bytes"], values["macs"] = float(s["param_bytes"]), float(s["macs"])
+    values.update({k: float(v) for k, v in problem.target.measure(g, problem.held[0], QUICK_REPEATS).items()})
+    return values
+
+
+def violations(values: Mapping[str, float], limits: Mapping[str, float]) -> dict[str, float]:
+    """How far each limited figure is over its limit (<= 0: within)."""
+    return {k: values[k] - lim for k, lim in limits.items() if k in values}
+
+
+def open_study(storage: str, name: str, problem: Problem, sampler: str, population: int, seed: int | None,
+               log: Callable[[str], None]) -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # nasc logs each trial itself
+    rdb = _storage(storage)
+    directions = [o.direction for o in problem.objectives]
+    study = optuna.create_study(storage=rdb, study_name=name, directions=directions,
+                                sampler=make_sampler(sampler, problem.space, population, seed), load_if_exists=True)
+    mine = {"space": problem.space.text, "target": problem.target.text,
+            "objectives": [o.name for o in problem.objectives], "limits": problem.limits}
+    theirs = {k: study.user_attrs.get(k) for k in mine}
+    if not study.user_attrs:
+        for k, v in mine.items():
+            study.set_user_attr(k, v)
+    elif theirs != json.loads(json.dumps(mine)):
+        diff = [k for k in mine if theirs.get(k) != json.loads(json.dumps(mine[k]))]
+        raise UsageError(f"study '{name}' in {_redact(storage)} was started with another {', '.join(diff)} "
+                         f"({', '.join(f'{k}={theirs[k]!r}' for k in diff)}); resume it with the same arguments or "
+                         "name a new study (--study)")
+    else:
+        log(f"resuming study '{name}': {len(study.trials)} trials so far")
+    return study
+
+
+def _storage(url: str) -> Any:
+    import optuna
+    import sqlalchemy.exc
+
+    try:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5 (and have been since 2.8)
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=_heartbeat(), grace_period=3 * _heartbeat(),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                engine_kwargs={"pool_pre_ping": True})
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"cannot open the search storage {_redact(url)}: {first}; check the URL, that the server "
+                         "runs and accepts this user (e.g. postgresql://user:pass@host:5432/db), or leave --storage "
+                         "out for a SQLite file in the output directory") from None
+
+
+def _redact(url: str) -> str:
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def make_sampler(kind: str, space: Space, population: int, seed: int | None) -> Any:
+    import optuna
+
+    # the budgets reach the samplers as each trial's constraints (Trial.set_constraint: <= 0 is feasible)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+    if kind == "tpe":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=population)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "grid":
+        if space.size() > 100_000:
+            raise UsageError(f"the space has {space.size():,} points, too many for --sampler grid; use nsga2 or tpe")
+        grid = {d.name: d.values() for d in space.dims()}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    raise UsageError(f"unknown sampler {kind!r}; samplers: {', '.join(SAMPLERS)}")
+
+
+def run_trials(study: Any, problem: Problem, n_trials: int, timeout: float | None, progress: Any) -> None:
+    """Run ``n_trials`` trials of ``study`` in this process (one worker)."""
+
+    def objective(trial: Any) -> Sequence[float]:
+        pipeline, _ = problem.space.sample(trial)
+        trial.set_user_attr("pipeline", pipeline)
+        cached = _cached(study, pipeline, trial.number)
+        t0 = time.perf_counter()
+        if cached is not None:
+            values = cached
+            trial.set_user_attr("cached", True)
+        else:
+            try:
+                values = evaluate(problem, pipeline)
+            except Error as e:  # a point the passes refuse (e.g. blocks that do not divide the layers)
+                msg = " ".join(str(e).split())[:500]
+                trial.set_user_attr("error", msg)
+                raise
+        trial.set_user_attr("values", values)
+        trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
+        viol = violations(values, problem.limits)
+        trial.set_user_attr("violations", viol)
+        for key, over in viol.items():
+            trial.set_constraint(key, over)
+        trial.set_user_attr("feasible", all(v <= 0 for v in viol.values()))
+        return [values[o.name] for o in problem.objectives]
+
+    def after(study: Any, trial: Any) -> None:
+        progress(study, trial)
+
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Error,), callbacks=[after],
+                   gc_after_trial=True)
+
+
+def _cached(study: Any, pipeline: str, number: int) -> dict[str, float] | None:
+    import optuna
+
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.number != number and t.user_attrs.get("pipeline") == pipeline and "values" in t.user_attrs:
+            return dict(t.user_attrs["values"])
+    return None
+
+
+def front(study: Any, problem: Problem) -> list[Any]:
+    """The feasible Pareto-optimal trials (``study.best_trials``, less any infeasible one), one per set of figures."""
+    seen: set[tuple[float, ...]] = set()
+    out = []
+    for t in sorted(study.best_trials, key=lambda t: t.number):
+        key = tuple(t.values)  # a pipeline measured twice, or two that reach the same figures: the first one
+        if t.user_attrs.get("feasible", True) and key not in seen:
+            seen.add(key)
+            out.append(t)
+    q = problem.objectives[0]
+    return sorted(out, key=lambda t: -t.user_attrs["values"][q.name])
+
+
+def split(feeds: list[dict[str, np.ndarray]], labels: np.ndarray | None, holdout: float, seed: int
+          ) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None, list[dict[str, np.ndarray]], np.ndarray | None]:
+    """(fit feeds, their labels, held-out feeds, their labels): a seeded ``holdout`` share is held out."""
+    if not 0 < holdout < 1:
+        raise UsageError(f"holdout must be between 0 and 1 (a share of the calibration samples), got {holdout}")
+    if len(feeds) < 2:
+        raise UsageError(f"search needs at least 2 calibration samples (some to fit, some to measure on); got "
+                         f"{len(feeds)}")
+    order = np.random.default_rng(seed).permutation(len(feeds))
+    n_held = min(len(feeds) - 1, max(1, round(len(feeds) * holdout)))
+    held, fit = sorted(order[:n_held]), sorted(order[n_held:])
+    lab = None if labels is None else np.asarray(labels)
+    return ([feeds[i] for i in fit], None if lab is None else lab[fit],
+            [feeds[i] for i in held], None if lab is None else lab[held])
+
+
+def save_feeds(path: Path, feeds: list[dict[str, np.ndarray]], labels: np.ndarray | None) -> None:
+    """An .npz that ``nasc compile --calib`` reads back into the same feeds (and labels)."""
+    arrays = {k: np.stack([np.asarray(f[k]) for f in feeds]) for k in feeds[0]}
+    if labels is not None:
+        arrays["label"] = np.asarray(labels)
+    np.savez(path, **arrays)
+
+
+def quick_str(v: float, unit: str) -> str:
+    if unit == "B":
+        return f"{v / 1024:.1f} KB" if v < 1024**2 else f"{v / 1024**2:.2f} MB"
+    if unit == "ms":
+        return f"{v:.3f} ms"
+    if abs(v) >= 1e6:
+        return f"{v / 1e6:.2f} M"
+    return f"{v:.4f}" if not float(v).is_integer() else f"{int(v)}"
+
+
+def default_storage(out: Path) -> str:
+    return f"sqlite:///{(out / 'search.db').resolve()}"
+
+
+def tmpdir() -> Any:
+    return tempfile.TemporaryDirectory(prefix="nasc-search-")
+
+
+__all__ = [
+    "SAMPLERS",
+    "Objective",
+    "Problem",
+    "evaluate",
+    "front",
+    "objectives_for",
+    "open_study",
+    "run_trials",
+    "split",
+]

@@ -1,0 +1,166 @@
+"""nasc search on the digits CNN for an MCU board, in SQLite: the front, its reproduction, resuming, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nasc
+from nasc.backends import fidelity
+from nasc.backends.mcu.boards import BOARDS
+from nasc.backends.targets import McuTarget
+from nasc.cli import main
+from nasc.errors import UsageError
+
+EXAMPLES = Path(nasc.__file__).parent / "examples"
+MODEL = str(EXAMPLES / "digits_cnn.onnx")
+CALIB = str(EXAMPLES / "digits_test.npz")
+TARGET = "mcu:stm32f411"
+SPACE = "simplify,fuse,prune?{macs=0.6..1.0/0.2 reconstruct=true},quant-policy{bits=8|8,4 flash=4KB..9KB},quantize"
+
+
+def _optuna_trials(out: Path) -> list:
+    import optuna
+
+    study = optuna.load_study(study_name="nasc-search", storage=f"sqlite:///{out / 'search.db'}")
+    return study.get_trials(deepcopy=False)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("search") / "digits"
+    assert main(["search", MODEL, "--target", TARGET, "-o", str(out), "--calib", CALIB, "--space", SPACE, "--trials", "6", "--sampler", "tpe", "--population", "3"]) == 0
+    return out
+
+
+def test_the_front_is_written_and_every_point_fits_the_board(searched: Path) -> None:
+    data = json.loads((searched / "pareto.json").read_text())
+    assert data["trials"] == 6 and data["complete"] + data["failed"] == 6
+    assert data["objectives"] == {"accuracy": "maximize", "weights_bytes": "minimize", "arena_bytes": "minimize"}
+    board = BOARDS["stm32f411"]
+    assert data["limits"] == {"weights_bytes": board.flash_bytes, "arena_bytes": board.sram_bytes}
+    assert data["points"]
+    for p in data["points"]:
+        assert p["feasible"] and p["values"]["arena_bytes"] <= board.sram_bytes
+        assert 0 <= p["values"]["accuracy"] <= 1
+    accs = [p["values"]["accuracy"] for p in data["points"]]
+    assert accs == sorted(accs, reverse=True)
+    png = (searched / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert "| trial | accuracy | weights_bytes | arena_bytes |" in (searched / "pareto.md").read_text()
+
+
+def test_each_front_point_reproduces_with_its_pipeline(searched: Path, tmp_path: Path) -> None:
+    data = json.loads((searched / "pareto.json").read_text())
+    g0 = nasc.load(MODEL)
+    fit = fidelity.load_calibration(str(searched / "calib_fit.npz"), g0)
+    with np.load(searched / "calib_fit.npz") as d:
+        fit_labels = d["label"]
+    held = fidelity.load_calibration(str(searched / "calib_heldout.npz"), g0)
+    with np.load(searched / "calib_heldout.npz") as d:
+        held_labels = d["label"]
+    assert len(fit) + len(held) == 360
+    for p in data["points"]:
+        g = nasc.optimize(g0, p["pipeline"], fit, TARGET, labels=fit_labels)
+        acc = float(np.mean([np.argmax(o[0]) == y for o, y in zip(fidelity.run_graph(g, held), held_labels)]))
+        assert acc == p["values"]["accuracy"]
+        est = McuTarget(TARGET, board=BOARDS["stm32f411"]).estimate(g)
+        assert (est["arena_bytes"], est["weights_bytes"]) == (p["values"]["arena_bytes"], p["values"]["weights_bytes"])
+    # the compile command pareto.json gives builds the same figures
+    first = data["points"][0]
+    argv = shlex.split(first["compile"])[1:]
+    argv[argv.index("-o") + 1] = str(tmp_path / "build")
+    assert main([*argv, "--verify", "none"]) == 0
+    report = json.loads((tmp_path / "build" / "report.json").read_text())
+    assert report["arena_bytes"] == first["values"]["arena_bytes"]
+    assert report["weights_bytes"] == first["values"]["weights_bytes"]
+
+
+def test_a_second_run_adds_its_trials_and_reuses_measured_pipelines(searched: Path, capsys) -> None:
+    assert main(["search", MODEL, "--target", TARGET, "-o", str(searched), "--calib", CALIB, "--space", SPACE,
+                 "--trials", "3", "--sampler", "tpe", "--population", "3",
+                 "--pick", "accuracy>=0.9 minimize=flash"]) == 0
+    data = json.loads((searched / "pareto.json").read_text())
+    assert data["trials"] == 9
+    out = capsys.readouterr().out
+    assert "picked trial" in out
+    chosen = [p for p in data["points"] if p["values"]["accuracy"] >= 0.9]
+    best = min(chosen, key=lambda p: p["values"]["weights_bytes"])
+    report = json.loads((searched / "build" / "report.json").read_text())
+    assert report["pipeline"] == best["pipeline"] and report["weights_bytes"] == best["values"]["weights_bytes"]
+
+
+def test_a_killed_worker_loses_no_completed_trial(tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    env = {**os.environ, "NASC_SEARCH_HEARTBEAT_S": "1"}
+    cmd = [sys.executable, "-m", "nasc.cli", "search", MODEL, "--target", TARGET, "-o", str(out), "--calib", CALIB,
+           "--space", SPACE, "--trials", "40", "--sampler", "random"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import optuna
+
+    deadline = time.monotonic() + 240
+    done: list = []
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        if (out / "search.db").exists():
+            try:
+                done = [t for t in _optuna_trials(out) if t.state == optuna.trial.TrialState.COMPLETE]
+            except Exception:  # the study is being created
+                continue
+            if len(done) >= 2:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(done) >= 2, "the worker completed no trials in time"
+    at_kill = _optuna_trials(out)
+    before = {t.number: t.values for t in at_kill if t.state == optuna.trial.TrialState.COMPLETE}
+    time.sleep(4)  # past the grace period of three heartbeats: the trial it was running is stale
+    proc2 = subprocess.run([*cmd[:-4], "--trials", "2", "--sampler", "random"], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert proc2.returncode == 0, proc2.stderr
+    trials = _optuna_trials(out)
+    after = {t.number: t.values for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert all(after.get(n) == v for n, v in before.items())  # every completed trial is still there
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    data = json.loads((out / "pareto.json").read_text())
+    assert data["trials"] == len(trials) >= len(at_kill) + 2 and data["complete"] >= len(before)
+
+
+def test_a_budget_no_point_meets_names_the_smallest_values(tmp_path: Path) -> None:
+    tiny = McuTarget("mcu:tiny", board=dataclasses.replace(BOARDS["stm32f411"], sram_bytes=1000, name="tiny"))
+    with pytest.raises(UsageError, match=r"no point of the 2 measured meets the budgets of mcu:tiny; the smallest "
+                                         r"values reached: .*arena_bytes \d+\.\d KB \(limit 1\.0 KB\)"):
+        nasc.search(MODEL, tiny, tmp_path / "tiny", space="simplify,fuse,prune?{macs=0.6..1.0/0.2}", calib=CALIB,
+                    trials=2, sampler="grid")
+
+
+def test_unreachable_storage_is_an_error_and_leaves_nothing(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "never"
+    rc = main(["search", MODEL, "-o", str(out), "--calib", CALIB, "--space", "prune{macs=0.5..1.0}",
+               "--storage", "postgresql://nasc:secret@127.0.0.1:1/nasc", "--trials", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot open the search storage postgresql://nasc:***@127.0.0.1:1/nasc" in err
+    assert "secret" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--space", "simplify,fuse"], "has nothing to search"),
+    (["--space", "prune{macs=0.5..1.0}", "--label-output", "nope"], "is not an output of the model"),
+    (["--space", "prune{macs=0.5..1.0}", "--pick", "speed>=3"], "no figure named 'speed'"),
+    (["--space", "prune{macs=0.5..1.0}", "--latency-budget", "1"], "a latency budget needs"),
+])
+def test_bad_arguments_are_one_error_line(tmp_path: Path, capsys, argv, message) -> None:
+    rc = main(["search", MODEL, "--target", TARGET, "-o", str(tmp_path / "o"), "--calib", CALIB, "--trials", "1",
+               *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
