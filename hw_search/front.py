@@ -42,6 +42,8 @@ def summary(study: Any, problem: Problem, points: list[dict[str, Any]]) -> dict[
         "objectives": {o.name: o.direction for o in problem.objectives},
         "limits": problem.limits,
         "points": points,
+        "measured": [{"trial": t.number, "values": t.user_attrs["values"],
+                      "feasible": bool(t.user_attrs.get("feasible", True))} for t in complete if "values" in t.user_attrs],
     }
 
 
@@ -72,16 +74,26 @@ def plot(path: Path, data: Mapping[str, Any], objectives: Sequence[Objective]) -
 
     q, cost = objectives[0], objectives[1]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for feasible, style in ((True, dict(color="0.7", marker="o", label="measured")),
+                            (False, dict(color="tab:red", marker="x", label="over budget"))):
+        ms = [m for m in data.get("measured", []) if m["feasible"] == feasible]
+        if ms:
+            ax.scatter([_plot_unit(m["values"][cost.name], cost.unit) for m in ms],
+                       [m["values"][q.name] for m in ms], s=18, zorder=2, **style)  # type: ignore[arg-type]
     pts = sorted(data["points"], key=lambda p: p["values"][cost.name])
     xs = [_plot_unit(p["values"][cost.name], cost.unit) for p in pts]
     ys = [p["values"][q.name] for p in pts]
-    ax.plot(xs, ys, "o-", drawstyle="steps-post", color="tab:blue")
+    ax.plot(xs, ys, "o-", drawstyle="steps-post", color="tab:blue", zorder=3, label="Pareto front")
     for p, x, y in zip(pts, xs, ys, strict=True):
         ax.annotate(str(p["trial"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     limit = data.get("limits", {}).get(cost.name)
-    if limit is not None:
+    all_x = [_plot_unit(m["values"][cost.name], cost.unit) for m in data.get("measured", [])] or xs
+    if limit is not None and _plot_unit(limit, cost.unit) <= 2 * max(all_x):  # a budget far off would hide the points
         ax.axvline(_plot_unit(limit, cost.unit), color="tab:red", linestyle="--", label=f"budget ({cost.name})")
-        ax.legend(loc="lower right")
+    elif limit is not None:
+        ax.text(0.02, 0.02, f"budget {quick_str(limit, cost.unit)} (off the chart)", transform=ax.transAxes,
+                fontsize=8, color="tab:red")
+    ax.legend(loc="best", fontsize=8)
     ax.set_xlabel(f"{cost.name} ({_unit_name(cost.unit)})")
     ax.set_ylabel(q.name)
     ax.set_title(f"Pareto front: {data['trials']} trials on {data['target']}")

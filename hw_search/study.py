@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 import time
 import warnings
@@ -129,7 +130,7 @@ def open_study(storage: str, name: str, problem: Problem, sampler: str, populati
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # nasc logs each trial itself
     rdb = _storage(storage)
-    directions = [o.direction for o in problem.objectives]
+    directions: list[Any] = [o.direction for o in problem.objectives]
     study = optuna.create_study(storage=rdb, study_name=name, directions=directions,
                                 sampler=make_sampler(sampler, problem.space, population, seed), load_if_exists=True)
     mine = {"space": problem.space.text, "target": problem.target.text,
@@ -153,12 +154,19 @@ def _storage(url: str) -> Any:
     import sqlalchemy.exc
 
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5 (and have been since 2.8)
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=_heartbeat(), grace_period=3 * _heartbeat(),
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-                engine_kwargs={"pool_pre_ping": True})
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5 (and since 2.8)
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(
+                        url, heartbeat_interval=_heartbeat(), grace_period=3 * _heartbeat(),
+                        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                        engine_kwargs={"pool_pre_ping": True})
+            except sqlalchemy.exc.IntegrityError:  # workers starting together both created the tables: again
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 + random.random())
+        raise AssertionError("unreachable")
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UsageError(f"cannot open the search storage {_redact(url)}: {first}; check the URL, that the server "
@@ -269,7 +277,7 @@ def save_feeds(path: Path, feeds: list[dict[str, np.ndarray]], labels: np.ndarra
     arrays = {k: np.stack([np.asarray(f[k]) for f in feeds]) for k in feeds[0]}
     if labels is not None:
         arrays["label"] = np.asarray(labels)
-    np.savez(path, **arrays)
+    np.savez(path, **arrays)  # type: ignore[arg-type]
 
 
 def quick_str(v: float, unit: str) -> str:
