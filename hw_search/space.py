@@ -4,8 +4,9 @@
 
 An option value is one of:
 
-* ``lo..hi``: a range, integer when the option is an int or a size (``flash=64K..256K``), else float; float
-  ranges move in steps of a round number near 1/20 of the span (``0.3..1.0`` -> 0.05), or ``lo..hi/step``;
+* ``lo..hi``: a range, integer when the option is an int or a size (``flash=64KB..256KB``), else float; float
+  ranges move in steps of a round number near 1/20 of the span (``0.3..1.0`` -> 0.05), integer ones by 1;
+  ``lo..hi/step`` gives the step;
 * ``a|b|c``: a choice among whole values (``bits=8|8,4``: a list option's choices);
 * ``a,b,c``: a choice too, when the option takes one value (``rank=0,8,32``); for a list option (quant-policy's
   ``bits=8,4``) it is that one list;
@@ -51,7 +52,7 @@ class Dim:
         if self.kind == "choice":
             return list(self.choices)
         if self.kind == "int":
-            return list(range(int(self.low), int(self.high) + 1))
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
         assert self.step is not None
         n = math.floor((self.high - self.low) / self.step + 1e-9)
         return [_round(self.low + i * self.step, self.step) for i in range(n + 1)]
@@ -148,7 +149,7 @@ class Space:
             if d.kind == "choice":
                 params[d.name] = trial.suggest_categorical(d.name, list(d.choices))
             elif d.kind == "int":
-                params[d.name] = trial.suggest_int(d.name, int(d.low), int(d.high))
+                params[d.name] = trial.suggest_int(d.name, int(d.low), int(d.high), step=int(d.step or 1))
             else:
                 params[d.name] = trial.suggest_float(d.name, d.low, d.high, step=d.step)
         return self.pipeline(params), params
@@ -191,15 +192,15 @@ def _dim(name: str, tp: Any, value: str, where: str) -> Dim | None:
         lo_text, _, hi_text = span.partition("..")
         try:
             lo, hi = (float(_parse_value(scalar, t)) for t in (lo_text, hi_text))
-            step = float(step_text) if step_text else None
+            step = float(_parse_value(scalar, step_text)) if step_text else None
         except ValueError:
             raise UsageError(f"{where}: cannot read the range {value!r} as {_type_name(tp)} values lo..hi") from None
         if not lo < hi:
             raise UsageError(f"{where}: the range {value!r} is empty (lo must be below hi)")
         if scalar in (int, ByteSize):
-            if step is not None:
-                raise UsageError(f"{where}: integer ranges take every value; leave out the step in {value!r}")
-            return Dim(name, "int", lo, hi, unit="B" if scalar is ByteSize else "")
+            if step is not None and (step < 1 or not step.is_integer()):
+                raise UsageError(f"{where}: the step of the integer range {value!r} must be a whole number >= 1")
+            return Dim(name, "int", lo, hi, step=step, unit="B" if scalar is ByteSize else "")
         step = step if step is not None else _nice_step((hi - lo) / FLOAT_STEPS)
         if step <= 0:
             raise UsageError(f"{where}: the step of {value!r} must be positive")

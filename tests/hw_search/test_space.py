@@ -40,6 +40,8 @@ def test_pipelines_parse_and_an_optional_pass_drops_out():
     assert sorted({small.pipeline(p) for p in small.grid()}) == sorted(
         f"prune{{macs={m}}}{q}" for m in (0.5, 0.75, 1.0) for q in ("", ",quantize"))
     assert Space.parse("quant-policy{bits=8,4|8},quantize").size() == 2
+    flash = Space.parse("quant-policy{flash=4KB..6KB/500}").dims()[0]
+    assert flash.values() == [4000, 4500, 5000, 5500, 6000] and flash.text(4500) == "4500"
 
 
 def test_sampling_through_optuna_stays_in_the_space():
@@ -68,7 +70,7 @@ def test_sampling_through_optuna_stays_in_the_space():
     ("quant-policy{bits=8|x}", "choice 'x' is not a list of int"),
     ("prune{importance=l2..taylor}", "a range needs a numeric option"),
     ("prune{macs=0.5|0.5}", "two or more different values"),
-    ("tie-layers{blocks=1..3/1}", "integer ranges take every value"),
+    ("tie-layers{blocks=1..3/0.5}", "must be a whole number"),
 ])
 def test_malformed_spaces_are_refused_by_name(text, message):
     with pytest.raises(UsageError, match=message):
