@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     import bench_tie
 
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda m: print(m, file=sys.stderr, flush=True)
     started = time.perf_counter()
     space = Space.parse(QUICK["space"] if args.quick else SPACE)
     seeds = int(QUICK["seeds"] if args.quick else SEEDS)
