@@ -302,7 +302,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                sampler=args.sampler, population=args.population, storage=args.storage, study=args.study,
                seed=args.seed, holdout=args.holdout, latency_budget_ms=args.latency_budget,
                label_output=args.label_output, input_shapes=parse_input_shapes(args.input_shape), pick=args.pick,
-               timeout=args.timeout, log=log)
+               timeout=args.timeout, log=log, estimate_only=args.estimate_only)
     d = r.data
     print(f"{d['trials']} trials in the study ({d['complete']} complete, {d['failed']} failed, {d['infeasible']} over "
           f"budget, {d['cached']} reused a build); the front ({len(d['points'])} points):")
@@ -439,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help='compile the front point a rule chooses into OUTPUT/build, e.g. "accuracy>=0.98 '
                          'minimize=flash"')
     sp.add_argument("--timeout", type=float, default=None, metavar="S", help="stop starting trials after S seconds")
+    sp.add_argument("--estimate-only", action="store_true",
+                    help="mcu: score trials by the planner's exact arena and weight bytes without compiling C (no "
+                         "code size, no QEMU instruction count; much faster)")
     sp.set_defaults(func=cmd_search)
 
     sp = sub.add_parser("passes", help="list the passes with their options")

@@ -63,10 +63,12 @@ class Target:
         (then ``job.report["fidelity"]`` is set)."""
         raise NotImplementedError
 
-    def measure(self, graph: Graph, feed: Mapping[str, Any], repeat: int = 50) -> dict[str, float]:
-        """What the target costs for ``graph`` beyond its size (``latency_ms`` where nasc can time a build here,
-        exact memory figures where a planner gives them), built in a scratch directory when it needs a build;
-        ``repeat`` timing runs. Nothing for targets whose builds do not run here."""
+    def measure(self, graph: Graph, feed: Mapping[str, Any], repeat: int = 50, build: bool = True
+                ) -> dict[str, float]:
+        """What the target costs for ``graph`` beyond its size: exact memory figures where a planner gives them,
+        and with ``build``, the figures of a real build in a scratch directory (``latency_ms`` over ``repeat``
+        timed runs on cpu; on mcu the flash with code and the instruction count under QEMU). Nothing for targets
+        whose builds do not run here."""
         return {}
 
     def __str__(self) -> str:
@@ -112,11 +114,12 @@ class TvmTarget(Target):
     def kind(self) -> str:  # type: ignore[override]
         return str(self.tvm.kind)
 
-    def measure(self, graph: Graph, feed: Mapping[str, Any], repeat: int = 50) -> dict[str, float]:
+    def measure(self, graph: Graph, feed: Mapping[str, Any], repeat: int = 50, build: bool = True
+                ) -> dict[str, float]:
         """The median latency of the compiled graph here (cpu targets this host can run; else nothing)."""
         import tempfile
 
-        if self.kind != "cpu":
+        if self.kind != "cpu" or not build:
             return {}
         with tempfile.TemporaryDirectory(prefix="nasc-measure-") as tmp:
             job = BuildJob({"pipeline": "", "warnings": []}, [dict(feed)], "measure")
@@ -185,9 +188,26 @@ class McuTarget(Target):
 
         return estimate(graph, self.board)
 
-    def measure(self, graph: Graph, feed: Mapping[str, Any], repeat: int = 50) -> dict[str, float]:
-        """The planner's arena and weight bytes (exact; no C is compiled, so code size is not included)."""
-        return {k: float(v) for k, v in self.estimate(graph).items()}
+    def measure(self, graph: Graph, feed: Mapping[str, Any], repeat: int = 50, build: bool = True
+                ) -> dict[str, float]:
+        """The planner's arena and weight bytes (exact, no C compiled); with ``build``, also the C project built
+        for the board: ``flash_bytes`` (the model's code and weights, from arm-none-eabi-size) and ``instructions``
+        (one inference on ``feed`` under QEMU with ``-icount``: deterministic, not cycle-accurate)."""
+        import tempfile
+
+        figures = {k: float(v) for k, v in self.estimate(graph).items()}
+        if not build:
+            return figures
+        from nasc.backends.mcu.build import build_mcu
+        from nasc.backends.mcu.verify import instructions, require_tools
+
+        require_tools("qemu", "measuring an mcu build (flash with code, instructions under QEMU)")
+        with tempfile.TemporaryDirectory(prefix="nasc-measure-") as tmp:
+            m = build_mcu(graph, self.board, Path(tmp), model="measure", pipeline="", budget_check=False)
+            figures["flash_bytes"] = float(m.facts["flash_bytes"])
+            figures["code_bytes"] = float(m.facts["code_bytes"])
+            figures["instructions"] = float(instructions(Path(tmp), m.inputs, feed))
+        return figures
 
     def build(self, graph: Graph, out: Path, job: BuildJob) -> None:
         """The C project; with ``job.verify_modes``, built and run (host gcc, QEMU) against the reference."""

@@ -14,7 +14,7 @@ from nasc.errors import UsageError
 from nasc.hw_search.study import Objective, Problem, quick_str
 
 #: names a --pick may use for the figures
-ALIASES = {"flash": "weights_bytes", "weights": "weights_bytes", "arena": "arena_bytes", "sram": "arena_bytes",
+ALIASES = {"weights": "weights_bytes", "arena": "arena_bytes", "sram": "arena_bytes",
            "latency": "latency_ms", "size": "weights_bytes"}
 
 
@@ -140,6 +140,8 @@ def pick(points: Sequence[Mapping[str, Any]], rule: str, objectives: Sequence[Ob
 
 def _name(name: str, names: set[str], rule: str) -> str:
     full = ALIASES.get(name, name)
+    if name == "flash":  # the flash with code when trials were built, else the weights' bytes
+        full = "flash_bytes" if "flash_bytes" in names else "weights_bytes"
     if full not in names:
         raise UsageError(f"--pick {rule!r}: no figure named {name!r}; figures: {', '.join(sorted(names))}")
     return full

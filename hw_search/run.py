@@ -51,7 +51,8 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
            population: int = 10, storage: str | None = None, study: str | None = None, seed: int = 0,
            holdout: float = 0.25, latency_budget_ms: float | None = None, label_output: str | None = None,
            input_shapes: Mapping[str, Sequence[int]] | None = None, pick: str | None = None,
-           timeout: float | None = None, log: Any = None, progress: bool | None = None) -> SearchResult:
+           timeout: float | None = None, log: Any = None, progress: bool | None = None,
+           estimate_only: bool = False) -> SearchResult:
     """Search ``space`` (a pipeline with ranges and choices; default: :func:`default_space`) for ``target``.
 
     Each of ``trials`` trials (added to the study: a second call continues it) builds a pipeline with the real
@@ -61,7 +62,8 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
     several machines can each run this as workers of one study. Writes ``pareto.json``, ``pareto.md``,
     ``pareto.png``, ``calib_fit.npz`` (the samples the passes saw, for reproducing a point with ``nasc compile``)
     and ``calib_heldout.npz`` (those that scored it) into ``out``; ``pick`` (e.g. ``"accuracy>=0.98 minimize=flash"``) compiles the chosen point into
-    ``out/build``.
+    ``out/build``. On ``mcu`` each trial builds the C project and counts one inference's instructions under
+    QEMU; ``estimate_only`` keeps to the planner's exact arena and weight bytes (no C compiled, much faster).
     """
     from nasc.api import _check_numbers, _labelled, compile, load
     from nasc.backends import fidelity
@@ -95,9 +97,14 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
 
         space = default_space(tgt.kind, bool(find_repeats(graph).repeats), calib is not None)
     parsed = Space.parse(space)
+    build = not estimate_only
+    if build and tgt.kind == "mcu":
+        from nasc.backends.mcu.verify import require_tools
+
+        require_tools("qemu", "measuring mcu trials (flash with code, instructions under QEMU; or --estimate-only)")
     problem = Problem(model, graph, tgt, parsed, fit, fit_labels, held, held_labels,
-                      fidelity.run_graph(graph, held), k_out, objectives_for(tgt, held_labels is not None),
-                      limits_for(tgt, latency_budget_ms), seed, log)
+                      fidelity.run_graph(graph, held), k_out, objectives_for(tgt, held_labels is not None, build),
+                      limits_for(tgt, latency_budget_ms, build), seed=seed, log=log, build=build)
     outdir = Path(out)
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"output '{outdir}' exists and is not a directory")

@@ -2,8 +2,9 @@
 
 Objectives: the quality on a held-out slice of the calibration data (``accuracy`` with labels, else ``fidelity``,
 the cosine of the outputs to the original model's; maximized) and the target's costs (minimized): on ``mcu:*``
-the planner's exact arena and weight bytes; on ``cpu`` the compiled artifact's latency and the weight bytes;
-elsewhere the weight bytes and MACs. The board's flash and SRAM (and ``latency_budget_ms``) are constraints:
+the flash (code and weights) and the instruction count of one inference under QEMU ``-icount`` of the built C
+project, and the planner's exact arena (``build=False``: the planner's arena and weight bytes only, no C
+compiled); on ``cpu`` the compiled artifact's latency and the weight bytes; elsewhere the weight bytes and MACs. The board's flash and SRAM (and ``latency_budget_ms``) are constraints:
 an infeasible trial is recorded with its violation and never joins the front. Trials whose pipeline was
 already measured reuse its figures (the cache is the study itself, so it holds across workers and resumes).
 Storage defaults to SQLite in the output directory; a killed worker's running trial is failed by the next
@@ -69,6 +70,7 @@ class Problem:
     objectives: list[Objective]
     limits: dict[str, float]  # objective name -> the most it may be (constraints)
     seed: int = 0
+    build: bool = True  # measure real builds (cpu latency; mcu flash and instructions), not only the planner
     log: Callable[[str], None] = field(default=lambda _m: None)
 
     @property
@@ -76,8 +78,13 @@ class Problem:
         return self.objectives[0].name
 
 
-def objectives_for(target: Any, labelled: bool) -> list[Objective]:
+def objectives_for(target: Any, labelled: bool, build: bool = True) -> list[Objective]:
+    """Quality first, then the target's costs; ``build=False`` (mcu) keeps to what the planner gives exactly
+    without compiling C."""
     quality = Objective("accuracy" if labelled else "fidelity", "maximize")
+    if target.kind == "mcu" and build:
+        return [quality, Objective("flash_bytes", "minimize", "B"), Objective("arena_bytes", "minimize", "B"),
+                Objective("instructions", "minimize")]
     if target.kind == "mcu":
         return [quality, Objective("weights_bytes", "minimize", "B"), Objective("arena_bytes", "minimize", "B")]
     if target.kind == "cpu":
@@ -85,11 +92,11 @@ def objectives_for(target: Any, labelled: bool) -> list[Objective]:
     return [quality, Objective("weights_bytes", "minimize", "B"), Objective("macs", "minimize")]
 
 
-def limits_for(target: Any, latency_budget_ms: float | None) -> dict[str, float]:
+def limits_for(target: Any, latency_budget_ms: float | None, build: bool = True) -> dict[str, float]:
     b = target.budgets
     out: dict[str, float] = {}
     if b.flash_bytes is not None:
-        out["weights_bytes"] = float(b.flash_bytes)
+        out["flash_bytes" if build else "weights_bytes"] = float(b.flash_bytes)
     if b.sram_bytes is not None:
         out["arena_bytes"] = float(b.sram_bytes)
     if latency_budget_ms is not None:
@@ -115,7 +122,8 @@ def evaluate(problem: Problem, pipeline: str) -> dict[str, float]:
     values["fidelity"] = float(fidelity.compare(problem.reference, got)["cosine"])
     s = g.summary()
     values["weights_bytes"], values["macs"] = float(s["param_bytes"]), float(s["macs"])
-    values.update({k: float(v) for k, v in problem.target.measure(g, problem.held[0], QUICK_REPEATS).items()})
+    values.update({k: float(v) for k, v in problem.target.measure(g, problem.held[0], QUICK_REPEATS,
+                                                                  build=problem.build).items()})
     return values
 
 

@@ -457,11 +457,12 @@ host: nasc_host
 \t./nasc_host
 
 nasc_qemu.elf: $(SRCS) harness/main.c harness/startup.c harness/mps2.ld model.h nasc_shim.h
-\t$(ARM_CC) $(ARM_CFLAGS) --specs=rdimon.specs -nostartfiles -T harness/mps2.ld -Wl,--gc-sections \\
+\t$(ARM_CC) $(ARM_CFLAGS) -DNASC_QEMU_TIMER --specs=rdimon.specs -nostartfiles -T harness/mps2.ld -Wl,--gc-sections \\
 \t  -o $@ $(SRCS) harness/main.c harness/startup.c -lm
 
+# QEMU_ICOUNT="-icount shift=0": one instruction per ns of virtual time, so the harness's timer counts instructions
 qemu: nasc_qemu.elf
-\t$(QEMU) -M $(QEMU_MACHINE) -nographic -monitor none -serial none \\
+\t$(QEMU) -M $(QEMU_MACHINE) -nographic -monitor none -serial none $(QEMU_ICOUNT) \\
 \t  -semihosting-config enable=on,target=native -kernel nasc_qemu.elf
 
 clean:
@@ -548,6 +549,22 @@ SECTIONS {
 """
 
 
+#: the MPS2 boards' CMSDK APB timer 0 (QEMU: 32-bit, down-counting at the 25 MHz system clock, on QEMU's virtual
+#: clock); under ``-icount shift=0`` its ticks count instructions (40 per tick). On the host it reads 0.
+MPS2_TIMER_HZ = 25_000_000
+TIMER = [
+    "#ifdef NASC_QEMU_TIMER",
+    "#define NASC_TIMER0 ((volatile unsigned*)0x40000000u) /* CTRL, VALUE, RELOAD */",
+    "static void nasc_timer_start(void) { NASC_TIMER0[2] = 0xFFFFFFFFu; NASC_TIMER0[1] = 0xFFFFFFFFu; "
+    "NASC_TIMER0[0] = 1u; }",
+    "static unsigned nasc_timer(void) { return NASC_TIMER0[1]; }",
+    "#else",
+    "static void nasc_timer_start(void) {}",
+    "static unsigned nasc_timer(void) { return 0u; }",
+    "#endif",
+]
+
+
 def harness_main(ins: list[Port], outs: list[Port]) -> str:
     decl = [f"static {p.ctype} {p.param}[{max(p.size, 1)}];" for p in ins + outs]
     # zero-size tensors take no bytes in the files; a model without input bytes reads one tick byte per sample
@@ -558,13 +575,15 @@ def harness_main(ins: list[Port], outs: list[Port]) -> str:
     return "\n".join([
         "/* Test harness: runs the model on every sample in nasc_in.bin (inputs in order, raw, repeated)",
         "   and writes the outputs to nasc_out.bin. On Cortex-M the files are reached through semihosting. */",
-        "#include <stdio.h>", '#include "model.h"', "", *decl, "", "int main(void) {",
+        "#include <stdio.h>", '#include "model.h"', "", *decl, "", *TIMER, "", "int main(void) {",
         '  FILE* fi = fopen("nasc_in.bin", "rb");', '  FILE* fo = fopen("nasc_out.bin", "wb");',
         "  int n = 0;", "  if (fi == NULL || fo == NULL) {",
         '    printf("nasc harness: cannot open nasc_in.bin / nasc_out.bin\\n");', "    return 1;", "  }",
-        "  for (;;) {", *reads, f"    int rc = nasc_run({call});", "    if (rc != 0) {",
+        "  nasc_timer_start();", "  for (;;) {", *reads, "    unsigned t0 = nasc_timer();",
+        f"    int rc = nasc_run({call});", "    unsigned ticks = t0 - nasc_timer();", "    if (rc != 0) {",
         '      printf("nasc harness: nasc_run returned %d on sample %d\\n", rc, n);', "      return 2;", "    }",
-        *writes, "    n++;", "  }", "  fclose(fi);", "  fclose(fo);", '  printf("nasc harness: %d samples\\n", n);',
+        *writes, "#ifdef NASC_QEMU_TIMER", '    printf("nasc ticks: %u\\n", ticks);', "#else", "    (void)ticks;",
+        "#endif", "    n++;", "  }", "  fclose(fi);", "  fclose(fo);", '  printf("nasc harness: %d samples\\n", n);',
         "  return 0;", "}", ""])
 
 

@@ -32,10 +32,12 @@ def missing_tools(mode: str) -> list[str]:
     return [t for t in TOOLS[mode] if shutil.which(t) is None]
 
 
-def require_tools(mode: str) -> None:
+def require_tools(mode: str, what: str | None = None) -> None:
+    """A UsageError naming the missing tools of ``mode`` and how to install them; ``what`` says what needs them
+    (default: ``--verify MODE``)."""
     missing = missing_tools(mode)
     if missing:
-        raise UsageError(f"--verify {mode} needs {', '.join(missing)} on PATH: {INSTALL_HINT}")
+        raise UsageError(f"{what or f'--verify {mode}'} needs {', '.join(missing)} on PATH: {INSTALL_HINT}")
 
 
 def run_project(project: Path, mode: str, ins: list[Port], outs: list[Port],
@@ -69,9 +71,35 @@ def run_project(project: Path, mode: str, ins: list[Port], outs: list[Port],
     return results
 
 
-def _make(work: Path, mode: str, timeout_s: float) -> str:
+def instructions(project: Path, ins: list[Port], feed: Mapping[str, Any], timeout_s: float = 600) -> int:
+    """How many instructions one ``nasc_run`` on ``feed`` executes on the board's QEMU machine.
+
+    QEMU runs with ``-icount shift=0`` (each instruction advances its virtual clock by 1 ns) and the harness reads
+    the MPS2 timer (25 MHz on that clock) around the call: the count is exact to the timer's 40-instruction tick.
+    It is deterministic, not cycle-accurate: QEMU models no pipeline, caches or wait states, so it ranks builds
+    for one core but is not a latency in cycles."""
+    from nasc.backends.mcu.emit import MPS2_TIMER_HZ
+
+    require_tools("qemu")
+    with tempfile.TemporaryDirectory(prefix="nasc-mcu-") as tmp:
+        work = Path(tmp) / "project"
+        shutil.copytree(project, work, ignore=shutil.ignore_patterns("report.json"))
+        with open(work / "nasc_in.bin", "wb") as f:
+            for p in ins:
+                f.write(np.ascontiguousarray(np.asarray(feed[p.name]), dtype=p.dtype).tobytes())
+            if not any(p.size for p in ins):
+                f.write(b"\0")
+        log = _make(work, "qemu", timeout_s, "QEMU_ICOUNT=-icount shift=0")
+    ticks = [int(m) for m in re.findall(r"^nasc ticks: (\d+)$", log, re.M)]
+    if len(ticks) != 1:
+        raise McuRunError(f"the QEMU run printed {len(ticks)} timer readings for 1 sample; its log:\n{log[-2000:]}")
+    return ticks[0] * (1_000_000_000 // MPS2_TIMER_HZ)
+
+
+def _make(work: Path, mode: str, timeout_s: float, *variables: str) -> str:
     try:
-        proc = subprocess.run(["make", "-s", mode], cwd=work, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(["make", "-s", mode, *variables], cwd=work, capture_output=True, text=True,
+                              timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise McuRunError(f"the {mode} build/run did not finish in {timeout_s:.0f} s") from None
     log = proc.stdout + proc.stderr

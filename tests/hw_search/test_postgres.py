@@ -69,7 +69,7 @@ def test_two_workers_share_one_study(postgres: str, tmp_path: Path) -> None:
         return subprocess.Popen(
             [sys.executable, "-m", "nasc.cli", "search", MODEL, "--target", "mcu:stm32f411", "-o",
              str(tmp_path / name), "--calib", CALIB, "--space", SPACE, "--trials", "3", "--sampler", "random",
-             "--storage", postgres, "--study", "digits-pg"],
+             "--storage", postgres, "--study", "digits-pg", "--estimate-only"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     procs = [worker("a"), worker("b")]
@@ -89,6 +89,6 @@ def test_two_workers_share_one_study(postgres: str, tmp_path: Path) -> None:
     # a third worker with another space is refused: the study's space is fixed
     bad = subprocess.run([sys.executable, "-m", "nasc.cli", "search", MODEL, "--target", "mcu:stm32f411", "-o",
                           str(tmp_path / "c"), "--calib", CALIB, "--space", "prune{macs=0.5..1.0}", "--trials", "1",
-                          "--storage", postgres, "--study", "digits-pg"], capture_output=True, text=True, timeout=300)
+                          "--storage", postgres, "--study", "digits-pg", "--estimate-only"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "was started with another space" in bad.stderr, bad.stderr
     assert not (tmp_path / "c").exists()

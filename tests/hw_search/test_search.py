@@ -39,7 +39,8 @@ def _optuna_trials(out: Path) -> list:
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("search") / "digits"
-    assert main(["search", MODEL, "--target", TARGET, "-o", str(out), "--calib", CALIB, "--space", SPACE, "--trials", "6", "--sampler", "tpe", "--population", "3"]) == 0
+    assert main(["search", MODEL, "--target", TARGET, "-o", str(out), "--calib", CALIB, "--space", SPACE,
+                 "--trials", "6", "--sampler", "tpe", "--population", "3", "--estimate-only"]) == 0
     return out
 
 
@@ -88,7 +89,7 @@ def test_each_front_point_reproduces_with_its_pipeline(searched: Path, tmp_path:
 
 def test_a_second_run_adds_its_trials_and_reuses_measured_pipelines(searched: Path, capsys) -> None:
     assert main(["search", MODEL, "--target", TARGET, "-o", str(searched), "--calib", CALIB, "--space", SPACE,
-                 "--trials", "3", "--sampler", "tpe", "--population", "3",
+                 "--trials", "3", "--sampler", "tpe", "--population", "3", "--estimate-only",
                  "--pick", "accuracy>=0.9 minimize=flash"]) == 0
     data = json.loads((searched / "pareto.json").read_text())
     assert data["trials"] == 9
@@ -104,7 +105,7 @@ def test_a_killed_worker_loses_no_completed_trial(tmp_path: Path) -> None:
     out = tmp_path / "killed"
     env = {**os.environ, "NASC_SEARCH_HEARTBEAT_S": "1"}
     cmd = [sys.executable, "-m", "nasc.cli", "search", MODEL, "--target", TARGET, "-o", str(out), "--calib", CALIB,
-           "--space", SPACE, "--trials", "40", "--sampler", "random"]
+           "--space", SPACE, "--estimate-only", "--trials", "40", "--sampler", "random"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import optuna
 
@@ -141,7 +142,7 @@ def test_a_budget_no_point_meets_names_the_smallest_values(tmp_path: Path) -> No
     with pytest.raises(UsageError, match=r"no point of the 2 measured meets the budgets of mcu:tiny; the smallest "
                                          r"values reached: .*arena_bytes \d+\.\d KB \(limit 1\.0 KB\)"):
         nasc.search(MODEL, tiny, tmp_path / "tiny", space="simplify,fuse,prune?{macs=0.6..1.0/0.2}", calib=CALIB,
-                    trials=2, sampler="grid")
+                    trials=2, sampler="grid", estimate_only=True)
 
 
 def test_unreachable_storage_is_an_error_and_leaves_nothing(tmp_path: Path, capsys) -> None:
@@ -161,6 +162,35 @@ def test_unreachable_storage_is_an_error_and_leaves_nothing(tmp_path: Path, caps
 ])
 def test_bad_arguments_are_one_error_line(tmp_path: Path, capsys, argv, message) -> None:
     rc = main(["search", MODEL, "--target", TARGET, "-o", str(tmp_path / "o"), "--calib", CALIB, "--trials", "1",
-               *argv])
+               "--estimate-only", *argv])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err
+
+
+def test_built_trials_count_instructions_under_qemu_and_reproduce(tmp_path: Path) -> None:
+    """Without --estimate-only every mcu trial is a C build: flash with code, and one inference's instruction
+    count under QEMU -icount, which a second build of the same point reproduces exactly."""
+    out = tmp_path / "built"
+    r = nasc.search(MODEL, TARGET, out, space="simplify,fuse,prune?{macs=0.8 reconstruct=true},quantize",
+                    calib=CALIB, trials=2, sampler="grid", pick="accuracy>=0.5 minimize=instructions")
+    assert list(r.data["objectives"]) == ["accuracy", "flash_bytes", "arena_bytes", "instructions"]
+    assert r.data["limits"] == {"flash_bytes": BOARDS["stm32f411"].flash_bytes,
+                                "arena_bytes": BOARDS["stm32f411"].sram_bytes}
+    for p in r.points:
+        v = p["values"]
+        assert v["flash_bytes"] > v["weights_bytes"] > 0 and v["instructions"] > 100_000
+        assert v["instructions"] % 40 == 0  # the MPS2 timer's 40-instruction tick
+    pruned = [p for p in r.points if "prune" in p["pipeline"]]
+    whole = [p for p in r.points if "prune" not in p["pipeline"]]
+    if pruned and whole:
+        assert pruned[0]["values"]["instructions"] < whole[0]["values"]["instructions"]
+    chosen = r.picked
+    assert chosen is not None
+    g = nasc.optimize(nasc.load(MODEL), chosen["pipeline"],
+                      fidelity.load_calibration(str(out / "calib_fit.npz"), nasc.load(MODEL)), TARGET,
+                      labels=np.load(out / "calib_fit.npz")["label"])
+    held = fidelity.load_calibration(str(out / "calib_heldout.npz"), g)
+    again = McuTarget(TARGET, board=BOARDS["stm32f411"]).measure(g, held[0])
+    assert again["instructions"] == chosen["values"]["instructions"]
+    assert again["flash_bytes"] == chosen["values"]["flash_bytes"]
+    assert r.artifact is not None and r.artifact.report["flash_bytes"] == chosen["values"]["flash_bytes"]

@@ -70,7 +70,8 @@ def test_sampling_through_optuna_stays_in_the_space():
     ("quant-policy{bits=8|x}", "choice 'x' is not a list of int"),
     ("prune{importance=l2..taylor}", "a range needs a numeric option"),
     ("prune{macs=0.5|0.5}", "two or more different values"),
-    ("tie-layers{blocks=1..3/0.5}", "must be a whole number"),
+    ("tie-layers{blocks=1..3/0.5}", "cannot read the range"),
+    ("tie-layers{blocks=1..3/0}", "must be a whole number >= 1"),
 ])
 def test_malformed_spaces_are_refused_by_name(text, message):
     with pytest.raises(UsageError, match=message):
