@@ -98,12 +98,14 @@ def optimize(
     log: Any = None,
     labels: Any = None,
     estimate: Any = None,
+    label_output: str | None = None,
 ) -> Graph:
     """Run a pass pipeline (text like ``"simplify,fuse"`` or a Pipeline) on a copy of ``graph``.
 
     ``calib`` is a list of feeds (input name -> array) for passes that measure;
     ``labels`` (one class per feed) lets lossy passes report accuracy, and
-    ``estimate`` (graph -> {"arena_bytes": ..., "flash_bytes": ...}) their target figures.
+    ``estimate`` (graph -> {"arena_bytes": ..., "flash_bytes": ...}) their target figures; ``label_output``
+    names the output the labels score (default: the first).
     The verifier runs after every pass unless ``verify=False``. The returned
     graph's ``meta["passes"]`` holds each pass's report section.
     """
@@ -123,7 +125,7 @@ def optimize(
                       log=log or (lambda _m: None),
                       estimate=estimate if estimate is not None or tgt is None else tgt.estimator,
                       labels=None if labels is None else np.asarray(labels).reshape(-1),
-                      original=graph, trainer=_trainer())
+                      label_output=output_index(graph, label_output), original=graph, trainer=_trainer())
     pipe.run(out, ctx)
     out.meta["pipeline"] = str(pipe)
     out.meta["passes"] = ctx.report.to_dict()
@@ -135,6 +137,16 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
     from nasc.hw_search.run import search as run_search
 
     return run_search(model, target, out, **options)
+
+
+def output_index(graph: Graph, name: str | None) -> int:
+    """The position of output ``name`` (None: the first), or a UsageError listing the outputs."""
+    names = [v.name for v in graph.outputs]
+    if name is None or name == "":
+        return 0
+    if name not in names:
+        raise UsageError(f"label output {name!r} is not an output of the model; outputs: {names}")
+    return names.index(name)
 
 
 class _Trainer:
@@ -200,6 +212,7 @@ def compile(
     budget_check: bool = True,
     allow_random_calib: bool = False,
     max_tensor_bytes: int | None = None,
+    label_output: str | None = None,
 ) -> Artifact:
     """Load ``model``, build it for ``target`` into directory ``out``, and check it against the original.
 
@@ -220,6 +233,7 @@ def compile(
     seeded random inputs when there are none: a warning says that lossy passes
     need real data), for CPU builds the latency of nasc and ONNX Runtime on the
     same inputs, sizes and the graph summary. ``max_tensor_bytes`` bounds each tensor, as in :func:`load`.
+    ``label_output`` names the output the calibration labels score (default: the first).
     """
     out = _output_dir(out)
     from nasc.backends.targets import BuildJob, McuTarget, OnnxTarget, TvmTarget, parse_target, qdq_outputs
@@ -241,6 +255,7 @@ def compile(
     log = log or (lambda _m: None)
     graph = load(model, input_shapes, max_tensor_bytes=max_tensor_bytes)
     reference = _reference(model)
+    k_label = output_index(graph, label_output)
     pipeline = Pipeline.parse(passes or "")
     feeds_calib = fidelity.load_calibration(calib, graph) if isinstance(calib, str | os.PathLike) else (
         [dict(f) for f in calib] if calib is not None else None)
@@ -256,7 +271,8 @@ def compile(
     if pipeline.passes:
         graph = optimize(graph, pipeline, pass_calib, tgt, seed=seed, verify=verify,
                          print_ir_after_all=print_ir_after_all, log=log,
-                         labels=labelled[1] if labelled is not None and pass_calib is feeds_calib else None)
+                         labels=labelled[1] if labelled is not None and pass_calib is feeds_calib else None,
+                         label_output=label_output)
     if out.exists():
         log(f"replacing the previous build in {out}/")
     created: list[Path] = []  # missing parents of out made for the staging directory: removed on failure
@@ -282,7 +298,7 @@ def compile(
             if key in graph.meta:
                 report[key] = graph.meta[key]
         job = BuildJob(report, feeds, inputs_label, reference, labelled, log, tune_trials, tuning_db, rpc_tracker,
-                       rpc_key, modes, budget_check)
+                       rpc_key, modes, budget_check, k_label)
         runner = tgt.build(graph, tmp, job)  # None: cannot run here, or checked itself (mcu)
         if not isinstance(tgt, McuTarget):
             if reference is not None and runner is not None:
@@ -305,8 +321,8 @@ def compile(
                             "kernels saturate with full-range weights; quantize{reduce-range=true} avoids it")
                 if labelled is not None:
                     lab_feeds, labels = labelled
-                    report["accuracy"] = {"nasc": accuracy([runner(f)[0] for f in lab_feeds], labels),
-                                          "reference": accuracy([run_ref(f)[0] for f in lab_feeds], labels),
+                    report["accuracy"] = {"nasc": accuracy([runner(f)[k_label] for f in lab_feeds], labels),
+                                          "reference": accuracy([run_ref(f)[k_label] for f in lab_feeds], labels),
                                           "samples": len(lab_feeds)}
             elif runner is None:
                 report["fidelity"] = None

@@ -193,7 +193,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
                        tune_trials=args.tune_trials, tuning_db=args.tuning_db, rpc_tracker=args.rpc_tracker,
                        rpc_key=args.rpc_key, verify_on=args.verify, budget_check=not args.no_budget_check,
                        allow_random_calib=args.allow_random_calib, max_tensor_bytes=args.max_tensor_size,
-                       print_ir_after_all=args.print_ir_after_all, log=print)
+                       print_ir_after_all=args.print_ir_after_all, log=print, label_output=args.label_output)
     rep = art.report
     for w in rep.get("warnings", []):
         print(f"nasc: warning: {w}", file=sys.stderr)
@@ -396,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--allow-random-calib", action="store_true",
                     help="let quantization passes calibrate on random inputs when there is no --calib "
                          "(their ranges then say little about real data)")
+    sp.add_argument("--label-output", default=None, metavar="NAME",
+                    help="the output the calibration labels score (default: the first): accuracy, recover's "
+                         "cross-entropy and the lossy passes' reports use it")
     sp.add_argument("--no-budget-check", action="store_true",
                     help="mcu: build even when the model exceeds the board's SRAM or flash")
     sp.set_defaults(func=cmd_compile)

@@ -38,6 +38,7 @@ class BuildJob:
     rpc_key: str | None = None
     verify_modes: list[str] = field(default_factory=list)
     budget_check: bool = True
+    label_output: int = 0  # the output the labels score
 
 
 @dataclass(frozen=True)
@@ -307,8 +308,9 @@ def _verify_mcu(mcu: Any, board: Any, graph: Graph, tmp: Path, job: BuildJob) ->
         if labelled is not None:
             lab_feeds, labels = labelled
             outs = run_project(tmp, mode, mcu.inputs, mcu.outputs, lab_feeds)
-            entry["accuracy"] = {"nasc": accuracy([o[0] for o in outs], labels),
-                                 "reference": accuracy([run_ref(f)[0] for f in lab_feeds], labels),
+            k = job.label_output
+            entry["accuracy"] = {"nasc": accuracy([o[k] for o in outs], labels),
+                                 "reference": accuracy([run_ref(f)[k] for f in lab_feeds], labels),
                                  "samples": len(lab_feeds)}
         report["verify"][mode] = entry
     report["fidelity"] = {**report["verify"][job.verify_modes[0]]}

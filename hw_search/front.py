@@ -22,6 +22,8 @@ def point(t: Any, problem: Problem, model: str, calib: str) -> dict[str, Any]:
     pipe = t.user_attrs["pipeline"]
     cmd = (f"nasc compile {shlex.quote(model)} --target {shlex.quote(problem.target.text)} --passes "
            f"{shlex.quote(pipe)} --calib {shlex.quote(calib)} -o build")
+    if problem.label_output:
+        cmd += f" --label-output {shlex.quote(problem.graph.outputs[problem.label_output].name)}"
     return {"trial": t.number, "pipeline": pipe, "values": t.user_attrs["values"],
             "feasible": bool(t.user_attrs.get("feasible", True)), "compile": cmd}
 

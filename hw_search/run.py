@@ -65,7 +65,7 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
     ``out/build``. On ``mcu`` each trial builds the C project and counts one inference's instructions under
     QEMU; ``estimate_only`` keeps to the planner's exact arena and weight bytes (no C compiled, much faster).
     """
-    from nasc.api import _check_numbers, _labelled, compile, load
+    from nasc.api import _check_numbers, _labelled, compile, load, output_index
     from nasc.backends import fidelity
     from nasc.backends.targets import parse_target
 
@@ -87,10 +87,7 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
         log("warning: no calibration data (--calib): trials are measured on seeded random inputs against the "
             "original model's outputs, which says little about accuracy on real data")
         feeds, labels = fidelity.random_inputs(graph, seed, 16), None
-    out_names = [v.name for v in graph.outputs]
-    if label_output is not None and label_output not in out_names:
-        raise UsageError(f"--label-output {label_output!r} is not an output of the model; outputs: {out_names}")
-    k_out = out_names.index(label_output) if label_output is not None else 0
+    k_out = output_index(graph, label_output)
     fit, fit_labels, held, held_labels = split(feeds, labels, holdout, seed)
     if space is None:
         from nasc.passes.tie_find import find_repeats
@@ -133,7 +130,7 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
         for p in points:
             import nasc
 
-            g = nasc.optimize(graph, p["pipeline"], fit, tgt, seed=seed, labels=fit_labels)
+            g = nasc.optimize(graph, p["pipeline"], fit, tgt, seed=seed, labels=fit_labels, label_output=label_output)
             p["values"]["latency_ms_search"] = p["values"]["latency_ms"]
             p["values"].update(tgt.measure(g, held[0]))
     data = front_mod.summary(st, problem, points)
@@ -145,7 +142,8 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
         result.picked = chosen
         log(f"--pick {pick!r}: trial {chosen['trial']}: {chosen['pipeline']}")
         result.artifact = compile(model, tgt.text, outdir / "build", input_shapes=input_shapes,
-                                  passes=chosen["pipeline"], calib=str(calib_fit), seed=seed, log=log)
+                                  passes=chosen["pipeline"], calib=str(calib_fit), seed=seed, log=log,
+                                  label_output=label_output)
     return result
 
 

@@ -112,7 +112,7 @@ def evaluate(problem: Problem, pipeline: str) -> dict[str, float]:
     from nasc.backends import fidelity
 
     g = nasc.optimize(problem.graph, pipeline, problem.fit, problem.target, seed=problem.seed,
-                      labels=problem.fit_labels)
+                      labels=problem.fit_labels, label_output=problem.graph.outputs[problem.label_output].name)
     got = fidelity.run_graph(g, problem.held)
     values: dict[str, float] = {}
     if problem.held_labels is not None:

@@ -78,8 +78,9 @@ def error(before: Snapshot, after: list[list[np.ndarray]] | None, ctx: PassConte
     if ctx.labels is not None:
         start = max(0, len(ctx.calib or []) - len(after))  # the labels of error_feeds(ctx)
         labels = ctx.labels[start:start + len(after)]
-        err["accuracy_before"] = accuracy([o[0] for o in before.outputs], labels)
-        err["accuracy_after"] = accuracy([o[0] for o in after], labels)
+        k = ctx.label_output
+        err["accuracy_before"] = accuracy([o[k] for o in before.outputs], labels)
+        err["accuracy_after"] = accuracy([o[k] for o in after], labels)
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in err.items()}
 
 

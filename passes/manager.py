@@ -386,7 +386,7 @@ class PassContext:
     passes never import a runtime); passes that need numbers use it through
     :meth:`evaluate`. ``estimate`` (also from the API layer, when the target has
     one) gives a graph's target figures without building, e.g. an MCU's arena and
-    flash bytes; ``labels`` are the calibration feeds' class labels when known. ``original`` is the graph the
+    flash bytes; ``labels`` are the calibration feeds' class labels when known, scoring output ``label_output``. ``original`` is the graph the
     pipeline started from (what ``recover`` distils from) and ``trainer`` computes gradients through a graph
     (a :class:`nasc.passes.recover_job.Trainer`, torch's, from the API layer).
     """
@@ -398,6 +398,7 @@ class PassContext:
     runner: Runner | None = None
     estimate: Callable[[Graph], dict[str, int]] | None = None
     labels: np.ndarray | None = None
+    label_output: int = 0  # which output the labels score (a face detector's scores, not its boxes)
     original: Graph | None = None
     trainer: Any = None
     report: Report = field(default_factory=Report)

@@ -107,7 +107,8 @@ class Recover(Pass):
         job = DistillJob(graph, ctx.original, trainable, pairs, [feeds[i] for i in train], [feeds[i] for i in held],
                          None if labels is None else labels[train], None if labels is None else labels[held],
                          self.loss, self.mask, self.features, self.labels, self.lr, self.steps, self.batch, self.eval_every,
-                         self.patience, ctx.seed, None if self.time is None else float(self.time), ctx.log)
+                         self.patience, ctx.seed, None if self.time is None else float(self.time), ctx.log,
+                         ctx.label_output)
         result = ctx.trainer.distill(job)
         changed = result.best_step > 0
         if changed:

@@ -50,6 +50,7 @@ class DistillJob:
     seed: int = 0
     time_limit: float | None = None
     log: Callable[[str], None] = field(default=lambda _m: None)
+    label_output: int = 0  # the output the labels score (its logits get the cross-entropy and the accuracy)
 
 
 @dataclass

@@ -135,9 +135,10 @@ class _Distill:
         if feats and job.feature_weight:
             loss = loss + job.feature_weight * sum((_match("mse", a, b, _weights(mask, b)) for a, b in feats),
                                                    torch.zeros(())) / len(feats)
-        if labels is not None and job.label_weight and _is_logits(s[0]):
+        k = job.label_output
+        if labels is not None and job.label_weight and _is_logits(s[k]):
             y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-            loss = loss + job.label_weight * torch.nn.functional.cross_entropy(s[0].reshape(len(y), -1).float(), y)
+            loss = loss + job.label_weight * torch.nn.functional.cross_entropy(s[k].reshape(len(y), -1).float(), y)
         if mask is not None:  # the figures compare the positions the mask keeps
             s, t = [_masked(a, mask) for a in s], [_masked(b, mask) for b in t]
         return loss, s[:self.n_out], t[:self.n_out]
@@ -169,15 +170,16 @@ class _Distill:
             ids = [-1 - i for i in range(start, start + len(feeds))]
             loss, s, t = self.losses(feeds, labels, grad=False, ids=ids)
             total += float(loss) * len(feeds)
-            a, b = s[0].reshape(len(feeds), -1).float(), t[0].reshape(len(feeds), -1).float()
+            k = job.label_output  # the output the labels score; the first one when there are none
+            a, b = s[k].reshape(len(feeds), -1).float(), t[k].reshape(len(feeds), -1).float()
             cos += float(torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-8).sum())
-            if _is_logits(t[0]):
+            if _is_logits(t[k]):
                 agree += int((a.argmax(-1) == b.argmax(-1)).sum())
                 if labels is not None:
                     correct += int((a.argmax(-1) == torch.from_numpy(np.asarray(labels))).sum())
             n += len(feeds)
         out = {"loss": total / max(n, 1), "cosine": cos / max(n, 1)}
-        if _is_logits(t[0]):
+        if _is_logits(t[job.label_output]):
             out["agreement"] = agree / max(n, 1)
             if job.held_labels is not None:
                 out["accuracy"] = correct / max(n, 1)
