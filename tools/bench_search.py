@@ -1,18 +1,27 @@
-"""Search efficiency: NSGA-II, TPE and random search against the exhaustive front of a space small enough to
-enumerate (issue 17), as hypervolume against the number of trials.
+"""Search (issue 17): sampler efficiency against an exhaustive front, and a vision transformer searched for a
+microcontroller.
 
-    python tools/bench_search.py [--write docs/benchmarks.md] [--plot docs/search-hypervolume.png]
-    python tools/bench_search.py --quick        # a 6-point space, 2 seeds (the test)
+    python tools/bench_search.py [--cases hv,vit-mcu] [--write docs/benchmarks.md] [--plot docs/search-hv.png]
+    python tools/bench_search.py --quick        # hv only: a 6-point space, 2 seeds (the test)
+
+hv: NSGA-II, TPE and random search against the exhaustive front of a space small enough to enumerate, as
+hypervolume against the number of trials.
 
 Every point of the space (the digits CNN: optional pruning at five MAC ratios, then a mixed int8/int4 policy
 under eleven flash budgets, ``quantize``) is built once with the real passes and measured as ``nasc search``
-measures a trial for ``mcu:stm32f411`` (accuracy on the held-out quarter of examples/digits_test.npz, the
-planner's weight and arena bytes). Points the passes refuse (a flash budget no width mix reaches after that
+measures a trial for ``mcu:stm32f411`` with ``--estimate-only`` (accuracy on the held-out quarter of
+examples/digits_test.npz, the planner's weight and arena bytes). Points the passes refuse (a flash budget no width mix reaches after that
 pruning) are failed evaluations. Each sampler, configured as ``nasc search`` configures it
 (``hw_search.study.make_sampler``), then runs seeded studies that look the figures up in that table, so the
 samplers are compared on identical, deterministic evaluations. Hypervolume: of the feasible points found so far,
 objectives as losses (-accuracy, weight bytes, arena bytes), against a reference point 10% beyond the worst of
 the whole table; reported as a share of the exhaustive front's.
+
+vit-mcu: ``nasc search`` on examples/fashion_vit.onnx for ``mcu:stm32f746`` (320 KB SRAM, 1 MB flash; MCUFormer's
+board) with every trial built (flash with code, arena, instructions under QEMU Cortex-M7), on Fashion-MNIST
+training images with labels; the pick (the smallest flash within a point of the float accuracy on the held-out
+slice) is compiled and its C project run on QEMU (MPS2 AN500, Cortex-M7) on test images, against the float model
+under ONNX Runtime on the same images.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MARKER = "bench_search"
+CASES = ("hv", "vit-mcu")
 TARGET = "mcu:stm32f411"
 SPACE = ("simplify,fuse,prune?{macs=0.5..0.9/0.1 reconstruct=true},"
          "quant-policy{bits=8,4 flash=4000..9000/500},quantize")
@@ -60,7 +70,7 @@ def table(space: Any, log: Any) -> tuple[dict[str, dict[str, float] | None], Any
     fit, fit_labels, held, held_labels = split(feeds, labels, 0.25, 0)
     tgt = parse_target(TARGET)
     problem = Problem(model, graph, tgt, space, fit, fit_labels, held, held_labels, fidelity.run_graph(graph, held),
-                      0, objectives_for(tgt, True), limits_for(tgt, None))
+                      0, objectives_for(tgt, True, build=False), limits_for(tgt, None, build=False), build=False)
     out: dict[str, dict[str, float] | None] = {}
     for params in space.grid():
         pipe = space.pipeline(params)
@@ -117,21 +127,45 @@ def run_sampler(kind: str, seed: int, n_trials: int, space: Any, figures: dict[s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from nasc.hw_search.space import Space
-    from nasc.hw_search.study import violations
-
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="a 6-point space and 2 seeds")
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
+    p.add_argument("--quick", action="store_true", help="hv only, on a 6-point space and 2 seeds")
     p.add_argument("--write", type=Path, default=None, help="write the section between the bench_search markers")
     p.add_argument("--plot", type=Path, default=None, help="save hypervolume against trials as a PNG")
     args = p.parse_args(argv)
     import bench_tie
 
+    cases = ["hv"] if args.quick else [c.strip() for c in args.cases.split(",") if c.strip()]
+    bad = [c for c in cases if c not in CASES]
+    if bad:
+        p.error(f"unknown case(s) {bad}; choose from {','.join(CASES)}")
     log = lambda m: print(m, file=sys.stderr, flush=True)
     started = time.perf_counter()
-    space = Space.parse(QUICK["space"] if args.quick else SPACE)
-    seeds = int(QUICK["seeds"] if args.quick else SEEDS)
-    population = int(QUICK["population"] if args.quick else POPULATION)
+    lines: list[str] = []
+    if "hv" in cases:
+        lines += ["## Samplers against the exhaustive front (digits CNN, mcu:stm32f411)", "",
+                  *case_hv(args.quick, args.plot, log), ""]
+    if "vit-mcu" in cases:
+        lines += ["## A vision transformer for an STM32F746 (examples/fashion_vit.onnx)", "", *case_vit_mcu(log), ""]
+    cmd = " ".join(["python tools/bench_search.py", *(argv if argv is not None else sys.argv[1:])])
+    text = "\n".join([f"Measured on {bench_tie.machine()} by `{cmd}` ({time.strftime('%Y-%m-%d')}, "
+                      f"{time.perf_counter() - started:.0f} s).", "", *lines]).rstrip() + "\n"
+    print(text)
+    if args.write:
+        from doc_tables import write_between_markers
+
+        write_between_markers(args.write, text, MARKER)
+    return 0
+
+
+def case_hv(quick: bool, plot: Path | None, log: Any) -> list[str]:
+    from nasc.hw_search.space import Space
+    from nasc.hw_search.study import violations
+
+    started = time.perf_counter()
+    space = Space.parse(QUICK["space"] if quick else SPACE)
+    seeds = int(QUICK["seeds"] if quick else SEEDS)
+    population = int(QUICK["population"] if quick else POPULATION)
     log(f"exhaustive: {space.size()} points of {space.text}")
     t0 = time.perf_counter()
     figures, problem = table(space, log)
@@ -148,9 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         curves[kind] = [run_sampler(kind, s, n, space, figures, problem, ref, population) for s in range(seeds)]
         log(f"{kind}: " + ", ".join(f"{b:.0%}: {statistics.median(c[max(1, round(b * n)) - 1] for c in curves[kind]) / full:.3f}"
                                     for b in BUDGETS))
-    lines = [f"Measured on {bench_tie.machine()} by `python tools/bench_search.py{' --quick' if args.quick else ''}` "
-             f"({time.strftime('%Y-%m-%d')}, {time.perf_counter() - started:.0f} s, of which {table_s:.0f} s building "
-             f"and measuring the {n} pipelines once).", "",
+    lines = [f"{time.perf_counter() - started:.0f} s, of which {table_s:.0f} s building and measuring the {n} "
+             "pipelines once.", "",
              f"Space: `{space.text}` for `{TARGET}` — {n} distinct pipelines, {len(ok)} built ({n - len(ok)} refused "
              f"by quant-policy: flash below what any width mix reaches after that pruning), {len(feasible)} within the "
              f"board's budgets; the exhaustive front has hypervolume {full:.4g} (objectives as losses: -accuracy, "
@@ -174,15 +207,86 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines += ["", f"Goal: ≥ {GOAL[0]:.0%} of the exhaustive hypervolume with ≤ {GOAL[1]:.0%} of its evaluations "
                   f"({goal_n} trials): **{'met' if met else 'not met'}** (best: {winner}, {best[winner]:.1%}; "
                   + ", ".join(f"{k} {v:.1%}" for k, v in best.items()) + ")."]
-    text = "\n".join(lines)
-    print(text)
-    if args.plot:
-        _plot(args.plot, curves, full, n)
-    if args.write:
-        from doc_tables import write_between_markers
+    if plot:
+        _plot(plot, curves, full, n)
+    return lines
 
-        write_between_markers(args.write, text, MARKER)
-    return 0
+
+# ---- vit-mcu -------------------------------------------------------------------------------------------------
+
+VIT_TARGET = "mcu:stm32f746"
+VIT_SPACE = "simplify,fuse,tie-layers?{blocks=1..2 rank=0,8,16},quant-policy?{bits=8|8,4},quantize"
+VIT_CALIB = 1000  # Fashion-MNIST training images (seeded), with labels: the passes fit on 75%, trials score on 25%
+VIT_TRIALS = 16
+VIT_TEST = 300  # test images the picked build runs on QEMU
+VIT_PICK = "accuracy>={floor} minimize=flash"  # within a point of the float accuracy on the held-out slice
+
+
+def case_vit_mcu(log: Any) -> list[str]:
+    import json
+    import tempfile
+
+    import nasc
+    from nasc.backends import fidelity
+    from nasc.backends.mcu.boards import parse_board
+    from nasc.backends.mcu.build import build_mcu
+    from nasc.backends.mcu.verify import run_project
+    from nasc.examples.datasets import load_fashion_mnist
+    from nasc.hw_search.study import split
+
+    model = ROOT / "examples" / "fashion_vit.onnx"
+    xtr, ytr, xte, yte = load_fashion_mnist()
+    idx = np.sort(np.random.default_rng(0).choice(len(xtr), VIT_CALIB, replace=False))
+    g0 = nasc.load(model)
+    board = parse_board(VIT_TARGET)
+    with tempfile.TemporaryDirectory(prefix="bench_search_") as td:
+        tmp = Path(td)
+        calib = tmp / "calib.npz"
+        np.savez(calib, image=xtr[idx], label=ytr[idx])
+        feeds = [{"image": xtr[i:i + 1]} for i in idx]
+        _, _, held, held_labels = split(feeds, ytr[idx], 0.25, 0)
+        float_held = float(np.mean([np.argmax(o[0]) == y for o, y in
+                                    zip(fidelity.run_graph(g0, held), held_labels, strict=True)]))
+        floor = round(float_held - 0.01, 4)
+        t0 = time.perf_counter()
+        r = nasc.search(str(model), VIT_TARGET, tmp / "search", space=VIT_SPACE, calib=str(calib), trials=VIT_TRIALS,
+                        sampler="nsga2", population=8, pick=VIT_PICK.format(floor=floor), log=log)
+        search_s = time.perf_counter() - t0
+        chosen = r.picked
+        assert chosen is not None
+        # the pick's C project on QEMU Cortex-M7, on test images it never saw, against the float model
+        test = [{"image": xte[i:i + 1]} for i in range(VIT_TEST)]
+        fit = tmp / "search" / "calib_fit.npz"
+        g = nasc.optimize(g0, chosen["pipeline"], fidelity.load_calibration(str(fit), g0), VIT_TARGET,
+                          labels=np.load(fit)["label"])
+        m = build_mcu(g, board, tmp / "c", model="fashion_vit", pipeline=chosen["pipeline"])
+        t1 = time.perf_counter()
+        on_qemu = run_project(tmp / "c", "qemu", m.inputs, m.outputs, test)
+        qemu_s = time.perf_counter() - t1
+        ref = fidelity.run_graph(g0, test)
+        data = json.loads((tmp / "search" / "pareto.json").read_text())
+        table = (tmp / "search" / "pareto.md").read_text().strip().splitlines()
+    acc_qemu = float(np.mean([np.argmax(o[0]) == y for o, y in zip(on_qemu, yte[:VIT_TEST], strict=True)]))
+    acc_float = float(np.mean([np.argmax(o[0]) == y for o, y in zip(ref, yte[:VIT_TEST], strict=True)]))
+    agree = float(np.mean([np.argmax(a[0]) == np.argmax(b[0]) for a, b in zip(on_qemu, ref, strict=True)]))
+    f = m.facts
+    fits = f["sram_bytes"] <= board.sram_bytes and (f["flash_bytes"] or 0) <= board.flash_bytes
+    return [
+        f"`nasc search examples/fashion_vit.onnx --target {VIT_TARGET} --space \"{VIT_SPACE}\" --trials "
+        f"{VIT_TRIALS} --sampler nsga2 --population 8 --pick \"{VIT_PICK.format(floor=floor)}\"` on {VIT_CALIB:,} "
+        f"Fashion-MNIST training images (numpy seed 0, with labels; the float model scores {float_held:.2%} on the "
+        f"held-out quarter): {data['trials']} trials ({data['complete']} complete, {data['failed']} failed, "
+        f"{data['cached']} reused a build) in {search_s:.0f} s, every one built for the board and run once on QEMU "
+        "for its instruction count. The front:", "", *table, "",
+        f"Picked trial {chosen['trial']}: `{chosen['pipeline']}`. Its C project: arena {f['arena_bytes'] / 1024:.1f} "
+        f"KB (+ {f['stack_bytes_max_kernel']} B kernel stack = {f['sram_bytes'] / 1024:.1f} KB of "
+        f"{board.sram_bytes // 1024} KB SRAM), flash {(f['flash_bytes'] or 0) / 1024:.1f} KB (weights "
+        f"{f['weights_bytes'] / 1024:.1f} KB) of {board.flash_bytes // 1024} KB: **{'fits' if fits else 'does not fit'}"
+        f"**. Run on QEMU {board.qemu_machine} (Cortex-M7) on the first {VIT_TEST} Fashion-MNIST test images "
+        f"({qemu_s:.0f} s): accuracy {acc_qemu:.2%} against the float model's {acc_float:.2%} under ONNX Runtime on "
+        f"the same images ({(acc_qemu - acc_float) * 100:+.2f} pt), top-1 agreement {agree:.2%}. Instructions are "
+        "QEMU -icount counts (deterministic, not cycle-accurate).",
+    ]
 
 
 def _plot(path: Path, curves: dict[str, list[list[float]]], full: float, n: int) -> None:
