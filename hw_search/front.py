@@ -113,6 +113,27 @@ def _unit_name(unit: str) -> str:
     return {"B": "KiB", "ms": "ms"}.get(unit, "count")
 
 
+def figure_names(problem: Problem) -> set[str]:
+    """The figures every trial of ``problem`` has (what a --pick rule may name)."""
+    names = {o.name for o in problem.objectives} | {"fidelity", "weights_bytes", "macs"}
+    if problem.held_labels is not None:
+        names.add("accuracy")
+    if problem.target.kind == "mcu":
+        names |= {"arena_bytes"} | ({"flash_bytes", "code_bytes", "instructions"} if problem.build else set())
+    return names
+
+
+def check_pick(rule: str, problem: Problem) -> None:
+    """A UsageError for a --pick rule that cannot be read or names a figure the trials will not have, before any
+    trial runs."""
+    fake = {n: 0.0 for n in figure_names(problem)}
+    try:
+        pick([{"values": fake, "feasible": True}], rule, problem.objectives)
+    except UsageError as e:
+        if "no point of the front meets it" not in str(e):
+            raise
+
+
 def pick(points: Sequence[Mapping[str, Any]], rule: str, objectives: Sequence[Objective]) -> Mapping[str, Any]:
     """The point a rule like ``"accuracy>=0.98 minimize=flash"`` chooses: conditions (``name>=v``, ``name<=v``)
     filter the front, ``minimize=``/``maximize=`` orders it (default: the best quality)."""

@@ -61,8 +61,8 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
     target. ``storage`` is an Optuna RDB URL (default ``sqlite:///<out>/search.db``) and ``study`` its name, so
     several machines can each run this as workers of one study. Writes ``pareto.json``, ``pareto.md``,
     ``pareto.png``, ``calib_fit.npz`` (the samples the passes saw, for reproducing a point with ``nasc compile``)
-    and ``calib_heldout.npz`` (those that scored it) into ``out``; ``pick`` (e.g. ``"accuracy>=0.98 minimize=flash"``) compiles the chosen point into
-    ``out/build``. On ``mcu`` each trial builds the C project and counts one inference's instructions under
+    and ``calib_heldout.npz`` (those that scored it) into ``out``; ``pick`` (e.g. ``"accuracy>=0.98
+    minimize=flash"``) compiles the chosen point into ``out/build``. On ``mcu`` each trial builds the C project and counts one inference's instructions under
     QEMU; ``estimate_only`` keeps to the planner's exact arena and weight bytes (no C compiled, much faster).
     """
     from nasc.api import _check_numbers, _labelled, compile, load, output_index
@@ -102,6 +102,8 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
     problem = Problem(model, graph, tgt, parsed, fit, fit_labels, held, held_labels,
                       fidelity.run_graph(graph, held), k_out, objectives_for(tgt, held_labels is not None, build),
                       limits_for(tgt, latency_budget_ms, build), seed=seed, log=log, build=build)
+    if pick:
+        front_mod.check_pick(pick, problem)
     outdir = Path(out)
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"output '{outdir}' exists and is not a directory")

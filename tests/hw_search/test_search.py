@@ -165,6 +165,7 @@ def test_bad_arguments_are_one_error_line(tmp_path: Path, capsys, argv, message)
                "--estimate-only", *argv])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # refused before any trial: nothing written
 
 
 def test_built_trials_count_instructions_under_qemu_and_reproduce(tmp_path: Path) -> None:
