@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -300,20 +299,3 @@ def quick_str(v: float, unit: str) -> str:
 
 def default_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'search.db').resolve()}"
-
-
-def tmpdir() -> Any:
-    return tempfile.TemporaryDirectory(prefix="nasc-search-")
-
-
-__all__ = [
-    "SAMPLERS",
-    "Objective",
-    "Problem",
-    "evaluate",
-    "front",
-    "objectives_for",
-    "open_study",
-    "run_trials",
-    "split",
-]
