@@ -160,9 +160,10 @@ def _nothing_feasible(study: Any, problem: Problem) -> str:
     lows = {k: min(t.user_attrs["values"][k] for t in done) for k in problem.limits}
     reach = ", ".join(f"{k} {quick_str(v, 'B' if k.endswith('bytes') else 'ms')} (limit "
                       f"{quick_str(problem.limits[k], 'B' if k.endswith('bytes') else 'ms')})" for k, v in lows.items())
+    larger = "raise --latency-budget" if set(problem.limits) == {"latency_ms"} else "choose a board with more memory"
     return (f"no point of the {len(done)} measured meets the budgets of {problem.target.text}; the smallest values "
             f"reached: {reach}. Widen the space (e.g. lower prune{{macs=...}}, int4 in quant-policy{{bits=8|8,4}}) "
-            "or choose a larger board")
+            f"or {larger}")
 
 
 class _progress:
