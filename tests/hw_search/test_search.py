@@ -195,3 +195,16 @@ def test_built_trials_count_instructions_under_qemu_and_reproduce(tmp_path: Path
     assert again["instructions"] == chosen["values"]["instructions"]
     assert again["flash_bytes"] == chosen["values"]["flash_bytes"]
     assert r.artifact is not None and r.artifact.report["flash_bytes"] == chosen["values"]["flash_bytes"]
+
+
+def test_a_cpu_search_times_the_compiled_trials_and_retimes_the_front(tmp_path: Path) -> None:
+    r = nasc.search(MODEL, "cpu", tmp_path / "cpu", space="simplify,fuse,prune?{macs=0.7 reconstruct=true}",
+                    calib=CALIB, trials=2, sampler="grid")
+    assert list(r.data["objectives"]) == ["accuracy", "latency_ms", "weights_bytes"]
+    assert r.data["limits"] == {}
+    for p in r.points:
+        v = p["values"]
+        assert v["latency_ms"] > 0 and v["latency_ms_search"] > 0  # timed briefly per trial, then properly
+    with pytest.raises(UsageError, match=r"latency_ms .* \(limit 0\.001 ms\)\..*raise --latency-budget"):
+        nasc.search(MODEL, "cpu", tmp_path / "cpu2", space="simplify,fuse,prune?{macs=0.7 reconstruct=true}",
+                    calib=CALIB, trials=1, sampler="grid", latency_budget_ms=0.001)
