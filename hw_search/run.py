@@ -47,7 +47,7 @@ class SearchResult:
 
 
 def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "search", *, space: str | None = None,
-           calib: str | os.PathLike[str] | None = None, trials: int = 20, sampler: str = "nsga2",
+           calib: str | os.PathLike[str] | None = None, trials: int = 20, sampler: str = "tpe",
            population: int = 10, storage: str | None = None, study: str | None = None, seed: int = 0,
            holdout: float = 0.25, latency_budget_ms: float | None = None, label_output: str | None = None,
            input_shapes: Mapping[str, Sequence[int]] | None = None, pick: str | None = None,
