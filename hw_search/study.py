@@ -138,8 +138,13 @@ def open_study(storage: str, name: str, problem: Problem, sampler: str, populati
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # nasc logs each trial itself
     rdb = _storage(storage)
     directions: list[Any] = [o.direction for o in problem.objectives]
-    study = optuna.create_study(storage=rdb, study_name=name, directions=directions,
-                                sampler=make_sampler(sampler, problem.space, population, seed), load_if_exists=True)
+    try:
+        study = optuna.create_study(storage=rdb, study_name=name, directions=directions,
+                                    sampler=make_sampler(sampler, problem.space, population, seed), load_if_exists=True)
+    except ValueError as e:  # the stored study has other objectives (directions)
+        raise UsageError(f"study '{name}' in {_redact(storage)} cannot be resumed with the objectives "
+                         f"{[o.name for o in problem.objectives]}: {e}; resume it with the same arguments "
+                         "(target, labels, --estimate-only) or name a new study (--study)") from None
     mine = {"space": problem.space.text, "target": problem.target.text,
             "objectives": [o.name for o in problem.objectives], "limits": problem.limits}
     theirs = {k: study.user_attrs.get(k) for k in mine}
