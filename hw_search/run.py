@@ -19,6 +19,7 @@ from nasc.hw_search.study import (
     DEFAULT_STUDY,
     SAMPLERS,
     Problem,
+    candidate,
     default_storage,
     front,
     limits_for,
@@ -130,11 +131,8 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
     points = [front_mod.point(t, problem, str(model), str(calib_fit)) for t in best]
     if tgt.kind == "cpu":  # the search timed few runs: the front is timed properly
         for p in points:
-            import nasc
-
-            g = nasc.optimize(graph, p["pipeline"], fit, tgt, seed=seed, labels=fit_labels, label_output=label_output)
             p["values"]["latency_ms_search"] = p["values"]["latency_ms"]
-            p["values"].update(tgt.measure(g, held[0]))
+            p["values"].update(tgt.measure(candidate(problem, p["pipeline"]), held[0]))
     data = front_mod.summary(st, problem, points)
     data.update(study=name, storage=url if storage is None else "(given)")
     lines = front_mod.write(outdir, data, problem.objectives)

@@ -105,13 +105,19 @@ def limits_for(target: Any, latency_budget_ms: float | None, build: bool = True)
     return out
 
 
+def candidate(problem: Problem, pipeline: str) -> Graph:
+    """The graph a trial of ``pipeline`` measures: the passes run on the fit slice of the calibration data."""
+    import nasc
+
+    return nasc.optimize(problem.graph, pipeline, problem.fit, problem.target, seed=problem.seed,
+                         labels=problem.fit_labels, label_output=problem.graph.outputs[problem.label_output].name)
+
+
 def evaluate(problem: Problem, pipeline: str) -> dict[str, float]:
     """Build ``pipeline`` on the model and measure every objective (the figures of one trial)."""
-    import nasc
     from nasc.backends import fidelity
 
-    g = nasc.optimize(problem.graph, pipeline, problem.fit, problem.target, seed=problem.seed,
-                      labels=problem.fit_labels, label_output=problem.graph.outputs[problem.label_output].name)
+    g = candidate(problem, pipeline)
     got = fidelity.run_graph(g, problem.held)
     values: dict[str, float] = {}
     if problem.held_labels is not None:

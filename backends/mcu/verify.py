@@ -45,14 +45,7 @@ def run_project(project: Path, mode: str, ins: list[Port], outs: list[Port],
     """Outputs of the compiled project for each feed (input name -> array), built and run by ``mode``."""
     require_tools(mode)
     with tempfile.TemporaryDirectory(prefix="nasc-mcu-") as tmp:
-        work = Path(tmp) / "project"
-        shutil.copytree(project, work, ignore=shutil.ignore_patterns("report.json"))
-        with open(work / "nasc_in.bin", "wb") as f:
-            for feed in feeds:
-                for p in ins:
-                    f.write(np.ascontiguousarray(np.asarray(feed[p.name]), dtype=p.dtype).tobytes())
-                if not any(p.size for p in ins):
-                    f.write(b"\0")  # the harness reads one tick byte per sample when inputs have no bytes
+        work = _stage(project, Path(tmp), ins, feeds)
         log = _make(work, mode, timeout_s)
         raw = (work / "nasc_out.bin").read_bytes() if (work / "nasc_out.bin").exists() else b""
     per_sample = sum(p.size * np.dtype(p.dtype).itemsize for p in outs)
@@ -82,18 +75,25 @@ def instructions(project: Path, ins: list[Port], feed: Mapping[str, Any], timeou
 
     require_tools("qemu")
     with tempfile.TemporaryDirectory(prefix="nasc-mcu-") as tmp:
-        work = Path(tmp) / "project"
-        shutil.copytree(project, work, ignore=shutil.ignore_patterns("report.json"))
-        with open(work / "nasc_in.bin", "wb") as f:
-            for p in ins:
-                f.write(np.ascontiguousarray(np.asarray(feed[p.name]), dtype=p.dtype).tobytes())
-            if not any(p.size for p in ins):
-                f.write(b"\0")
+        work = _stage(project, Path(tmp), ins, [feed])
         log = _make(work, "qemu", timeout_s, "QEMU_ICOUNT=-icount shift=0")
     ticks = [int(m) for m in re.findall(r"^nasc ticks: (\d+)$", log, re.M)]
     if len(ticks) != 1:
         raise McuRunError(f"the QEMU run printed {len(ticks)} timer readings for 1 sample; its log:\n{log[-2000:]}")
     return ticks[0] * (1_000_000_000 // MPS2_TIMER_HZ)
+
+
+def _stage(project: Path, tmp: Path, ins: list[Port], feeds: Sequence[Mapping[str, Any]]) -> Path:
+    """A copy of ``project`` under ``tmp`` with the feeds written to ``nasc_in.bin`` as the harness reads them."""
+    work = tmp / "project"
+    shutil.copytree(project, work, ignore=shutil.ignore_patterns("report.json"))
+    with open(work / "nasc_in.bin", "wb") as f:
+        for feed in feeds:
+            for p in ins:
+                f.write(np.ascontiguousarray(np.asarray(feed[p.name]), dtype=p.dtype).tobytes())
+            if not any(p.size for p in ins):
+                f.write(b"\0")  # the harness reads one tick byte per sample when inputs have no bytes
+    return work
 
 
 def _make(work: Path, mode: str, timeout_s: float, *variables: str) -> str:
