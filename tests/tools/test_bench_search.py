@@ -23,10 +23,13 @@ def test_quick_run_writes_the_table_the_goal_and_the_plot(tmp_path: Path) -> Non
     text = doc.read_text()
     assert "old" not in text and text.endswith("after\n")
     rows = [cells(ln) for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("|---")]
-    assert rows[0][0] == "sampler" and [r[0] for r in rows[1:]] == ["nsga2", "tpe", "random"]
+    assert rows[0][:2] == ["sampler", "budget"]
+    assert [r[0] for r in rows[1:]] == ["nsga2", "nsga2", "tpe", "tpe", "random", "random"]
+    assert [r[1] for r in rows[1:]] == ["trials", "evaluations"] * 3
     for r in rows[1:]:
-        shares = [float(c.rstrip("%")) for c in r[1:4]]
+        shares = [float(c.rstrip("%")) for c in r[2:5]]
         assert all(0 <= s <= 100 for s in shares) and shares == sorted(shares)  # hypervolume never shrinks
     assert "6 distinct pipelines" in text
-    assert "Goal: ≥ 95% of the exhaustive hypervolume with ≤ 25% of its evaluations" in text
+    for budget in ("trials", "evaluations"):
+        assert f"Goal: ≥ 95% of the exhaustive hypervolume with ≤ 25% of its evaluations (2 {budget})" in text
     assert png.read_bytes()[:4] == b"\x89PNG"
