@@ -453,8 +453,8 @@ def mobilenet_model(tmp: Path) -> QuantModel:
                        "flips)."])
 
 
-def random_crops(n: int) -> list[np.ndarray]:
-    """``n`` seeded 224x224 crops of scikit-image pictures at random scales, positions and flips, preprocessed
+def random_crops(n: int, size: int = 224) -> list[np.ndarray]:
+    """``n`` seeded ``size`` x ``size`` crops of scikit-image pictures at random scales, positions and flips, preprocessed
     like torchvision's ImageNet eval transform (as zoo.imagenet_photos)."""
     import skimage.data
     import skimage.transform
@@ -470,12 +470,12 @@ def random_crops(n: int) -> list[np.ndarray]:
     out = []
     for _ in range(n):
         img = images[int(rng.integers(len(images)))]
-        short = int(rng.integers(224, 401))
+        short = int(rng.integers(size, size * 400 // 224 + 1))
         h, w = img.shape[:2]
         nh, nw = max(short, round(h * short / min(h, w))), max(short, round(w * short / min(h, w)))
         big = skimage.transform.resize(img, (nh, nw), order=1, anti_aliasing=True, preserve_range=True)
-        y, x = int(rng.integers(nh - 224 + 1)), int(rng.integers(nw - 224 + 1))
-        crop = big[y:y + 224, x:x + 224]
+        y, x = int(rng.integers(nh - size + 1)), int(rng.integers(nw - size + 1))
+        crop = big[y:y + size, x:x + size]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         crop = (crop - zoo.IMAGENET_MEAN) / zoo.IMAGENET_STD
