@@ -224,8 +224,8 @@ def case_hv(quick: bool, plot: Path | None, log: Any) -> list[str]:
             got = [r for r in reach if r is not None]
             med = f"{statistics.median(got):.0f} ({len(got)} of {seeds} seeds)" if got else f"not within {n}"
             lines.append(f"| {kind} | {label} | " + " | ".join(f"{c:.1%}" for c in cells) + f" | {med} |")
-    for label, cs in (("trials", curves), ("evaluations", evals)):
-        best = {k: statistics.median(c[goal_n - 1] for c in cs[k]) / full for k in SAMPLERS}
+    for label, by_kind in (("trials", curves), ("evaluations", evals)):
+        best = {k: statistics.median(c[goal_n - 1] for c in by_kind[k]) / full for k in SAMPLERS}
         winner = max(best, key=lambda k: best[k])
         met = best[winner] >= GOAL[0]
         lines += ["", f"Goal: ≥ {GOAL[0]:.0%} of the exhaustive hypervolume with ≤ {GOAL[1]:.0%} of its evaluations "
