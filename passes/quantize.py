@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -587,7 +588,7 @@ class QuantPolicy(Pass):
             need = _activation_peak_bytes(graph, self.act_bits)
             if need > sram:
                 raise UsageError(f"quant-policy: activations need at least {need} bytes of SRAM at "
-                                 f"{self.act_bits} bits (the largest layer's inputs and outputs), over the budget "
+                                 f"{self.act_bits} bits (the largest layer's intermediate inputs and outputs), over the budget "
                                  f"sram={sram}; no choice of weight widths changes that")
         return budgets, fixed
 
@@ -602,9 +603,21 @@ class QuantPolicy(Pass):
 
 
 def _activation_peak_bytes(graph: Graph, act_bits: int) -> int:
-    """A lower bound on activation memory: the largest node's non-constant inputs plus outputs at act_bits."""
+    """A lower bound on the activation arena at act_bits: the largest node's intermediate inputs plus outputs.
+
+    The model's inputs and outputs are the caller's buffers, not the arena's, and are not counted. A node whose
+    result has the shape of one of its inputs (an activation, a residual add) may run in place or fused into its
+    producer, so only its inputs count. Anything larger would refuse budgets the compiled arena meets."""
+    boundary = {id(v) for v in (*graph.inputs, *graph.outputs)}
+
+    def size(vs: Sequence[Value | None]) -> int:
+        return sum(int(np.prod(v.shape)) for v in vs
+                   if v is not None and not v.is_const and v.tensor_type.is_static and id(v) not in boundary)
+
     best = 0
     for n in graph.nodes:
-        tensors = [v for v in (*n.inputs, *n.outputs) if v is not None and not v.is_const and v.tensor_type.is_static]
-        best = max(best, sum(int(np.prod(v.shape)) for v in tensors) * act_bits // 8)
+        ins = [v for v in n.inputs if v is not None and not v.is_const]
+        shapes = {tuple(v.shape) for v in ins if v.tensor_type.is_static}
+        inplace = len(n.outputs) == 1 and n.outputs[0].tensor_type.is_static and tuple(n.outputs[0].shape) in shapes
+        best = max(best, (size(ins) if inplace else size([*ins, *n.outputs])) * act_bits // 8)
     return best
