@@ -266,12 +266,14 @@ def describe(space: Space) -> list[str]:
 
 def default_space(target_kind: str, repeats: bool, has_calib: bool) -> str:
     """The space searched when none is given: pruning over a range of MACs, tying when the model has repeated
-    blocks, and (with calibration data) a mixed int8/int4 policy then quantization for targets that run integers."""
+    blocks, and (with calibration data) int8 or a mixed int8/int4 policy under a flash budget relative to the
+    weights (``flash-share``: it stays reachable after pruning or tying), then quantization, for targets that run
+    integers."""
     parts = ["simplify", "fuse", "prune?{macs=0.4..1.0 reconstruct=true}"]
     if repeats:
         parts.append("tie-layers?{blocks=1..3 rank=0,8,32}")
     if has_calib and target_kind in ("mcu", "cpu", "onnx"):
-        parts += ["quant-policy?{bits=8|8,4}", "quantize"]
+        parts += ["quant-policy?{bits=8,4 flash-share=0.15..0.25/0.025}", "quantize"]
     return ",".join(parts)
 
 

@@ -475,8 +475,12 @@ class QuantPolicy(Pass):
     The ``quantize`` pass that follows realises it (scipy milp picks the widths). Sensitivity
     (``sensitivity=measured``): the output error (``metric``) with that layer alone quantized, on up to 16
     calibration inputs; ``fisher``: the weight rounding error weighted by the diagonal Fisher (squared
-    gradients of random output projections, one backward pass per batch for all layers at once). Budgets default to the target board's SRAM and flash. Activations are 8-bit. The policy is
-    stored on the graph and printed in its text form. Changes no numbers itself.
+    gradients of random output projections, one backward pass per batch for all layers at once). Budgets default
+    to the target board's SRAM and flash. ``flash-share=0.2`` sets the flash budget relative to the graph as this
+    pass sees it: a share of its float constants' bytes (int8 everywhere is about 0.25, int4 about 0.125), so
+    a budget keeps its meaning after pruning or tying has shrunk the weights (what a search over budgets needs).
+    Activations are 8-bit. The policy is stored on the graph and printed in its text form. Changes no numbers
+    itself.
     """
 
     name = "quant-policy"
@@ -484,6 +488,7 @@ class QuantPolicy(Pass):
     bits: tuple[int, ...] = (8, 4)
     act_bits: int = 8
     flash: ByteSize | None = None
+    flash_share: float | None = None
     sram: ByteSize | None = None
     latency: Duration | None = None
     keep_float: str = ""
@@ -499,6 +504,10 @@ class QuantPolicy(Pass):
         for budget in ("flash", "sram"):
             value = getattr(self, budget)
             self.check_option(budget, value is None or value > 0, "a positive size, e.g. 512KB, or none")
+        self.check_option("flash_share", self.flash_share is None or 0 < self.flash_share <= 1,
+                          "a share of the float weights' bytes in (0, 1], e.g. 0.2, or none")
+        self.check_option("flash_share", self.flash_share is None or self.flash is None,
+                          "none when flash= is given (one flash budget)")
         self.check_option("latency", self.latency is None or (math.isfinite(self.latency) and self.latency > 0),
                           "a positive duration, e.g. 5ms, or none")
         _check_regex(self, "keep_float")
@@ -514,7 +523,7 @@ class QuantPolicy(Pass):
         try:
             qm.solve([qm.Choice(k, widths, [0.0] * len(widths), c) for k, c in costs_of.items()], budgets, fixed)
         except qm.Infeasible as e:
-            raise UsageError(self._infeasible(e.smallest, budgets)) from None
+            raise UsageError(self._infeasible(e.smallest, budgets, _const_bytes(graph))) from None
         ranges = activation_ranges(graph, layers, ctx, feeds, "minmax", 99.99)
         ref = ctx.evaluate(graph, feeds)
         choices: list[qm.Choice] = []
@@ -536,7 +545,7 @@ class QuantPolicy(Pass):
         try:
             picks = qm.solve(choices, budgets, fixed)
         except qm.Infeasible as e:
-            raise UsageError(self._infeasible(e.smallest, budgets)) from None
+            raise UsageError(self._infeasible(e.smallest, budgets, _const_bytes(graph))) from None
         for c, p in zip(choices, picks):
             policy[c.layer] = {"op": next(lay.node.op for lay in layers if lay.key == c.layer), "bits": c.options[p],
                                "sensitivity": c.sensitivity[p], "bytes": int(c.costs["flash"][p]),
@@ -572,7 +581,9 @@ class QuantPolicy(Pass):
         # (twice the float bias), and an f32 scale + u8 zero point per quantized activation
         other = sum(c.tensor_type.nbytes * (2 if id(c) in biases else 1) for c in graph.constants
                     if id(c) not in weights and c.tensor_type.is_static) + 5 * len(acts)
-        flash = self.flash if self.flash is not None else limits.flash_bytes
+        flash: float | None = self.flash if self.flash is not None else limits.flash_bytes
+        if self.flash_share is not None:
+            flash = self.flash_share * _const_bytes(graph)
         budgets: dict[str, float] = {}
         fixed: dict[str, float] = {}
         if flash is not None:
@@ -592,14 +603,24 @@ class QuantPolicy(Pass):
                                  f"sram={sram}; no choice of weight widths changes that")
         return budgets, fixed
 
-    def _infeasible(self, smallest: dict[str, float], budgets: dict[str, float]) -> str:
+    def _infeasible(self, smallest: dict[str, float], budgets: dict[str, float], float_bytes: int) -> str:
         parts = []
         for k, limit in budgets.items():
             if smallest[k] > limit:
                 unit = "bytes" if k == "flash" else "s"
-                parts.append(f"{k}={limit:g} {unit} is infeasible: the smallest reachable with bits="
-                             f"{','.join(map(str, self.bits))} is {smallest[k]:.6g} {unit}")
+                what = f"{k}={limit:g} {unit}"
+                reach = f"{smallest[k]:.6g} {unit}"
+                if k == "flash" and self.flash_share is not None:
+                    what = f"flash-share={self.flash_share:g} ({limit:.0f} of {float_bytes} float bytes)"
+                    reach += f" (flash-share={smallest[k] / float_bytes:.3f})"
+                parts.append(f"{what} is infeasible: the smallest reachable with bits="
+                             f"{','.join(map(str, self.bits))} is {reach}")
         return "quant-policy: " + "; ".join(parts) + ". Raise the budget, allow narrower widths, or prune first"
+
+
+def _const_bytes(graph: Graph) -> int:
+    """Bytes of the graph's constants as they are (float before quantize): what ``flash-share`` is a share of."""
+    return sum(c.tensor_type.nbytes for c in graph.constants if c.tensor_type.is_static)
 
 
 def _activation_peak_bytes(graph: Graph, act_bits: int) -> int:
