@@ -307,9 +307,10 @@ def compile(
                 got = [runner(f) for f in feeds]
                 report["fidelity"] = {**fidelity.compare(ref, got), "inputs": inputs_label, "seed": seed,
                                       "batches": fidelity_batches, "reference": ref_label}
-                nonfinite = fidelity.nonfinite_warning(report["fidelity"])
-                if nonfinite is not None:
-                    warnings.append(nonfinite)
+                for warn in (fidelity.nonfinite_warning(report["fidelity"]),
+                             fidelity.uninformative_warning(report["fidelity"])):
+                    if warn is not None:
+                        warnings.append(warn)
                 qdq = qdq_outputs(graph, feeds)
                 if qdq is not None:
                     vs = fidelity.compare(qdq, got)

@@ -205,7 +205,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         extra = f", top1 agreement {fid['top1_agreement']:.3f}" if "top1_agreement" in fid else ""
         inputs = "random inputs, seed " + str(fid["seed"]) if fid["inputs"] == "random" else fid["inputs"]
         print(f"fidelity vs original ({inputs}): max abs err {fid['max_abs_err']:.3g}, "
-              f"max rel err {fid['max_rel_err']:.3g}, cosine {fid['cosine']:.6f}{extra}")
+              f"max rel err {fid['max_rel_err']:.3g}, cosine {fid['cosine']:.6f}{extra}"
+              + (" (uninformative: see the warning)" if fid.get("uninformative") else ""))
     tuning = rep.get("build", {}).get("tuning")
     if tuning:
         print(f"tuning: {tuning['tasks']} kernels, {tuning['reused']} from the database, {tuning['tuned']} tuned now "

@@ -237,6 +237,16 @@ def nonfinite_warning(fid: Mapping[str, Any], what: str = "the outputs") -> str 
             + ". If the inputs were random (no --calib), real ones may avoid it.")
 
 
+def uninformative_warning(fid: Mapping[str, Any] | None) -> str | None:
+    """A report warning when the fidelity figures certify nothing (see :func:`nasc.passes.metrics.uninformative`),
+    else None."""
+    why = (fid or {}).get("uninformative")
+    if not why:
+        return None
+    return (f"the fidelity figures certify nothing: {why}, so any build that outputs the same scores as well. "
+            "Give real inputs with --calib (an .npz of samples), on which the model's outputs vary")
+
+
 def run_graph(graph: Any, feeds: Sequence[Mapping[str, np.ndarray]], values: Sequence[Any] | None = None
               ) -> list[list[np.ndarray]]:
     """Run an IR graph under ONNX Runtime: the graph's outputs, or the given values (read as extra outputs).

@@ -103,6 +103,13 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
     problem = Problem(model, graph, tgt, parsed, fit, fit_labels, held, held_labels,
                       fidelity.run_graph(graph, held), k_out, objectives_for(tgt, held_labels is not None, build),
                       limits_for(tgt, latency_budget_ms, build), seed=seed, log=log, build=build)
+    if held_labels is None:
+        from nasc.passes.metrics import uninformative
+
+        why = uninformative(problem.reference)
+        if why:
+            log(f"warning: the fidelity objective measures nothing: {why} on the held-out slice, so every trial "
+                "scores the same; give --calib inputs on which the model's outputs vary (or labels)")
     if pick:
         front_mod.check_pick(pick, problem)
     outdir = Path(out)

@@ -56,7 +56,35 @@ def compare(ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndarr
     if nonfinite:
         out["nonfinite"] = nonfinite
         out["nonfinite_mismatch"] = mismatched
+    why = uninformative(ref)
+    if why:
+        out["uninformative"] = why
     return out
+
+
+def uninformative(ref: Sequence[Sequence[np.ndarray]]) -> str | None:
+    """Why figures against these reference outputs certify nothing, or None: outputs that are nowhere finite, all
+    zero, or the same for every input (any build that outputs that constant would score a perfect cosine)."""
+    floats = [[np.asarray(r).astype(np.float64) for r in rb if np.asarray(r).dtype.kind in "fiub"] for rb in ref]
+    arrays = [a for rb in floats for a in rb]
+    if not arrays:
+        return None
+    finite = [a[np.isfinite(a)] for a in arrays]
+    if not any(f.size for f in finite):
+        return "the original model's outputs are NaN or infinite everywhere on these inputs"
+    if not any(np.any(f) for f in finite):
+        return "the original model's outputs are all zero on these inputs"
+    if len({len(rb) for rb in floats}) != 1:
+        return None
+    for k in range(len(floats[0])):  # every output the same for every sample (the batch rows of every batch)
+        rows = [np.nan_to_num(row) for rb in floats for row in (rb[k] if rb[k].ndim > 1 else rb[k][None])]
+        if len(rows) < 2 or len({r.shape for r in rows}) != 1:
+            return None
+        stack = np.stack(rows)
+        spread = float(np.max(stack.max(axis=0) - stack.min(axis=0)))
+        if spread > 1e-6 * max(float(np.max(np.abs(stack))), 1e-30):
+            return None
+    return "the original model's outputs are the same for every input used"
 
 
 def accuracy(outputs: Sequence[np.ndarray], labels: np.ndarray) -> float:

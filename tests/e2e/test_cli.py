@@ -160,3 +160,31 @@ def test_bench_with_calibration_adds_the_int8_rows(digits_onnx):
     out = r.stdout  # rich wraps the runtime column: look for words, not phrases
     assert "quantize_static" in out and "reduce-range=true}" in out
     assert out.count("integer") == 2  # nasc's two int8 builds: full-range and 7-bit weights
+
+
+def _zeros_model(path: Path) -> Path:
+    """y = Relu(-|x|): zero for every input, like a randomly initialised model whose outputs collapse."""
+    from onnx import TensorProto
+    from onnx import helper as h
+
+    g = h.make_graph([h.make_node("Abs", ["x"], ["a"]), h.make_node("Neg", ["a"], ["n"]),
+                      h.make_node("Relu", ["n"], ["y"])], "zeros",
+                     [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
+                     [h.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])])
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8), path)
+    return path
+
+
+def test_a_certificate_that_tested_nothing_says_so(tmp_path: Path, digits_onnx: Path) -> None:
+    model = _zeros_model(tmp_path / "zeros.onnx")
+    r = nasc_cmd("compile", str(model), "--target", "onnx", "-o", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert "top1 agreement 1.000 (uninformative: see the warning)" in r.stdout
+    assert ("the fidelity figures certify nothing: the original model's outputs are all zero on these inputs"
+            in r.stderr) and "--calib" in r.stderr
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["fidelity"]["uninformative"] == "the original model's outputs are all zero on these inputs"
+    assert any("certify nothing" in w for w in rep["warnings"])
+    # a model whose outputs vary gets no such mark
+    r = nasc_cmd("compile", str(digits_onnx), "--target", "onnx", "-o", str(tmp_path / "d"))
+    assert r.returncode == 0 and "uninformative" not in r.stdout + r.stderr
