@@ -477,8 +477,9 @@ class QuantPolicy(Pass):
     calibration inputs; ``fisher``: the weight rounding error weighted by the diagonal Fisher (squared
     gradients of random output projections, one backward pass per batch for all layers at once). Budgets default
     to the target board's SRAM and flash. ``flash-share=0.2`` sets the flash budget relative to the graph as this
-    pass sees it: a share of its float constants' bytes (int8 everywhere is about 0.25, int4 about 0.125), so
-    a budget keeps its meaning after pruning or tying has shrunk the weights (what a search over budgets needs).
+    pass sees it: 0.2 of the float bytes of the weights it chooses widths for (int8 everywhere is about 0.25,
+    int4 about 0.125), plus what no width choice changes (other constants, biases, scales), so a budget keeps its
+    meaning after pruning or tying has shrunk the weights (what a search over budgets needs).
     Activations are 8-bit. The policy is stored on the graph and printed in its text form. Changes no numbers
     itself.
     """
@@ -517,13 +518,13 @@ class QuantPolicy(Pass):
         limits = ctx.budgets
         layers = find_layers(graph, self.keep_float)
         widths = sorted(set(self.bits), reverse=True)
-        budgets, fixed = self._budgets(graph, layers, limits)
+        budgets, fixed, weight_bytes = self._budgets(graph, layers, limits)
         # the budget is checked before anything is measured: an impossible one fails at once
         costs_of = {lay.key: self._costs(lay, widths, limits) for lay in layers if lay.weight is not None}
         try:
             qm.solve([qm.Choice(k, widths, [0.0] * len(widths), c) for k, c in costs_of.items()], budgets, fixed)
         except qm.Infeasible as e:
-            raise UsageError(self._infeasible(e.smallest, budgets, _const_bytes(graph))) from None
+            raise UsageError(self._infeasible(e.smallest, budgets, fixed, weight_bytes)) from None
         ranges = activation_ranges(graph, layers, ctx, feeds, "minmax", 99.99)
         ref = ctx.evaluate(graph, feeds)
         choices: list[qm.Choice] = []
@@ -545,7 +546,7 @@ class QuantPolicy(Pass):
         try:
             picks = qm.solve(choices, budgets, fixed)
         except qm.Infeasible as e:
-            raise UsageError(self._infeasible(e.smallest, budgets, _const_bytes(graph))) from None
+            raise UsageError(self._infeasible(e.smallest, budgets, fixed, weight_bytes)) from None
         for c, p in zip(choices, picks):
             policy[c.layer] = {"op": next(lay.node.op for lay in layers if lay.key == c.layer), "bits": c.options[p],
                                "sensitivity": c.sensitivity[p], "bytes": int(c.costs["flash"][p]),
@@ -569,8 +570,13 @@ class QuantPolicy(Pass):
         return {"flash": [float(_weight_bytes(w, b, lay.axis)) for b in widths],
                 "latency": [_latency_s(lay.macs, b, limits) for b in widths]}
 
-    def _budgets(self, graph: Graph, layers: list[Layer], limits: Budgets) -> tuple[dict[str, float], dict[str, float]]:
+    def _budgets(self, graph: Graph, layers: list[Layer], limits: Budgets
+                 ) -> tuple[dict[str, float], dict[str, float], int]:
+        """The budgets, the costs no width choice changes, and the float bytes of the weights the policy chooses
+        widths for (what ``flash-share`` is a share of)."""
         weights = {id(lay.weight_value) for lay in layers if lay.weight is not None}
+        weight_bytes = sum({id(lay.weight_value): lay.weight_value.tensor_type.nbytes  # type: ignore[union-attr]
+                            for lay in layers if lay.weight is not None}.values())
         biases = {id(lay.node.input(2)) for lay in layers if lay.weight is not None and lay.node.op in ("Conv", "Gemm")
                   and lay.node.has_input(2) and _is_float_const(lay.node.input(2))}
         joined = integer_ops(graph, self.keep_float)
@@ -583,7 +589,7 @@ class QuantPolicy(Pass):
                     if id(c) not in weights and c.tensor_type.is_static) + 5 * len(acts)
         flash: float | None = self.flash if self.flash is not None else limits.flash_bytes
         if self.flash_share is not None:
-            flash = self.flash_share * _const_bytes(graph)
+            flash = other + self.flash_share * weight_bytes
         budgets: dict[str, float] = {}
         fixed: dict[str, float] = {}
         if flash is not None:
@@ -601,9 +607,10 @@ class QuantPolicy(Pass):
                 raise UsageError(f"quant-policy: activations need at least {need} bytes of SRAM at "
                                  f"{self.act_bits} bits (the largest layer's intermediate inputs and outputs), over the budget "
                                  f"sram={sram}; no choice of weight widths changes that")
-        return budgets, fixed
+        return budgets, fixed, weight_bytes
 
-    def _infeasible(self, smallest: dict[str, float], budgets: dict[str, float], float_bytes: int) -> str:
+    def _infeasible(self, smallest: dict[str, float], budgets: dict[str, float], fixed: dict[str, float],
+                    weight_bytes: int) -> str:
         parts = []
         for k, limit in budgets.items():
             if smallest[k] > limit:
@@ -611,16 +618,13 @@ class QuantPolicy(Pass):
                 what = f"{k}={limit:g} {unit}"
                 reach = f"{smallest[k]:.6g} {unit}"
                 if k == "flash" and self.flash_share is not None:
-                    what = f"flash-share={self.flash_share:g} ({limit:.0f} of {float_bytes} float bytes)"
-                    reach += f" (flash-share={smallest[k] / float_bytes:.3f})"
+                    what = (f"flash-share={self.flash_share:g} ({limit:.0f} bytes: {self.flash_share:g} of the "
+                            f"{weight_bytes} float bytes of the weights it chooses widths for, plus "
+                            f"{fixed['flash']:.0f} for everything else)")
+                    reach += f" (flash-share={(smallest[k] - fixed['flash']) / max(weight_bytes, 1):.3f})"
                 parts.append(f"{what} is infeasible: the smallest reachable with bits="
                              f"{','.join(map(str, self.bits))} is {reach}")
         return "quant-policy: " + "; ".join(parts) + ". Raise the budget, allow narrower widths, or prune first"
-
-
-def _const_bytes(graph: Graph) -> int:
-    """Bytes of the graph's constants as they are (float before quantize): what ``flash-share`` is a share of."""
-    return sum(c.tensor_type.nbytes for c in graph.constants if c.tensor_type.is_static)
 
 
 def _activation_peak_bytes(graph: Graph, act_bits: int) -> int:
