@@ -290,7 +290,7 @@ def case_vit_mcu(log: Any) -> list[str]:
 # ---- stm32f411: MobileNetV2-0.35 at 96x96 and the DS-CNN ---------------------------------------------------------
 
 F411_TARGET = "mcu:stm32f411"
-F411_SPACE = "simplify,fuse,prune?{macs=0.4..0.9/0.1 reconstruct=true},quant-policy{bits=8|8,4},quantize"
+F411_SPACE = "simplify,fuse,prune?{macs=0.4..0.9/0.1 reconstruct=true},quant-policy?{bits=8,4 flash-share=0.15..0.25/0.05},quantize"
 F411_TRIALS = 10
 F411_CALIB = 96  # inputs; the passes fit on 75%, trials score on 25%
 F411_TEST = 20  # other inputs the picked build runs on QEMU
