@@ -294,7 +294,7 @@ F411_SPACE = "simplify,fuse,prune?{macs=0.4..0.9/0.1 reconstruct=true},quant-pol
 F411_TRIALS = 10
 F411_CALIB = 96  # inputs; the passes fit on 75%, trials score on 25%
 F411_TEST = 20  # other inputs the picked build runs on QEMU
-F411_PICK = "fidelity>=0.99 minimize=flash"
+F411_PICK = "minimize=flash"  # seeded weights: no fidelity floor means anything (see case_f411)
 
 
 def case_f411(log: Any) -> list[str]:
@@ -487,9 +487,12 @@ def _mcu_case(tmp: Path, model: Path, name: str, target: str, space: str, calib:
     ref = fidelity.run_graph(g0, test)
     cos = fidelity.compare(ref, on_qemu)["cosine"]
     agree = float(np.mean([np.argmax(a[0]) == np.argmax(b[0]) for a, b in zip(on_qemu, ref, strict=True)]))
+    own = fidelity.compare(fidelity.run_graph(g, test), on_qemu)  # the C build against its own graph's definition
     f = m.facts
     fits = f["sram_bytes"] <= board.sram_bytes and (f["flash_bytes"] or 0) <= board.flash_bytes
-    quality = f"output cosine {cos:.4f} against the float model, top-1 agreement {agree:.2%}"
+    quality = (f"output cosine {cos:.4f} against the float model, top-1 agreement {agree:.2%}; against the picked "
+               f"graph under ONNX Runtime (what the C code must compute) cosine {own['cosine']:.6f}, max abs err "
+               f"{own['max_abs_err']:.3g}")
     if test_labels is not None:
         acc_qemu = float(np.mean([np.argmax(o[0]) == y for o, y in zip(on_qemu, test_labels, strict=True)]))
         acc_float = float(np.mean([np.argmax(o[0]) == y for o, y in zip(ref, test_labels, strict=True)]))
