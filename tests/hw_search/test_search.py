@@ -99,6 +99,11 @@ def test_a_second_run_adds_its_trials_and_reuses_measured_pipelines(searched: Pa
     best = min(chosen, key=lambda p: p["values"]["weights_bytes"])
     report = json.loads((searched / "build" / "report.json").read_text())
     assert report["pipeline"] == best["pipeline"] and report["weights_bytes"] == best["values"]["weights_bytes"]
+    # the pick's report carries the front it came from, and its page shows it
+    assert report["search"]["chosen"] == best["trial"] and report["search"]["trials"] == 9
+    assert report["search"]["points"] == data["points"]
+    page = (searched / "build" / "report.html").read_text()
+    assert 'data-section="search"' in page and 'data-plot="search-front"' in page
 
 
 def test_a_killed_worker_loses_no_completed_trial(tmp_path: Path) -> None:
