@@ -1,4 +1,5 @@
-"""fuse: fold BatchNorm into neighbouring linear ops, MatMul+Add -> Gemm, name activation idioms.
+"""fuse: fold BatchNorm into neighbouring linear ops and zero Pads into convolutions, MatMul+Add -> Gemm, name
+activation idioms.
 
 The transformer rewrites (LayerNorm, GELU, attention) live in ``fuse_transformer.py``;
 this file holds the pass itself and the rewrites every CNN needs. Exact to fp32 rounding.
@@ -20,7 +21,7 @@ from nasc.passes.pattern import Match, Rule, alt, any_, const, op, opt_const, re
 @register_pass
 @dataclass(frozen=True)
 class Fuse(Pass):
-    """Fold BatchNorm, form Gemm, and recognise ReLU6/SiLU/HardSwish, LayerNorm, GELU and attention.
+    """Fold BatchNorm and zero Pads, form Gemm, and recognise ReLU6/SiLU/HardSwish, LayerNorm, GELU and attention.
 
     Exact to fp32 rounding. Each rewrite is counted by name in the report.
     """
@@ -33,7 +34,7 @@ class Fuse(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         from nasc.passes.fuse_transformer import TRANSFORMER_RULES
 
-        rules: list[Rule] = [TRANSPOSE_TRANSPOSE]
+        rules: list[Rule] = [TRANSPOSE_TRANSPOSE, *PAD_RULES]
         if self.batchnorm:
             rules += BATCHNORM_RULES
         rules.append(MATMUL_ADD)
@@ -141,6 +142,40 @@ BATCHNORM_RULES = [
     Rule("fold-batchnorm-before-conv",
          op("Conv", op("BatchNormalization", any_("x"), *_bn_operands(), name="bn"), const("w"), opt_const("b"),
             name="conv"), fold_bn_before_conv),
+]
+
+
+# ---- Pad folding ----------------------------------------------------------------------------------
+
+
+def fold_pad(graph: Graph, m: Match, ctx: Any) -> Value | None:
+    """Conv(Pad(x)) = Conv(x) with the pad added to its pads, when the Pad is a constant zero pad of the spatial
+    axes only (what exporters emit for 'same' padding); likewise AveragePool when it counts the padding
+    (count_include_pad=1: the zeros are averaged either way)."""
+    pad, node = m.node("pad"), m.node("conv")
+    if str(pad.attr("mode", "constant")) != "constant" or ("value" in m and np.any(m.array("value") != 0)):
+        return None
+    if str(node.attr("auto_pad", "NOTSET")) != "NOTSET":
+        return None
+    if node.op == "AveragePool" and int(node.attr("count_include_pad", 0)) != 1:
+        return None
+    x = m.value("x")
+    rank = len(x.shape)
+    pads = [int(v) for v in m.array("pads").reshape(-1)]
+    if len(pads) != 2 * rank or any(v < 0 for v in pads) or any(pads[i] or pads[rank + i] for i in (0, 1)):
+        return None
+    spatial = rank - 2
+    old = [int(v) for v in node.attr("pads", ())] or [0] * (2 * spatial)
+    new = [old[i] + pads[2 + i] for i in range(spatial)] + [old[spatial + i] + pads[rank + 2 + i]
+                                                             for i in range(spatial)]
+    ins = [x, *node.inputs[1:]]
+    return emit(graph, node, node.op, ins, {**node.attrs, "pads": new}, name=node.name)
+
+
+_ZERO_PAD = op("Pad", any_("x"), const("pads"), opt_const("value"), name="pad")
+PAD_RULES = [
+    Rule("fold-pad", op("Conv", _ZERO_PAD, const("w"), opt_const("b"), name="conv"), fold_pad),
+    Rule("fold-pad", op("AveragePool", _ZERO_PAD, name="conv"), fold_pad),
 ]
 
 

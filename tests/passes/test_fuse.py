@@ -63,6 +63,59 @@ output %y
     assert count(out, "BatchNormalization") == (0 if pads.startswith("[0") else 1)
 
 
+PAD_CONV = '''graph "g" opsets {"": 21}
+input %x : f32[1,4,7,7]
+const %w : f32[8,4,3,3] = "w"
+const %pads : i64[8] = "pads"
+const %zero : f32[] = "zero"
+%p : f32[1,4,PH,PW] = Pad(%x, %pads, %zero) {mode="MODE"} #"pad"
+%y : f32[1,8,OH,OW] = Conv(%p, %w) {pads=[0, 1, 0, 1], strides=[2, 2]} #"conv"
+output %y
+'''
+
+
+def _pad_conv(pads: list[int], mode: str = "constant", value: float = 0.0) -> tuple[str, dict[str, np.ndarray]]:
+    ph, pw = 7 + pads[2] + pads[6], 7 + pads[3] + pads[7]
+    oh, ow = (ph + 0 - 3) // 2 + 1, (pw + 2 - 3) // 2 + 1
+    text = (PAD_CONV.replace("PH", str(ph)).replace("PW", str(pw)).replace("OH", str(oh)).replace("OW", str(ow))
+            .replace("MODE", mode).replace("%p : f32[1,4,", f"%p : f32[1,{4 + pads[1] + pads[5]},"))
+    consts = {"w": RNG.standard_normal((8, 4, 3, 3)).astype(np.float32),
+              "pads": np.asarray(pads, np.int64), "zero": np.asarray(value, np.float32)}
+    return text, consts
+
+
+def test_a_zero_pad_folds_into_the_convolution_after_it():
+    text, consts = _pad_conv([0, 0, 1, 0, 0, 0, 1, 2])  # 'same'-style asymmetric padding, as TF exporters write it
+    out = run_golden(text, "fuse", constants=consts, rtol=1e-5, atol=1e-5)
+    assert [n.op for n in out.nodes] == ["Conv"]
+    assert out.nodes[0].attr("pads") == [1, 1, 1, 3] and out.nodes[0].name == "conv"
+    assert out.meta["passes"][0]["rewrites"] == {"fold-pad": 1}
+
+
+@pytest.mark.parametrize("case", ["reflect", "nonzero", "channels"])
+def test_a_pad_that_is_not_a_spatial_zero_pad_stays(case):
+    pads = [0, 1, 1, 1, 0, 0, 1, 1] if case == "channels" else [0, 0, 1, 1, 0, 0, 1, 1]
+    text, consts = _pad_conv(pads, "reflect" if case == "reflect" else "constant", 0.5 if case == "nonzero" else 0)
+    if case == "channels":  # a pad of the channel axis changes what the conv reads: its weights would not fit
+        text = text.replace("const %w : f32[8,4,3,3]", "const %w : f32[8,5,3,3]")
+        consts["w"] = RNG.standard_normal((8, 5, 3, 3)).astype(np.float32)
+    out = run_golden(text, "fuse", constants=consts, rtol=1e-5, atol=1e-5)
+    assert count(out, "Pad") == 1 and "fold-pad" not in out.meta["passes"][0]["rewrites"]
+
+
+@pytest.mark.parametrize("include", [0, 1])
+def test_a_zero_pad_folds_into_an_average_pool_only_when_it_counts_the_padding(include):
+    text = f'''graph "g" opsets {{"": 21}}
+input %x : f32[1,4,6,6]
+const %pads : i64[8] = "pads"
+%p : f32[1,4,8,8] = Pad(%x, %pads) #"pad"
+%y : f32[1,4,4,4] = AveragePool(%p) {{kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1], count_include_pad={include}}} #"pool"
+output %y
+'''
+    out = run_golden(text, "fuse", constants={"pads": np.asarray([0, 0, 1, 1, 0, 0, 1, 1], np.int64)})
+    assert count(out, "Pad") == 1 - include
+
+
 @pytest.mark.parametrize("linear", ["Gemm(%x, %w, %b) {transB=1}", "MatMul(%x, %wt)"])
 def test_batchnorm_folds_into_gemm_and_matmul(linear):
     text = f'''graph "g" opsets {{"": 21}}
