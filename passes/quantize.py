@@ -519,15 +519,20 @@ class QuantPolicy(Pass):
         layers = find_layers(graph, self.keep_float)
         widths = sorted(set(self.bits), reverse=True)
         budgets, fixed, weight_bytes = self._budgets(graph, layers, limits)
+        # layers that read one weight (tied layers) get one width: one choice, its bytes counted once
+        groups: dict[int, list[Layer]] = {}
+        for lay in layers:
+            if lay.weight is not None:
+                groups.setdefault(id(lay.weight_value), []).append(lay)
+        costs_of = {g[0].key: self._costs(g, widths, limits) for g in groups.values()}
         # the budget is checked before anything is measured: an impossible one fails at once
-        costs_of = {lay.key: self._costs(lay, widths, limits) for lay in layers if lay.weight is not None}
         try:
             qm.solve([qm.Choice(k, widths, [0.0] * len(widths), c) for k, c in costs_of.items()], budgets, fixed)
         except qm.Infeasible as e:
             raise UsageError(self._infeasible(e.smallest, budgets, fixed, weight_bytes)) from None
         ranges = activation_ranges(graph, layers, ctx, feeds, "minmax", 99.99)
         ref = ctx.evaluate(graph, feeds)
-        choices: list[qm.Choice] = []
+        sens_of: dict[str, list[float]] = {}
         policy: dict[str, dict[str, Any]] = {}
         fisher = _fisher(graph, layers, ctx, feeds) if self.sensitivity == "fisher" else {}
         for i, lay in enumerate(layers):
@@ -539,21 +544,27 @@ class QuantPolicy(Pass):
             if fisher:
                 w = np.asarray(lay.weight_value.data, np.float32)  # type: ignore[union-attr]
                 f = fisher[id(lay.weight_value)]
-                sens = [float(np.sum(f * (qm.fake_quant_weight(w, b, lay.axis) - w) ** 2)) for b in widths]
+                sens_of[lay.key] = [float(np.sum(f * (qm.fake_quant_weight(w, b, lay.axis) - w) ** 2)) for b in widths]
             else:
-                sens = [_sensitivity(graph, lay, b, ranges, ctx, feeds, ref, self.metric) for b in widths]
-            choices.append(qm.Choice(lay.key, widths, sens, costs_of[lay.key]))
+                sens_of[lay.key] = [_sensitivity(graph, lay, b, ranges, ctx, feeds, ref, self.metric) for b in widths]
+        choices = [qm.Choice(g[0].key, widths, [sum(sens_of[lay.key][j] for lay in g) for j in range(len(widths))],
+                             costs_of[g[0].key]) for g in groups.values()]
         try:
             picks = qm.solve(choices, budgets, fixed)
         except qm.Infeasible as e:
             raise UsageError(self._infeasible(e.smallest, budgets, fixed, weight_bytes)) from None
-        for c, p in zip(choices, picks):
-            policy[c.layer] = {"op": next(lay.node.op for lay in layers if lay.key == c.layer), "bits": c.options[p],
-                               "sensitivity": c.sensitivity[p], "bytes": int(c.costs["flash"][p]),
-                               "candidates": {str(b): s for b, s in zip(c.options, c.sensitivity)}}
+        for g, c, p in zip(groups.values(), choices, picks, strict=True):
+            for k, lay in enumerate(g):
+                sens = sens_of[lay.key]
+                policy[lay.key] = {"op": lay.node.op, "bits": c.options[p], "sensitivity": sens[p],
+                                   "bytes": int(c.costs["flash"][p]) if k == 0 else 0,
+                                   "candidates": {str(b): s for b, s in zip(c.options, sens)},
+                                   **({"shares_weight_with": g[0].key} if k else {})}
+        policy = {lay.key: policy[lay.key] for lay in layers}  # in the graph's order
         graph.meta[POLICY_KEY] = policy
         total = fixed.get("flash", 0.0) + sum(c.costs["flash"][p] for c, p in zip(choices, picks))
-        counts = {b: sum(1 for c, p in zip(choices, picks) if c.options[p] == b) for b in widths}
+        counts = {b: sum(len(g) for g, c, p in zip(groups.values(), choices, picks) if c.options[p] == b)
+                  for b in widths}
         for b, n in counts.items():
             if n:
                 ctx.count(f"int{b}", n)
@@ -564,11 +575,12 @@ class QuantPolicy(Pass):
         return False
 
     @staticmethod
-    def _costs(lay: Layer, widths: list[int], limits: Budgets) -> dict[str, list[float]]:
-        w = lay.weight_value
+    def _costs(group: list[Layer], widths: list[int], limits: Budgets) -> dict[str, list[float]]:
+        """Flash of the layers' one weight at each width (stored once), and the latency of all of them."""
+        w = group[0].weight_value
         assert w is not None
-        return {"flash": [float(_weight_bytes(w, b, lay.axis)) for b in widths],
-                "latency": [_latency_s(lay.macs, b, limits) for b in widths]}
+        return {"flash": [float(_weight_bytes(w, b, group[0].axis)) for b in widths],
+                "latency": [sum(_latency_s(lay.macs, b, limits) for lay in group) for b in widths]}
 
     def _budgets(self, graph: Graph, layers: list[Layer], limits: Budgets
                  ) -> tuple[dict[str, float], dict[str, float], int]:

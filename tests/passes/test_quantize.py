@@ -227,3 +227,21 @@ def test_sram_lower_bound_counts_the_arena_not_the_callers_buffers_or_in_place_o
     # the bound is a lower bound: the planner's arena for the compiled C is no smaller
     art = nasc.compile(q, "mcu:cortex-m4", tmp_path / "c", verify_on="none", budget_check=False)
     assert art.report["arena_bytes"] >= need
+
+
+def test_tied_layers_get_one_width_and_their_shared_weight_is_counted_once() -> None:
+    from nasc.examples.datasets import load_fashion_mnist
+
+    g = nasc.load(ROOT / "examples" / "fashion_vit.onnx")
+    x = load_fashion_mnist()[2][:24]
+    feeds = [{"image": x[i:i + 1]} for i in range(len(x))]
+    tied = nasc.optimize(g, "simplify,fuse,tie-layers{blocks=2 rank=8}", feeds)
+    q = nasc.optimize(tied, "quant-policy{bits=8,4 flash-share=0.2}", feeds)  # unreachable if shared bytes counted twice
+    policy = q.meta["quant_policy"]
+    sharing = {k: v["shares_weight_with"] for k, v in policy.items() if "shares_weight_with" in v}
+    assert len(sharing) >= 8
+    for k, first in sharing.items():
+        assert policy[k]["bits"] == policy[first]["bits"] and policy[k]["bytes"] == 0 < policy[first]["bytes"]
+    full = nasc.optimize(q, "quantize", feeds)
+    stored = full.summary()["param_bytes"]
+    assert sum(v.get("bytes", 0) for v in policy.values()) <= stored  # what quantize stores holds each weight once
