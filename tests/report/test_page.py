@@ -69,3 +69,13 @@ def test_a_cpu_build_times_each_kernel(tmp_path: Path) -> None:
     assert all(k["calls"] >= 1 and k["ms"] > 0 for k in kernels)
     # the kernels are part of one inference: their sum is of the order of the measured latency, not above it by far
     assert sum(k["ms"] for k in kernels) < 5 * report["latency_ms"]["nasc"] + 0.05
+
+
+def test_a_quantized_build_reports_each_layers_weight_width(tmp_path: Path) -> None:
+    report = nasc.compile(DIGITS, "onnx", tmp_path / "q", passes="simplify,fuse,quant-policy{bits=8,4 flash=6KB},quantize",
+                          calib=str(ROOT / "examples" / "digits_test.npz")).report
+    rows = {r["name"]: r for r in report["layers"]}
+    assert not any(r["op"] in ("QuantizeLinear", "DequantizeLinear") for r in rows.values())
+    for layer, entry in report["quant_policy"].items():
+        assert rows[layer]["bits"] == entry["bits"]  # the integer width behind each layer's DequantizeLinear
+    assert {rows[k]["bits"] for k in report["quant_policy"]} == {8, 4}
