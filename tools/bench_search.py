@@ -337,8 +337,8 @@ def case_f411(log: Any) -> list[str]:
             what = ("seeded 96x96 crops of scikit-image pictures" if name.startswith("mobilenet")
                     else "seeded Gaussian 49x10 frames (no speech data offline)")
             lines += [f"### {title} (seeded weights)", "",
-                      f"Calibration: {F411_CALIB} {what}; test: {F411_TEST} more. The head is fitted to the seeded "
-                      "backbone (below), so that the outputs vary with the input and fidelity means something.", "",
+                      f"Calibration: {F411_CALIB} {what}; test: {F411_TEST} more. The head is refitted to the seeded "
+                      "backbone (`_fit_head`): a seeded head gives nearly the same output for every input.", "",
                       *_mcu_case(tmp, path, name, F411_TARGET, F411_SPACE, calib, F411_TRIALS, F411_PICK, test, None,
                                  "held-back inputs", log), ""]
     return lines
