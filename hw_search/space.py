@@ -269,7 +269,10 @@ def default_space(target_kind: str, repeats: bool, has_calib: bool) -> str:
     blocks, and (with calibration data) int8 or a mixed int8/int4 policy under a flash budget relative to the
     weights (``flash-share``: it stays reachable after pruning or tying), then quantization, for targets that run
     integers."""
-    parts = ["simplify", "fuse", "prune?{macs=0.4..1.0 reconstruct=true}"]
+    # cpu and gpu kernels vectorise channel counts in multiples of 16 (int8 dot products in 4s and 16s): pruning to
+    # other counts made MiniLM int8 two to three times slower than unpruned (docs/benchmarks.md, search)
+    rounding = " round-to=16" if target_kind in ("cpu", "gpu") else ""
+    parts = ["simplify", "fuse", f"prune?{{macs=0.4..1.0 reconstruct=true{rounding}}}"]
     if repeats:
         parts.append("tie-layers?{blocks=1..3 rank=0,8,32}")
     if has_calib and target_kind in ("mcu", "cpu", "onnx"):

@@ -82,3 +82,6 @@ def test_the_default_space_parses_for_each_kind():
     for kind in ("mcu", "cpu", "onnx", "gpu"):
         for repeats in (False, True):
             Space.parse(default_space(kind, repeats, has_calib=True))
+    # pruned channel counts the cpu and gpu kernels vectorise: multiples of 16 there, any count elsewhere
+    assert "round-to=16" in default_space("cpu", False, True) and "round-to" not in default_space("mcu", False, True)
+    assert "flash-share=" in default_space("mcu", False, True)
