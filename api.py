@@ -18,7 +18,7 @@ import numpy as np
 from nasc.errors import UsageError
 from nasc.ir.core import Graph
 from nasc.passes.metrics import accuracy
-from nasc.report.layers import layer_rows
+from nasc.report.layers import attach_steps, layer_rows
 from nasc.report.page import write as write_page
 
 
@@ -336,6 +336,8 @@ def compile(
 
             report["kernel_ms"] = load_compiled(tmp).kernel_ms(feeds[0])
         report["layers"] = layer_rows(graph)
+        if "steps" in report:
+            attach_steps(report["layers"], report["steps"], report.get("buffers", []))
         report["files"] = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         if isinstance(model, str | os.PathLike) and Path(model).is_file():
             report["model_file_bytes"] = Path(model).stat().st_size

@@ -35,6 +35,24 @@ def layer_rows(graph: Graph) -> list[dict[str, Any]]:
     return rows
 
 
+def attach_steps(rows: list[dict[str, Any]], steps: list[dict[str, Any]], buffers: list[dict[str, Any]]) -> None:
+    """Give each layer row of an MCU build the step of the call sequence that computes it and where that step's
+    output sits in the arena (``arena_offset``, ``arena_bytes``; a model output is the caller's buffer)."""
+    sizes = {b["name"]: b for b in buffers}
+    by_name = {r["name"]: r for r in rows}
+    for s in steps:
+        for node in s.get("nodes", []):
+            row = by_name.get(node)
+            if row is None or "step" in row:
+                continue
+            row["step"] = s["step"]
+            for buf, where in s.get("outputs", {}).items():
+                if where.startswith("arena+") and buf in sizes:
+                    row["arena_offset"], row["arena_bytes"] = int(where[len("arena+"):]), sizes[buf]["bytes"]
+                elif not where.startswith("arena"):
+                    row["arena_offset"] = where  # "output": the caller's buffer
+
+
 def _weight(v: Value) -> Value | None:
     """The constant ``v`` is, or that a DequantizeLinear producing ``v`` reads."""
     if v.is_const:

@@ -215,13 +215,25 @@ def _layers(r: Mapping[str, Any]) -> str:
     if not layers:
         return ""
     total = sum(x["macs"] for x in layers) or 1
-    rows = [(x["name"], x["op"], x.get("scope", ""), "×".join(map(str, x["shape"])) if x.get("shape") else "",
-             _num(x["macs"]), _num(100 * x["macs"] / total, ".1f"), _num(x["params"]),
-             _num(x.get("bits"), "d")) for x in layers]
-    return _section("layers", "Layers", "<p class=\"sub\">Every compute node of the built graph (quantize / "
-                    "dequantize nodes folded into the layer they feed). Click a column to sort.</p>",
-                    _table(["node", "op", "scope", "output shape", "MACs", "MAC share %", "params", "weight bits"],
-                           rows, numeric=(4, 5, 6, 7), sortable=True, key="layers"))
+    mcu = any("step" in x for x in layers)
+    rows = []
+    for x in layers:
+        row: list[Any] = [x["name"], x["op"], x.get("scope", ""),
+                          "×".join(map(str, x["shape"])) if x.get("shape") else "", _num(x["macs"]),
+                          _num(100 * x["macs"] / total, ".1f"), _num(x["params"]), _num(x.get("bits"), "d")]
+        if mcu:
+            off = x.get("arena_offset")
+            row += [_num(x.get("step"), "d"), off if isinstance(off, str) else _num(off), _num(x.get("arena_bytes"))]
+        rows.append(row)
+    head = ["node", "op", "scope", "output shape", "MACs", "MAC share %", "params", "weight bits"]
+    note = ("Every compute node of the built graph (quantize / dequantize nodes folded into the layer they feed). "
+            "Click a column to sort.")
+    if mcu:
+        head += ["step", "arena offset", "output bytes"]
+        note += (" On the MCU, the step of the call sequence that computes a layer (found through its weights; "
+                 "activations fused into it have none) and where its output sits in the arena.")
+    return _section("layers", "Layers", f"<p class=\"sub\">{_e(note)}</p>",
+                    _table(head, rows, numeric=tuple(range(4, len(head))), sortable=True, key="layers"))
 
 
 def _mcu(r: Mapping[str, Any]) -> str:

@@ -2,6 +2,10 @@
 
     python tools/bench_cpu.py [--models mobilenet_v2,resnet18,transformer,minilm] [--write docs/benchmarks.md]
     python tools/bench_cpu.py --models transformer --export-onnx DIR    # DIR/transformer.onnx, for nasc compile
+    python tools/bench_cpu.py --models mobilenet_v2 --profile [--write-profile docs/benchmarks.md]
+
+``--profile``: where the time goes, kernel by kernel: nasc's build (each compiled kernel timed through the VM's
+instrumentation hook, as report.html shows it) beside ONNX Runtime's own profiler (per node, summed by op type).
 
 All numbers are medians of one batch-1 run, measured in this process on the same
 inputs after warm-up; ONNX Runtime runs with all graph optimizations and one thread per core.
@@ -76,10 +80,64 @@ def export_onnx(name: str, out_dir: Path) -> Path:
         return nasc.export_onnx(nasc.load(str(path)), out_dir / f"{name}.onnx")
 
 
+def profile(name: str, top: int = 15) -> list[str]:
+    """Markdown: nasc's costliest kernels and ONNX Runtime's time per op type on the same ONNX model."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    import nasc
+    from nasc.runtime import load as load_compiled
+
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_onnx(name, Path(tmp))
+        title = _model(name)[2]
+        graph = nasc.load(str(onnx_path))
+        rng = np.random.default_rng(0)
+        feed = {v.name: rng.standard_normal(v.shape).astype(np.float32) if v.dtype == "f32"
+                else np.zeros(v.shape, np.int64) for v in graph.inputs}
+        nasc.compile(onnx_path, "cpu", Path(tmp) / "build", passes="simplify,fuse", measure_latency=False)
+        built = load_compiled(Path(tmp) / "build")
+        total_ms = built.latency_ms(feed)
+        kernels = sorted(built.kernel_ms(feed, repeat=30), key=lambda k: -k["ms"])
+        opts = ort.SessionOptions()
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "ort")
+        opts.intra_op_num_threads = os.cpu_count() or 1
+        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        for _ in range(5):
+            sess.run(None, feed)
+        t0 = time.perf_counter()
+        runs = 30
+        for _ in range(runs):
+            sess.run(None, feed)
+        ort_ms = (time.perf_counter() - t0) * 1e3 / runs
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    by_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            by_op[op] = by_op.get(op, 0.0) + e["dur"] / 1e3 / (runs + 5)
+    kern_total = sum(k["ms"] for k in kernels)
+    lines = [f"### {title}", "",
+             f"nasc (`simplify,fuse`, default schedules): {total_ms:.2f} ms per inference; its kernels sum to "
+             f"{kern_total:.2f} ms. ONNX Runtime: {ort_ms:.2f} ms per inference (profiling on).", "",
+             f"| nasc kernel (the {top} costliest of {len(kernels)}) | calls | ms | share |", "|---|---:|---:|---:|"]
+    lines += [f"| `{k['kernel']}` | {k['calls']} | {k['ms']:.3f} | {k['ms'] / kern_total:.1%} |" for k in kernels[:top]]
+    ort_total = sum(by_op.values())
+    lines += ["", "| ONNX Runtime op type | ms | share |", "|---|---:|---:|"]
+    lines += [f"| {op} | {ms:.3f} | {ms / ort_total:.1%} |" for op, ms in sorted(by_op.items(), key=lambda x: -x[1])]
+    return [*lines, ""]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--write", type=Path, default=None)
+    p.add_argument("--profile", action="store_true", help="per-kernel time of nasc's build beside ONNX Runtime's")
+    p.add_argument("--write-profile", type=Path, default=None, help="write the profile between bench_cpu_profile "
+                   "markers")
     p.add_argument("--export-onnx", type=Path, default=None, metavar="DIR",
                    help="write DIR/<model>.onnx for each model (as benchmarked) and exit")
     args = p.parse_args()
@@ -89,6 +147,15 @@ def main() -> None:
         return
     import tvm
 
+    if args.profile:
+        out = [f"Produced by `python tools/bench_cpu.py --models {args.models} --profile` on {platform.machine()}, "
+               f"{os.cpu_count()} cores, LLVM mcpu `{tvm.target.codegen.llvm_get_system_cpu()}`, batch 1.", ""]
+        for name in args.models.split(","):
+            out += profile(name)
+        print("\n".join(out))
+        if args.write_profile:
+            write_between_markers(args.write_profile, "\n".join(out), "bench_cpu_profile")
+        return
     lines = [f"Produced by `python tools/bench_cpu.py` on {platform.machine()}, "
              f"{os.cpu_count()} cores, LLVM mcpu `{tvm.target.codegen.llvm_get_system_cpu()}`, "
              f"TVM {tvm.__version__}. Median ms of one batch-1 run; no tuning (default schedules).", ""]

@@ -46,7 +46,8 @@ def build_mcu(graph: Graph, board: Board, out: Path, *, model: str, pipeline: st
     """
     integer: dict[str, Any] = {}
     k, p = kernels_and_plan(graph, board, orders, integer)
-    labels = layer_labels(graph, k)
+    layers = step_layers(graph, k)
+    labels = layer_labels(k, layers)
     weight_bytes = sum(int(w.array.nbytes) for w in k.weights.values())
     ins, outs = emit.ports(k, [v.name for v in graph.inputs], [v.name for v in graph.outputs])
     if budget_check:
@@ -65,6 +66,7 @@ def build_mcu(graph: Graph, board: Board, out: Path, *, model: str, pipeline: st
     for pos, i in enumerate(p.order):
         s = k.program.steps[i]
         steps.append({"step": pos, "kernel": s.kernel, "layer": labels.get(s.name, s.label),
+                      "nodes": [n.name for n in layers.get(s.name, [])],
                       "live_bytes": p.live_bytes[pos], "workspace_bytes": s.workspace,
                       "outputs": {w: _where(k, p, w) for w in s.writes}})
     facts = {
@@ -131,28 +133,37 @@ def _kb(n: int) -> str:
     return f"{n / 1024:.1f} KB"
 
 
-def layer_labels(graph: Graph, k: Kernels) -> dict[str, str]:
-    """Each step's IR layers (found through the weights it reads), e.g. ``conv1 (Conv) [scope]``."""
-    by_content: dict[tuple, list[str]] = {}
+def step_layers(graph: Graph, k: Kernels) -> dict[str, list[Node]]:
+    """Each step's IR nodes, found through the weights it reads (a weight behind a DequantizeLinear belongs to the
+    node that reads the dequantized value)."""
+    by_content: dict[tuple, list[Node]] = {}
     for node in graph.nodes:
         for v in node.inputs:
             if v is not None and v.is_const and np.asarray(v.data).size > 1:
-                key = _content_key(np.asarray(v.data))
-                label = f"{node.name or '?'} ({node.op})" + (f" in {node.scope}" if node.scope else "")
-                if label not in by_content.setdefault(key, []):
-                    by_content[key].append(label)
-    labels: dict[str, str] = {}
+                readers = [node]
+                if node.op == "DequantizeLinear" and v is node.inputs[0]:
+                    readers = [u for u in node.outputs[0].users if u.op != "QuantizeLinear"] or [node]
+                lst = by_content.setdefault(_content_key(np.asarray(v.data)), [])
+                lst += [r for r in readers if r not in lst]
+    out: dict[str, list[Node]] = {}
     for s in k.program.steps:
-        found: list[str] = []
+        found: list[Node] = []
         for r in s.reads:
             if r in k.weights:
-                labs = by_content.get(_content_key(k.weights[r].array), [])
+                nodes = by_content.get(_content_key(k.weights[r].array), [])
                 users = k.weights[r].users
-                if len(labs) > 1 and len(users) == len(labs):  # a shared weight, one step per reading node:
-                    labs = [labs[users.index(s.name)]]  # both in graph order, so the n-th step is the n-th node
-                for lab in labs:
-                    if lab not in found:
-                        found.append(lab)
+                if len(nodes) > 1 and len(users) == len(nodes):  # a shared weight, one step per reading node:
+                    nodes = [nodes[users.index(s.name)]]  # both in graph order, so the n-th step is the n-th node
+                found += [n for n in nodes if n not in found]
+        out[s.name] = found
+    return out
+
+
+def layer_labels(k: Kernels, layers: dict[str, list[Node]]) -> dict[str, str]:
+    """Each step's IR layers as text, e.g. ``conv1 (Conv) in scope``; the kernel's name where none is known."""
+    labels: dict[str, str] = {}
+    for s in k.program.steps:
+        found = [f"{n.name or '?'} ({n.op})" + (f" in {n.scope}" if n.scope else "") for n in layers.get(s.name, [])]
         labels[s.name] = ", ".join(found[:3]) + (" ..." if len(found) > 3 else "") if found else s.label
     return labels
 

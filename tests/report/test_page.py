@@ -79,3 +79,19 @@ def test_a_quantized_build_reports_each_layers_weight_width(tmp_path: Path) -> N
     for layer, entry in report["quant_policy"].items():
         assert rows[layer]["bits"] == entry["bits"]  # the integer width behind each layer's DequantizeLinear
     assert {rows[k]["bits"] for k in report["quant_policy"]} == {8, 4}
+
+
+def test_an_mcu_builds_layers_name_their_step_and_arena_slot(tmp_path: Path) -> None:
+    report = nasc.compile(DIGITS, "mcu:stm32f411", tmp_path / "m", passes="simplify,fuse,quantize",
+                          calib=str(ROOT / "examples" / "digits_test.npz"), verify_on="none").report
+    rows = {r["name"]: r for r in report["layers"]}
+    convs = [r for r in rows.values() if r["op"] in ("Conv", "Gemm")]
+    assert len(convs) == 4 and all("step" in r for r in convs)
+    steps = {s["step"]: s for s in report["steps"]}
+    for r in convs:
+        assert r["name"] in steps[r["step"]]["nodes"]
+        assert r["name"] in steps[r["step"]]["layer"]  # the label names the layer, not its DequantizeLinear
+    inner = [r for r in convs if isinstance(r.get("arena_offset"), int)]
+    assert inner and all(0 <= r["arena_offset"] < report["arena_bytes"] and r["arena_bytes"] > 0 for r in inner)
+    page = (tmp_path / "m" / "report.html").read_text()
+    assert "arena offset" in page
