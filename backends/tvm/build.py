@@ -15,9 +15,6 @@ from nasc.backends.tvm.schedules import int8_columns
 from nasc.backends.tvm.target import TvmTarget
 from nasc.ir.core import Graph
 
-#: float 1x1 convolutions lowered as matmuls on cpu (backends/tvm/ops._pointwise_matmul); a switch for benchmarks
-POINTWISE_MATMUL = True
-
 
 def build(graph: Graph, target: TvmTarget, *, tune_trials: int = 0, tuning_db: Path | None = None,
           rpc: Any = None, log: Any = None) -> tuple[Any, dict[str, Any]]:
@@ -29,8 +26,7 @@ def build(graph: Graph, target: TvmTarget, *, tune_trials: int = 0, tuning_db: P
     t0 = time.perf_counter()
     facts: dict[str, Any] = {}
     tgt = target.tvm()
-    mod = to_relax(graph, facts=facts, int8_columns=int8_columns(tgt) if target.kind == "cpu" else None,
-                   pointwise_matmul=target.kind == "cpu" and POINTWISE_MATMUL)
+    mod = to_relax(graph, facts=facts, int8_columns=int8_columns(tgt) if target.kind == "cpu" else None)
     facts["lower_s"] = round(time.perf_counter() - t0, 3)
     database = None
     if tune_trials > 0 or tuning_db is not None:

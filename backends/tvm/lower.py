@@ -48,14 +48,11 @@ def lowering(*names: str) -> Callable[[Lowering], Lowering]:
 class Lx:
     """What a lowering works with: the block builder and the Relax expression of every IR value."""
 
-    def __init__(self, bb: relax.BlockBuilder, int8_columns: int | None = None, pointwise_matmul: bool = False
-                 ) -> None:
+    def __init__(self, bb: relax.BlockBuilder, int8_columns: int | None = None) -> None:
         self.bb = bb
         self.env: dict[int, relax.Expr] = {}
         # the column multiple of the target's tensorized integer matmuls (x86_int8), None elsewhere
         self.int8_columns = int8_columns
-        # float 1x1 convolutions as matmuls (the CPU's packed matmul kernels); microcontrollers keep convolutions
-        self.pointwise_matmul = pointwise_matmul
 
     def __call__(self, v: Value | None) -> relax.Expr | None:
         if v is None:
@@ -113,7 +110,7 @@ def check_coverage(graph: Graph) -> None:
 
 
 def to_relax(graph: Graph, func_name: str = "main", facts: dict[str, Any] | None = None,
-             int8_columns: int | None = None, pointwise_matmul: bool = False) -> tvm.IRModule:
+             int8_columns: int | None = None) -> tvm.IRModule:
     """The Relax module computing ``graph`` (one function, inputs in graph order, a tuple of outputs if several).
 
     QDQ patterns become integer ops first (qint.integerize); ``facts["integer"]`` then says which ops run
@@ -128,7 +125,7 @@ def to_relax(graph: Graph, func_name: str = "main", facts: dict[str, Any] | None
         facts["integer"] = report.to_dict()
     check_coverage(graph)
     bb = relax.BlockBuilder()
-    lx = Lx(bb, int8_columns, pointwise_matmul)
+    lx = Lx(bb, int8_columns)
     params = []
     for v in graph.inputs:
         var = relax.Var(v.name or f"input{len(params)}", relax.TensorType(v.shape, tvm_dtype(v.dtype)))

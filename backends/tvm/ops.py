@@ -457,8 +457,6 @@ def _conv(lx: Lx, node: Node) -> Any:
     pads = _conv_pads(node, list(x.shape[2:]), list(w.shape[2:]), strides, dilations, out_shape(node)[2:])
     layout = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}[k]
     dt = node.outputs[0].dtype
-    if lx.pointwise_matmul and _float_pointwise(node, strides, pads, dilations):
-        return _pointwise_matmul(lx, node)
     y = _CONV[k](lx.x(node, 0), lx.x(node, 1), strides=strides, padding=pads, dilation=dilations,
                  groups=int(node.attr("group", 1)), data_layout=layout[0], kernel_layout=layout[1],
                  out_dtype="float32" if dt in _HALF else None)  # half precision accumulates in float32
@@ -466,27 +464,6 @@ def _conv(lx: Lx, node: Node) -> Any:
         b = lx.x(node, 2)
         y = R.add(y, R.reshape(R.astype(b, "float32") if dt in _HALF else b, [1, w.shape[0]] + [1] * k))
     return lx.emit(R.astype(y, tvm_dtype(dt)) if dt in _HALF else y)
-
-
-def _float_pointwise(node: Node, strides: list[int], pads: list[int], dilations: list[int]) -> bool:
-    """A float32 1x1 convolution of one image with stride 1, no padding and one group."""
-    w = node.input(1)
-    return (len(w.shape) == 4 and tuple(w.shape[2:]) == (1, 1) and w.is_const and int(node.attr("group", 1)) == 1
-            and all(s == 1 for s in strides) and not any(pads) and all(d == 1 for d in dilations)
-            and int(node.input(0).shape[0]) == 1 and node.outputs[0].dtype == "f32")
-
-
-def _pointwise_matmul(lx: Lx, node: Node) -> Any:
-    """``w [Co, Ci] x x [Ci, H*W]`` (+ bias per row): the image's pixels as the matmul's contiguous columns, so
-    the CPU's matmul template vectorises over pixels with the weights' rows as its register tile."""
-    co, ci = (int(d) for d in node.input(1).shape[:2])
-    h, w = (int(d) for d in node.input(0).shape[2:])
-    x = lx.bb.emit(R.reshape(lx.x(node, 0), [ci, h * w]))
-    wt = relax.const(np.ascontiguousarray(np.asarray(node.input(1).data, np.float32).reshape(co, ci)), "float32")
-    y = R.matmul(wt, x)
-    if node.has_input(2):
-        y = R.add(y, R.reshape(lx.x(node, 2), [co, 1]))
-    return lx.emit(R.reshape(y, [1, co, h, w]))
 
 
 _CONV_T = {1: (R.nn.conv1d_transpose, "NCW", "IOW"), 2: (R.nn.conv2d_transpose, "NCHW", "IOHW"),
