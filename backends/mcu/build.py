@@ -142,9 +142,11 @@ def step_layers(graph: Graph, k: Kernels) -> dict[str, list[Node]]:
             if v is not None and v.is_const and np.asarray(v.data).size > 1:
                 readers = [node]
                 if node.op == "DequantizeLinear" and v is node.inputs[0]:
-                    readers = [u for u in node.outputs[0].users if u.op != "QuantizeLinear"] or [node]
-                lst = by_content.setdefault(_content_key(np.asarray(v.data)), [])
-                lst += [r for r in readers if r not in lst]
+                    readers = [u for u in node.outputs[0].users() if u.op != "QuantizeLinear"] or [node]
+                arr = np.asarray(v.data)
+                for key in {_content_key(arr), *([_content_key(arr.T)] if arr.ndim == 2 else [])}:
+                    lst = by_content.setdefault(key, [])  # a matmul's kernel may hold its weight transposed
+                    lst += [r for r in readers if r not in lst]
     out: dict[str, list[Node]] = {}
     for s in k.program.steps:
         found: list[Node] = []
