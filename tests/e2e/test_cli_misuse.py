@@ -235,7 +235,7 @@ def test_a_previous_build_is_replaced_whole_and_says_so(tmp_path):
     second = nasc_cmd("compile", MODEL, "-o", "b", "--seed", "2", cwd=tmp_path)
     assert second.returncode == 0 and second.stderr == "", second.stderr
     assert "replacing the previous build in b/" in second.stdout
-    assert tree(tmp_path) == {"b", "b/model.onnx", "b/report.json"}
+    assert tree(tmp_path) == {"b", "b/model.onnx", "b/report.html", "b/report.json"}
     assert '"seed": 2' in (tmp_path / "b" / "report.json").read_text()
 
 
