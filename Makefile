@@ -50,6 +50,7 @@ demo: venv debs
 	@$(PY) -c "import json; r = json.load(open('$(DEMO_OUT)/report.json')); \
 	  keys = ('target', 'pipeline', 'arena_bytes', 'arena_lower_bound_bytes', 'weights_bytes', 'flash_bytes', 'fidelity'); \
 	  print(json.dumps({k: r[k] for k in keys}, indent=2))"
+	@echo "--- the same as a page: $(DEMO_OUT)/report.html (nasc report $(DEMO_OUT) --open) ---"
 
 test: venv debs
 	$(PY) -m pytest $(PYTEST_ARGS)
