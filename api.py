@@ -309,10 +309,9 @@ def compile(
                 got = [runner(f) for f in feeds]
                 report["fidelity"] = {**fidelity.compare(ref, got), "inputs": inputs_label, "seed": seed,
                                       "batches": fidelity_batches, "reference": ref_label}
-                for warn in (fidelity.nonfinite_warning(report["fidelity"]),
-                             fidelity.uninformative_warning(report["fidelity"])):
-                    if warn is not None:
-                        warnings.append(warn)
+                nonfinite = fidelity.nonfinite_warning(report["fidelity"])
+                if nonfinite is not None:
+                    warnings.append(nonfinite)
                 qdq = qdq_outputs(graph, feeds)
                 if qdq is not None:
                     vs = fidelity.compare(qdq, got)
@@ -329,12 +328,16 @@ def compile(
                                           "samples": len(lab_feeds)}
             elif runner is None:
                 report["fidelity"] = None
+        uninformative = fidelity.uninformative_warning(report.get("fidelity"))  # mcu's verification sets it too
+        if uninformative is not None:
+            warnings.append(uninformative)
         report["compile_time_s"] = round(time.perf_counter() - t0, 3)
         if measure_latency and tgt.kind == "cpu" and runner is not None:
-            report["latency_ms"] = _latency(tmp, model, graph, feeds[0])
             from nasc.runtime import load as load_compiled
 
-            report["kernel_ms"] = load_compiled(tmp).kernel_ms(feeds[0])
+            built = load_compiled(tmp)
+            report["latency_ms"] = _latency(built, model, graph, feeds[0])
+            report["kernel_ms"] = built.kernel_ms(feeds[0])
         report["layers"] = layer_rows(graph)
         if "steps" in report:
             attach_steps(report["layers"], report["steps"], report.get("buffers", []))
@@ -502,12 +505,12 @@ def _discard(tmp: Path | None, created: list[Path]) -> None:
             pass
 
 
-def _latency(tmp: Path, model: Any, graph: Graph, feed: Mapping[str, Any]) -> dict[str, float]:
-    """Median ms of the built model and of ONNX Runtime (the original ONNX model, else nasc's export) on ``feed``."""
+def _latency(built: Any, model: Any, graph: Graph, feed: Mapping[str, Any]) -> dict[str, float]:
+    """Median ms of the built model (a loaded :class:`nasc.runtime.CompiledModel`) and of ONNX Runtime (the original
+    ONNX model, else nasc's export) on ``feed``."""
     from nasc.backends import fidelity
-    from nasc.runtime import load as load_compiled
 
-    result = {"nasc": round(load_compiled(tmp).latency_ms(feed), 4)}
+    result = {"nasc": round(built.latency_ms(feed), 4)}
     if (isinstance(model, str | os.PathLike) and not _is_pt2(model)) or _is_onnx_proto(model):
         src = str(model) if isinstance(model, str | os.PathLike) else model
     else:

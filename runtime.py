@@ -76,7 +76,6 @@ class CompiledModel:
 
         return median_ms(once, repeat, warmup, min_seconds)
 
-
     def kernel_ms(self, inputs: Mapping[str, Any] | Sequence[Any], repeat: int = 20, warmup: int = 3
                   ) -> list[dict[str, Any]]:
         """Each compiled kernel's median time per inference in ms (``kernel``, ``calls`` per inference, ``ms``),

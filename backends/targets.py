@@ -314,9 +314,6 @@ def _verify_mcu(mcu: Any, board: Any, graph: Graph, tmp: Path, job: BuildJob) ->
                                  "samples": len(lab_feeds)}
         report["verify"][mode] = entry
     report["fidelity"] = {**report["verify"][job.verify_modes[0]]}
-    warn = fidelity.uninformative_warning(report["fidelity"])
-    if warn is not None:
-        report["warnings"].append(warn)
 
 
 def _int8_cpu_warning(target: Any, integer: Mapping[str, Any]) -> str | None:

@@ -151,22 +151,20 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
         result.artifact = compile(model, tgt.text, outdir / "build", input_shapes=input_shapes,
                                   passes=chosen["pipeline"], calib=str(calib_fit), seed=seed, log=log,
                                   label_output=label_output)
-        _add_front(outdir / "build", data, pick, chosen, problem.quality)
+        _add_front(result.artifact, data, pick, chosen, problem.quality)
     return result
 
 
-def _add_front(build: Path, data: Mapping[str, Any], rule: str, chosen: Mapping[str, Any], quality: str) -> None:
-    """Put the front the pick came from into the build's report.json, and render its report.html again."""
+def _add_front(artifact: Any, data: Mapping[str, Any], rule: str, chosen: Mapping[str, Any], quality: str) -> None:
+    """Put the front the pick came from into the build's report (report.json), and render its report.html again."""
     import json
 
     from nasc.report import write
 
-    path = build / "report.json"
-    report = json.loads(path.read_text())
-    report["search"] = {"trials": data["trials"], "rule": rule, "chosen": chosen["trial"], "quality": quality,
-                        "points": data["points"]}
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    write(build, report)
+    artifact.report["search"] = {"trials": data["trials"], "rule": rule, "chosen": chosen["trial"],
+                                 "quality": quality, "points": data["points"]}
+    (artifact.out / "report.json").write_text(json.dumps(artifact.report, indent=2) + "\n")
+    write(artifact.out, artifact.report)
 
 
 def _nothing_feasible(study: Any, problem: Problem) -> str:
