@@ -22,7 +22,7 @@ from nasc.ir import dtypes
 from nasc.ir.core import Graph, LazyArray, Node, Value
 from nasc.passes import lossy
 from nasc.passes.manager import Duration, Pass, PassContext, register_pass
-from nasc.passes.recover_job import LOSSES, DistillJob, QuantWeight, describe, quantized_weights
+from nasc.passes.recover_job import LOSSES, PRECISIONS, DistillJob, QuantWeight, describe, quantized_weights
 from nasc.passes.tie_find import scope_copies
 
 #: which constants train: everything trainable, the low-rank corrections of tie-layers, norms and biases, or
@@ -45,7 +45,9 @@ class Recover(Pass):
     tables (Gather from a constant: left out by default, as their gradient is a dense table per sample). Quantized weights train through
     fake quantization and are requantized. ``features`` weighs block-boundary features, ``labels`` the
     cross-entropy against calibration labels; ``holdout`` of the feeds (seeded) pick the best step; ``mask``
-    names an input (an attention mask) whose zeros drop padded positions from the loss. Moves
+    names an input (an attention mask) whose zeros drop padded positions from the loss. ``precision`` (auto,
+    fp32, bf16) is the student's training forward: auto takes bf16 on CPUs with native bfloat16 unless the
+    graph is quantized (about 1.7x the steps per second on MiniLM). Moves
     results toward the original model's, never away on the held-out slice (step 0 is kept if nothing helps).
     """
 
@@ -66,10 +68,12 @@ class Recover(Pass):
     labels: float = 1.0
     time: Duration | None = None
     freeze: str = ""
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         self.check_option("train", self.train in TRAIN, ", ".join(TRAIN))
         self.check_option("loss", self.loss in LOSSES, ", ".join(LOSSES))
+        self.check_option("precision", self.precision in PRECISIONS, ", ".join(PRECISIONS))
         self.check_option("steps", self.steps >= 1, "a positive number of optimizer steps")
         self.check_option("batch", self.batch >= 1, "a positive batch size")
         self.check_option("lr", self.lr > 0, "a positive learning rate")
@@ -108,7 +112,7 @@ class Recover(Pass):
                          None if labels is None else labels[train], None if labels is None else labels[held],
                          self.loss, self.mask, self.features, self.labels, self.lr, self.steps, self.batch, self.eval_every,
                          self.patience, ctx.seed, None if self.time is None else float(self.time), ctx.log,
-                         ctx.label_output)
+                         ctx.label_output, self.precision)
         result = ctx.trainer.distill(job)
         changed = result.best_step > 0
         if changed:
@@ -121,7 +125,7 @@ class Recover(Pass):
             ctx.count(f"train-{_kind(v)}")
         ctx.note(_summary(result.before, result.after) + f"; {result.steps} steps ({result.stopped}, best at "
                  f"{result.best_step}), {len(trainable)} tensors / {n_params} params trained on {len(train)} feeds, "
-                 f"{len(held)} held out, {len(pairs)} block features, {result.time_s:.1f} s"
+                 f"{len(held)} held out, {len(pairs)} block features, {result.precision}, {result.time_s:.1f} s"
                  + ("" if changed else "; no step beat the start, graph unchanged"))
         return changed
 

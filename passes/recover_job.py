@@ -18,6 +18,11 @@ Feed = dict[str, np.ndarray]
 #: divided by the teacher's variance, ``cosine`` along the last axis; ``auto`` takes kl for outputs shaped
 #: [1, C] (logits) and mse otherwise
 LOSSES = ("auto", "mse", "kl", "cosine")
+#: the precision of the student's forward pass while it trains: ``bf16`` (torch autocast: matmuls and
+#: convolutions in bfloat16, parameters, losses and gradients' accumulation in float32), ``fp32``, or ``auto``:
+#: bf16 when the CPU computes bfloat16 natively (AVX-512 BF16 or AMX) and the student has no fake quantization
+#: (whose rounding boundaries need float32), fp32 otherwise. Held-out figures and the teacher run in float32.
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -51,6 +56,7 @@ class DistillJob:
     time_limit: float | None = None
     log: Callable[[str], None] = field(default=lambda _m: None)
     label_output: int = 0  # the output the labels score (its logits get the cross-entropy and the accuracy)
+    precision: str = "auto"
 
 
 @dataclass
@@ -68,6 +74,7 @@ class DistillResult:
     stopped: str
     time_s: float
     batched: bool
+    precision: str = "fp32"  # what the student's training forward ran in (``auto`` resolved)
 
 
 class Trainer(Protocol):
@@ -86,7 +93,7 @@ def describe(result: DistillResult) -> dict[str, Any]:
     """The JSON-ready details of a recovery for the report."""
     return {"before": result.before, "after": result.after, "steps": result.steps, "best_step": result.best_step,
             "stopped": result.stopped, "time_s": round(result.time_s, 2), "batched": result.batched,
-            "history": result.history}
+            "precision": result.precision, "history": result.history}
 
 
 # ---- integer weights behind DequantizeLinear ------------------------------------------------------------------

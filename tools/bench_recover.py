@@ -58,7 +58,7 @@ CNN_RECOVER = "recover{steps=600 batch=32 lr=1e-4 eval-every=50 patience=6}"
 MINILM_HELD = 200  # held-out sentences (the last 200 of bench_tie's seeded permutation)
 MINILM_CALIB: int | None = None  # calibration sentences (None: all ~5,000 of the wide pool not held out)
 MINILM_TIES = ("tie-layers{blocks=2 rank=40 fit=activation}",)  # 2.04x fewer encoder params
-MINILM_RECOVER = ("recover{mask=attention_mask steps=6000 batch=16 lr=5e-4 eval-every=100 patience=6 holdout=0.05 "
+MINILM_RECOVER = ("recover{mask=attention_mask steps=9000 batch=16 lr=5e-4 eval-every=100 patience=6 holdout=0.05 "
                   "time=1800s}")
 
 # ---- vit: Fashion-MNIST ViT tied -------------------------------------------------------------------------------

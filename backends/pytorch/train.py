@@ -22,6 +22,8 @@ from nasc.errors import UsageError
 from nasc.ir.core import Graph, Value
 from nasc.passes.recover_job import DistillJob, DistillResult, Feed
 
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
 #: the teacher's results are kept per feed while all of them fit in this many bytes
 TEACHER_CACHE_BYTES = 4 << 30
 
@@ -55,6 +57,21 @@ class _Runner:
 
     def stack(self, feeds: Sequence[Feed]) -> list[torch.Tensor]:
         return [torch.from_numpy(np.stack([np.asarray(f[n]) for f in feeds])) for n in self.names]
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX), where autocast pays."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
+
+
+def precision(job: DistillJob) -> str:
+    """``job.precision`` with ``auto`` resolved: bf16 on a CPU with native bfloat16 for a student without
+    fake quantization, fp32 otherwise."""
+    if job.precision != "auto":
+        return job.precision
+    quantized = any(n.op in _QDQ for n in job.student.nodes)
+    return "bf16" if native_bf16() and not quantized else "fp32"
 
 
 def _is_logits(t: torch.Tensor) -> bool:
@@ -113,6 +130,7 @@ class _Distill:
             p.requires_grad_(True)
         if not self.trained:
             raise UsageError("recover: none of the chosen parameters is a parameter of the torch module")
+        self.precision = precision(job)
         self.teacher_params = self.teacher.params()
         self.cache: dict[int, list[torch.Tensor]] = {}  # feed key (train i, held -1 - i) -> teacher results
         self.caching: bool | None = None
@@ -126,7 +144,8 @@ class _Distill:
         job = self.job
         xs = self.student.stack(feeds)
         t = self._teacher(xs, ids)
-        with contextlib.nullcontext() if grad else torch.no_grad():
+        cast = torch.autocast("cpu", dtype=torch.bfloat16) if grad and self.precision == "bf16" else None
+        with contextlib.nullcontext() if grad else torch.no_grad(), cast or contextlib.nullcontext():
             s = self.student(self.params, xs)
         mask = xs[self.student.names.index(job.mask)] if job.mask else None
         loss = sum((_match(job.loss, a, b, _weights(mask, b)) for a, b in zip(s[:self.n_out], t[:self.n_out],
@@ -245,7 +264,7 @@ class _Distill:
         values = self.student.module.nasc_values
         arrays = {id(values[n]): p.detach().numpy().copy() for n, p in self.trained.items()}
         return DistillResult(arrays, before, after, history, step, best_step, stopped, time.perf_counter() - t0,
-                             self.student.batched)
+                             self.student.batched, self.precision)
 
     def _state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.trained.items()}

@@ -101,6 +101,32 @@ def test_reproducible_for_a_seed(digits):
     assert any(not np.array_equal(a[k], c[k]) for k in a)
 
 
+def test_precision_bf16_trains_float_graphs_and_auto_keeps_fake_quantization_in_fp32(vit, digits, monkeypatch):
+    from nasc.backends.pytorch import train
+
+    g, feeds = vit
+    pipe = f"simplify,fuse,tie-layers{{blocks=2 rank=4}},recover{{{QUICK} precision=bf16}}"
+    a, b = (nasc.optimize(g, pipe, calib=feeds) for _ in range(2))
+    sec = _section(a)["details"]
+    assert sec["precision"] == "bf16"
+    assert sec["after"]["loss"] < sec["before"]["loss"]  # figures are float32; training ran in bfloat16
+    assert all(np.array_equal(x, y) for x, y in zip(_consts(a).values(), _consts(b).values(), strict=True))
+    tied = _consts(nasc.optimize(g, "simplify,fuse,tie-layers{blocks=2 rank=4}", calib=feeds))
+    trained = [c for c in a.constants if not np.array_equal(tied[c.name], c.data)]
+    assert trained and all(c.dtype == "f32" and c.data.dtype == np.float32 for c in trained)  # stay float32
+    gd, fd, _ = digits
+    for native in (True, False):
+        monkeypatch.setattr(train, "native_bf16", lambda native=native: native)
+        float_ = _section(nasc.optimize(gd, f"simplify,fuse,recover{{{QUICK}}}", calib=fd))["details"]
+        quant = _section(nasc.optimize(gd, f"simplify,fuse,quantize,recover{{{QUICK}}}", calib=fd))["details"]
+        assert float_["precision"] == ("bf16" if native else "fp32")
+        assert quant["precision"] == "fp32"  # fake quantization's rounding needs float32
+    forced = nasc.optimize(gd, f"simplify,fuse,recover{{{QUICK} precision=fp32}}", calib=fd)
+    assert _section(forced)["details"]["precision"] == "fp32"
+    with pytest.raises(UsageError, match="precision"):
+        nasc.optimize(gd, "recover{precision=fp16}", calib=fd)
+
+
 def _tied_values(g: Graph) -> list[Value]:
     return [c for c in g.constants if len({id(n) for n, _ in c.uses}) > 1 and c.dtype == "f32" and c.data.ndim == 2]
 
