@@ -222,7 +222,9 @@ class _Distill:
 
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda k: min(1.0, (k + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress(k)))))
+        t_eval = time.perf_counter()
         before = self.figures()
+        eval_s = time.perf_counter() - t_eval  # the closing evaluation must fit in the time limit too
         best, best_step, best_state, bad = before["loss"], 0, self._state(), 0
         history: list[dict[str, float]] = [{"step": 0, "held_loss": before["loss"]}]
         order = rng.permutation(len(job.train))
@@ -254,7 +256,7 @@ class _Distill:
                         if bad >= job.patience:
                             stopped = "early stop"
                             break
-                if job.time_limit is not None and time.perf_counter() - t0 > job.time_limit:
+                if job.time_limit is not None and time.perf_counter() - t0 + eval_s > job.time_limit:
                     stopped = "time limit"
                     break
         with torch.no_grad():

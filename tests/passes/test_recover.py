@@ -127,6 +127,15 @@ def test_precision_bf16_trains_float_graphs_and_auto_keeps_fake_quantization_in_
         nasc.optimize(gd, "recover{precision=fp16}", calib=fd)
 
 
+def test_time_limit_covers_the_closing_evaluation(digits):
+    g, feeds, _ = digits
+    out = nasc.optimize(g, "simplify,fuse,quantize{bits=4},recover{steps=1000000 batch=8 lr=1e-4 eval-every=50 "
+                           "patience=1000 time=2s}", calib=feeds)
+    d = _section(out)["details"]
+    assert d["stopped"] == "time limit" and d["steps"] > 10
+    assert d["time_s"] <= 2.0 + 0.5  # the loop stops early enough for the held-out figures after it
+
+
 def _tied_values(g: Graph) -> list[Value]:
     return [c for c in g.constants if len({id(n) for n, _ in c.uses}) > 1 and c.dtype == "f32" and c.data.ndim == 2]
 
