@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
 def bench(model: Any, target: str = "cpu", *, input_shapes: Mapping[str, Sequence[int]] | None = None,
           passes: str = "simplify,fuse", seed: int = 0, tune_trials: int = 0,
           tuning_db: str | None = None, calib: str | None = None) -> list[dict[str, Any]]:
-    """Rows of (runtime, median ms, ratio to ONNX Runtime), all measured in this process on the same inputs.
+    """Rows of (runtime, median ms, ratio to ONNX Runtime), all measured in this process on the same inputs:
+    every runtime is built first, then they are timed in turns (5 rounds of a block of runs each), so that
+    background load and clock changes fall on all of them alike.
 
     With ``calib`` (an .npz of calibration inputs) it adds int8: ONNX Runtime's ``quantize_static`` (QDQ,
     per-channel int8 weights, uint8 activations) and nasc's builds with ``quantize`` and
@@ -22,17 +24,17 @@ def bench(model: Any, target: str = "cpu", *, input_shapes: Mapping[str, Sequenc
     from nasc.api import _check_calib_arg, _check_numbers, _is_pt2, compile, load
     from nasc.backends import fidelity
     from nasc.backends.onnx import to_onnx
-    from nasc.runtime import median_ms
+    from nasc.runtime import interleaved_ms
+    from nasc.runtime import load as load_compiled
 
     _check_target(target)
     _check_numbers(seed=seed, tune_trials=tune_trials)
     _check_calib_arg(calib)
     graph = load(model, input_shapes)
     feed = fidelity.random_inputs(graph, seed)[0]
-    rows: list[dict[str, Any]] = []
+    timed: list[tuple[str, Callable[[], Any]]] = []  # every runtime is built first, then all are timed in turns
     onnx_src = to_onnx(graph) if _is_pt2(model) or not isinstance(model, str | os.PathLike) else str(model)
-    rows.append({"runtime": f"onnxruntime (all optimizations, {os.cpu_count()} threads)",
-                 "ms": fidelity.ort_latency_ms(onnx_src, feed)})
+    timed.append((f"onnxruntime (all optimizations, {os.cpu_count()} threads)", fidelity.ort_runner(onnx_src, feed)))
     if _is_pt2(model):
         import torch
 
@@ -42,28 +44,27 @@ def bench(model: Any, target: str = "cpu", *, input_shapes: Mapping[str, Sequenc
         with torch_quiet():
             mod = ep.module()
         args, kwargs = pt2_inputs(ep, feed)
-        with torch.no_grad(), torch_quiet():
-            rows.append({"runtime": "torch eager", "ms": median_ms(lambda: mod(*args, **kwargs))})
+
+        def eager() -> None:
+            with torch.no_grad(), torch_quiet():
+                mod(*args, **kwargs)
+
+        timed.append(("torch eager", eager))
     with tempfile.TemporaryDirectory() as tmp:
         art = compile(graph, target, os.path.join(tmp, "build"), passes=passes, measure_latency=False)
-        from nasc.runtime import load as load_compiled
-
-        compiled = load_compiled(art.out)
-        rows.append({"runtime": f"nasc {target} (default schedules, passes {passes})", "ms": compiled.latency_ms(feed)})
+        timed.append((f"nasc {target} (default schedules, passes {passes})", load_compiled(art.out).runner(feed)))
         if tune_trials:
             t0 = time.perf_counter()
             art = compile(graph, target, os.path.join(tmp, "tuned"), passes=passes, measure_latency=False,
                           tune_trials=tune_trials, tuning_db=tuning_db)
             tuning = art.report["build"]["tuning"]
-            rows.append({"runtime": f"nasc {target} tuned ({tuning['trials']} new trials, {tuning['reused']} of "
-                                    f"{tuning['tasks']} kernels from the database, {time.perf_counter() - t0:.0f} s)",
-                         "ms": load_compiled(art.out).latency_ms(feed)})
+            timed.append((f"nasc {target} tuned ({tuning['trials']} new trials, {tuning['reused']} of "
+                          f"{tuning['tasks']} kernels from the database, {time.perf_counter() - t0:.0f} s)",
+                          load_compiled(art.out).runner(feed)))
         if calib:
-            rows += _int8_rows(graph, onnx_src, target, passes, calib, feed, tmp)
-    base = rows[0]["ms"]
-    for r in rows:
-        r["ratio"] = r["ms"] / base
-    return rows
+            timed += _int8_runners(graph, onnx_src, target, passes, calib, feed, tmp)
+        ms = interleaved_ms([fn for _, fn in timed])
+    return [{"runtime": label, "ms": m, "ratio": m / ms[0]} for (label, _), m in zip(timed, ms, strict=True)]
 
 
 def _check_target(target: str) -> None:
@@ -84,8 +85,8 @@ def _check_target(target: str) -> None:
                      "use cpu or cpu:<llvm-mcpu> (gpu on a host with a CUDA device)")
 
 
-def _int8_rows(graph: Any, onnx_src: Any, target: str, passes: str, calib: str, feed: Mapping[str, Any],
-               tmp: str) -> list[dict[str, Any]]:
+def _int8_runners(graph: Any, onnx_src: Any, target: str, passes: str, calib: str, feed: Mapping[str, Any],
+                  tmp: str) -> list[tuple[str, Callable[[], Any]]]:
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -107,7 +108,7 @@ def _int8_rows(graph: Any, onnx_src: Any, target: str, passes: str, calib: str, 
     dst = os.path.join(tmp, "ort_int8.onnx")
     quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    rows = [{"runtime": "onnxruntime int8 (quantize_static: QDQ, per-channel)", "ms": fidelity.ort_latency_ms(dst, feed)}]
+    rows = [("onnxruntime int8 (quantize_static: QDQ, per-channel)", fidelity.ort_runner(dst, feed))]
     # full-range int8 weights, and 7-bit ones (reduce-range: on AVX2 without VNNI the uint8 x int8 pair sums
     # then fit int16, so the matmuls use vpmaddubsw; see backends/tvm/x86_int8.py)
     for i, quantize in enumerate(("quantize", "quantize{reduce-range=true}")):
@@ -116,6 +117,6 @@ def _int8_rows(graph: Any, onnx_src: Any, target: str, passes: str, calib: str, 
                       measure_latency=False)
         integer = art.report.get("build", {}).get("integer", {})
         left = f", {len(integer['float_ops'])} ops in float" if integer.get("float_ops") else ""
-        rows.append({"runtime": f"nasc {target} int8 (passes {q_passes}, integer kernels{left})",
-                     "ms": load_compiled(art.out).latency_ms(feed)})
+        rows.append((f"nasc {target} int8 (passes {q_passes}, integer kernels{left})",
+                     load_compiled(art.out).runner(feed)))
     return rows

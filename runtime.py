@@ -67,6 +67,10 @@ class CompiledModel:
     def latency_ms(self, inputs: Mapping[str, Any] | Sequence[Any], repeat: int = 50, warmup: int = 5,
                    min_seconds: float = 0.5) -> float:
         """Median wall time of one run, after ``warmup`` runs; repeats until ``min_seconds`` have passed."""
+        return median_ms(self.runner(inputs), repeat, warmup, min_seconds)
+
+    def runner(self, inputs: Mapping[str, Any] | Sequence[Any]) -> Callable[[], None]:
+        """One synchronised run on ``inputs`` (converted once), for timing loops."""
         args = self._args(inputs)
         fn = self._vm["main"]
 
@@ -74,7 +78,7 @@ class CompiledModel:
             fn(*args)
             self.device.sync()
 
-        return median_ms(once, repeat, warmup, min_seconds)
+        return once
 
     def kernel_ms(self, inputs: Mapping[str, Any] | Sequence[Any], repeat: int = 20, warmup: int = 3
                   ) -> list[dict[str, Any]]:
@@ -154,16 +158,29 @@ def use_all_cores() -> None:
 
 def median_ms(fn: Callable[[], Any], repeat: int = 50, warmup: int = 5, min_seconds: float = 0.5) -> float:
     """Median wall time of ``fn()`` in ms after ``warmup`` calls: at least ``repeat`` calls, more (up to 10x)
-    until ``min_seconds`` have passed. The one timing loop of nasc's latency figures."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeat or (time.perf_counter() - start < min_seconds and len(times) < 10 * repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000)
+    until ``min_seconds`` have passed."""
+    return interleaved_ms([fn], rounds=1, repeat=repeat, warmup=warmup, min_seconds=min_seconds)[0]
+
+
+def interleaved_ms(fns: Sequence[Callable[[], Any]], rounds: int = 5, repeat: int = 20, warmup: int = 5,
+                   min_seconds: float = 0.1) -> list[float]:
+    """Median wall time in ms of each of ``fns``, timed in turns: ``rounds`` rounds in which each function runs
+    a block of calls (at least ``repeat``, more, up to 10x, until ``min_seconds`` have passed) after the
+    other, so that background load and clock changes fall on all of them alike. The one timing loop of
+    nasc's latency figures."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, out in zip(fns, times, strict=True):
+            start, n = time.perf_counter(), 0
+            while n < repeat or (time.perf_counter() - start < min_seconds and n < 10 * repeat):
+                t0 = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - t0)
+                n += 1
+    return [float(np.median(t) * 1000) for t in times]
 
 
 def load(directory: str | os.PathLike[str]) -> CompiledModel:

@@ -203,6 +203,13 @@ def _find_node(model: onnx.ModelProto | str | bytes, name: str | None, op: str |
 def ort_latency_ms(model: onnx.ModelProto | str | bytes, feed: Mapping[str, np.ndarray], repeat: int = 50,
                    warmup: int = 5, min_seconds: float = 0.5) -> float:
     """Median ms of one ONNX Runtime run (all graph optimizations, one thread per core), warm-up excluded."""
+    from nasc.runtime import median_ms
+
+    return median_ms(ort_runner(model, feed), repeat, warmup, min_seconds)
+
+
+def ort_runner(model: onnx.ModelProto | str | bytes, feed: Mapping[str, np.ndarray]) -> Any:
+    """One ONNX Runtime run of ``feed`` (all graph optimizations, one thread per core), for timing loops."""
     import os
 
     import onnxruntime as ort
@@ -215,9 +222,7 @@ def ort_latency_ms(model: onnx.ModelProto | str | bytes, feed: Mapping[str, np.n
     sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     f = {k: v for k, v in feed.items() if k in names}
-    from nasc.runtime import median_ms
-
-    return median_ms(lambda: sess.run(None, f), repeat, warmup, min_seconds)
+    return lambda: sess.run(None, f)
 
 
 def run_ort(session: Any, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -1,6 +1,6 @@
 """CPU benchmark: ONNX Runtime vs torch eager vs nasc's default-schedule build, one table per model.
 
-    python tools/bench_cpu.py [--models mobilenet_v2,resnet18,transformer,minilm] [--write docs/benchmarks.md]
+    python tools/bench_cpu.py [--models mobilenet_v2,resnet18,efficientnet_lite,transformer,minilm] [--write docs/benchmarks.md]
     python tools/bench_cpu.py --models transformer --export-onnx DIR    # DIR/transformer.onnx, for nasc compile
     python tools/bench_cpu.py --models mobilenet_v2 --profile [--write-profile docs/benchmarks.md]
 
@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from doc_tables import write_between_markers
 
-MODELS = ("mobilenet_v2", "resnet18", "transformer", "minilm")
+MODELS = ("mobilenet_v2", "resnet18", "efficientnet_lite", "transformer", "minilm")
 
 
 def _model(name: str) -> tuple[Any, Any, str]:
@@ -38,6 +38,9 @@ def _model(name: str) -> tuple[Any, Any, str]:
         return zoo.mobilenet_v2(), (torch.zeros(1, 3, 224, 224),), "MobileNetV2, ImageNet weights, 1x3x224x224"
     if name == "resnet18":
         return zoo.resnet18(), (torch.zeros(1, 3, 224, 224),), "ResNet-18 (torchvision layout, seeded), 1x3x224x224"
+    if name == "efficientnet_lite":
+        return (zoo.efficientnet_lite(), (torch.zeros(1, 3, 224, 224),),
+                "EfficientNet-lite0-style (9 MBConv blocks, depthwise 3x3 and 5x5, ReLU6, seeded), 1x3x224x224")
     if name == "transformer":
         layer = torch.nn.TransformerEncoderLayer(256, 4, 1024, dropout=0.0, batch_first=True)
         enc = torch.nn.TransformerEncoder(layer, 4, enable_nested_tensor=False).eval()

@@ -27,6 +27,11 @@ def build(graph: Graph, target: TvmTarget, *, tune_trials: int = 0, tuning_db: P
     facts: dict[str, Any] = {}
     tgt = target.tvm()
     mod = to_relax(graph, facts=facts, int8_columns=int8_columns(tgt) if target.kind == "cpu" else None)
+    if target.kind == "cpu":
+        from nasc.backends.tvm.layout import channels_last
+
+        mod = channels_last(mod)
+        facts["conv_layout"] = "NHWC"
     facts["lower_s"] = round(time.perf_counter() - t0, 3)
     database = None
     if tune_trials > 0 or tuning_db is not None:
@@ -82,7 +87,7 @@ def _schedule_cpu(mod: tvm.IRModule, tgt: Any, database: Any = None) -> tuple[tv
     The schedules must come after FuseTIR (fusion would discard them); tvm.compile then lowers the
     scheduled kernels as they are.
     """
-    from nasc.backends.tvm.schedules import apply_default_schedules, schedule_report
+    from nasc.backends.tvm.schedules import schedule_report
 
     with tgt:
         if database is not None:
@@ -90,12 +95,25 @@ def _schedule_cpu(mod: tvm.IRModule, tgt: Any, database: Any = None) -> tuple[tv
                 fused = legalize_and_fuse(_prepare(mod))
         else:
             fused = legalize_and_fuse(_prepare(mod))
-    scheduled = apply_default_schedules(fused, tgt)
+    scheduled = schedule_with_packed_weights(fused, tgt)
     report = schedule_report(scheduled)
     counts: dict[str, int] = {}
     for template in report.values():
         counts[template] = counts.get(template, 0) + 1
     return scheduled, {"templates": counts, "kernels": report}
+
+
+def schedule_with_packed_weights(fused: tvm.IRModule, tgt: Any) -> tvm.IRModule:
+    """nasc's default schedules on a legalized, fused module, with the weights that a template reads through
+    a layout-rewrite block (packed panels: schedules._prepack) re-laid out once here, at build time: the
+    rewrite becomes a kernel of its own (SplitLayoutRewritePreproc) that FoldConstant runs on the constant."""
+    from nasc.backends.tvm.schedules import apply_default_schedules
+
+    fused = relax.transform.AttachAttrLayoutFreeBuffers()(fused)
+    scheduled = apply_default_schedules(fused, tgt)
+    scheduled = relax.transform.SplitLayoutRewritePreproc()(scheduled)
+    with tgt:
+        return relax.transform.DeadCodeElimination()(relax.transform.FoldConstant()(scheduled))
 
 
 def write_artifact(ex: Any, graph: Graph, target: TvmTarget, out: Path, pipeline: str) -> list[str]:

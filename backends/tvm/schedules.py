@@ -337,6 +337,8 @@ def _deinterleave_strided_input(sch: s_tir.Schedule, red: s_tir.schedule.SBlockR
 
 def _template_conv2d(sch: s_tir.Schedule, lanes: int) -> None:
     red = _conv_parts(sch)
+    if _is_nhwc_conv(sch, red):
+        raise ValueError("an NHWC conv (conv2d_nhwc's)")
     pads = [b for b in sch.get_producers(red) if not _is_reduction(sch, b)]
     _inline_spatial(sch, keep=tuple(pads))
     pads = _deinterleave_strided_input(sch, red, pads)
@@ -371,6 +373,113 @@ def _template_conv2d(sch: s_tir.Schedule, lanes: int) -> None:
     sch.decompose_reduction(red, reduce[0])
     sch.unroll(co_in)
     sch.vectorize(ow_in)
+    for pad in pads:
+        _schedule_spatial_block(sch, pad, lanes, _PARALLEL_MIN_ELEMS)
+
+
+def _is_nhwc_conv(sch: s_tir.Schedule, red: s_tir.schedule.SBlockRV) -> bool:
+    """Whether the conv block computes NHWC (TOPI names it ``conv2d_nhwc`` / ``group_conv2d_nhwc``)."""
+    return sch.get(red).name_hint.endswith("_nhwc")
+
+
+def _nhwc_tile(c_out: int, w_out: int, lanes: int, max_acc: int) -> tuple[int, int, int]:
+    """(output channels, output columns, vector width) of an NHWC register tile: channel vectors x columns
+    accumulators, at most ``max_acc`` of them, minimising loads per multiply-add ((vectors + columns) /
+    (vectors x columns): each weight vector serves every column, each input value every vector). Both
+    divide their extents. Channel counts that full vectors do not divide take 8-wide ones (24 = 3 x 8, not
+    a 16-lane vector and a ragged half, which LLVM shuffles)."""
+    vec = lanes if c_out % lanes == 0 else 8 if c_out % 8 == 0 else c_out if c_out <= 2 * lanes else 1
+    if vec == 1:  # a count 8 does not divide: the widest divisor under two vectors, one vector of it
+        vec = _divisor_at_most(c_out, 2 * lanes)
+    best: tuple[float, int, int] | None = None
+    for v in range(1, 5):
+        co = v * vec
+        if c_out % co:
+            continue
+        cols = _divisor_at_most(w_out, max(1, max_acc // v))
+        cost = (v + cols) / (v * cols)
+        if best is None or cost < best[0] - 1e-9:
+            best = (cost, co, cols)
+    assert best is not None
+    return best[1], best[2], vec
+
+
+def _has_condition(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    """Whether a spatial block stores a conditional value (zero padding), not a plain copy."""
+    value = getattr(sch.get(block).body, "value", None)
+    return "if_then_else" in str(getattr(getattr(value, "op", None), "name", ""))
+
+
+def _layout_free(sch: s_tir.Schedule, buf: tirx.Buffer) -> bool:
+    """Whether ``buf`` is a parameter that every caller passes a constant for (a weight): Relax's
+    AttachAttrLayoutFreeBuffers lists those in the PrimFunc's ``layout_free_buffers``."""
+    func = sch.mod["main"]
+    free = func.attrs.get("layout_free_buffers", []) if func.attrs is not None else []
+    indices = {int(i) for i in free}
+    # (TVM 0.27: a PrimFunc's parameters are its buffers; there is no buffer_map)
+    return any(i in indices and (p.same_as(buf) or p.data.same_as(buf.data)) for i, p in enumerate(func.params))
+
+
+def _prepack(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, buf: tirx.Buffer,
+             index_map: Callable[..., tuple]) -> bool:
+    """Read the weight ``buf`` through a copy laid out by ``index_map`` that is computed once at build time:
+    the copy is a MetaSchedule layout-rewrite block, which Relax's SplitLayoutRewritePreproc moves into a
+    kernel of its own and FoldConstant runs on the constant weight (build.py). False (nothing changed) when
+    ``buf`` is not a weight."""
+    if not _layout_free(sch, buf):
+        return False
+    packed = sch.cache_read(block, _read_index(sch, block, buf), "global")
+    sch.annotate(packed, "meta_schedule.layout_rewrite_preproc", True)
+    sch.transform_layout(packed, ("write", 0), index_map)
+    return True
+
+
+def _template_conv2d_nhwc(sch: s_tir.Schedule, lanes: int) -> None:
+    """NHWC convolution (weights HWIO, packed at build time): a register tile of output columns x channel
+    vectors, the reduction (kernel rows, columns, input channels: contiguous) under it, the epilogue fused."""
+    red = _conv_parts(sch)
+    if not _is_nhwc_conv(sch, red):
+        raise ValueError("not an NHWC conv")
+    # Zero padding: a depthwise convolution reads it inline (each window tap tests its bounds: cheaper than a
+    # copy of the whole map, MobileNetV2 4.4 against 5.7 ms); the others keep a parallel padded copy, which
+    # their input-channel loop would otherwise test at every step (ResNet-18 18 against 26 ms).
+    depthwise = _int(sch.get(red).iter_vars[6].dom.extent) == 1
+    pads = [] if depthwise else [b for b in sch.get_producers(red)
+                                 if not _is_reduction(sch, b) and _has_condition(sch, b)]
+    _inline_spatial(sch, keep=tuple(pads))
+    epi = _epilogue_of(sch, red)
+    e_loops = sch.get_loops(epi)
+    if len(e_loops) != 4:
+        raise ValueError("epilogue is not 4-D")
+    n, oh, ow, co = e_loops
+    _, _, w_out, c_out = _extents(sch, e_loops)
+    co_i, ow_i, vec = _nhwc_tile(c_out, w_out, lanes, 2 * _MAX_ACC_VECTORS if lanes >= 16 else _MAX_ACC_VECTORS)
+    weight = sch.get(red).reads[1].source
+    if len(weight.shape) == 4 and c_out > co_i:  # each tile's weights contiguous: [co/co_i, ky, kx, ci, co_i]
+        _prepack(sch, red, weight, lambda ky, kx, ci, c: (c // co_i, ky, kx, ci, c % co_i))
+    co_o, co_in = sch.split(co, factors=[None, co_i])
+    ow_o, ow_in = sch.split(ow, factors=[None, ow_i])
+    sch.reorder(n, oh, ow_o, co_o, ow_in, co_in)
+    outer = sch.fuse(n, oh, ow_o, co_o)
+    sch.parallel(outer)
+    sch.compute_at(red, outer)
+    by_iter = _loops_by_iter(sch, red, sch.get_loops(red)[1:])  # block iters (n, yy, xx, ff, ry, rx, rc)
+    reduce = [by_iter[i] for i in (4, 5, 6) if i in by_iter]
+    tile = [by_iter[i] for i in (2, 3) if i in by_iter]
+    if not reduce:
+        raise ValueError("no reduction loops")
+    sch.reorder(*reduce, *tile)
+    if 2 in by_iter:
+        sch.unroll(by_iter[2])
+    if 3 in by_iter:
+        _vectorize_tile(sch, by_iter[3], vec)
+    for i in (4, 5):  # small kernel windows unrolled
+        if i in by_iter and (_extent(sch, by_iter[i]) or 0) <= 7 and 6 not in by_iter:
+            sch.unroll(by_iter[i])
+    init = sch.decompose_reduction(red, reduce[0])
+    _vectorize_tile(sch, sch.get_loops(init)[-1], vec)
+    sch.unroll(ow_in)
+    _vectorize_tile(sch, co_in, vec)
     for pad in pads:
         _schedule_spatial_block(sch, pad, lanes, _PARALLEL_MIN_ELEMS)
 
@@ -486,7 +595,10 @@ def _template_matmul(sch: s_tir.Schedule, lanes: int) -> None:
     i_o, i_in = sch.split(i, factors=[None, i_i])
     j_o, j_in = sch.split(j, factors=[None, j_i])
     sch.reorder(*batch, j_o, i_o, i_in, j_in)
-    pack = n >= MATMUL_PACK_MIN_N and m // i_i >= MATMUL_PACK_MIN_ROW_TILES and k_ext >= lanes
+    prepacked = (not batch and n > j_i and len(rhs.shape) == 2
+                 and _prepack(sch, red, rhs, lambda kk_, nn_: (nn_ // j_i, kk_, nn_ % j_i)))
+    pack = (not prepacked and n >= MATMUL_PACK_MIN_N and m // i_i >= MATMUL_PACK_MIN_ROW_TILES
+            and k_ext >= lanes)
     outer_list = [*batch, j_o] if pack else [*batch, j_o, i_o]
     outer = sch.fuse(*outer_list) if len(outer_list) > 1 else outer_list[0]
     if total >= _PARALLEL_MIN_ELEMS // 4:
@@ -628,6 +740,7 @@ _Template = Callable[[s_tir.Schedule, int], None]
 
 _TEMPLATES: dict[str, _Template] = {
     "conv2d": _template_conv2d,
+    "conv2d_nhwc": _template_conv2d_nhwc,
     "matmul": _template_matmul,
     "row_reduction": _template_row_reduction,
     "injective": _template_injective,
@@ -651,7 +764,9 @@ def _candidates(func: tirx.PrimFunc, int8: str | None = None) -> list[str]:
     if len(reds) == 1:
         for name, probe in (("conv2d", _conv_parts), ("matmul", _matmul_parts)):
             try:
-                probe(sch)
+                red = probe(sch)
+                if name == "conv2d" and _is_nhwc_conv(sch, red):
+                    return ["conv2d_nhwc", "generic"]
                 return [name, "row_reduction", "generic"]
             except Exception:  # not this kind
                 continue

@@ -117,7 +117,8 @@ def test_cpu_library_holds_a_shared_weight_once(tmp_path: Path, op: str) -> None
         so[kind] = art.report["files"]["model.so"]
         assert so[kind] == (tmp_path / kind / "model.so").stat().st_size
     saved = 3 * (W_BYTES + (D * 4 if op == "Gemm" else 0))
-    assert abs((so["distinct"] - so["shared"]) - saved) < 0.02 * saved, so
+    # within a page (the library's sections are page-aligned) plus 2%: three weights, not four
+    assert abs((so["distinct"] - so["shared"]) - saved) <= 4096 + 0.02 * saved, so
 
 
 def _mcu(tmp_path: Path, model: onnx.ModelProto, name: str) -> tuple[dict[str, Any], dict[str, str]]:

@@ -100,6 +100,72 @@ def test_conv2d_1x1_residual(target):
     assert set(report.values()) == {"conv2d"}, report
 
 
+def conv2d_ref_dilated(x: np.ndarray, w: np.ndarray, stride: int, pad: int, dilation: int, groups: int) -> np.ndarray:
+    o, cg, kh, kw = w.shape
+    wd = np.zeros((o, cg, (kh - 1) * dilation + 1, (kw - 1) * dilation + 1), np.float32)
+    wd[:, :, ::dilation, ::dilation] = w
+    return conv2d_ref(x, wd, stride, pad, groups)
+
+
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "size", "kernel", "stride", "pad", "dilation", "groups"),
+    [
+        (8, 16, 16, 3, 1, 1, 1, 1),  # regular 3x3
+        (8, 24, 14, 3, 2, 1, 1, 1),  # strided, 24 channels (a vector and a half)
+        (3, 32, 15, 3, 2, 1, 1, 1),  # a stem: 3 input channels, odd size
+        (12, 12, 10, 3, 1, 1, 1, 12),  # depthwise
+        (20, 20, 9, 5, 2, 2, 1, 20),  # depthwise 5x5, stride 2, odd size
+        (8, 16, 12, 3, 1, 2, 2, 4),  # grouped, dilated
+        (24, 144, 7, 1, 1, 0, 1, 1),  # pointwise at 7x7
+        (37, 19, 6, 1, 1, 0, 1, 1),  # channel counts no block divides
+    ],
+)
+def test_conv2d_channels_last(target, c_in, c_out, size, kernel, stride, pad, dilation, groups):
+    """The CPU build's layout (backends/tvm/layout.py): NHWC convolutions with HWIO weights, an epilogue of
+    bias, ReLU6 and a residual add, transposed back to NCHW at the end; numerics as NCHW."""
+    from nasc.backends.tvm.layout import channels_last
+
+    x, w = rand(1, c_in, size, size), rand(c_out, c_in // groups, kernel, kernel, seed=1)
+    b = rand(1, c_out, 1, 1, seed=2)
+    want = conv2d_ref_dilated(x, w, stride, pad, dilation, groups) + b
+    r = rand(*want.shape, seed=3)
+
+    def body(xv, wv, bv, rv):
+        y = relax.op.nn.conv2d(xv, wv, strides=stride, padding=pad, dilation=dilation, groups=groups)
+        return relax.op.add(relax.op.clip(relax.op.add(y, bv), 0.0, 6.0), rv)
+
+    mod = channels_last(build_module([x.shape, w.shape, b.shape, r.shape], body))
+    got, report = compile_and_run(mod, target, [x, w, b, r])
+    check(got, np.clip(want, 0, 6) + r)
+    assert "conv2d_nhwc" in report.values(), report
+
+
+def test_weights_are_packed_once_at_build_time(target):
+    """A classifier's matmul (one row) and an NHWC convolution read their constant weights in panels laid out
+    at build time: the layout rewrite is folded away, no kernel of the compiled module repacks them."""
+    from nasc.backends.tvm.build import legalize_and_fuse, schedule_with_packed_weights
+    from nasc.backends.tvm.layout import channels_last
+
+    x, wc, wm = rand(1, 8, 6, 6), rand(96, 8, 3, 3, seed=1), rand(96 * 36, 100, seed=2)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            y = relax.op.nn.relu(relax.op.nn.conv2d(xv, relax.const(wc), padding=1))
+            y = relax.op.matmul(relax.op.reshape(y, [1, 96 * 36]), relax.const(wm))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    with target:
+        fused = legalize_and_fuse(channels_last(bb.get()))
+    mod = schedule_with_packed_weights(fused, target)
+    names = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert sum(n.endswith("_prepacked") for n in names) == 2, names
+    assert not any("weight_prepack" in n for n in names), names
+    vm = relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    check(got, np.maximum(conv2d_ref(x, wc, 1, 1, 1), 0).reshape(1, -1) @ wm)
+
+
 def test_dense_bias(target):
     x, w, b = rand(6, 40), rand(40, 48, seed=1), rand(48, seed=2)
     mod = build_module([x.shape, w.shape, b.shape], lambda xv, wv, bv: relax.op.add(relax.op.matmul(xv, wv), bv))
