@@ -345,6 +345,29 @@ def _deinterleave_strided_input(sch: s_tir.Schedule, red: s_tir.schedule.SBlockR
     return pads
 
 
+def _epilogue_loops_4d(sch: s_tir.Schedule, red: s_tir.schedule.SBlockRV) -> tuple[list, list[int]]:
+    """The loops of a convolution's epilogue (or of a local cache write) and their extents."""
+    e_loops = sch.get_loops(_epilogue_of(sch, red))
+    if len(e_loops) != 4:
+        raise ValueError("epilogue is not 4-D")
+    return list(e_loops), _extents(sch, e_loops)
+
+
+def _reduce_outside_tile(sch: s_tir.Schedule, red: s_tir.schedule.SBlockRV, loops: list, row: int,
+                         col: int) -> dict[int, object]:
+    """Order the loops compute_at made under a convolution's tile (``loops``; by block iter, unit loops
+    absent): the reduction (iters 4-6) outside the tile's ``row`` and ``col`` loops, the row loop unrolled.
+    Returns the loops by block iter."""
+    by_iter = _loops_by_iter(sch, red, loops)
+    reduce = [by_iter[i] for i in (4, 5, 6) if i in by_iter]
+    if not reduce:
+        raise ValueError("no reduction loops")
+    sch.reorder(*reduce, *[by_iter[i] for i in (row, col) if i in by_iter])
+    if row in by_iter:
+        sch.unroll(by_iter[row])
+    return by_iter
+
+
 def _template_conv2d(sch: s_tir.Schedule, lanes: int) -> None:
     red = _conv_parts(sch)
     if _is_nhwc_conv(sch, red):
@@ -352,12 +375,8 @@ def _template_conv2d(sch: s_tir.Schedule, lanes: int) -> None:
     pads = [b for b in sch.get_producers(red) if not _is_reduction(sch, b)]
     _inline_spatial(sch, keep=tuple(pads))
     pads = _deinterleave_strided_input(sch, red, pads)
-    epi = _epilogue_of(sch, red)
-    e_loops = sch.get_loops(epi)
-    if len(e_loops) != 4:
-        raise ValueError("epilogue is not 4-D")
+    e_loops, (_, c_out, _, w_out) = _epilogue_loops_4d(sch, red)
     n, co, oh, ow = e_loops
-    _, c_out, _, w_out = _extents(sch, e_loops)
     ow_i = _conv_w_factor(w_out, lanes)
     vectors = -(-ow_i // lanes)
     co_i = _divisor_at_most(c_out, max(1, min(CONV_MAX_CO, _MAX_ACC_VECTORS // vectors)))
@@ -368,14 +387,8 @@ def _template_conv2d(sch: s_tir.Schedule, lanes: int) -> None:
     sch.parallel(outer)
     sch.compute_at(red, ow_o)
     # loops compute_at made under the tile, by block iter (n, ff, yy, xx, rc, ry, rx); unit loops are absent
-    by_iter = _loops_by_iter(sch, red, sch.get_loops(red)[2:])
+    by_iter = _reduce_outside_tile(sch, red, sch.get_loops(red)[2:], 1, 3)
     reduce = [by_iter[i] for i in (4, 5, 6) if i in by_iter]
-    tile = [by_iter[i] for i in (1, 3) if i in by_iter]
-    if not reduce:
-        raise ValueError("no reduction loops")
-    sch.reorder(*reduce, *tile)
-    if 1 in by_iter:
-        sch.unroll(by_iter[1])
     if 3 in by_iter:
         sch.vectorize(by_iter[3])
     if 6 in by_iter and (_extent(sch, by_iter[6]) or 0) <= 7:
@@ -457,12 +470,8 @@ def _template_conv2d_nhwc(sch: s_tir.Schedule, lanes: int) -> None:
     pads = [] if depthwise else [b for b in sch.get_producers(red)
                                  if not _is_reduction(sch, b) and _has_condition(sch, b)]
     _inline_spatial(sch, keep=tuple(pads))
-    epi = _epilogue_of(sch, red)
-    e_loops = sch.get_loops(epi)
-    if len(e_loops) != 4:
-        raise ValueError("epilogue is not 4-D")
+    e_loops, (_, _, w_out, c_out) = _epilogue_loops_4d(sch, red)
     n, oh, ow, co = e_loops
-    _, _, w_out, c_out = _extents(sch, e_loops)
     co_i, ow_i, vec = _nhwc_tile(c_out, w_out, lanes, _NHWC_MAX_ACC_AVX512 if lanes >= 16 else _MAX_ACC_VECTORS)
     weight = sch.get(red).reads[1].source
     if len(weight.shape) == 4 and c_out > co_i:  # each tile's weights contiguous: [co/co_i, ky, kx, ci, co_i]
@@ -473,14 +482,9 @@ def _template_conv2d_nhwc(sch: s_tir.Schedule, lanes: int) -> None:
     outer = sch.fuse(n, oh, ow_o, co_o)
     sch.parallel(outer)
     sch.compute_at(red, outer)
-    by_iter = _loops_by_iter(sch, red, sch.get_loops(red)[1:])  # block iters (n, yy, xx, ff, ry, rx, rc)
+    # block iters (n, yy, xx, ff, ry, rx, rc)
+    by_iter = _reduce_outside_tile(sch, red, sch.get_loops(red)[1:], 2, 3)
     reduce = [by_iter[i] for i in (4, 5, 6) if i in by_iter]
-    tile = [by_iter[i] for i in (2, 3) if i in by_iter]
-    if not reduce:
-        raise ValueError("no reduction loops")
-    sch.reorder(*reduce, *tile)
-    if 2 in by_iter:
-        sch.unroll(by_iter[2])
     if 3 in by_iter:
         _vectorize_tile(sch, by_iter[3], vec)
     for i in (4, 5):  # small kernel windows unrolled
