@@ -128,7 +128,15 @@ def _template(sch: s_tir.Schedule, kind: str) -> None:
     """[M, K] x [K, N] (block ``qmatmul*``, one operand uint8 and the other int8) with its elementwise
     epilogue, tensorized with the ``kind`` intrinsic; raises ValueError where the kernel does not fit (the
     caller falls back to the float templates)."""
-    from nasc.backends.tvm.schedules import _divisor_at_most, _epilogue_of, _extents, _inline_spatial, _read_index, _rhs
+    from nasc.backends.tvm.schedules import (
+        _divisor_at_most,
+        _epilogue_of,
+        _extents,
+        _inline_spatial,
+        _prepack,
+        _read_index,
+        _rhs,
+    )
 
     red = _qmatmul_block(sch)
     w_buf = _rhs(sch, red)
@@ -161,9 +169,12 @@ def _template(sch: s_tir.Schedule, kind: str) -> None:
     k_o, k_g = sch.split(rk, factors=[None, group])
     j_v, j_8 = sch.split(rj, factors=[vectors, width])
     sch.reorder(*[lp for lp in (k_o, ri, j_v, j_8, k_g) if lp is not None])
-    panel = sch.cache_read(red, _read_index(sch, red, w_buf), "global")
-    sch.compute_at(panel, j_o)
-    sch.transform_layout(panel, ("write", 0), lambda k, c: (k // group, c, k % group))
+    # the weight as [K/group, N, group], each step's group x width block contiguous: packed once at build time
+    # when it is a constant, else per column panel by each parallel task
+    if not _prepack(sch, red, w_buf, lambda k, c: (k // group, c, k % group)):
+        panel = sch.cache_read(red, _read_index(sch, red, w_buf), "global")
+        sch.compute_at(panel, j_o)
+        sch.transform_layout(panel, ("write", 0), lambda k, c: (k // group, c, k % group))
     init = sch.decompose_reduction(red, k_o)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(j_8, intrin)

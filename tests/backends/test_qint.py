@@ -298,6 +298,9 @@ def test_minilm_int8_cpu_build_keeps_sentence_embeddings(tmp_path: Path) -> None
                        measure_latency=False)
     integer = art.report["build"]["integer"]
     assert integer["integer_ops"].get("QMatMul", 0) + integer["integer_ops"].get("QGemm", 0) == 36
+    kernels = art.report["build"]["schedules"]["kernels"]
+    qmatmuls = {k: v for k, v in kernels.items() if "qmatmul" in k}
+    assert qmatmuls and all(k.endswith("_prepacked") for k in qmatmuls), kernels  # weights packed at build time
     for f, r in zip(feeds, fidelity.run_graph(g, feeds)):
         a = zoo.sentence_embedding(r[0], f["attention_mask"])[0]
         b = zoo.sentence_embedding(art.run(f)[0], f["attention_mask"])[0]
