@@ -30,8 +30,9 @@ def build(graph: Graph, target: TvmTarget, *, tune_trials: int = 0, tuning_db: P
     if target.kind == "cpu":
         from nasc.backends.tvm.layout import channels_last
 
-        mod = channels_last(mod)
-        facts["conv_layout"] = "NHWC"
+        converted = channels_last(mod)
+        facts["conv_layout"] = "NCHW" if converted.same_as(mod) else "NHWC"
+        mod = converted
     facts["lower_s"] = round(time.perf_counter() - t0, 3)
     database = None
     if tune_trials > 0 or tuning_db is not None:

@@ -25,9 +25,16 @@ def _is_float_conv2d(call: relax.Call) -> bool:
     return getattr(sinfo, "dtype", "") == "float32" and str(call.attrs.data_layout) == "NCHW"
 
 
+#: ops whose layout rule would follow their input into NHWC but whose TOPI lowering is NCHW-only: kept NCHW
+KEEP_NCHW = {"relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
+
+
 def _layout_cb(call: relax.Call) -> dict[str, list[str]]:
-    if getattr(call.op, "name", "") == "relax.nn.conv2d" and _is_float_conv2d(call):
+    name = getattr(call.op, "name", "")
+    if name == "relax.nn.conv2d" and _is_float_conv2d(call):
         return DESIRED
+    if name in KEEP_NCHW:
+        return {name: KEEP_NCHW[name]}
     return {}
 
 
@@ -50,10 +57,33 @@ def _cancel_transposes_around_clip(func: relax.Function) -> relax.Function:
 
 def channels_last(mod: tvm.IRModule) -> tvm.IRModule:
     """Float conv2d (and what ConvertLayout can carry along) in NHWC with HWIO weights; transposes of
-    constants fold at build time."""
-    mod = relax.transform.ConvertLayout(DESIRED, layout_cb=_layout_cb)(mod)
-    updates = {gv: _cancel_transposes_around_clip(f) for gv, f in mod.functions_items()
+    constants fold at build time. ``mod`` itself when it has no float conv2d, or when an op that ConvertLayout
+    moved to NHWC has no NHWC lowering (the build must not fail for a layout choice)."""
+    if not _has_float_conv2d(mod):
+        return mod
+    out = relax.transform.ConvertLayout(DESIRED, layout_cb=_layout_cb)(mod)
+    updates = {gv: _cancel_transposes_around_clip(f) for gv, f in out.functions_items()
                if isinstance(f, relax.Function)}
     for gv, f in updates.items():
-        mod[gv] = f
-    return relax.transform.DeadCodeElimination()(mod)
+        out[gv] = f
+    out = relax.transform.DeadCodeElimination()(out)
+    return out if not _unlowered_ops(relax.transform.LegalizeOps()(out)) else mod
+
+
+def _calls(mod: tvm.IRModule) -> list[relax.Call]:
+    found: list[relax.Call] = []
+    for _, f in mod.functions_items():
+        if isinstance(f, relax.Function):
+            relax.analysis.post_order_visit(f, lambda e: found.append(e) if isinstance(e, relax.Call) else None)
+    return found
+
+
+def _has_float_conv2d(mod: tvm.IRModule) -> bool:
+    return any(getattr(c.op, "name", "") == "relax.nn.conv2d" and _is_float_conv2d(c) for c in _calls(mod))
+
+
+def _unlowered_ops(mod: tvm.IRModule) -> set[str]:
+    """Relax operators LegalizeOps left as they are (other than the VM's own calls)."""
+    names = {getattr(c.op, "name", "") for c in _calls(mod) if isinstance(c.op, tvm.ir.Op)}
+    return {n for n in names if n.startswith("relax.") and not n.startswith(("relax.call_", "relax.vm.",
+                                                                              "relax.builtin", "relax.memory"))}

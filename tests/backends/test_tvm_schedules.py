@@ -140,6 +140,28 @@ def test_conv2d_channels_last(target, c_in, c_out, size, kernel, stride, pad, di
     assert "conv2d_nhwc" in report.values(), report
 
 
+def test_channels_last_keeps_ops_without_an_nhwc_lowering_nchw(target, monkeypatch):
+    """A transposed convolution after a convolution (a segmentation decoder) stays NCHW; were it moved to NHWC,
+    which TOPI cannot lower, channels_last would hand the module back unchanged rather than fail the build."""
+    from nasc.backends.tvm import layout
+
+    x, w, wt = rand(1, 8, 6, 6), rand(16, 8, 3, 3, seed=1), rand(16, 4, 2, 2, seed=2)
+
+    def body(xv):
+        y = relax.op.nn.relu(relax.op.nn.conv2d(xv, relax.const(w), padding=1))
+        return relax.op.nn.conv2d_transpose(y, relax.const(wt), strides=2)
+
+    mod = build_module([x.shape], body)
+    nhwc = layout.channels_last(mod)
+    assert not nhwc.same_as(mod)
+    want, _ = compile_and_run(mod, target, [x])
+    got, report = compile_and_run(nhwc, target, [x])
+    check(got, want)
+    assert "conv2d_nhwc" in report.values(), report
+    monkeypatch.setattr(layout, "KEEP_NCHW", {})
+    assert layout.channels_last(mod).same_as(mod)
+
+
 def test_weights_are_packed_once_at_build_time(target):
     """A classifier's matmul (one row) and an NHWC convolution read their constant weights in panels laid out
     at build time: the layout rewrite is folded away, no kernel of the compiled module repacks them."""
