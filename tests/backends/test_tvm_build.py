@@ -121,3 +121,14 @@ def test_unwritable_output_directory_is_a_clear_error(digits_onnx, tmp_path):
     r = subprocess.run([sys.executable, "-m", "nasc.cli", "compile", str(digits_onnx), "--target", "cpu",
                         "-o", str(f / "out")], capture_output=True, text=True)
     assert r.returncode == 2 and "cannot write the output directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_runtimes_are_timed_in_turns():
+    """nasc bench's timing loop: every function warms up, then each round runs one block of each in turn."""
+    from nasc.runtime import interleaved_ms
+
+    calls: list[str] = []
+    ms = interleaved_ms([lambda: calls.append("a"), lambda: calls.append("b")], rounds=3, repeat=4, warmup=2,
+                        min_seconds=0.0)
+    assert len(ms) == 2 and all(m >= 0 for m in ms)
+    assert calls == ["a"] * 2 + ["b"] * 2 + (["a"] * 4 + ["b"] * 4) * 3
