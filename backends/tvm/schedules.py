@@ -354,10 +354,10 @@ def _epilogue_loops_4d(sch: s_tir.Schedule, red: s_tir.schedule.SBlockRV) -> tup
 
 
 def _reduce_outside_tile(sch: s_tir.Schedule, red: s_tir.schedule.SBlockRV, loops: list, row: int,
-                         col: int) -> dict[int, object]:
+                         col: int) -> tuple[dict[int, object], list]:
     """Order the loops compute_at made under a convolution's tile (``loops``; by block iter, unit loops
     absent): the reduction (iters 4-6) outside the tile's ``row`` and ``col`` loops, the row loop unrolled.
-    Returns the loops by block iter."""
+    Returns the loops by block iter and the reduction loops, outermost first."""
     by_iter = _loops_by_iter(sch, red, loops)
     reduce = [by_iter[i] for i in (4, 5, 6) if i in by_iter]
     if not reduce:
@@ -365,7 +365,7 @@ def _reduce_outside_tile(sch: s_tir.Schedule, red: s_tir.schedule.SBlockRV, loop
     sch.reorder(*reduce, *[by_iter[i] for i in (row, col) if i in by_iter])
     if row in by_iter:
         sch.unroll(by_iter[row])
-    return by_iter
+    return by_iter, reduce
 
 
 def _template_conv2d(sch: s_tir.Schedule, lanes: int) -> None:
@@ -387,8 +387,7 @@ def _template_conv2d(sch: s_tir.Schedule, lanes: int) -> None:
     sch.parallel(outer)
     sch.compute_at(red, ow_o)
     # loops compute_at made under the tile, by block iter (n, ff, yy, xx, rc, ry, rx); unit loops are absent
-    by_iter = _reduce_outside_tile(sch, red, sch.get_loops(red)[2:], 1, 3)
-    reduce = [by_iter[i] for i in (4, 5, 6) if i in by_iter]
+    by_iter, reduce = _reduce_outside_tile(sch, red, sch.get_loops(red)[2:], 1, 3)
     if 3 in by_iter:
         sch.vectorize(by_iter[3])
     if 6 in by_iter and (_extent(sch, by_iter[6]) or 0) <= 7:
@@ -411,9 +410,8 @@ def _nhwc_tile(c_out: int, w_out: int, lanes: int, max_acc: int) -> tuple[int, i
     (vectors x columns): each weight vector serves every column, each input value every vector). Both
     divide their extents. Channel counts that full vectors do not divide take 8-wide ones (24 = 3 x 8, not
     a 16-lane vector and a ragged half, which LLVM shuffles)."""
-    vec = lanes if c_out % lanes == 0 else 8 if c_out % 8 == 0 else c_out if c_out <= 2 * lanes else 1
-    if vec == 1:  # a count 8 does not divide: the widest divisor under two vectors, one vector of it
-        vec = _divisor_at_most(c_out, 2 * lanes)
+    # a count 8 does not divide either: its widest divisor up to two vectors (itself when that small) as one vector
+    vec = lanes if c_out % lanes == 0 else 8 if c_out % 8 == 0 else _divisor_at_most(c_out, 2 * lanes)
     best: tuple[float, int, int] | None = None
     for v in range(1, 5):
         co = v * vec
@@ -483,8 +481,7 @@ def _template_conv2d_nhwc(sch: s_tir.Schedule, lanes: int) -> None:
     sch.parallel(outer)
     sch.compute_at(red, outer)
     # block iters (n, yy, xx, ff, ry, rx, rc)
-    by_iter = _reduce_outside_tile(sch, red, sch.get_loops(red)[1:], 2, 3)
-    reduce = [by_iter[i] for i in (4, 5, 6) if i in by_iter]
+    by_iter, reduce = _reduce_outside_tile(sch, red, sch.get_loops(red)[1:], 2, 3)
     if 3 in by_iter:
         _vectorize_tile(sch, by_iter[3], vec)
     for i in (4, 5):  # small kernel windows unrolled

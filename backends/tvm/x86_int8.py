@@ -171,10 +171,13 @@ def _template(sch: s_tir.Schedule, kind: str) -> None:
     sch.reorder(*[lp for lp in (k_o, ri, j_v, j_8, k_g) if lp is not None])
     # the weight as [K/group, N, group], each step's group x width block contiguous: packed once at build time
     # when it is a constant, else per column panel by each parallel task
-    if not _prepack(sch, red, w_buf, lambda k, c: (k // group, c, k % group)):
+    def grouped(k: Any, c: Any) -> tuple:
+        return k // group, c, k % group
+
+    if not _prepack(sch, red, w_buf, grouped):
         panel = sch.cache_read(red, _read_index(sch, red, w_buf), "global")
         sch.compute_at(panel, j_o)
-        sch.transform_layout(panel, ("write", 0), lambda k, c: (k // group, c, k % group))
+        sch.transform_layout(panel, ("write", 0), grouped)
     init = sch.decompose_reduction(red, k_o)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(j_8, intrin)
