@@ -11,7 +11,7 @@ import tvm
 from tvm import relax
 
 from nasc.backends.tvm.lower import to_relax, tvm_dtype
-from nasc.backends.tvm.schedules import int8_columns
+from nasc.backends.tvm.schedules import int8_kind
 from nasc.backends.tvm.target import TvmTarget
 from nasc.ir.core import Graph
 
@@ -26,7 +26,7 @@ def build(graph: Graph, target: TvmTarget, *, tune_trials: int = 0, tuning_db: P
     t0 = time.perf_counter()
     facts: dict[str, Any] = {}
     tgt = target.tvm()
-    mod = to_relax(graph, facts=facts, int8_columns=int8_columns(tgt) if target.kind == "cpu" else None)
+    mod = to_relax(graph, facts=facts, int8_nhwc=target.kind == "cpu" and int8_kind(tgt) is not None)
     if target.kind == "cpu":
         from nasc.backends.tvm.layout import channels_last
 

@@ -21,6 +21,14 @@ from nasc.ir.core import Graph, Node, Value
 from nasc.ir.types import TensorType
 
 Lowering = Callable[["Lx", Node], Any]
+
+
+class ChannelsLast:
+    """A lowering's 4-D result laid out NHWC (``expr``), for IR values that are NCHW: the next integer
+    convolutions read it as it is, other readers get it transposed back (see :meth:`Lx.nhwc`)."""
+
+    def __init__(self, expr: relax.Expr) -> None:
+        self.expr = expr
 LOWERINGS: dict[str, Lowering] = {}
 
 _DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64", "i8": "int8", "i16": "int16",
@@ -48,20 +56,42 @@ def lowering(*names: str) -> Callable[[Lowering], Lowering]:
 class Lx:
     """What a lowering works with: the block builder and the Relax expression of every IR value."""
 
-    def __init__(self, bb: relax.BlockBuilder, int8_columns: int | None = None) -> None:
+    def __init__(self, bb: relax.BlockBuilder, int8_nhwc: bool = False) -> None:
         self.bb = bb
         self.env: dict[int, relax.Expr] = {}
-        # the column multiple of the target's tensorized integer matmuls (x86_int8), None elsewhere
-        self.int8_columns = int8_columns
+        # 4-D values also (or only) held channels-last: the integer convolutions' layout on x86
+        self.env_nhwc: dict[int, relax.Expr] = {}
+        # integer convolutions channels-last, pointwise ones as the tensorized integer matmuls (x86_int8)
+        self.int8_nhwc = int8_nhwc
 
     def __call__(self, v: Value | None) -> relax.Expr | None:
         if v is None:
             return None
         if id(v) not in self.env:
-            if not v.is_const:
+            if id(v) in self.env_nhwc:  # computed channels-last: transposed back once, where a reader needs it
+                self.env[id(v)] = self.bb.emit(relax.op.permute_dims(self.env_nhwc[id(v)], [0, 3, 1, 2]))
+            elif not v.is_const:
                 raise KeyError(f"value %{v.name} has no Relax expression")
-            self.env[id(v)] = relax.const(_np(v), tvm_dtype(v.dtype))
+            else:
+                self.env[id(v)] = relax.const(_np(v), tvm_dtype(v.dtype))
         return self.env[id(v)]
+
+    def nhwc(self, node: Node, i: int = 0) -> relax.Expr:
+        """Input ``i`` (4-D, NCHW in the IR) laid out NHWC: as its producer computed it, else transposed once."""
+        v = node.input(i)
+        if id(v) not in self.env_nhwc:
+            self.env_nhwc[id(v)] = self.bb.emit(relax.op.permute_dims(self.x(node, i), [0, 2, 3, 1]))
+        return self.env_nhwc[id(v)]
+
+    def is_nhwc(self, node: Node, i: int = 0) -> bool:
+        """Whether input ``i`` is at hand channels-last."""
+        return id(node.input(i)) in self.env_nhwc
+
+    def set(self, v: Value, expr: relax.Expr | ChannelsLast) -> None:
+        if isinstance(expr, ChannelsLast):
+            self.env_nhwc[id(v)] = expr.expr
+        else:
+            self.env[id(v)] = expr
 
     def transposed_const(self, v: Value) -> relax.Expr:
         """A 2-D constant transposed, once per value: a weight that several Gemm(transB=1) read (tied layers)
@@ -110,13 +140,14 @@ def check_coverage(graph: Graph) -> None:
 
 
 def to_relax(graph: Graph, func_name: str = "main", facts: dict[str, Any] | None = None,
-             int8_columns: int | None = None) -> tvm.IRModule:
+             int8_nhwc: bool = False) -> tvm.IRModule:
     """The Relax module computing ``graph`` (one function, inputs in graph order, a tuple of outputs if several).
 
     QDQ patterns become integer ops first (qint.integerize); ``facts["integer"]`` then says which ops run
-    in integers and which stay in float between a dequantize and a quantize. ``int8_columns``: the column
-    multiple the target's tensorized integer matmuls need (x86: 8, or 16 with VNNI); with it, pointwise
-    integer convolutions are laid out as matmuls for them. None (microcontrollers): kept as convolutions.
+    in integers and which stay in float between a dequantize and a quantize. ``int8_nhwc`` (x86 CPUs): integer
+    convolutions run channels-last, pointwise ones as the tensorized integer matmuls; the values between them
+    (residual adds, the pooling) stay channels-last, and a reader that needs NCHW gets one transpose. Off
+    (microcontrollers): NCHW convolutions, no transposes in the arena.
     """
     from nasc.backends.tvm.qint import integerize
 
@@ -125,7 +156,7 @@ def to_relax(graph: Graph, func_name: str = "main", facts: dict[str, Any] | None
         facts["integer"] = report.to_dict()
     check_coverage(graph)
     bb = relax.BlockBuilder()
-    lx = Lx(bb, int8_columns)
+    lx = Lx(bb, int8_nhwc)
     params = []
     for v in graph.inputs:
         var = relax.Var(v.name or f"input{len(params)}", relax.TensorType(v.shape, tvm_dtype(v.dtype)))
@@ -142,7 +173,7 @@ def to_relax(graph: Graph, func_name: str = "main", facts: dict[str, Any] | None
                     out = LOWERINGS[node.qualified_op](lx, node)
                     outs = list(out) if isinstance(out, list | tuple) else [out]
                 for o, e in zip(node.outputs, outs):
-                    lx.env[id(o)] = e
+                    lx.set(o, e)
             results = [lx(v) for v in graph.outputs]
             ret = bb.emit_output(results[0] if len(results) == 1 else relax.Tuple(results))
         bb.emit_func_output(ret)

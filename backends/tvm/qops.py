@@ -14,9 +14,9 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from nasc.backends.tvm.lower import Lx, lowering, out_shape, tvm_dtype
+from nasc.backends.tvm.lower import ChannelsLast, Lx, lowering, out_shape, tvm_dtype
 from nasc.backends.tvm.ops import _conv_pads
-from nasc.backends.tvm.x86_int8 import PAIRS16_BLOCK, ROW_TILE, pairs_fit_int16
+from nasc.backends.tvm.x86_int8 import PAIRS16_BLOCK, pairs_fit_int16
 from nasc.errors import UnsupportedModelError
 from nasc.ir.core import Node
 
@@ -140,8 +140,9 @@ def _int4_at(packed: Any, index: Any) -> Any:
 
 
 def _weight_operand(lx: Lx, node: Node, w: np.ndarray) -> relax.Expr:
-    """int8 weights as they are; int4 weights packed two per byte (half the flash)."""
-    if int(node.attr("weight_bits", 8)) == 4:
+    """int8 weights as they are; int4 weights packed two per byte (half the flash), except on x86 CPUs, whose
+    tensorized kernels read whole bytes."""
+    if int(node.attr("weight_bits", 8)) == 4 and not lx.int8_nhwc:
         return lx.const(pack_int4(w), "u8")
     return lx.const(w, "i8")
 
@@ -176,73 +177,71 @@ def _qconv(lx: Lx, node: Node) -> Any:
     pads = _conv_pads(node, list(x.shape[2:]), list(w.shape[2:]), strides, dilations, out_shape(node)[2:])
     wq = np.asarray(w.data, np.int8)
     c = wq.shape[0]
-    if lx.int8_columns is not None and _pointwise(node, wq, strides, pads, dilations):
-        return _qconv_pointwise(lx, node, wq)  # for the tensorized x86 matmuls
+    if lx.int8_nhwc:
+        return _qconv_nhwc(lx, node, wq, strides, pads, dilations)
     acc = lx.bb.emit(lx.bb.call_te(_qconv_te, lx.x(node, 0), _weight_operand(lx, node, wq), int(node.attr("x_zp")),
                                    strides, pads, dilations, int(node.attr("group", 1)), tuple(wq.shape),
                                    primfunc_name_hint="qconv2d"))
     acc = R.add(acc, lx.const(_bias_minus_zero_point(node, wq, (1, 2, 3)).reshape(1, c, 1, 1), "i32"))
-    y = _requantize(lx, acc, _per_channel(lx, node, 3, [1, c, 1, 1]), _per_channel(lx, node, 4, [1, c, 1, 1]),
-                    int(node.attr("y_zp")), int(node.attr("qmin")), int(node.attr("qmax")))
-    return lx.emit(y)
+    return lx.emit(_requantize_node(lx, node, acc, [1, c, 1, 1]))
+
+
+def _requantize_node(lx: Lx, node: Node, acc: relax.Expr, shape: list[int]) -> Any:
+    """``acc`` requantized by ``node``'s per-channel multipliers and shifts (laid out as ``shape``)."""
+    return _requantize(lx, acc, _per_channel(lx, node, 3, shape), _per_channel(lx, node, 4, shape),
+                       int(node.attr("y_zp")), int(node.attr("qmin")), int(node.attr("qmax")))
 
 
 def _pointwise(node: Node, w: np.ndarray, strides: list[int], pads: list[int], dilations: list[int]) -> bool:
-    """A 1x1 convolution of one image with stride 1 and no padding: a matmul ``w [Co, Ci] x x [Ci, H*W]``."""
+    """A 1x1 convolution of one image with stride 1 and no padding: a matmul ``x [H*W, Ci] x w [Ci, Co]``
+    in NHWC."""
     return (w.shape[2:] == (1, 1) and int(node.attr("group", 1)) == 1 and list(strides) == [1, 1]
             and not any(pads) and list(dilations) == [1, 1] and int(node.input(0).shape[0]) == 1)
 
 
-def _qpointwise_te(w: Any, x: Any, co: int, pairs16: bool) -> Any:
-    """w [Co, Ci] int8 (or int4 packed) times x [Ci, P] uint8 accumulating in int32: a 1x1 convolution as a
-    matmul whose columns are the image's pixels (see _qmatmul_te for ``pairs16``)."""
-    from tvm import te
+def _qconv_nhwc_te(x: Any, w: Any, zp: int, strides: list[int], pads: list[int], dil: list[int], groups: int) -> Any:
+    """uint8 x [N, H, W, Ci] times int8 w [kh, kw, Ci/groups, Co] (HWIO) accumulating in int32, padding
+    holding the zero point; block ``qconv2d_nhwc`` with iterators (n, y, x, co, ky, kx, ci), as the float
+    NHWC template (schedules.conv2d_nhwc) schedules it."""
+    from tvm import te, topi
 
-    ci, npix = (int(d) for d in x.shape)
-    k = te.reduce_axis((0, ci), "k")
-    packed = len(w.shape) == 1
-    return te.compute((co, npix), lambda i, j: te.sum(
-        (_int4_at(w, i * ci + k) if packed else w[i, k].astype("int32")) * x[k, j].astype("int32"), axis=k),
-        name=PAIRS16_BLOCK if pairs16 else "qmatmul")
+    nb, h, wd, _ = (int(d) for d in x.shape)
+    kh, kw, cig, co = (int(d) for d in w.shape)
+    xp = topi.nn.pad(x, [0, pads[0], pads[1], 0], [0, pads[2], pads[3], 0], pad_value=zp)
+    oh = (h + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (wd + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
+    rh, rw, rc = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw"), te.reduce_axis((0, cig), "rc")
+    cog = co // groups
+    return te.compute(
+        (nb, oh, ow, co),
+        lambda n, y, z, c: te.sum(
+            xp[n, y * strides[0] + rh * dil[0], z * strides[1] + rw * dil[1], (c // cog) * cig + rc].astype("int32")
+            * w[rh, rw, rc, c].astype("int32"), axis=[rh, rw, rc]),
+        name="qconv2d_nhwc")
 
 
-def _qconv_pointwise(lx: Lx, node: Node, wq: np.ndarray) -> Any:
-    """A pointwise convolution as an integer matmul for the tensorized x86 kernels: pixels as the matmul's
-    columns where their count is a multiple of ``lx.int8_columns``, else as its rows, ``x^T [H*W, Ci] x
-    w^T [Ci, Co]`` between two uint8 transposes (kernels of their own, so that the matmul keeps contiguous
-    operands). Microcontrollers keep the convolution (no reshapes or transposes in the arena)."""
-    c, ci, h, w = int(wq.shape[0]), int(wq.shape[1]), *(int(d) for d in node.input(0).shape[2:])
-    w2 = wq.reshape(c, ci)
-    x = lx.bb.emit(R.reshape(lx.x(node, 0), [ci, h * w]))
-    bias = _bias_minus_zero_point(node, wq, (1, 2, 3))
-    rows = (h * w) % (lx.int8_columns or 1) != 0
-    if rows:
-        w_kn = np.ascontiguousarray(w2.T)
-        padded = -(-h * w // ROW_TILE) * ROW_TILE  # whole row tiles: the extra rows are computed and dropped
-        acc = lx.bb.emit(lx.bb.call_te(_qmatmul_te, _transpose_apart(lx, x, (padded, ci)), _weight_operand(lx, node, w_kn), c,
-                                       pairs_fit_int16(w_kn), primfunc_name_hint="qconv2d_1x1"))
-        shape = [1, c]
-    else:
-        acc = lx.bb.emit(lx.bb.call_te(_qpointwise_te, _weight_operand(lx, node, w2), x, c, pairs_fit_int16(w2.T),
+def _qconv_nhwc(lx: Lx, node: Node, wq: np.ndarray, strides: list[int], pads: list[int],
+                dilations: list[int]) -> ChannelsLast:
+    """The x86 integer convolution, channels-last: a pointwise one is the tensorized integer matmul of the
+    image's pixels (rows) by the weight, any other the NHWC convolution template over int32; both with the
+    bias and requantization fused, the weights packed at build time. int4 weights are held one per byte here
+    (as _weight_operand does on x86: flash matters on microcontrollers, which keep NCHW and the packing)."""
+    c, ci = int(wq.shape[0]), int(wq.shape[1])
+    bias = _bias_minus_zero_point(node, wq, (1, 2, 3)).reshape(1, c)
+    _, h, w = (int(d) for d in out_shape(node)[1:])
+    if _pointwise(node, wq, strides, pads, dilations):
+        w_kn = np.ascontiguousarray(wq.reshape(c, ci).T)
+        x = lx.bb.emit(R.reshape(lx.nhwc(node, 0), [h * w, ci]))
+        acc = lx.bb.emit(lx.bb.call_te(_qmatmul_te, x, _weight_operand(lx, node, w_kn), c, pairs_fit_int16(w_kn),
                                        primfunc_name_hint="qconv2d_1x1"))
-        shape = [c, 1]
-    acc = R.add(acc, lx.const(bias.reshape(shape), "i32"))
-    y = lx.bb.emit(_requantize(lx, acc, _per_channel(lx, node, 3, shape), _per_channel(lx, node, 4, shape),
-                               int(node.attr("y_zp")), int(node.attr("qmin")), int(node.attr("qmax"))))
-    return lx.emit(R.reshape(_transpose_apart(lx, y, (c, h * w)) if rows else y, [1, c, h, w]))
-
-
-def _transpose_apart(lx: Lx, x: relax.Expr, shape: tuple[int, int]) -> relax.Expr:
-    """``x [a, b]`` transposed into ``shape`` (``[b, a]`` cut or padded with zeros) as a kernel of its own
-    (marked opaque: fused into a matmul it would make the operand strided)."""
-    from tvm import te
-
-    def compute(t: te.Tensor) -> te.Tensor:
-        a, b = (int(d) for d in t.shape)
-        return te.compute(shape, lambda i, j: te.if_then_else(
-            te.all(i < b, j < a), t[te.min(j, a - 1), te.min(i, b - 1)], te.const(0, t.dtype)), name="transpose")
-
-    return lx.bb.emit(lx.bb.call_te(compute, x, primfunc_name_hint="transpose", primfunc_attrs={"op_pattern": 8}))
+        y = lx.bb.emit(_requantize_node(lx, node, R.add(acc, lx.const(bias, "i32")), [1, c]))
+        return ChannelsLast(lx.emit(R.reshape(y, [1, h, w, c])))
+    hwio = np.ascontiguousarray(wq.transpose(2, 3, 1, 0))
+    acc = lx.bb.emit(lx.bb.call_te(_qconv_nhwc_te, lx.nhwc(node, 0), _weight_operand(lx, node, hwio), int(node.attr("x_zp")),
+                                   strides, pads, dilations, int(node.attr("group", 1)),
+                                   primfunc_name_hint="qconv2d_nhwc"))
+    acc = R.add(acc, lx.const(bias.reshape(1, 1, 1, c), "i32"))
+    return ChannelsLast(lx.emit(_requantize_node(lx, node, acc, [1, 1, 1, c])))
 
 
 def _qmatmul_te(x: Any, w: Any, n: int, pairs16: bool) -> Any:
@@ -282,9 +281,7 @@ def _unflatten(node: Node, y: relax.Expr) -> relax.Expr:
 @lowering("nasc.QGemm")
 def _qgemm(lx: Lx, node: Node) -> Any:
     acc, n = _qlinear_acc(lx, node)
-    y = _requantize(lx, acc, _per_channel(lx, node, 3, [1, n]), _per_channel(lx, node, 4, [1, n]),
-                    int(node.attr("y_zp")), int(node.attr("qmin")), int(node.attr("qmax")))
-    return lx.emit(_unflatten(node, y))
+    return lx.emit(_unflatten(node, _requantize_node(lx, node, acc, [1, n])))
 
 
 @lowering("nasc.QMatMul")
@@ -294,32 +291,44 @@ def _qmatmul(lx: Lx, node: Node) -> Any:
 
 @lowering("nasc.QAdd")
 def _qadd(lx: Lx, node: Node) -> Any:
+    # channels-last where an operand was computed so (a residual add between NHWC convolutions) and both
+    # operands have one 4-D shape: elementwise, the layout does not matter to it
+    nhwc = (any(lx.is_nhwc(node, i) for i in (0, 1)) and len(node.input(0).shape) == 4
+            and node.input(0).shape == node.input(1).shape)
+
     def term(i: int, zp: str, mult: str) -> relax.Expr:
-        centered = R.subtract(R.astype(lx.x(node, i), "int64"), relax.const(int(node.attr(zp)), "int64"))
+        x = lx.nhwc(node, i) if nhwc else lx.x(node, i)
+        centered = R.subtract(R.astype(x, "int64"), relax.const(int(node.attr(zp)), "int64"))
         return R.multiply(centered, relax.const(int(node.attr(mult)), "int64"))
 
     acc = R.add(term(0, "a_zp", "a_mult"), term(1, "b_zp", "b_mult"))
     shift = relax.const(int(node.attr("shift")), "int64")
-    return lx.emit(_requantize(lx, acc, relax.const(1, "int64"), shift, int(node.attr("y_zp")), int(node.attr("qmin")),
-                               int(node.attr("qmax"))))
+    y = lx.emit(_requantize(lx, acc, relax.const(1, "int64"), shift, int(node.attr("y_zp")), int(node.attr("qmin")),
+                            int(node.attr("qmax"))))
+    return ChannelsLast(y) if nhwc else y
 
 
-def _sum_u8_te(x: Any, zp: int) -> Any:
-    """Sum over the spatial axes of uint8 x minus its zero point, reading the uint8 data directly (a cast
-    before the reduction would be fused into the producer and widen the tensor between kernels)."""
+def _sum_u8_te(x: Any, zp: int, nhwc: bool) -> Any:
+    """Sum over the spatial axes of uint8 x (NCHW, or NHWC with ``nhwc``) minus its zero point, as [N, C, 1, 1],
+    reading the uint8 data directly (a cast before the reduction would be fused into the producer and widen the
+    tensor between kernels)."""
     from tvm import te
 
     n, c, h, w = (int(d) for d in x.shape)
+    if nhwc:
+        c, h, w = w, c, h
     rh, rw = te.reduce_axis((0, h), "rh"), te.reduce_axis((0, w), "rw")
-    total = te.compute((n, c, 1, 1), lambda i, j, _a, _b: te.sum(x[i, j, rh, rw].astype("int32"), axis=[rh, rw]),
-                       name="qsum")
+    total = te.compute((n, c, 1, 1), lambda i, j, _a, _b: te.sum(
+        (x[i, rh, rw, j] if nhwc else x[i, j, rh, rw]).astype("int32"), axis=[rh, rw]), name="qsum")
     return te.compute((n, c, 1, 1), lambda i, j, a, b: total[i, j, a, b] - zp * h * w, name="qsum_centered")
 
 
 @lowering("nasc.QGlobalAveragePool")
 def _qgap(lx: Lx, node: Node) -> Any:
     if len(node.input(0).shape) == 4:
-        acc = lx.bb.emit(lx.bb.call_te(_sum_u8_te, lx.x(node, 0), int(node.attr("x_zp")), primfunc_name_hint="qsum"))
+        nhwc = lx.is_nhwc(node, 0)
+        x = lx.nhwc(node, 0) if nhwc else lx.x(node, 0)
+        acc = lx.bb.emit(lx.bb.call_te(_sum_u8_te, x, int(node.attr("x_zp")), nhwc, primfunc_name_hint="qsum"))
     else:
         axes = list(range(2, len(node.input(0).shape)))
         centered = R.subtract(R.astype(lx.x(node, 0), "int32"), relax.const(int(node.attr("x_zp")), "int32"))

@@ -813,11 +813,6 @@ def int8_kind(target: tvm.target.Target) -> str | None:
         return None
 
 
-def int8_columns(target: tvm.target.Target) -> int | None:
-    """The column multiple of the target's tensorized integer matmuls (16 with VNNI, 8 with AVX2), or None."""
-    return {"vnni": 16, "avx2": 8}.get(int8_kind(target) or "")
-
-
 def default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[s_tir.Schedule | None, str]:
     """The default schedule of the kernel ``mod["main"]`` as a traced schedule (its ``trace`` replays the
     template, e.g. as a MetaSchedule tuning record) and the template's name; ``(None, "none")`` when no

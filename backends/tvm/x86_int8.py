@@ -26,7 +26,9 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 PAIRS16_BLOCK = "qmatmul_pairs16"  # the compute block name of a matmul whose weight pairs fit vpmaddubsw
-ROW_TILE = 4
+#: the register tile: at most this many rows, and rows x column vectors accumulators at most MAX_ACC
+ROW_TILE = 8
+MAX_ACC = 16
 _SHORT = {"uint8": "u8", "int8": "i8"}
 
 
@@ -34,7 +36,7 @@ def _intrinsic(kind: str, a_dtype: str, b_dtype: str) -> tuple[str, int, int]:
     """Register (once) and name the intrinsic ``kind`` ("pairs16" | "widen16" | "vnni") for ``c[w] +=
     sum_g a[g] * b[w, g]`` with a (the broadcast operand) and b (the packed panel) of the given dtypes, one
     uint8 and one int8; returns (name, width w, group g)."""
-    width, group = {"pairs16": (8, 4), "widen16": (8, 2), "vnni": (16, 4)}[kind]
+    width, group = {"pairs16": (8, 4), "widen16": (8, 2), "vnni": (16, 4), "vnni8": (8, 4)}[kind]
     name = f"nasc_{_SHORT[a_dtype]}{_SHORT[b_dtype]}i32_{width}x{group}_{kind}"
     if name in _REGISTERED:
         return name, width, group
@@ -65,9 +67,9 @@ def _intrinsic(kind: str, a_dtype: str, b_dtype: str) -> tuple[str, int, int]:
                              dtype=f"int8x{lanes}")
         panel = T.reinterpret(b.vload([0, 0], dtype=f"{b_dtype}x{lanes}"), dtype=f"int8x{lanes}")
         unsigned, signed = (quad, panel) if a_unsigned else (panel, quad)
-        if kind == "vnni":  # vpdpbusd: unsigned x signed byte quadruples summed into int32
-            return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), acc,
-                                           unsigned, signed, dtype="int32x16")
+        if kind in ("vnni", "vnni8"):  # vpdpbusd: unsigned x signed byte quadruples summed into int32
+            return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(f"llvm.x86.avx512.vpdpbusd.{8 * lanes}"),
+                                           acc, unsigned, signed, dtype=f"int32x{width}")
         # vpmaddubsw: unsigned x signed byte pairs -> int16; vpmaddwd by 1: pairs of those -> int32
         pairs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), unsigned, signed,
                                         dtype="int16x16")
@@ -110,8 +112,12 @@ def template_qmatmul_avx2(sch: s_tir.Schedule, lanes: int) -> None:
 
 
 def template_qmatmul_vnni(sch: s_tir.Schedule, lanes: int) -> None:
-    """AVX-512 VNNI: vpdpbusd, 16 columns x 4 reduction steps."""
-    _template(sch, "vnni")
+    """AVX-512 VNNI: vpdpbusd, 16 columns x 4 reduction steps (8 columns, the 256-bit form, for a column count
+    that 16 does not divide: MobileNetV2's 24-channel layers)."""
+    from nasc.backends.tvm.schedules import _epilogue_of, _extents
+
+    n = _extents(sch, sch.get_loops(_epilogue_of(sch, _qmatmul_block(sch))))[-1]
+    _template(sch, "vnni" if n % 16 == 0 else "vnni8")
 
 
 def _qmatmul_block(sch: s_tir.Schedule) -> s_tir.schedule.SBlockRV:
@@ -157,27 +163,32 @@ def _template(sch: s_tir.Schedule, kind: str) -> None:
         raise ValueError("columns or reduction not a multiple of the intrinsic's")
     vectors = 2 if n % (2 * width) == 0 else 1
     panel_cols = width * vectors
-    rows = _divisor_at_most(m, ROW_TILE)
+    rows = _divisor_at_most(m, min(ROW_TILE, MAX_ACC // vectors))
     i_o, i_i = sch.split(i, factors=[None, rows])
     j_o, j_i = sch.split(j, factors=[None, panel_cols])
     sch.reorder(j_o, i_o, i_i, j_i)
-    if n // panel_cols > 1:
+    # a weight packed at build time: the tasks split panels x row tiles (a pointwise convolution in NHWC has
+    # many rows, its pixels, and may have a single panel); else each task packs and keeps its own panel
+    prepacked = _prepack(sch, red, w_buf, lambda k, c: (k // group, c, k % group))
+    if prepacked:
+        j_o = sch.fuse(j_o, i_o)
+        i_o = j_o
+        sch.parallel(j_o)
+    elif n // panel_cols > 1:
         sch.parallel(j_o)
     sch.compute_at(red, i_o)
-    inner = sch.get_loops(red)[2:]  # under (j_o, i_o): row, column, k; no row loop for a 1-row tile
+    # under (j_o, i_o), or their fusion: row, column, k; no row loop for a 1-row tile
+    inner = sch.get_loops(red)[1 if prepacked else 2:]
     ri, (rj, rk) = (inner[0] if len(inner) == 3 else None), inner[-2:]
     k_o, k_g = sch.split(rk, factors=[None, group])
     j_v, j_8 = sch.split(rj, factors=[vectors, width])
     sch.reorder(*[lp for lp in (k_o, ri, j_v, j_8, k_g) if lp is not None])
     # the weight as [K/group, N, group], each step's group x width block contiguous: packed once at build time
     # when it is a constant, else per column panel by each parallel task
-    def grouped(k: Any, c: Any) -> tuple:
-        return k // group, c, k % group
-
-    if not _prepack(sch, red, w_buf, grouped):
+    if not prepacked:
         panel = sch.cache_read(red, _read_index(sch, red, w_buf), "global")
         sch.compute_at(panel, j_o)
-        sch.transform_layout(panel, ("write", 0), grouped)
+        sch.transform_layout(panel, ("write", 0), lambda k, c: (k // group, c, k % group))
     init = sch.decompose_reduction(red, k_o)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(j_8, intrin)
@@ -199,6 +210,6 @@ def is_qmatmul(sch: s_tir.Schedule) -> bool:
 def register_intrinsics() -> None:
     """Register every intrinsic of this module (about 2 s of TVMScript parsing; the templates register what
     they use): needed before tuning records that tensorize with them are replayed."""
-    for kind in ("pairs16", "widen16", "vnni"):
+    for kind in ("pairs16", "widen16", "vnni", "vnni8"):
         for a, b in (("uint8", "int8"), ("int8", "uint8")):
             _intrinsic(kind, a, b)

@@ -105,7 +105,7 @@ def _pointwise(side: int, reduce_range: bool, bits: int = 8) -> tuple[nasc.ir.Gr
 
 @pytest.mark.skipif(not HOST_AVX2, reason="the AVX2 kernels run only on an AVX2 host")
 @pytest.mark.parametrize("reduce_range", [True, False])
-@pytest.mark.parametrize("side", [8, 7])  # 64 pixels: pixels are the matmul's columns; 49: its rows
+@pytest.mark.parametrize("side", [8, 7])  # 64 or 49 pixels: the matmul's rows (7 rows per tile for 49)
 def test_pointwise_conv_runs_as_an_integer_matmul(tmp_path: Path, side: int, reduce_range: bool) -> None:
     from nasc.backends.mcu.boards import parse_board
     from nasc.backends.mcu.build import build_mcu
@@ -123,12 +123,76 @@ def test_pointwise_conv_runs_as_an_integer_matmul(tmp_path: Path, side: int, red
             np.testing.assert_array_equal(got[0], r[0])
 
 
+@pytest.mark.skipif(not HOST_AVX2, reason="the AVX2 kernels run only on an AVX2 host")
 @pytest.mark.parametrize("model", ["linear", "pointwise 8x8", "pointwise 7x7"])
-def test_int4_weights_stay_packed_and_exact_on_the_cpu(tmp_path: Path, model: str) -> None:
-    """Packed int4 weights are unpacked inside the kernel (no tensorized path): still bit-exact."""
+def test_int4_weights_are_tensorized_and_exact_on_the_cpu(tmp_path: Path, model: str) -> None:
+    """x86 builds hold int4 weights one per byte (microcontrollers keep them packed, test_qint), so that the
+    tensorized integer matmuls take them as int8: still bit-exact."""
     q, feeds = _linear(tmp_path, 6, 40, 24, False, bits=4) if model == "linear" else _pointwise(
         int(model[-1]), False, bits=4)
     assert any(c.dtype == "i4" for c in q.constants)
-    art = nasc.compile(q, "cpu", tmp_path / "cpu", measure_latency=False)
+    art = nasc.compile(q, "cpu:haswell", tmp_path / "cpu", measure_latency=False)
+    assert art.report["build"]["schedules"]["templates"].get("qmatmul_avx2") == 1
     for f, r in zip(feeds, reference_run(integerize(q)[0], feeds)):
         np.testing.assert_array_equal(art.run(f)[0], r[0])
+
+
+def _odd_convs(bits: int) -> tuple[nasc.ir.Graph, list]:
+    """Integer convolutions in every NHWC shape the x86 lowering meets, each followed by ReLU: a 3-channel
+    stem; depthwise 3x3 stride 2 on an odd map; pointwise 24 -> 16 and 24 -> 24 (8-wide vpdpbusd); grouped
+    3x3 with dilation 2; a residual add; depthwise 5x5 stride 2; pointwise to 37 channels (no tensorized
+    width divides it); a strided 1x1 (not a matmul); the global average pool. Two outputs: the pool, and
+    the 37-channel map (channels-last inside, NCHW out)."""
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as h
+
+    rng = np.random.default_rng(7)
+    inits, nodes = [], []
+
+    def conv(x: str, y: str, co: int, ci: int, k: int, **attrs: object) -> None:
+        w = (rng.normal(size=(co, ci // int(attrs.get("group", 1)), k, k)) / np.sqrt(ci * k)).astype(np.float32)
+        inits.extend([onnx.numpy_helper.from_array(w, f"{y}_w"),
+                      onnx.numpy_helper.from_array(rng.normal(size=co).astype(np.float32) * 0.1, f"{y}_b")])
+        nodes.extend([h.make_node("Conv", [x, f"{y}_w", f"{y}_b"], [f"{y}_c"], name=y, **attrs),
+                      h.make_node("Relu", [f"{y}_c"], [y])])
+
+    conv("x", "a", 24, 3, 3, pads=[1, 1, 1, 1])
+    conv("a", "b", 24, 24, 3, strides=[2, 2], pads=[1, 1, 1, 1], group=24)
+    conv("b", "c", 16, 24, 1)
+    conv("c", "d", 24, 16, 3, pads=[2, 2, 2, 2], dilations=[2, 2], group=4)
+    conv("d", "e", 24, 24, 1)
+    nodes.append(h.make_node("Add", ["e", "b"], ["f"]))
+    conv("f", "g", 24, 24, 5, strides=[2, 2], pads=[2, 2, 2, 2], group=24)
+    conv("g", "hh", 37, 24, 1)
+    conv("hh", "i", 19, 37, 1, strides=[2, 2])
+    nodes.append(h.make_node("GlobalAveragePool", ["i"], ["y"]))
+    graph = h.make_graph(nodes, "odd", [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 11, 11])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, [1, 19, 1, 1]),
+                          h.make_tensor_value_info("hh", TensorProto.FLOAT, [1, 37, 3, 3])], inits)
+    m = h.make_model(graph, opset_imports=[h.make_opsetid("", 21)])
+    m.ir_version = 10
+    feeds = [{"x": rng.normal(size=(1, 3, 11, 11)).astype(np.float32)} for _ in range(8)]
+    return nasc.optimize(nasc.load(m), f"simplify,fuse,quantize{{bits={bits}}}", feeds), feeds
+
+
+@pytest.mark.skipif(not HOST_AVX2, reason="the AVX2 kernels run only on an AVX2 host")
+@pytest.mark.parametrize(("target", "bits"), [("cpu", 8), ("cpu:haswell", 8), ("cpu:haswell", 4)])
+def test_channels_last_integer_convolutions_are_bit_exact(tmp_path: Path, target: str, bits: int) -> None:
+    q, feeds = _odd_convs(bits)
+    ig, _ = integerize(q)
+    assert sum(n.op == "QConv" for n in ig.nodes) == 8 and any(n.op == "QAdd" for n in ig.nodes)
+    art = nasc.compile(q, target, tmp_path / "cpu", measure_latency=False)
+    build_facts = art.report["build"]
+    assert build_facts["integer"]["float_ops"] == []
+    templates = build_facts["schedules"]["templates"]
+    assert templates.get("conv2d_nhwc") == 5  # stem, 2 depthwise, grouped, the strided 1x1
+    assert sum(v for k, v in templates.items() if k.startswith("qmatmul_")) == 2  # 24 -> 16, 24 -> 24
+    # channels-last from the first convolution on: the input's transpose is fused into its quantization; the
+    # 37-channel output is transposed back once
+    transposes = [k for k in build_facts["schedules"]["kernels"] if "transpose" in k]
+    assert len(transposes) == 2, transposes
+    for f, r in zip(feeds, reference_run(ig, feeds)):
+        got = art.run(f)
+        np.testing.assert_array_equal(got[0], r[0])
+        np.testing.assert_array_equal(got[1], r[1])
