@@ -69,7 +69,13 @@ def act_range(samples: Sequence[np.ndarray], method: str, percentile: float = 99
     x = np.concatenate([np.asarray(s, dtype=np.float32).reshape(-1) for s in samples])
     if x.size == 0:
         return 0.0, 1.0
-    lo, hi = float(min(x.min(), 0.0)), float(max(x.max(), 0.0))
+    return act_range_of(x, float(x.min()), float(x.max()), method, percentile)
+
+
+def act_range_of(x: np.ndarray, lo: float, hi: float, method: str, percentile: float = 99.99) -> tuple[float, float]:
+    """:func:`act_range` from the extremes ``lo``, ``hi`` of all the samples and the values ``x`` kept of them
+    (all, or an even share of each sample where they are too many to hold; minmax reads only the extremes)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
     if method == "minmax":
         pass
     elif method == "percentile":

@@ -141,10 +141,48 @@ def chain_end(v: Value) -> Value:
 # ---- measuring -------------------------------------------------------------------------------------
 
 
+#: calibration feeds evaluated at a time: the activations of one chunk are held, never those of every feed
+#: (MobileNetV2 has about 25 MB of them per image)
+CALIB_CHUNK = 16
+#: values kept per activation for the percentile and mse methods: all of them up to this many, else an even
+#: share of each feed's (every k-th value)
+CALIB_KEEP = 1 << 21
+
+
+class _RangeStats:
+    """One activation's extremes, mean per channel and kept values, accumulated feed by feed."""
+
+    def __init__(self, n_feeds: int, keep: bool) -> None:
+        self.lo, self.hi, self.n_feeds, self.keep = np.inf, -np.inf, n_feeds, keep
+        self.channel_sum: np.ndarray | None = None
+        self.kept: list[np.ndarray] = []
+
+    def add(self, arr: np.ndarray) -> None:
+        a = np.asarray(arr, dtype=np.float32)
+        if a.size:
+            self.lo, self.hi = min(self.lo, float(a.min())), max(self.hi, float(a.max()))
+        # mean per channel: axis 1 for rank-4 (NCHW) tensors, the last axis otherwise
+        m = a.mean(axis=(0, 2, 3)) if a.ndim == 4 else a.reshape(-1, a.shape[-1]).mean(axis=0)
+        self.channel_sum = m if self.channel_sum is None else self.channel_sum + m
+        if self.keep:
+            flat = a.reshape(-1)
+            share = max(1, CALIB_KEEP // self.n_feeds)
+            self.kept.append(flat if flat.size <= share else flat[::-(-flat.size // share)].copy())
+
+    def result(self, method: str, percentile: float) -> tuple[float, float, np.ndarray]:
+        assert self.channel_sum is not None
+        means = self.channel_sum / self.n_feeds
+        if not np.isfinite(self.lo):  # empty tensors
+            return 0.0, 1.0, means
+        x = np.concatenate(self.kept) if self.kept else np.zeros(0, np.float32)
+        return (*qm.act_range_of(x, self.lo, self.hi, method, percentile), means)
+
+
 def activation_ranges(graph: Graph, layers: list[Layer], ctx: PassContext, feeds: list[dict[str, np.ndarray]],
                       method: str, percentile: float, extra: list[Value] | None = None
                       ) -> dict[int, tuple[float, float, np.ndarray]]:
-    """Per activation value (by id): its calibrated range and its per-channel mean (for bias correction)."""
+    """Per activation value (by id): its calibrated range and its per-channel mean (for bias correction),
+    evaluated CALIB_CHUNK feeds at a time (memory does not grow with the number of feeds)."""
     values: list[Value] = []
     candidates = [layer.node.input(i) for layer in layers for i in layer.acts] + list(extra or [])
     for v in candidates:
@@ -152,20 +190,12 @@ def activation_ranges(graph: Graph, layers: list[Layer], ctx: PassContext, feeds
             values.append(v)
     if not values:
         return {}
-    per_feed = ctx.evaluate(graph, feeds, values)
-    out: dict[int, tuple[float, float, np.ndarray]] = {}
-    for j, v in enumerate(values):
-        samples = [np.asarray(f[j], dtype=np.float32) for f in per_feed]
-        lo, hi = qm.act_range(samples, method, percentile)
-        out[id(v)] = (lo, hi, _channel_means(samples))
-    return out
-
-
-def _channel_means(samples: list[np.ndarray]) -> np.ndarray:
-    """Mean per channel: axis 1 for rank-4 (NCHW) tensors, the last axis otherwise."""
-    if samples[0].ndim == 4:
-        return np.mean(np.stack([s.mean(axis=(0, 2, 3)) for s in samples]), axis=0)
-    return np.mean(np.stack([s.reshape(-1, s.shape[-1]).mean(axis=0) for s in samples]), axis=0)
+    stats = [_RangeStats(len(feeds), method != "minmax") for _ in values]
+    for start in range(0, len(feeds), CALIB_CHUNK):
+        for per_feed in ctx.evaluate(graph, feeds[start:start + CALIB_CHUNK], values):
+            for st, arr in zip(stats, per_feed, strict=True):
+                st.add(arr)
+    return {id(v): st.result(method, percentile) for v, st in zip(values, stats, strict=True)}
 
 
 # ---- realising QDQ ---------------------------------------------------------------------------------

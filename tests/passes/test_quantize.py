@@ -245,3 +245,33 @@ def test_tied_layers_get_one_width_and_their_shared_weight_is_counted_once() -> 
     full = nasc.optimize(q, "quantize", feeds)
     stored = full.summary()["param_bytes"]
     assert sum(v.get("bytes", 0) for v in policy.values()) <= stored  # what quantize stores holds each weight once
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "mse"])
+def test_calibration_streams_its_feeds_in_chunks(digits, monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """Calibration evaluates CALIB_CHUNK feeds at a time (the activations of all of them need not fit in
+    memory: MobileNetV2 has ~25 MB per image) and gives the graph it gives with everything at once; past
+    CALIB_KEEP values per activation, percentile and mse read an even share of each feed's."""
+    from nasc.passes import quantize as qz
+
+    g, feeds, _ = digits
+    pipe = f"simplify,fuse,quantize{{calib={method}}}"
+    whole = nasc.optimize(g, pipe, feeds[:40])
+    seen: list[int] = []
+    real = fidelity.run_graph
+
+    def counting(graph, fs, values=None):  # type: ignore[no-untyped-def]
+        seen.append(len(fs))
+        return real(graph, fs, values)
+
+    monkeypatch.setattr(qz, "CALIB_CHUNK", 7)
+    monkeypatch.setattr(fidelity, "run_graph", counting)
+    chunked = nasc.optimize(g, pipe, feeds[:40])
+    assert seen and max(seen) <= 7
+    for a, b in zip(whole.constants, chunked.constants, strict=True):
+        np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data))
+    monkeypatch.setattr(qz, "CALIB_KEEP", 4096)  # far fewer than the 40 feeds' values: a share of each
+    sampled = nasc.optimize(g, pipe, feeds[:40])
+    out = [fidelity.run_graph(x, feeds[40:60]) for x in (g, sampled)]
+    err = np.mean([np.abs(a[0] - b[0]).max() / np.abs(a[0]).max() for a, b in zip(*out)])
+    assert err < 0.1, err
