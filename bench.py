@@ -85,16 +85,11 @@ def _check_target(target: str) -> None:
                      "use cpu or cpu:<llvm-mcpu> (gpu on a host with a CUDA device)")
 
 
-def _int8_runners(graph: Any, onnx_src: Any, target: str, passes: str, calib: str, feed: Mapping[str, Any],
-                  tmp: str) -> list[tuple[str, Callable[[], Any]]]:
+def ort_int8(onnx_src: Any, feeds: Sequence[Mapping[str, Any]], tmp: str) -> str:
+    """ONNX Runtime's int8 model of ``onnx_src`` (a path or ModelProto) calibrated on ``feeds``: quantize_static,
+    QDQ, per-channel int8 weights, uint8 activations; its path under ``tmp``."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    from nasc.api import compile
-    from nasc.backends import fidelity
-    from nasc.runtime import load as load_compiled
-
-    feeds = fidelity.load_calibration(calib, graph, limit=64)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -108,6 +103,17 @@ def _int8_runners(graph: Any, onnx_src: Any, target: str, passes: str, calib: st
     dst = os.path.join(tmp, "ort_int8.onnx")
     quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return dst
+
+
+def _int8_runners(graph: Any, onnx_src: Any, target: str, passes: str, calib: str, feed: Mapping[str, Any],
+                  tmp: str) -> list[tuple[str, Callable[[], Any]]]:
+    from nasc.api import compile
+    from nasc.backends import fidelity
+    from nasc.runtime import load as load_compiled
+
+    feeds = fidelity.load_calibration(calib, graph, limit=64)
+    dst = ort_int8(onnx_src, feeds, tmp)
     rows = [("onnxruntime int8 (quantize_static: QDQ, per-channel)", fidelity.ort_runner(dst, feed))]
     # full-range int8 weights, and 7-bit ones (reduce-range: on AVX2 without VNNI the uint8 x int8 pair sums
     # then fit int16, so the matmuls use vpmaddubsw; see backends/tvm/x86_int8.py)

@@ -85,53 +85,60 @@ def export_onnx(name: str, out_dir: Path) -> Path:
 
 def profile(name: str, top: int = 15) -> list[str]:
     """Markdown: nasc's costliest kernels and ONNX Runtime's time per op type on the same ONNX model."""
-    import json
-
     import numpy as np
-    import onnxruntime as ort
 
     import nasc
-    from nasc.runtime import load as load_compiled
 
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(name, Path(tmp))
-        title = _model(name)[2]
         graph = nasc.load(str(onnx_path))
         rng = np.random.default_rng(0)
         feed = {v.name: rng.standard_normal(v.shape).astype(np.float32) if v.dtype == "f32"
                 else np.zeros(v.shape, np.int64) for v in graph.inputs}
         nasc.compile(onnx_path, "cpu", Path(tmp) / "build", passes="simplify,fuse", measure_latency=False)
-        built = load_compiled(Path(tmp) / "build")
-        total_ms = built.latency_ms(feed)
-        kernels = sorted(built.kernel_ms(feed, repeat=30), key=lambda k: -k["ms"])
-        opts = ort.SessionOptions()
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(tmp) / "ort")
-        opts.intra_op_num_threads = os.cpu_count() or 1
-        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        for _ in range(5):
-            sess.run(None, feed)
-        t0 = time.perf_counter()
-        runs = 30
-        for _ in range(runs):
-            sess.run(None, feed)
-        ort_ms = (time.perf_counter() - t0) * 1e3 / runs
-        events = json.loads(Path(sess.end_profiling()).read_text())
+        return [f"### {_model(name)[2]}", "", *profile_tables(Path(tmp) / "build", onnx_path, feed,
+                                                                "`simplify,fuse`, default schedules", top), ""]
+
+
+def profile_tables(build_dir: Path, onnx_path: Path, feed: dict[str, Any], what: str, top: int = 15) -> list[str]:
+    """Markdown: the costliest kernels of the nasc build in ``build_dir`` and ONNX Runtime's time per op type
+    on ``onnx_path`` (its own profiler), both on ``feed``."""
+    import json
+
+    import onnxruntime as ort
+
+    from nasc.runtime import load as load_compiled
+
+    built = load_compiled(build_dir)
+    total_ms = built.latency_ms(feed)
+    kernels = sorted(built.kernel_ms(feed, repeat=30), key=lambda k: -k["ms"])
+    opts = ort.SessionOptions()
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(build_dir / "ort")
+    opts.intra_op_num_threads = os.cpu_count() or 1
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    for _ in range(5):
+        sess.run(None, feed)
+    t0 = time.perf_counter()
+    runs = 30
+    for _ in range(runs):
+        sess.run(None, feed)
+    ort_ms = (time.perf_counter() - t0) * 1e3 / runs
+    events = json.loads(Path(sess.end_profiling()).read_text())
     by_op: dict[str, float] = {}
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
             op = e.get("args", {}).get("op_name", "?")
             by_op[op] = by_op.get(op, 0.0) + e["dur"] / 1e3 / (runs + 5)
     kern_total = sum(k["ms"] for k in kernels)
-    lines = [f"### {title}", "",
-             f"nasc (`simplify,fuse`, default schedules): {total_ms:.2f} ms per inference; its kernels sum to "
-             f"{kern_total:.2f} ms. ONNX Runtime: {ort_ms:.2f} ms per inference (profiling on).", "",
+    lines = [f"nasc ({what}): {total_ms:.2f} ms per inference; its kernels sum to {kern_total:.2f} ms. "
+             f"ONNX Runtime: {ort_ms:.2f} ms per inference (profiling on).", "",
              f"| nasc kernel (the {top} costliest of {len(kernels)}) | calls | ms | share |", "|---|---:|---:|---:|"]
     lines += [f"| `{k['kernel']}` | {k['calls']} | {k['ms']:.3f} | {k['ms'] / kern_total:.1%} |" for k in kernels[:top]]
     ort_total = sum(by_op.values())
     lines += ["", "| ONNX Runtime op type | ms | share |", "|---|---:|---:|"]
     lines += [f"| {op} | {ms:.3f} | {ms / ort_total:.1%} |" for op, ms in sorted(by_op.items(), key=lambda x: -x[1])]
-    return [*lines, ""]
+    return lines
 
 
 def main() -> None:

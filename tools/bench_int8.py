@@ -1,6 +1,7 @@
 """CPU int8 latency: ONNX Runtime float and int8 (quantize_static) vs nasc float and int8 (integer kernels).
 
     python tools/bench_int8.py [--models digits,mobilenet_v2,minilm] [--write docs/benchmarks.md]
+    python tools/bench_int8.py --profile [--write-profile docs/benchmarks.md]
 
 Each table is ``nasc bench MODEL --calib CALIB`` (nasc.bench.bench): medians of one batch-1 run in this
 process, the same inputs for every row; both int8 builds are calibrated on the same samples.
@@ -49,6 +50,27 @@ def _model(name: str, tmp: Path) -> tuple[Path, Path, str]:
     raise SystemExit(f"unknown model {name}")
 
 
+def profile(name: str, tmp: Path, top: int = 12) -> list[str]:
+    """Markdown: the costliest kernels of nasc's int8 build and ONNX Runtime int8's time per op type, both
+    calibrated as in the latency table (the first 64 calibration samples)."""
+    from bench_cpu import profile_tables
+
+    import nasc
+    from nasc.backends import fidelity
+    from nasc.bench import ort_int8
+
+    path, calib, title = _model(name, tmp)
+    graph = nasc.load(str(path))
+    feeds = fidelity.load_calibration(str(calib), graph, limit=64)
+    out = tmp / name
+    out.mkdir()
+    passes = "simplify,fuse,quantize"
+    nasc.compile(graph, "cpu", out / "build", passes=passes, calib=feeds, measure_latency=False)
+    ort_path = Path(ort_int8(str(path), feeds, str(out)))
+    return [f"### {title}, int8", "", *profile_tables(out / "build", ort_path, dict(feeds[0]),
+                                                      f"`{passes}`, integer kernels", top), ""]
+
+
 def _cpu_flags() -> str:
     try:
         flags = set(Path("/proc/cpuinfo").read_text().split())
@@ -62,7 +84,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="digits,mobilenet_v2,minilm")
     p.add_argument("--write", type=Path, default=None)
+    p.add_argument("--profile", action="store_true",
+                   help="per-kernel time of nasc's int8 build beside ONNX Runtime int8's per op type")
+    p.add_argument("--write-profile", type=Path, default=None,
+                   help="write the profile between bench_int8_profile markers of this file")
     args = p.parse_args()
+    if args.profile:
+        lines = [f"Produced by `python tools/bench_int8.py --profile` on {platform.machine()}, {os.cpu_count()} "
+                 f"cores (CPU features: {_cpu_flags()}): one feed, batch 1.", ""]
+        with tempfile.TemporaryDirectory() as d:
+            for name in args.models.split(","):
+                lines += profile(name, Path(d))
+        print("\n".join(lines))
+        if args.write_profile:
+            write_between_markers(args.write_profile, "\n".join(lines), "bench_int8_profile")
+        return
     from nasc.bench import bench
 
     lines = [f"Produced by `python tools/bench_int8.py` on {platform.machine()}, {os.cpu_count()} cores "

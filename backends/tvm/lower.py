@@ -153,7 +153,7 @@ def to_relax(graph: Graph, func_name: str = "main", facts: dict[str, Any] | None
 
     graph, report = integerize(graph)
     if facts is not None and report.integer:
-        facts["integer"] = report.to_dict()
+        facts["integer"] = report.to_dict() | {"conv_layout": "NHWC" if int8_nhwc else "NCHW"}
     check_coverage(graph)
     bb = relax.BlockBuilder()
     lx = Lx(bb, int8_nhwc)

@@ -184,7 +184,7 @@ def test_channels_last_integer_convolutions_are_bit_exact(tmp_path: Path, target
     assert sum(n.op == "QConv" for n in ig.nodes) == 8 and any(n.op == "QAdd" for n in ig.nodes)
     art = nasc.compile(q, target, tmp_path / "cpu", measure_latency=False)
     build_facts = art.report["build"]
-    assert build_facts["integer"]["float_ops"] == []
+    assert build_facts["integer"]["float_ops"] == [] and build_facts["integer"]["conv_layout"] == "NHWC"
     templates = build_facts["schedules"]["templates"]
     assert templates.get("conv2d_nhwc") == 5  # stem, 2 depthwise, grouped, the strided 1x1
     assert sum(v for k, v in templates.items() if k.startswith("qmatmul_")) == 2  # 24 -> 16, 24 -> 24
