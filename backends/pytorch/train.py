@@ -96,6 +96,10 @@ def _match(kind: str, s: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None =
         s2, t2 = s.reshape(s.shape[0], -1), t.reshape(t.shape[0], -1)
         return torch.nn.functional.kl_div(torch.log_softmax(s2, -1), torch.log_softmax(t2, -1), log_target=True,
                                           reduction="batchmean")
+    if w is None and kind != "cosine":  # unweighted: the fused loss and the teacher's spread (no gradient)
+        with torch.no_grad():
+            spread = torch.sum((t - t.mean()) ** 2) + 1e-12 * t.numel()
+        return torch.nn.functional.mse_loss(s, t, reduction="sum") / spread
     if w is None:
         w = torch.ones((*t.shape[:-1], 1))
     if kind == "cosine":
