@@ -4,7 +4,8 @@ Left to LLVM, nasc's integer matmuls (vectorized along the columns) become 16-bi
 per lane, about half the speed of the float32 kernels. The ``qmatmul_x86`` template instead tensorizes the
 inner 8 (16) columns x ``G`` reduction steps with one exact intrinsic:
 
-* with AVX-512 VNNI: ``vpdpbusd`` (16 columns, ``G = 4``), uint8 x int8 quadruples summed into int32;
+* with AVX-512 VNNI: ``vpdpbusd`` (16 columns, ``G = 4``; its 256-bit form, 8 columns, where 16 do not divide
+  the columns), uint8 x int8 quadruples summed into int32;
 
 * ``vpmaddubsw`` + ``vpmaddwd`` (``G = 4``): uint8 x int8 pairs summed in int16, then pairs of those in int32.
   vpmaddubsw saturates an int16 pair sum, so this is used only where every pair of weights that it sums
@@ -33,7 +34,7 @@ _SHORT = {"uint8": "u8", "int8": "i8"}
 
 
 def _intrinsic(kind: str, a_dtype: str, b_dtype: str) -> tuple[str, int, int]:
-    """Register (once) and name the intrinsic ``kind`` ("pairs16" | "widen16" | "vnni") for ``c[w] +=
+    """Register (once) and name the intrinsic ``kind`` ("pairs16" | "widen16" | "vnni" | "vnni8") for ``c[w] +=
     sum_g a[g] * b[w, g]`` with a (the broadcast operand) and b (the packed panel) of the given dtypes, one
     uint8 and one int8; returns (name, width w, group g)."""
     width, group = {"pairs16": (8, 4), "widen16": (8, 2), "vnni": (16, 4), "vnni8": (8, 4)}[kind]

@@ -196,3 +196,13 @@ def test_channels_last_integer_convolutions_are_bit_exact(tmp_path: Path, target
         got = art.run(f)
         np.testing.assert_array_equal(got[0], r[0])
         np.testing.assert_array_equal(got[1], r[1])
+
+
+def test_channels_last_convolutions_cross_built_for_vnni_use_both_vpdpbusd_widths(tmp_path: Path) -> None:
+    """Cross-built for a VNNI CPU (nothing runs): the 24 -> 16 pointwise layer takes the 512-bit vpdpbusd, the
+    24 -> 24 one its 256-bit form (8 columns)."""
+    q, _ = _odd_convs(8)
+    ex, facts = build(q, parse_target("cpu:cascadelake"))
+    assert facts["schedules"]["templates"].get("qmatmul_vnni") == 2
+    asm = _asm(ex)
+    assert re.search(r"\bvpdpbusd\s+[^\n]*zmm", asm) and re.search(r"\bvpdpbusd\s+[^\n]*ymm", asm)
