@@ -153,18 +153,42 @@ def open_study(storage: str, name: str, problem: Problem, sampler: str, populati
                          "(target, labels, --estimate-only) or name a new study (--study)") from None
     mine = {"space": problem.space.text, "target": problem.target.text,
             "objectives": [o.name for o in problem.objectives], "limits": problem.limits}
-    theirs = {k: study.user_attrs.get(k) for k in mine}
-    if not study.user_attrs:
+    attrs = _problem_attrs(study, list(mine))
+    if attrs is None:  # a new study: ours (two workers starting together write the same, or one is told below)
         for k, v in mine.items():
             study.set_user_attr(k, v)
-    elif theirs != json.loads(json.dumps(mine)):
+        attrs = _problem_attrs(study, list(mine))
+        resumed = False
+    else:
+        resumed = True
+    theirs = {k: (attrs or {}).get(k) for k in mine}
+    if theirs != json.loads(json.dumps(mine)):
         diff = [k for k in mine if theirs.get(k) != json.loads(json.dumps(mine[k]))]
         raise UsageError(f"study '{name}' in {_redact(storage)} was started with another {', '.join(diff)} "
                          f"({', '.join(f'{k}={theirs[k]!r}' for k in diff)}); resume it with the same arguments or "
                          "name a new study (--study)")
-    else:
+    if resumed:
         log(f"resuming study '{name}': {len(study.trials)} trials so far")
     return study
+
+
+#: how long a worker waits for the study's description that another worker is writing (one attribute at a time)
+ATTRS_WAIT_S = 30.0
+
+
+def _problem_attrs(study: Any, keys: list[str]) -> dict[str, Any] | None:
+    """The study's stored description (``keys``), None when it has none yet. A description that another worker
+    is still writing (some keys present, not all) is waited for, then read whole."""
+    import time
+
+    deadline = time.monotonic() + ATTRS_WAIT_S
+    while True:
+        attrs = study.user_attrs
+        if not any(k in attrs for k in keys):
+            return None
+        if all(k in attrs for k in keys) or time.monotonic() > deadline:
+            return dict(attrs)
+        time.sleep(0.2)
 
 
 def _storage(url: str) -> Any:

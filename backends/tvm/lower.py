@@ -21,6 +21,7 @@ from nasc.ir.core import Graph, Node, Value
 from nasc.ir.types import TensorType
 
 Lowering = Callable[["Lx", Node], Any]
+LOWERINGS: dict[str, Lowering] = {}
 
 
 class ChannelsLast:
@@ -29,7 +30,7 @@ class ChannelsLast:
 
     def __init__(self, expr: relax.Expr) -> None:
         self.expr = expr
-LOWERINGS: dict[str, Lowering] = {}
+
 
 _DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64", "i8": "int8", "i16": "int16",
            "i32": "int32", "i64": "int64", "u8": "uint8", "u16": "uint16", "u32": "uint32", "u64": "uint64",
@@ -88,6 +89,7 @@ class Lx:
         return id(node.input(i)) in self.env_nhwc
 
     def set(self, v: Value, expr: relax.Expr | ChannelsLast) -> None:
+        """Record ``v``'s expression as a lowering returned it (NCHW, or NHWC wrapped in ChannelsLast)."""
         if isinstance(expr, ChannelsLast):
             self.env_nhwc[id(v)] = expr.expr
         else:

@@ -213,3 +213,31 @@ def test_a_cpu_search_times_the_compiled_trials_and_retimes_the_front(tmp_path: 
     with pytest.raises(UsageError, match=r"latency_ms .* \(limit 0\.001 ms\)\..*raise --latency-budget"):
         nasc.search(MODEL, "cpu", tmp_path / "cpu2", space="simplify,fuse,prune?{macs=0.7 reconstruct=true}",
                     calib=CALIB, trials=1, sampler="grid", latency_budget_ms=0.001)
+
+
+def test_a_study_description_another_worker_is_writing_is_waited_for() -> None:
+    """Two workers starting one study: the one that loads it while the other is still writing its description
+    (one attribute at a time) waits for all of it instead of seeing target=None (a failure seen on PostgreSQL)."""
+    from nasc.hw_search import study as st
+
+    class Writing:
+        def __init__(self) -> None:
+            self.attrs: dict[str, object] = {"space": SPACE}
+            self.reads = 0
+
+        @property
+        def user_attrs(self) -> dict[str, object]:
+            self.reads += 1
+            if self.reads == 3:  # the other worker's remaining attributes land
+                self.attrs.update(target=TARGET, objectives=["accuracy"], limits={})
+            return dict(self.attrs)
+
+    keys = ["space", "target", "objectives", "limits"]
+    w = Writing()
+    assert st._problem_attrs(w, keys) == {"space": SPACE, "target": TARGET, "objectives": ["accuracy"], "limits": {}}
+    assert w.reads == 3
+
+    class Empty:
+        user_attrs: dict[str, object] = {"someone_elses": 1}
+
+    assert st._problem_attrs(Empty(), keys) is None  # no description yet: the caller writes its own
