@@ -55,7 +55,7 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, ax
     """DequantizeLinear(QuantizeLinear(x)) exactly as ONNX defines it; when gradients are recorded, they are
     LSQ's (Esser et al. 2020): straight-through for ``x`` inside [lo, hi], zero outside, and for the scale
     round(x/s) - x/s inside, the clamp bound outside, scaled by 1/sqrt(n * hi)."""
-    if torch.is_grad_enabled() and not scale.requires_grad and hi - lo <= 1 << 16:  # x's gradient only
+    if torch.is_grad_enabled() and not scale.requires_grad and not _is_bias_range(lo, hi):  # x's gradient only
         rank, n = x.dim(), x.shape[axis] if x.dim() else 1
         z = None if zp is None else qparam(zp, axis, block, rank, n).float()
         return _FakeQuant.apply(x.float(), qparam(scale, axis, block, rank, n).float(), z, lo, hi)[0].to(x.dtype)
@@ -94,9 +94,14 @@ class _FakeQuant(torch.autograd.Function):
         return grad * inside, None, None, None, None
 
 
+def _is_bias_range(lo: int, hi: int) -> bool:
+    """An int32 range (a quantized bias), not an activation's or a weight's 4 to 16 bits."""
+    return hi - lo > 1 << 16
+
+
 def _lsq(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, axis: int, block: int, lo: int,
          hi: int) -> torch.Tensor:
-    if hi - lo > 1 << 16:  # an int32 bias: rounding at its scale is negligible, the gradient is the identity
+    if _is_bias_range(lo, hi):  # an int32 bias: rounding at its scale is negligible, the gradient is the identity
         return x
     z = torch.zeros_like(scale) if zp is None else zp.float().reshape(scale.shape)
     factor = 1.0 / float(np.sqrt(max(x.numel() // max(scale.numel(), 1), 1) * max(hi, 1)))

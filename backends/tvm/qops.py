@@ -147,6 +147,13 @@ def _weight_operand(lx: Lx, node: Node, w: np.ndarray) -> relax.Expr:
     return lx.const(w, "i8")
 
 
+def _conv_out_hw(size: tuple[int, int], kernel: tuple[int, int], strides: list[int], pads: list[int],
+                 dil: list[int]) -> tuple[int, int]:
+    """A convolution's output rows and columns (ONNX pads: top, left, bottom, right)."""
+    oh, ow = ((size[i] + pads[i] + pads[i + 2] - dil[i] * (kernel[i] - 1) - 1) // strides[i] + 1 for i in (0, 1))
+    return oh, ow
+
+
 def _qconv_te(x: Any, w: Any, zp: int, strides: list[int], pads: list[int], dil: list[int], groups: int,
               wshape: tuple[int, int, int, int]) -> Any:
     """uint8 x int8 (or packed int4) convolution accumulating in int32; padding holds the zero point."""
@@ -156,8 +163,7 @@ def _qconv_te(x: Any, w: Any, zp: int, strides: list[int], pads: list[int], dil:
     co, cig, kh, kw = wshape
     packed = len(w.shape) == 1
     xp = topi.nn.pad(x, [0, 0, pads[0], pads[1]], [0, 0, pads[2], pads[3]], pad_value=zp)
-    oh = (h + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1
-    ow = (wd + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
+    oh, ow = _conv_out_hw((h, wd), (kh, kw), strides, pads, dil)
     rc, rh, rw = te.reduce_axis((0, cig), "rc"), te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
     cog = co // groups
     return te.compute(
@@ -208,8 +214,7 @@ def _qconv_nhwc_te(x: Any, w: Any, zp: int, strides: list[int], pads: list[int],
     nb, h, wd, _ = (int(d) for d in x.shape)
     kh, kw, cig, co = (int(d) for d in w.shape)
     xp = topi.nn.pad(x, [0, pads[0], pads[1], 0], [0, pads[2], pads[3], 0], pad_value=zp)
-    oh = (h + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1
-    ow = (wd + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
+    oh, ow = _conv_out_hw((h, wd), (kh, kw), strides, pads, dil)
     rh, rw, rc = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw"), te.reduce_axis((0, cig), "rc")
     cog = co // groups
     return te.compute(

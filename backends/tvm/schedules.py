@@ -8,8 +8,8 @@ blocks:
   of output channels x output columns, the reduction computed at that tile under the epilogue, the tile's
   columns vectorized at the host vector width, the outer (batch, channel-block, row) loops fused and run in
   parallel. Padding stays a separate parallel copy.
-* ``conv2d_nhwc``: the CPU build's float convolutions (channels-last, see layout.py), regular, grouped and
-  depthwise, with the fused epilogue. Register tile of output columns x output-channel vectors (up to 20
+* ``conv2d_nhwc``: the CPU build's float convolutions (channels-last, see layout.py) and the x86 integer ones
+  that are not matmuls (qops, over int32), regular, grouped and depthwise, with the fused epilogue. Register tile of output columns x output-channel vectors (up to 20
   accumulators with AVX-512, 12 with AVX2; channel counts no full vector divides take 8-wide vectors), the
   window and input channels reduced under it, the outer (row, column-block, channel-block) loops fused and
   parallel. Weights are packed per channel block (``[co/t, ky, kx, ci, t]``) at build time; a depthwise
@@ -400,7 +400,8 @@ def _template_conv2d(sch: s_tir.Schedule, lanes: int) -> None:
 
 
 def _is_nhwc_conv(sch: s_tir.Schedule, red: s_tir.schedule.SBlockRV) -> bool:
-    """Whether the conv block computes NHWC (TOPI names it ``conv2d_nhwc`` / ``group_conv2d_nhwc``)."""
+    """Whether the conv block computes NHWC (TOPI names it ``conv2d_nhwc`` / ``group_conv2d_nhwc``, qops
+    ``qconv2d_nhwc``)."""
     return sch.get(red).name_hint.endswith("_nhwc")
 
 

@@ -109,16 +109,13 @@ def pairs_fit_int16(w_kn: object) -> bool:
 
 def template_qmatmul_avx2(sch: s_tir.Schedule, lanes: int) -> None:
     """AVX2 (no VNNI): vpmaddubsw where the weight pairs allow, else vpmaddwd."""
-    _template(sch, "pairs16" if sch.get(_qmatmul_block(sch)).name_hint.startswith(PAIRS16_BLOCK) else "widen16")
+    _template(sch, ("pairs16",) if sch.get(_qmatmul_block(sch)).name_hint.startswith(PAIRS16_BLOCK) else ("widen16",))
 
 
 def template_qmatmul_vnni(sch: s_tir.Schedule, lanes: int) -> None:
     """AVX-512 VNNI: vpdpbusd, 16 columns x 4 reduction steps (8 columns, the 256-bit form, for a column count
     that 16 does not divide: MobileNetV2's 24-channel layers)."""
-    from nasc.backends.tvm.schedules import _epilogue_of, _extents
-
-    n = _extents(sch, sch.get_loops(_epilogue_of(sch, _qmatmul_block(sch))))[-1]
-    _template(sch, "vnni" if n % 16 == 0 else "vnni8")
+    _template(sch, ("vnni", "vnni8"))
 
 
 def _qmatmul_block(sch: s_tir.Schedule) -> s_tir.schedule.SBlockRV:
@@ -131,10 +128,10 @@ def _qmatmul_block(sch: s_tir.Schedule) -> s_tir.schedule.SBlockRV:
     return reds[0]
 
 
-def _template(sch: s_tir.Schedule, kind: str) -> None:
+def _template(sch: s_tir.Schedule, kinds: tuple[str, ...]) -> None:
     """[M, K] x [K, N] (block ``qmatmul*``, one operand uint8 and the other int8) with its elementwise
-    epilogue, tensorized with the ``kind`` intrinsic; raises ValueError where the kernel does not fit (the
-    caller falls back to the float templates)."""
+    epilogue, tensorized with the first of the ``kinds`` intrinsics whose width divides N; raises ValueError
+    where the kernel does not fit (the caller falls back to the float templates)."""
     from nasc.backends.tvm.schedules import (
         _divisor_at_most,
         _epilogue_of,
@@ -150,7 +147,7 @@ def _template(sch: s_tir.Schedule, kind: str) -> None:
     dtypes = {str(r.source.dtype) for r in sch.get(red).reads if not r.source.same_as(w_buf)}
     if len(dtypes) != 1 or {*dtypes, str(w_buf.dtype)} != {"uint8", "int8"}:
         raise ValueError("operands are not one uint8 and one int8")
-    intrin, width, group = _intrinsic(kind, dtypes.pop(), str(w_buf.dtype))
+    a_dtype = dtypes.pop()
     _inline_spatial(sch)
     epi = _epilogue_of(sch, red)
     if sch.get(epi).name_hint.endswith("_local"):
@@ -159,7 +156,9 @@ def _template(sch: s_tir.Schedule, kind: str) -> None:
     if i is None or j is None:
         raise ValueError("the integer matmul is not 2-D")
     m, n = _extents(sch, [i, j])
+    fits = [_intrinsic(kind, a_dtype, str(w_buf.dtype)) for kind in kinds]
     k_ext = int(sch.get(red).iter_vars[-1].dom.extent)
+    intrin, width, group = next((f for f in fits if n % f[1] == 0), fits[-1])
     if n % width or k_ext % group:
         raise ValueError("columns or reduction not a multiple of the intrinsic's")
     vectors = 2 if n % (2 * width) == 0 else 1
@@ -168,28 +167,32 @@ def _template(sch: s_tir.Schedule, kind: str) -> None:
     i_o, i_i = sch.split(i, factors=[None, rows])
     j_o, j_i = sch.split(j, factors=[None, panel_cols])
     sch.reorder(j_o, i_o, i_i, j_i)
-    # a weight packed at build time: the tasks split panels x row tiles (a pointwise convolution in NHWC has
-    # many rows, its pixels, and may have a single panel); else each task packs and keeps its own panel
-    prepacked = _prepack(sch, red, w_buf, lambda k, c: (k // group, c, k % group))
+    # the weight as [K/group, N, group], each step's group x width block contiguous
+    def grouped(k: Any, c: Any) -> tuple[Any, Any, Any]:
+        return k // group, c, k % group
+
+    # packed once at build time when it is a constant: the tasks then split panels x row tiles (a pointwise
+    # convolution in NHWC has many rows, its pixels, and may have a single panel); else each task packs and
+    # keeps its own column panel
+    prepacked = _prepack(sch, red, w_buf, grouped)
     if prepacked:
-        j_o = sch.fuse(j_o, i_o)
-        i_o = j_o
-        sch.parallel(j_o)
-    elif n // panel_cols > 1:
-        sch.parallel(j_o)
-    sch.compute_at(red, i_o)
-    # under (j_o, i_o), or their fusion: row, column, k; no row loop for a 1-row tile
+        tile = sch.fuse(j_o, i_o)
+        sch.parallel(tile)
+    else:
+        tile = i_o
+        if n // panel_cols > 1:
+            sch.parallel(j_o)
+    sch.compute_at(red, tile)
+    # under the tile loop(s): row, column, k; no row loop for a 1-row tile
     inner = sch.get_loops(red)[1 if prepacked else 2:]
     ri, (rj, rk) = (inner[0] if len(inner) == 3 else None), inner[-2:]
     k_o, k_g = sch.split(rk, factors=[None, group])
     j_v, j_8 = sch.split(rj, factors=[vectors, width])
     sch.reorder(*[lp for lp in (k_o, ri, j_v, j_8, k_g) if lp is not None])
-    # the weight as [K/group, N, group], each step's group x width block contiguous: packed once at build time
-    # when it is a constant, else per column panel by each parallel task
     if not prepacked:
         panel = sch.cache_read(red, _read_index(sch, red, w_buf), "global")
         sch.compute_at(panel, j_o)
-        sch.transform_layout(panel, ("write", 0), lambda k, c: (k // group, c, k % group))
+        sch.transform_layout(panel, ("write", 0), grouped)
     init = sch.decompose_reduction(red, k_o)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(j_8, intrin)
