@@ -23,11 +23,13 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 
 venv: $(STAMP)
 
+# --no-cache-dir: torch, TVM and the rest are not copied into a wheel cache as well (a CI machine once ran out of
+# disk during this install).
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m pip install -q --no-deps $(NODEPS)
+	$(PY) -m pip install -q --no-cache-dir --upgrade pip
+	$(PY) -m pip install -q --no-cache-dir -e ".[dev]"
+	$(PY) -m pip install -q --no-cache-dir --no-deps $(NODEPS)
 	@touch $@
 
 debs:

@@ -338,6 +338,11 @@ def compile(
             built = load_compiled(tmp)
             report["latency_ms"] = _latency(built, model, graph, feeds[0])
             report["kernel_ms"] = built.kernel_ms(feeds[0])
+            from nasc.hw_search.profile import record_build
+
+            record_build(tmp, feeds[0], report["latency_ms"]["nasc"], model=_model_label(model),
+                         pipeline=str(pipeline), macs=int(summary["macs"]), kernel_ms=report["kernel_ms"],
+                         warn=warnings.append)
         report["layers"] = layer_rows(graph)
         if "steps" in report:
             attach_steps(report["layers"], report["steps"], report.get("buffers", []))
@@ -519,6 +524,13 @@ def _latency(built: Any, model: Any, graph: Graph, feed: Mapping[str, Any]) -> d
         src = to_onnx(graph)
     result["onnxruntime"] = round(fidelity.ort_latency_ms(src, feed), 4)
     return result
+
+
+def _model_label(model: Any) -> str:
+    """A model's name in the cost model's dataset: its file's stem, else its graph's name."""
+    if isinstance(model, str | os.PathLike):
+        return Path(model).stem
+    return str(getattr(model, "name", "") or type(model).__name__)
 
 
 def _is_onnx_proto(model: Any) -> bool:

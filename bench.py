@@ -53,6 +53,7 @@ def bench(model: Any, target: str = "cpu", *, input_shapes: Mapping[str, Sequenc
     with tempfile.TemporaryDirectory() as tmp:
         art = compile(graph, target, os.path.join(tmp, "build"), passes=passes, measure_latency=False)
         timed.append((f"nasc {target} (default schedules, passes {passes})", load_compiled(art.out).runner(feed)))
+        builds = [(len(timed) - 1, art.out, passes)]  # (row, build directory, pipeline): nasc's rows
         if tune_trials:
             t0 = time.perf_counter()
             art = compile(graph, target, os.path.join(tmp, "tuned"), passes=passes, measure_latency=False,
@@ -61,9 +62,17 @@ def bench(model: Any, target: str = "cpu", *, input_shapes: Mapping[str, Sequenc
             timed.append((f"nasc {target} tuned ({tuning['trials']} new trials, {tuning['reused']} of "
                           f"{tuning['tasks']} kernels from the database, {time.perf_counter() - t0:.0f} s)",
                           load_compiled(art.out).runner(feed)))
+            builds.append((len(timed) - 1, art.out, passes))
         if calib:
-            timed += _int8_runners(graph, onnx_src, target, passes, calib, feed, tmp)
+            rows, int8_builds = _int8_runners(graph, onnx_src, target, passes, calib, feed, tmp)
+            builds += [(len(timed) + i, out, pipeline) for i, out, pipeline in int8_builds]
+            timed += rows
         ms = interleaved_ms([fn for _, fn in timed])
+        from nasc.api import _model_label
+        from nasc.hw_search.profile import record_build
+
+        for i, out, pipeline in builds:  # what was measured feeds the cost model (hw_search/perfdata.py)
+            record_build(out, feed, ms[i], model=_model_label(model), pipeline=pipeline)
     return [{"runtime": label, "ms": m, "ratio": m / ms[0]} for (label, _), m in zip(timed, ms, strict=True)]
 
 
@@ -107,7 +116,8 @@ def ort_int8(onnx_src: Any, feeds: Sequence[Mapping[str, Any]], tmp: str) -> str
 
 
 def _int8_runners(graph: Any, onnx_src: Any, target: str, passes: str, calib: str, feed: Mapping[str, Any],
-                  tmp: str) -> list[tuple[str, Callable[[], Any]]]:
+                  tmp: str) -> tuple[list[tuple[str, Callable[[], Any]]], list[tuple[int, Any, str]]]:
+    """The rows of ONNX Runtime's int8 and nasc's two int8 builds, and the builds as (row, directory, pipeline)."""
     from nasc.api import compile
     from nasc.backends import fidelity
     from nasc.runtime import load as load_compiled
@@ -115,6 +125,7 @@ def _int8_runners(graph: Any, onnx_src: Any, target: str, passes: str, calib: st
     feeds = fidelity.load_calibration(calib, graph, limit=64)
     dst = ort_int8(onnx_src, feeds, tmp)
     rows = [("onnxruntime int8 (quantize_static: QDQ, per-channel)", fidelity.ort_runner(dst, feed))]
+    builds = []
     # full-range int8 weights, and 7-bit ones (reduce-range: on AVX2 without VNNI the uint8 x int8 pair sums
     # then fit int16, so the matmuls use vpmaddubsw; see backends/tvm/x86_int8.py)
     for i, quantize in enumerate(("quantize", "quantize{reduce-range=true}")):
@@ -125,4 +136,5 @@ def _int8_runners(graph: Any, onnx_src: Any, target: str, passes: str, calib: st
         left = f", {len(integer['float_ops'])} ops in float" if integer.get("float_ops") else ""
         rows.append((f"nasc {target} int8 (passes {q_passes}, integer kernels{left})",
                      load_compiled(art.out).runner(feed)))
-    return rows
+        builds.append((len(rows) - 1, art.out, q_passes))
+    return rows, builds

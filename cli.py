@@ -326,14 +326,71 @@ def cmd_search(args: argparse.Namespace) -> int:
                sampler=args.sampler, population=args.population, storage=args.storage, study=args.study,
                seed=args.seed, holdout=args.holdout, latency_budget_ms=args.latency_budget,
                label_output=args.label_output, input_shapes=parse_input_shapes(args.input_shape), pick=args.pick,
-               timeout=args.timeout, log=log, estimate_only=args.estimate_only)
+               timeout=args.timeout, log=log, estimate_only=args.estimate_only, screen=args.screen,
+               screen_margin=args.screen_margin)
     d = r.data
+    screened = f", {d['screened']} not built (the cost model screened them out)" if d.get("screened") else ""
     print(f"{d['trials']} trials in the study ({d['complete']} complete, {d['failed']} failed, {d['infeasible']} over "
-          f"budget, {d['cached']} reused a build); the front ({len(d['points'])} points):")
+          f"budget, {d['cached']} reused a build{screened}); the front ({len(d['points'])} points):")
     print("\n".join(r.table))
     print(f"wrote {r.out}/pareto.json, pareto.md, pareto.png")
     if r.picked is not None:
         print(f"picked trial {r.picked['trial']}: {r.picked['pipeline']}; built into {r.out}/build")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from nasc.hw_search.profile import profile, profile_corpus
+
+    if args.corpus == (args.model is not None):
+        raise UsageError("nasc profile takes a MODEL or --corpus (one of them)")
+    if args.corpus:
+        only = set(args.families.split(",")) if args.families else None
+        done = profile_corpus(args.target, budget_s=args.budget, only=only, log=print)
+        if not done:
+            raise UsageError("no corpus model was profiled (see the messages above)")
+        print(f"{len(done)} models profiled into {done[-1]['dataset']}; next: nasc predict --train --target "
+              f"{args.target}")
+        return 0
+    s = profile(args.model, args.target, passes=args.passes, calib=args.calib, family=args.family,
+                input_shapes=parse_input_shapes(args.input_shape), repeat=args.repeat)
+    timed = sorted((k for k in s["kernels"] if k["cost"] is not None), key=lambda k: -k["cost"])
+    print(f"{s['model']} on {s['target']} ({s['host']}): {_cost(s['latency'], s['unit'])} per inference, {len(s['kernels'])} "
+          f"kernels, {sum(k['calls'] for k in s['kernels'])} calls")
+    for k in timed[:args.top]:
+        print(f"  {_cost(k['cost'], s['unit'])}  x{k['calls']}  {k['kernel']}")
+    print(f"added to {s['dataset']}")
+    return 0
+
+
+def _cost(value: float, unit: str) -> str:
+    return f"{value:9.4f} ms" if unit == "ms" else f"{value:12,.0f} {unit}"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from nasc.hw_search.costmodel import predict, train_target
+
+    if args.train == (args.model is not None):
+        raise UsageError("nasc predict takes a MODEL to predict or --train (one of them)")
+    if args.train:
+        model, path = train_target(args.target, seed=args.seed, base=args.refit_from, log=print)
+        m = model.meta
+        print(f"trained on {m['samples']} models ({m['kernels']} timed kernels, families: "
+              f"{', '.join(m['families'])}) of {m['target']}"
+              + (f", refitted from {m['refit_from']}" if m.get("refit_from") else "") + f"; wrote {path}")
+        return 0
+    r = predict(args.model, args.target, passes=args.passes, input_shapes=parse_input_shapes(args.input_shape),
+                calib=args.calib, seed=args.seed)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    u = r["unit"]
+    print(f"{args.model} with {args.passes} on {r['target']}: predicted {_cost(r['latency'], u).strip()} per "
+          f"inference ({len(r['kernels'])} kernels {_cost(r['kernels_cost'], u).strip()}, {r['calls']} calls "
+          f"{r['overhead']:+.4g}); weights {_bytes(r['weights_bytes'])}, activations at most "
+          f"{_bytes(r['activations_peak_bytes'])} at once")
+    for k in r["kernels"][:args.top]:
+        print(f"  {_cost(k['cost'], r['unit'])}  x{k['calls']}  {k['kernel']}")
     return 0
 
 
@@ -470,7 +527,49 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--estimate-only", action="store_true",
                     help="mcu: score trials by the planner's exact arena and weight bytes without compiling C (no "
                          "code size, no QEMU instruction count; much faster)")
+    sp.add_argument("--screen", action=argparse.BooleanOptionalAction, default=None,
+                    help="cpu: skip building trials the target's cost model predicts off the front (default: on "
+                         "where 'nasc predict --train' made a model)")
+    sp.add_argument("--screen-margin", type=float, default=0.25, metavar="F",
+                    help="--screen: credit each prediction this much lower latency before judging it (default 0.25)")
     sp.set_defaults(func=cmd_search)
+
+    sp = sub.add_parser("profile", help="measure each kernel of a cpu or mcu build and add it to the cost model's "
+                        "dataset")
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of internal "
+                    "errors")
+    sp.add_argument("model", nargs="?", default=None, help="an .onnx or .pt2 file (or --corpus)")
+    sp.add_argument("--corpus", action="store_true", help="profile nasc's own corpus of model variants instead")
+    sp.add_argument("--target", default="cpu", help="cpu (this host), cpu:<llvm-mcpu> this host runs, or mcu:BOARD "
+                    "(instructions per kernel under QEMU)")
+    sp.add_argument("--passes", default="simplify,fuse", metavar="PIPELINE", help="passes before the build")
+    sp.add_argument("--calib", default=None, metavar="FILE.npz", help="calibration samples (quantize, prune)")
+    sp.add_argument("--family", default=None, help="the architecture family the sample belongs to (default: "
+                    "the model's file name)")
+    sp.add_argument("--input-shape", action="append", metavar="NAME=DxD...", help="fix an input's dynamic dims")
+    sp.add_argument("--repeat", type=_at_least(5), default=30, help="timed runs (default 30)")
+    sp.add_argument("--top", type=_at_least(0), default=10, help="kernels to list (default 10)")
+    sp.add_argument("--budget", type=float, default=None, metavar="S",
+                    help="--corpus: stop starting models after S seconds (default 780)")
+    sp.add_argument("--families", default=None, metavar="A,B", help="--corpus: only these families")
+    sp.set_defaults(func=cmd_profile)
+
+    sp = sub.add_parser("predict", help="predicted latency and memory of a build (or --train the target's model)")
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of internal "
+                    "errors")
+    sp.add_argument("model", nargs="?", default=None, help="an .onnx or .pt2 file (or --train)")
+    sp.add_argument("--train", action="store_true", help="fit the target's cost model on its profiled dataset")
+    sp.add_argument("--refit-from", default=None, metavar="KEY",
+                    help="--train: start from this target's model (e.g. llvm-znver4) and refit it on this "
+                         "target's samples (default: automatic when this target has few)")
+    sp.add_argument("--target", default="cpu", help="cpu (this host) or cpu:<llvm-mcpu>")
+    sp.add_argument("--passes", default="simplify,fuse", metavar="PIPELINE", help="passes before the build")
+    sp.add_argument("--calib", default=None, metavar="FILE.npz", help="calibration samples (quantize, prune)")
+    sp.add_argument("--input-shape", action="append", metavar="NAME=DxD...", help="fix an input's dynamic dims")
+    sp.add_argument("--seed", type=int, default=0, help="seed of training (and of random calibration inputs)")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.add_argument("--top", type=_at_least(0), default=8, help="kernels to list (default 8)")
+    sp.set_defaults(func=cmd_predict)
 
     sp = sub.add_parser("passes", help="list the passes with their options")
     sp.set_defaults(func=cmd_passes)

@@ -128,8 +128,13 @@ class TvmTarget(Target):
                 return {}
             from nasc.runtime import load as load_compiled
 
-            return {"latency_ms": load_compiled(Path(tmp)).latency_ms(feed, repeat=repeat, warmup=1,
-                                                                     min_seconds=0.05 if repeat < 20 else 0.5)}
+            latency = load_compiled(Path(tmp)).latency_ms(feed, repeat=repeat, warmup=1,
+                                                          min_seconds=0.05 if repeat < 20 else 0.5)
+            from nasc.hw_search.profile import record_build
+
+            record_build(Path(tmp), feed, latency, model=graph.name or "model",
+                         pipeline=str(graph.meta.get("pipeline", "")))
+            return {"latency_ms": latency}
 
     def build(self, graph: Graph, out: Path, job: BuildJob) -> Callable[[Any], list[Any]] | None:
         from nasc.backends.tvm.build import build, write_artifact
@@ -142,7 +147,7 @@ class TvmTarget(Target):
             rpc = RpcConfig.parse(job.rpc_tracker, job.rpc_key)
         db = Path(job.tuning_db) if job.tuning_db else None
         ex, facts = build(graph, tvm_target, tune_trials=int(job.tune_trials), tuning_db=db, rpc=rpc, log=job.log)
-        write_artifact(ex, graph, tvm_target, out, report["pipeline"])
+        write_artifact(ex, graph, tvm_target, out, report["pipeline"], facts.pop("kernel_table", None))
         report["build"] = facts
         warning = _int8_cpu_warning(tvm_target, facts.get("integer", {}))
         if warning:

@@ -39,6 +39,9 @@ def summary(study: Any, problem: Problem, points: list[dict[str, Any]]) -> dict[
         "failed": sum(s == optuna.trial.TrialState.FAIL for s in states),
         "infeasible": sum(not t.user_attrs.get("feasible", True) for t in complete),
         "cached": sum(bool(t.user_attrs.get("cached")) for t in complete),
+        # screened out by the cost model: figures predicted, never built (study.evaluate)
+        "screened": sum(bool(t.user_attrs.get("values", {}).get("predicted")) and not t.user_attrs.get("cached")
+                        for t in complete),
         "target": problem.target.text,
         "space": problem.space.text,
         "objectives": {o.name: o.direction for o in problem.objectives},

@@ -53,7 +53,7 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
            holdout: float = 0.25, latency_budget_ms: float | None = None, label_output: str | None = None,
            input_shapes: Mapping[str, Sequence[int]] | None = None, pick: str | None = None,
            timeout: float | None = None, log: Any = None, progress: bool | None = None,
-           estimate_only: bool = False) -> SearchResult:
+           estimate_only: bool = False, screen: bool | None = None, screen_margin: float = 0.25) -> SearchResult:
     """Search ``space`` (a pipeline with ranges and choices; default: :func:`default_space`) for ``target``.
 
     Each of ``trials`` trials (added to the study: a second call continues it) builds a pipeline with the real
@@ -63,7 +63,9 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
     several machines can each run this as workers of one study. Writes ``pareto.json``, ``pareto.md``,
     ``pareto.png``, ``calib_fit.npz`` (the samples the passes saw, for reproducing a point with ``nasc compile``)
     and ``calib_heldout.npz`` (those that scored it) into ``out``; ``pick`` (e.g. ``"accuracy>=0.98
-    minimize=flash"``) compiles the chosen point into ``out/build``. On ``mcu`` each trial builds the C project and counts one inference's instructions under
+    minimize=flash"``) compiles the chosen point into ``out/build``. On ``cpu``, where the target has a trained cost
+    model (``nasc predict --train``), a trial whose predicted latency less ``screen_margin`` cannot join the front of
+    the trials built so far is not built (``screen``: default on where a model exists). On ``mcu`` each trial builds the C project and counts one inference's instructions under
     QEMU; ``estimate_only`` keeps to the planner's exact arena and weight bytes (no C compiled, much faster).
     """
     from nasc.api import _check_numbers, _labelled, compile, load, output_index
@@ -102,7 +104,8 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
         require_tools("qemu", "measuring mcu trials (flash with code, instructions under QEMU; or --estimate-only)")
     problem = Problem(model, graph, tgt, parsed, fit, fit_labels, held, held_labels,
                       fidelity.run_graph(graph, held), k_out, objectives_for(tgt, held_labels is not None, build),
-                      limits_for(tgt, latency_budget_ms, build), seed=seed, log=log, build=build)
+                      limits_for(tgt, latency_budget_ms, build), seed=seed, log=log, build=build,
+                      screen=_cost_model(tgt, build, screen, log), margin=screen_margin)
     if held_labels is None:
         from nasc.passes.metrics import uninformative
 
@@ -155,6 +158,28 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
     return result
 
 
+def _cost_model(tgt: Any, build: bool, screen: bool | None, log: Any) -> Any:
+    """The cpu target's cost model for screening trials (None: every trial is built)."""
+    if tgt.kind != "cpu" or not build or screen is False:
+        if screen and tgt.kind != "cpu":
+            raise UsageError(f"screening trials with the cost model needs a cpu target, not {tgt.text}")
+        return None
+    from nasc.backends.tvm.kernels import FEATURES_VERSION
+    from nasc.hw_search import perfdata
+    from nasc.hw_search.predictor import load_model
+
+    try:
+        model = load_model(perfdata.target_dir(tgt.tvm.key), tgt.tvm.key, FEATURES_VERSION)
+    except UsageError as e:
+        if screen:
+            raise
+        log(f"every trial is built and timed: {e}")
+        return None
+    log(f"screening trials with the cost model of {tgt.tvm.key} ({model.meta.get('samples')} models): a trial "
+        "whose predicted latency cannot reach the front is not built")
+    return model
+
+
 def _add_front(artifact: Any, data: Mapping[str, Any], rule: str, chosen: Mapping[str, Any], quality: str) -> None:
     """Put the front the pick came from into the build's report (report.json), and render its report.html again."""
     import json
@@ -205,7 +230,8 @@ class _progress:
     def tick(self, study: Any, trial: Any) -> None:
         q = self.problem.quality
         vals = trial.user_attrs.get("values")
-        state = "failed" if vals is None else ("cached" if trial.user_attrs.get("cached") else "built")
+        state = "failed" if vals is None else ("cached" if trial.user_attrs.get("cached") else
+                                               "screened (predicted)" if vals.get("predicted") else "built")
         figures = trial.user_attrs.get("error", "") if vals is None else ", ".join(
             f"{o.name} {quick_str(vals[o.name], o.unit)}" for o in self.problem.objectives)
         feasible = "" if vals is None or trial.user_attrs.get("feasible", True) else " (over budget)"

@@ -71,6 +71,10 @@ class Problem:
     seed: int = 0
     build: bool = True  # measure real builds (cpu latency; mcu flash and instructions), not only the planner
     log: Callable[[str], None] = field(default=lambda _m: None)
+    # cpu: the target's cost model (hw_search/predictor.py); a trial whose predicted latency, less ``margin``,
+    # cannot reach the front of the trials measured so far is not built (its figures say "predicted")
+    screen: Any = None
+    margin: float = 0.25
 
     @property
     def quality(self) -> str:
@@ -113,8 +117,10 @@ def candidate(problem: Problem, pipeline: str) -> Graph:
                          labels=problem.fit_labels, label_output=problem.graph.outputs[problem.label_output].name)
 
 
-def evaluate(problem: Problem, pipeline: str) -> dict[str, float]:
-    """Build ``pipeline`` on the model and measure every objective (the figures of one trial)."""
+def evaluate(problem: Problem, pipeline: str, measured: Sequence[Mapping[str, float]] = ()) -> dict[str, float]:
+    """Build ``pipeline`` on the model and measure every objective (the figures of one trial). With a cost model
+    (``problem.screen``) a point that the prediction says cannot join the front of ``measured`` (the figures of the
+    trials built so far) is not built: its latency is the predicted one and ``predicted`` is 1."""
     from nasc.backends import fidelity
 
     g = candidate(problem, pipeline)
@@ -127,9 +133,32 @@ def evaluate(problem: Problem, pipeline: str) -> dict[str, float]:
     values["fidelity"] = float(fidelity.compare(problem.reference, got)["cosine"])
     s = g.summary()
     values["weights_bytes"], values["macs"] = float(s["param_bytes"]), float(s["macs"])
+    if problem.screen is not None:
+        from nasc.backends.tvm.build import planned_kernels
+
+        predicted = float(problem.screen.predict(planned_kernels(g, problem.target.tvm))["latency"])
+        if not promising({**values, "latency_ms": predicted * (1 - problem.margin)}, measured, problem):
+            return {**values, "latency_ms": predicted, "predicted": 1.0}
+        values["latency_ms_predicted"] = predicted
     values.update({k: float(v) for k, v in problem.target.measure(g, problem.held[0], QUICK_REPEATS,
                                                                   build=problem.build).items()})
     return values
+
+
+def promising(values: Mapping[str, float], measured: Sequence[Mapping[str, float]], problem: Problem) -> bool:
+    """Whether a point with (optimistic) ``values`` is within the limits and not dominated by a feasible
+    ``measured`` point."""
+    if any(v > 0 for v in violations(values, problem.limits).values()):
+        return False
+    sign = {o.name: (1.0 if o.direction == "minimize" else -1.0) for o in problem.objectives}
+    me = {k: sign[k] * values[k] for k in sign}
+    for other in measured:
+        if any(v > 0 for v in violations(other, problem.limits).values()):
+            continue
+        them = {k: sign[k] * other[k] for k in sign}
+        if all(them[k] <= me[k] for k in sign) and any(them[k] < me[k] for k in sign):
+            return False
+    return True
 
 
 def violations(values: Mapping[str, float], limits: Mapping[str, float]) -> dict[str, float]:
@@ -255,7 +284,7 @@ def run_trials(study: Any, problem: Problem, n_trials: int, timeout: float | Non
             trial.set_user_attr("cached", True)
         else:
             try:
-                values = evaluate(problem, pipeline)
+                values = evaluate(problem, pipeline, _measured(study) if problem.screen is not None else ())
             except Error as e:  # a point the passes refuse (e.g. blocks that do not divide the layers)
                 msg = " ".join(str(e).split())[:500]
                 trial.set_user_attr("error", msg)
@@ -276,6 +305,15 @@ def run_trials(study: Any, problem: Problem, n_trials: int, timeout: float | Non
                    gc_after_trial=True)
 
 
+def _measured(study: Any) -> list[dict[str, float]]:
+    """The figures of the study's trials that were built and measured (not screened out by the cost model)."""
+    import optuna
+
+    return [dict(t.user_attrs["values"]) for t in study.get_trials(deepcopy=False,
+                                                                   states=(optuna.trial.TrialState.COMPLETE,))
+            if "values" in t.user_attrs and not t.user_attrs["values"].get("predicted")]
+
+
 def _cached(study: Any, pipeline: str, number: int) -> dict[str, float] | None:
     import optuna
 
@@ -291,6 +329,8 @@ def front(study: Any, problem: Problem) -> list[Any]:
     out = []
     for t in sorted(study.best_trials, key=lambda t: t.number):
         key = tuple(t.values)  # a pipeline measured twice, or two that reach the same figures: the first one
+        if t.user_attrs.get("values", {}).get("predicted"):  # screened out, never built: not a point to offer
+            continue
         if t.user_attrs.get("feasible", True) and key not in seen:
             seen.add(key)
             out.append(t)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Builds that run here add their kernel times to the cost model's dataset (hw_search/perfdata.py): the tests'
+# go to a folder of their own, not the user's cache.
+os.environ.setdefault("NASC_PERF_DIR", tempfile.mkdtemp(prefix="nasc-perf-tests-"))
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

@@ -38,11 +38,12 @@ def c_target(board: Board) -> tvm.target.Target:
 
 
 def build_mcu(graph: Graph, board: Board, out: Path, *, model: str, pipeline: str, budget_check: bool = True,
-              orders: str = "auto") -> McuBuild:
+              orders: str = "auto", profile: bool = False) -> McuBuild:
     """Write the C project for ``graph`` into ``out`` and return what the report needs.
 
     Raises :class:`BudgetError` before writing anything when the arena or the weights exceed the board
-    (unless ``budget_check`` is False).
+    (unless ``budget_check`` is False). ``profile``: a project whose QEMU harness times every step
+    (verify.step_instructions), for the cost model.
     """
     integer: dict[str, Any] = {}
     k, p = kernels_and_plan(graph, board, orders, integer)
@@ -52,7 +53,7 @@ def build_mcu(graph: Graph, board: Board, out: Path, *, model: str, pipeline: st
     ins, outs = emit.ports(k, [v.name for v in graph.inputs], [v.name for v in graph.outputs])
     if budget_check:
         check_budget(k, p, board, labels, weight_bytes, pipeline)
-    files = emit.write_project(out, k, p, board, ins, outs, labels, model, weight_bytes)
+    files = emit.write_project(out, k, p, board, ins, outs, labels, model, weight_bytes, profile)
     sizes = object_sizes(out)
     flash = sum(s["text"] + s["data"] for s in sizes.values()) if sizes else None
     # code flash: everything but weights.o, whose flash is the weight arrays (weights_bytes) and their pointer table

@@ -100,9 +100,10 @@ BLOCKS = True  # emit repeated runs of steps as one block function (False: one c
 
 
 def model_c(k: Kernels, plan: Plan, ins: list[Port], outs: list[Port], labels: dict[str, str], model: str,
-            blocks: bool | None = None) -> str:
+            blocks: bool | None = None, profile: bool = False) -> str:
     """model.c: ``nasc_run``, the steps in plan order. With ``blocks`` (default :data:`BLOCKS`), each run of
-    repeated steps (equal layers) calls one ``nasc_block_K`` per copy with that copy's pointer table."""
+    repeated steps (equal layers) calls one ``nasc_block_K`` per copy with that copy's pointer table. With
+    ``profile`` (no blocks), each step's timer ticks on QEMU go to ``nasc_step_ticks`` (the harness prints them)."""
     prog = k.program
     widx = _weight_index(k)
     out_ptr: dict[str, str] = {}  # root buffer -> the output pointer the kernel writes it into
@@ -146,7 +147,9 @@ def model_c(k: Kernels, plan: Plan, ins: list[Port], outs: list[Port], labels: d
         lines.append(f"int32_t {kname}({', '.join(t + '*' for t in types)});")
     arena_at = len(lines)
     runs: list[Run] = []
-    if BLOCKS if blocks is None else blocks:
+    if profile:
+        lines += ["", *PROFILE_TIMER, f"unsigned nasc_step_ticks[{max(len(plan.order), 1)}];"]
+    if (BLOCKS if blocks is None else blocks) and not profile:
         keys = [_block_key(k, plan, pos) for pos in range(len(plan.order))]
         slots = [_slots(k, plan, widx, pos, 1) if key is not None else [] for pos, key in enumerate(keys)]
         workspaces = [bool(prog.steps[i].workspace) for i in plan.order]
@@ -165,7 +168,10 @@ def model_c(k: Kernels, plan: Plan, ins: list[Port], outs: list[Port], labels: d
         if ws:
             lines.append(f"  nasc_workspace_set(nasc_arena + {ws[0]}, {ws[1]});")
         args = ", ".join(ptr(a) for a in k.calls[s.name])
-        lines += [f"  rc = {s.kernel}({args});", "  if (rc != 0) return rc;"]
+        call = f"rc = {s.kernel}({args});"
+        if profile:
+            call = f"{{ unsigned nasc_t = NASC_STEP_TIMER(); {call} nasc_step_ticks[{pos}] = nasc_t - NASC_STEP_TIMER(); }}"
+        lines += [f"  {call}", "  if (rc != 0) return rc;"]
         pos += 1
     for p in outs:
         root = prog.root(p.buffer)
@@ -565,7 +571,18 @@ TIMER = [
 ]
 
 
-def harness_main(ins: list[Port], outs: list[Port]) -> str:
+#: model.c's step timer in a profiling build: the harness's timer on QEMU (it starts it), nothing on the host
+PROFILE_TIMER = [
+    "#ifdef NASC_QEMU_TIMER",
+    "#define NASC_STEP_TIMER() (((volatile unsigned*)0x40000000u)[1])",
+    "#else",
+    "#define NASC_STEP_TIMER() 0u",
+    "#endif",
+]
+
+
+def harness_main(ins: list[Port], outs: list[Port], steps: int = 0) -> str:
+    """The test harness; with ``steps`` (a profiling build), it prints each step's timer ticks after a sample."""
     decl = [f"static {p.ctype} {p.param}[{max(p.size, 1)}];" for p in ins + outs]
     # zero-size tensors take no bytes in the files; a model without input bytes reads one tick byte per sample
     reads = [f"    if (fread({p.param}, sizeof({p.param}), 1, fi) != 1) break;" for p in ins if p.size]
@@ -575,31 +592,35 @@ def harness_main(ins: list[Port], outs: list[Port]) -> str:
     return "\n".join([
         "/* Test harness: runs the model on every sample in nasc_in.bin (inputs in order, raw, repeated)",
         "   and writes the outputs to nasc_out.bin. On Cortex-M the files are reached through semihosting. */",
-        "#include <stdio.h>", '#include "model.h"', "", *decl, "", *TIMER, "", "int main(void) {",
+        "#include <stdio.h>", '#include "model.h"', "", *decl, "", *TIMER, "",
+        *([f"extern unsigned nasc_step_ticks[{steps}];", ""] if steps else []), "int main(void) {",
         '  FILE* fi = fopen("nasc_in.bin", "rb");', '  FILE* fo = fopen("nasc_out.bin", "wb");',
         "  int n = 0;", "  if (fi == NULL || fo == NULL) {",
         '    printf("nasc harness: cannot open nasc_in.bin / nasc_out.bin\\n");', "    return 1;", "  }",
         "  nasc_timer_start();", "  for (;;) {", *reads, "    unsigned t0 = nasc_timer();",
         f"    int rc = nasc_run({call});", "    unsigned ticks = t0 - nasc_timer();", "    if (rc != 0) {",
         '      printf("nasc harness: nasc_run returned %d on sample %d\\n", rc, n);', "      return 2;", "    }",
-        *writes, "#ifdef NASC_QEMU_TIMER", '    printf("nasc ticks: %u\\n", ticks);', "#else", "    (void)ticks;",
+        *writes, "#ifdef NASC_QEMU_TIMER", '    printf("nasc ticks: %u\\n", ticks);',
+        *([f"    for (int i = 0; i < {steps}; i++) printf(\"nasc step %d ticks: %u\\n\", i, nasc_step_ticks[i]);"]
+          if steps else []), "#else", "    (void)ticks;",
         "#endif", "    n++;", "  }", "  fclose(fi);", "  fclose(fo);", '  printf("nasc harness: %d samples\\n", n);',
         "  return 0;", "}", ""])
 
 
 def write_project(out: Path, k: Kernels, plan: Plan, board: Board, ins: list[Port], outs: list[Port],
-                  labels: dict[str, str], model: str, weight_bytes: int) -> list[str]:
-    """Write the C project into ``out``; returns the file names written."""
+                  labels: dict[str, str], model: str, weight_bytes: int, profile: bool = False) -> list[str]:
+    """Write the C project into ``out``; returns the file names written. ``profile``: a build that times each
+    step on QEMU (no block functions; see :func:`model_c`)."""
     files = {
         "kernels.c": k.source,
         "model.h": model_h(ins, outs, plan.arena_bytes, weight_bytes, model),
-        "model.c": model_c(k, plan, ins, outs, labels, model),
+        "model.c": model_c(k, plan, ins, outs, labels, model, profile=profile),
         "weights.c": weights_c(k, model),
         "nasc_shim.h": SHIM_H,
         "nasc_shim.c": SHIM_C,
         "Makefile": makefile(board, model),
         "nasc_model.cmake": cmake(board, model),
-        "harness/main.c": harness_main(ins, outs),
+        "harness/main.c": harness_main(ins, outs, len(plan.order) if profile else 0),
         "harness/startup.c": HARNESS_STARTUP,
         "harness/mps2.ld": HARNESS_LD,
     }

@@ -25,6 +25,7 @@ import tvm_ffi
 from tvm import ir, relax, s_tir, tirx
 
 from nasc.backends.mcu.plan import Buffer, Program, Step
+from nasc.backends.tvm.kernels import kernel_features
 
 # the block helpers the CPU templates use: one place for how a fused kernel's blocks are read and inlined
 from nasc.backends.tvm.schedules import _blocks, _get_sblock_realize, _inline_spatial, _is_reduction
@@ -68,6 +69,8 @@ class Kernels:
     inputs: list[str]
     outputs: list[str]
     stack_bytes: dict[str, int]  # kernel -> bytes of local arrays (on the stack)
+    # kernel -> its features for the cost model (backends/tvm/kernels.py), from the fused kernel before scheduling
+    features: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -264,6 +267,7 @@ def build_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> Kernels:
     calls: dict[str, list[str]] = {}
     names: dict[Any, str] = {}
     kernel_funcs: dict[str, tirx.PrimFunc] = {}
+    features: dict[str, dict[str, float]] = {}
     inplace: dict[str, list[int]] = {}
     tuples: dict[Any, list[str]] = {}
 
@@ -315,11 +319,13 @@ def build_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> Kernels:
             if isinstance(value, relax.Call) and value.op.same_as(ir.Op.get("relax.call_tir")):
                 gv = value.args[0]
                 kname = KERNEL_PREFIX + _c_ident(gv.name_hint)
+                args = [operand(a) for a in value.args[1].fields]
                 if kname not in kernel_funcs:
                     func = fused[gv]
+                    features[kname] = kernel_features(gv.name_hint, func, "none",
+                                                      {i for i, a in enumerate(args) if buffers[a].kind == "weight"})
                     kernel_funcs[kname] = schedule_for_memory(func)
                     inplace[kname] = inplace_params(kernel_funcs[kname])
-                args = [operand(a) for a in value.args[1].fields]
                 sname = f"s{len(steps)}"
                 out_ty = var.ty
                 outs: list[str] = []
@@ -368,7 +374,7 @@ def build_kernels(mod: tvm.IRModule, target: tvm.target.Target) -> Kernels:
     for w in weights.values():
         w.users = [s.name for s in steps if w.name in s.reads]
     prog.steps = steps
-    return Kernels(src, prog, weights, calls, dtypes, shapes, inputs, outputs, stack)
+    return Kernels(src, prog, weights, calls, dtypes, shapes, inputs, outputs, stack, features)
 
 
 def inplace_params(func: tirx.PrimFunc) -> list[int]:

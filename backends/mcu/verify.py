@@ -83,6 +83,26 @@ def instructions(project: Path, ins: list[Port], feed: Mapping[str, Any], timeou
     return ticks[0] * (1_000_000_000 // MPS2_TIMER_HZ)
 
 
+def step_instructions(project: Path, ins: list[Port], feed: Mapping[str, Any], timeout_s: float = 600
+                      ) -> tuple[int, list[int]]:
+    """The instructions of one ``nasc_run`` on ``feed`` and of each of its steps, in plan order, under QEMU
+    ``-icount`` (as :func:`instructions`), for a project built with ``profile`` (build_mcu). Each step's count is
+    exact to the timer's 40-instruction tick and includes the two timer reads around it."""
+    from nasc.backends.mcu.emit import MPS2_TIMER_HZ
+
+    require_tools("qemu")
+    with tempfile.TemporaryDirectory(prefix="nasc-mcu-") as tmp:
+        work = _stage(project, Path(tmp), ins, [feed])
+        log = _make(work, "qemu", timeout_s, "QEMU_ICOUNT=-icount shift=0")
+    per_tick = 1_000_000_000 // MPS2_TIMER_HZ
+    total = [int(m) for m in re.findall(r"^nasc ticks: (\d+)$", log, re.M)]
+    steps = {int(i): int(t) for i, t in re.findall(r"^nasc step (\d+) ticks: (\d+)$", log, re.M)}
+    if len(total) != 1 or not steps:
+        raise McuRunError(f"the QEMU run of a profiling build printed {len(total)} totals and {len(steps)} step "
+                          f"timings for 1 sample; its log:\n{log[-2000:]}")
+    return total[0] * per_tick, [steps[i] * per_tick for i in sorted(steps)]
+
+
 def _stage(project: Path, tmp: Path, ins: list[Port], feeds: Sequence[Mapping[str, Any]]) -> Path:
     """A copy of ``project`` under ``tmp`` with the feeds written to ``nasc_in.bin`` as the harness reads them."""
     work = tmp / "project"

@@ -10,6 +10,7 @@ from typing import Any
 import tvm
 from tvm import relax
 
+from nasc.backends.tvm.kernels import FEATURES_VERSION, kernel_table
 from nasc.backends.tvm.lower import to_relax, tvm_dtype
 from nasc.backends.tvm.schedules import int8_kind
 from nasc.backends.tvm.target import TvmTarget
@@ -26,13 +27,7 @@ def build(graph: Graph, target: TvmTarget, *, tune_trials: int = 0, tuning_db: P
     t0 = time.perf_counter()
     facts: dict[str, Any] = {}
     tgt = target.tvm()
-    mod = to_relax(graph, facts=facts, int8_nhwc=target.kind == "cpu" and int8_kind(tgt) is not None)
-    if target.kind == "cpu":
-        from nasc.backends.tvm.layout import channels_last
-
-        converted = channels_last(mod)
-        facts["conv_layout"] = "NCHW" if converted.same_as(mod) else "NHWC"
-        mod = converted
+    mod = _lower(graph, target, tgt, facts)
     facts["lower_s"] = round(time.perf_counter() - t0, 3)
     database = None
     if tune_trials > 0 or tuning_db is not None:
@@ -46,13 +41,32 @@ def build(graph: Graph, target: TvmTarget, *, tune_trials: int = 0, tuning_db: P
         facts["tuning"]["time_s"] = round(time.perf_counter() - t1, 2)
         database = open_database(db_dir)
     if target.kind == "cpu":
-        mod, sched = _schedule_cpu(mod, tgt, database)
+        mod, sched, facts["kernel_table"] = _schedule_cpu(mod, tgt, database)
         facts["schedules"] = sched
     t1 = time.perf_counter()
     with tgt:
         ex = tvm.compile(mod, target=tgt)
     facts["codegen_s"] = round(time.perf_counter() - t1, 3)
     return ex, facts
+
+
+def _lower(graph: Graph, target: TvmTarget, tgt: Any, facts: dict[str, Any]) -> tvm.IRModule:
+    mod = to_relax(graph, facts=facts, int8_nhwc=target.kind == "cpu" and int8_kind(tgt) is not None)
+    if target.kind == "cpu":
+        from nasc.backends.tvm.layout import channels_last
+
+        converted = channels_last(mod)
+        facts["conv_layout"] = "NCHW" if converted.same_as(mod) else "NHWC"
+        mod = converted
+    return mod
+
+
+def planned_kernels(graph: Graph, target: TvmTarget) -> list[dict[str, Any]]:
+    """The kernels a CPU build of ``graph`` would run, with their features (kernels.kernel_table), from lowering
+    and scheduling alone: no code is generated (what the cost model predicts from)."""
+    tgt = target.tvm()
+    _mod, _sched, table = _schedule_cpu(_lower(graph, target, tgt, {}), tgt)
+    return table
 
 
 def _prepare(mod: tvm.IRModule) -> tvm.IRModule:
@@ -81,9 +95,11 @@ def legalize_and_fuse(mod: tvm.IRModule, fast_math: bool = True) -> tvm.IRModule
     return mod
 
 
-def _schedule_cpu(mod: tvm.IRModule, tgt: Any, database: Any = None) -> tuple[tvm.IRModule, dict[str, Any]]:
+def _schedule_cpu(mod: tvm.IRModule, tgt: Any, database: Any = None
+                  ) -> tuple[tvm.IRModule, dict[str, Any], list[dict[str, Any]]]:
     """Legalize (with fast math) and fuse, applying tuned records when a database is given, then give every
-    kernel without a record nasc's default CPU schedule (schedules.py).
+    kernel without a record nasc's default CPU schedule (schedules.py). Returns the scheduled module, the
+    templates used, and the kernel table (kernels.kernel_table: each kernel's calls and features).
 
     The schedules must come after FuseTIR (fusion would discard them); tvm.compile then lowers the
     scheduled kernels as they are.
@@ -96,12 +112,13 @@ def _schedule_cpu(mod: tvm.IRModule, tgt: Any, database: Any = None) -> tuple[tv
                 fused = legalize_and_fuse(_prepare(mod))
         else:
             fused = legalize_and_fuse(_prepare(mod))
+    fused = relax.transform.AttachAttrLayoutFreeBuffers()(fused)
     scheduled = schedule_with_packed_weights(fused, tgt)
     report = schedule_report(scheduled)
     counts: dict[str, int] = {}
     for template in report.values():
         counts[template] = counts.get(template, 0) + 1
-    return scheduled, {"templates": counts, "kernels": report}
+    return scheduled, {"templates": counts, "kernels": report}, kernel_table(fused, scheduled, report)
 
 
 def schedule_with_packed_weights(fused: tvm.IRModule, tgt: Any) -> tvm.IRModule:
@@ -117,8 +134,11 @@ def schedule_with_packed_weights(fused: tvm.IRModule, tgt: Any) -> tvm.IRModule:
         return relax.transform.DeadCodeElimination()(relax.transform.FoldConstant()(scheduled))
 
 
-def write_artifact(ex: Any, graph: Graph, target: TvmTarget, out: Path, pipeline: str) -> list[str]:
-    """``model.so`` (TVM export_library) and ``model.json`` (I/O names, shapes, dtypes, target, pipeline)."""
+def write_artifact(ex: Any, graph: Graph, target: TvmTarget, out: Path, pipeline: str,
+                   kernels: list[dict[str, Any]] | None = None) -> list[str]:
+    """``model.so`` (TVM export_library), ``model.json`` (I/O names, shapes, dtypes, target, pipeline) and,
+    for a CPU build, ``kernels.json`` (each kernel's calls and features: what ``nasc profile`` times and the
+    cost model reads)."""
     ex.export_library(str(out / "model.so"))
     meta = {
         "format": "nasc-tvm-1",
@@ -130,6 +150,11 @@ def write_artifact(ex: Any, graph: Graph, target: TvmTarget, out: Path, pipeline
     }
     (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     files = ["model.so", "model.json"]
+    if kernels is not None:
+        doc = {"format": "nasc-kernels-1", "features_version": FEATURES_VERSION, "target": target.spec,
+               "kernels": kernels}
+        (out / "kernels.json").write_text(json.dumps(doc) + "\n")
+        files.append("kernels.json")
     if target.kind == "gpu":  # the CUDA C that the library carries, for reading and for offline nvcc checks
         src = cuda_source(ex)
         if src:

@@ -411,14 +411,18 @@ def _nhwc_tile(c_out: int, w_out: int, lanes: int, max_acc: int) -> tuple[int, i
     (vectors x columns): each weight vector serves every column, each input value every vector). Both
     divide their extents. Channel counts that full vectors do not divide take 8-wide ones (24 = 3 x 8, not
     a 16-lane vector and a ragged half, which LLVM shuffles)."""
-    # a count 8 does not divide either: its widest divisor up to two vectors (itself when that small) as one vector
-    vec = lanes if c_out % lanes == 0 else 8 if c_out % 8 == 0 else _divisor_at_most(c_out, 2 * lanes)
+    # a count 8 does not divide either (a pruned width): its widest divisor that fills at least half a vector
+    # (36 -> 12, 42 -> 14, 81 -> 9), else its widest divisor up to two vectors as one ragged vector (43 -> 43)
+    vec = lanes if c_out % lanes == 0 else 8 if c_out % 8 == 0 else _divisor_at_most(c_out, lanes)
+    if vec < lanes // 2:
+        vec = _divisor_at_most(c_out, 2 * lanes)
+    regs = -(-vec // lanes)  # registers per vector: a ragged one wider than the lanes takes two
     best: tuple[float, int, int] | None = None
     for v in range(1, 5):
         co = v * vec
         if c_out % co:
             continue
-        cols = _divisor_at_most(w_out, max(1, max_acc // v))
+        cols = _divisor_at_most(w_out, max(1, max_acc // (v * regs)))
         cost = (v + cols) / (v * cols)
         if best is None or cost < best[0] - 1e-9:
             best = (cost, co, cols)

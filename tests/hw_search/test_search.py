@@ -215,6 +215,54 @@ def test_a_cpu_search_times_the_compiled_trials_and_retimes_the_front(tmp_path: 
                     calib=CALIB, trials=1, sampler="grid", latency_budget_ms=0.001)
 
 
+def test_the_cost_model_screens_trials_it_predicts_off_the_front(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import optuna
+
+    from nasc.hw_search import perfdata
+    from nasc.hw_search.costmodel import train_target
+    from nasc.hw_search.profile import profile
+
+    monkeypatch.setenv(perfdata.DIR_ENV, str(tmp_path / "perf"))
+    space = "simplify,fuse,prune?{macs=0.5..0.9/0.1}"
+    with pytest.raises(UsageError, match="no cost model"):
+        nasc.search(MODEL, "cpu", tmp_path / "none", space=space, calib=CALIB, trials=1, screen=True)
+    for passes in ("simplify,fuse", "simplify,fuse,prune{macs=0.5}", "simplify,fuse,prune{macs=0.8}"):
+        profile(MODEL, "cpu", passes=passes, repeat=10)
+    train_target("cpu")
+    r = nasc.search(MODEL, "cpu", tmp_path / "s", space=space, calib=CALIB, trials=6, sampler="random")
+    trials = r.data["measured"]
+    screened = [t for t in trials if t["values"].get("predicted")]
+    built = [t for t in trials if not t["values"].get("predicted")]
+    assert r.data["screened"] <= len(screened) and len(built) + len(screened) == len(trials)
+    assert built and all(t["values"]["latency_ms_predicted"] > 0 for t in built)  # predicted, then measured
+    assert r.points and not any(p["values"].get("predicted") for p in r.points)  # the front: built points only
+    # a budget every prediction is over: no trial is built, and the search says none met the budget
+    with pytest.raises(UsageError, match=r"no point of the \d+ measured meets the budgets"):
+        nasc.search(MODEL, "cpu", tmp_path / "tight", space=space, calib=CALIB, trials=3, sampler="random",
+                    latency_budget_ms=1e-6)
+    study = optuna.load_study(study_name="nasc-search", storage=f"sqlite:///{tmp_path / 'tight' / 'search.db'}")
+    values = [t.user_attrs["values"] for t in study.trials]
+    assert len(values) == 3 and all(v.get("predicted") == 1.0 for v in values)
+    assert nasc.search(MODEL, "cpu", tmp_path / "off", space=space, calib=CALIB, trials=1, sampler="random",
+                       screen=False).data["screened"] == 0
+
+
+def test_promising_points_are_within_budget_and_not_dominated() -> None:
+    from nasc.hw_search.study import Objective, Problem, promising
+
+    objectives = [Objective("accuracy", "maximize"), Objective("latency_ms", "minimize", "ms"),
+                  Objective("weights_bytes", "minimize", "B")]
+    problem = Problem(None, None, None, None, [], None, [], None, [], 0, objectives, {"latency_ms": 2.0})  # type: ignore[arg-type]
+    measured = [{"accuracy": 0.9, "latency_ms": 1.0, "weights_bytes": 100.0},
+                {"accuracy": 0.99, "latency_ms": 3.0, "weights_bytes": 100.0}]  # over budget: dominates nothing
+    assert not promising({"accuracy": 0.9, "latency_ms": 1.5, "weights_bytes": 100.0}, measured, problem)
+    assert promising({"accuracy": 0.95, "latency_ms": 1.5, "weights_bytes": 100.0}, measured, problem)
+    assert promising({"accuracy": 0.8, "latency_ms": 0.5, "weights_bytes": 100.0}, measured, problem)
+    assert not promising({"accuracy": 0.99, "latency_ms": 2.5, "weights_bytes": 50.0}, measured, problem)
+    assert promising({"accuracy": 0.9, "latency_ms": 1.0, "weights_bytes": 100.0}, measured, problem)  # equal
+
+
 def test_a_study_description_another_worker_is_writing_is_waited_for() -> None:
     """Two workers starting one study: the one that loads it while the other is still writing its description
     (one attribute at a time) waits for all of it instead of seeing target=None (a failure seen on PostgreSQL)."""

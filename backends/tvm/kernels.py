@@ -1,0 +1,190 @@
+"""The kernels a CPU build runs, each described by features the cost model (hw_search/predictor.py) reads.
+
+A kernel is one fused PrimFunc as TVM's FuseOps/FuseTIR made it, before scheduling: its blocks, their loop
+extents, the buffers it reads and writes, and the template that schedules it (schedules.py). The features are
+plain numbers and names, so a dataset of them is JSON and can be shared between machines.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import tvm
+from tvm import relax, s_tir, tirx
+
+#: Version of the feature set below; the cost model refuses data and models of another version.
+FEATURES_VERSION = 1
+
+#: Op words taken from a fused kernel's name (``fused_conv2d_add_clip1`` -> conv2d, add, clip), counted.
+OP_WORDS = ("conv2d", "matmul", "add", "subtract", "multiply", "divide", "relu", "clip", "sigmoid", "tanh", "exp",
+            "erf", "mean", "sum", "max", "min", "softmax", "transpose", "reshape", "concat", "split",
+            "strided_slice", "take", "pad", "pool", "power", "sqrt", "rsqrt", "cast", "where", "maximum",
+            "minimum", "round", "floor", "right_shift", "left_shift", "astype", "image", "resize", "layer_norm",
+            "variance", "broadcast_to", "squeeze", "expand_dims", "permute_dims", "gelu",
+            # nasc's integer kernels (backends/tvm/qops.py, qint.py)
+            "qconv2d", "qmatmul", "qsum", "requantize", "quantize", "dequantize")
+#: The templates of schedules.py (and "prescheduled" for a tuned record, "none" for no template).
+TEMPLATES = ("conv2d", "conv2d_nhwc", "matmul", "row_reduction", "injective", "generic", "qmatmul_avx2",
+             "qmatmul_vnni", "prescheduled", "none")
+
+PREPACKED = "_prepacked"
+
+_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1, "int16": 2,
+          "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "bool": 1}
+
+
+def _nbytes(buf: Any) -> int:
+    n = 1
+    for d in buf.shape:
+        n *= int(d)
+    return n * _BYTES.get(str(buf.dtype), 4)
+
+
+def _words(name: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    body = name[len("fused_"):] if name.startswith("fused_") else name
+    for token in re.split(r"_+", re.sub(r"\d+(?=_|$)", "", body)):
+        counts[token] = counts.get(token, 0) + 1
+    out: dict[str, int] = {}
+    for word in OP_WORDS:  # two-word ops (strided_slice, right_shift, layer_norm) as written in the name
+        n = body.count(word) if "_" in word else counts.get(word, 0)
+        if n:
+            out[f"op_{word}"] = n
+    return out
+
+
+def _block_stats(func: tirx.PrimFunc) -> dict[str, float]:
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    work_total = 0.0
+    main: tuple[float, Any, list[int], list[int]] | None = None
+    n_red = 0
+    pad = 0
+    for blk in blocks:
+        spatial = [int(iv.dom.extent) for iv in blk.iter_vars if iv.iter_type != tirx.IterVar.CommReduce]
+        reduce = [int(iv.dom.extent) for iv in blk.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
+        work = float(math.prod(spatial) * math.prod(reduce))
+        work_total += work
+        n_red += bool(reduce)
+        pad += "pad" in blk.name_hint
+        if main is None or work > main[0]:
+            main = (work, blk, spatial, reduce)
+    stats: dict[str, float] = {"blocks": len(blocks), "reduce_blocks": n_red, "pad_blocks": pad,
+                               "work_total": work_total}
+    if main is not None:
+        work, blk, spatial, reduce = main
+        name = blk.name_hint
+        stats.update(work_main=work, spatial_main=float(math.prod(spatial)), reduce_main=float(math.prod(reduce)),
+                     inner_spatial=spatial[-1] if spatial else 1, inner_reduce=reduce[-1] if reduce else 1,
+                     # what is left over past whole vectors (8 and 16 lanes): odd (pruned) widths run slower
+                     inner_spatial_mod8=(spatial[-1] if spatial else 1) % 8,
+                     inner_spatial_mod16=(spatial[-1] if spatial else 1) % 16,
+                     inner_reduce_mod16=(reduce[-1] if reduce else 1) % 16,
+                     reduce_axes=len(reduce), nhwc=float("nhwc" in name),
+                     conv_window=float(math.prod(reduce[:-1])) if "conv" in name and len(reduce) >= 2 else 0.0)
+    return stats
+
+
+def kernel_features(name: str, func: tirx.PrimFunc, template: str, weights: set[int] | None = None
+                    ) -> dict[str, float]:
+    """The features of one fused kernel (unscheduled ``func``) that ``template`` schedules; ``weights``: the
+    parameters (by position) that are constants (default: the PrimFunc's ``layout_free_buffers``)."""
+    params = list(func.params)
+    if weights is None:
+        weights = {int(i) for i in (func.attrs.get("layout_free_buffers", []) if func.attrs is not None else [])}
+    n_out = max(1, _outputs(func))
+    ins, outs = params[:-n_out], params[-n_out:]
+    dtypes = {str(p.dtype) for p in params}
+    feats: dict[str, float] = {
+        "bytes_in": float(sum(_nbytes(p) for i, p in enumerate(ins) if i not in weights)),
+        "bytes_weights": float(sum(_nbytes(p) for i, p in enumerate(ins) if i in weights)),
+        "bytes_out": float(sum(_nbytes(p) for p in outs)),
+        "inputs": len(ins), "integer": float(bool(dtypes & {"int8", "uint8"})),
+        "int32": float("int32" in dtypes), "float": float(any(d.startswith("float") for d in dtypes)),
+    }
+    feats.update(_block_stats(func))
+    feats.update(_words(name))
+    feats[f"template_{template if template in TEMPLATES else 'none'}"] = 1.0  # (the C of mcu kernels: "none")
+    return feats
+
+
+def _outputs(func: tirx.PrimFunc) -> int:
+    """How many of ``func``'s trailing parameters are outputs: the buffers its root's output blocks write."""
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    written = set()
+    for b in sch.get_output_blocks(sch.get_sblock("root")):
+        for w in sch.get(b).writes:
+            written.add(_region_buffer(w))
+    names = [p.name for p in func.params]
+    n = 0
+    for pname in reversed(names):
+        if pname not in written:
+            break
+        n += 1
+    return n
+
+
+def _region_buffer(region: Any) -> str:
+    """The buffer name of a block's read/write region (TVM 0.27: ``TensorRegion``, printed ``name[...]``)."""
+    return str(region.source.name)
+
+
+def is_view(func: tirx.PrimFunc) -> bool:
+    """Whether a kernel only moves data in memory order (reshapes, and transposes that move unit axes only): the
+    build turns it into a view of its input (TVM's RewriteDataflowReshape), which copies nothing and runs no code."""
+    if relax.analysis.has_reshape_pattern(func):
+        return True
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    for b in sch.get_child_blocks(sch.get_sblock("root")):
+        blk = sch.get(b)
+        if blk.name_hint.startswith("T_reshape"):
+            continue
+        if not blk.name_hint.startswith("T_transpose") or len(blk.reads) != 1:
+            return False
+        pos = {iv.var: (i, int(iv.dom.extent)) for i, iv in enumerate(blk.iter_vars)}
+        order = []
+        for r in blk.reads[0].region:
+            if isinstance(r.min, tirx.Var) and r.min in pos:
+                i, extent = pos[r.min]
+                if extent > 1:
+                    order.append(i)
+            elif not isinstance(r.min, tirx.IntImm):
+                return False
+        if order != sorted(order):
+            return False
+    return True
+
+
+def calls_per_kernel(mod: tvm.IRModule) -> dict[str, int]:
+    """How many times ``main`` calls each PrimFunc (a fused function is shared by layers of one shape)."""
+    counts: dict[str, int] = {}
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+
+    def visit(expr: relax.Expr) -> None:
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+            gvar = expr.args[0]
+            counts[gvar.name_hint] = counts.get(gvar.name_hint, 0) + 1
+
+    for _gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return counts
+
+
+def kernel_table(fused: tvm.IRModule, scheduled: tvm.IRModule, templates: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Each kernel that ``scheduled``'s ``main`` calls: ``{"kernel", "calls", "features"}``, the features taken
+    from the same kernel in ``fused`` (before scheduling and weight packing)."""
+    funcs = {gvar.name_hint: func for gvar, func in fused.functions_items() if isinstance(func, tirx.PrimFunc)}
+    table = []
+    for name, n in calls_per_kernel(scheduled).items():
+        # a kernel whose weights are packed at build time is renamed (SplitLayoutRewritePreproc)
+        base = name.removesuffix(PREPACKED)
+        # a kernel that only moves data in memory order becomes a view of its input when the build lowers it
+        # (TVM's RewriteDataflowReshape): it copies nothing and runs no code
+        if base in funcs and not is_view(funcs[base]):
+            table.append({"kernel": name, "calls": n,
+                          "features": kernel_features(base, funcs[base], templates.get(name, "none"))})
+    return table

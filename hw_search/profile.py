@@ -1,0 +1,146 @@
+"""``nasc profile``: build a model for a target, time each kernel and the whole model, add it to the dataset.
+
+And ``nasc profile --corpus``: the same for every model of the corpus (corpus.py) within a time budget, so that a
+new machine gets a working cost model with two commands (this, then ``nasc predict --train``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from nasc.errors import UsageError
+from nasc.hw_search import kernel_tables, perfdata
+
+#: Seconds ``nasc profile --corpus`` spends at most on ``cpu`` by default (about 15 minutes with the last build).
+CORPUS_BUDGET_S = 780.0
+
+
+def profile(model: Any, target: str = "cpu", *, passes: str = "simplify,fuse", calib: Any = None,
+            family: str | None = None, name: str | None = None, input_shapes: Mapping[str, Any] | None = None,
+            repeat: int = 30, root: Path | None = None, seed: int = 0) -> dict[str, Any]:
+    """Build ``model`` with ``passes`` for ``target`` and measure it whole and kernel by kernel on one input (the
+    first calibration sample, else seeded random): on cpu the time of each kernel in the running build, on
+    ``mcu:BOARD`` each step's instructions on QEMU. Appends the sample to the target's dataset and returns it
+    with ``dataset`` (its path) added."""
+    import nasc
+    from nasc.backends import fidelity
+
+    tgt = kernel_tables.resolve(target, here=True)
+    label = name or (Path(model).stem if isinstance(model, str | os.PathLike) else "model")
+    graph = nasc.load(model, input_shapes)
+    feeds = (fidelity.load_calibration(str(calib), graph) if isinstance(calib, str | os.PathLike)
+             else fidelity.random_inputs(graph, seed, 8))
+    tmp = Path(tempfile.mkdtemp(prefix="nasc-profile-"))
+    try:
+        if tgt.kind == "mcu":
+            sample = _profile_mcu(graph, tgt, feeds, passes, tmp, seed)
+        else:
+            sample = _profile_cpu(model, target, feeds, passes, input_shapes, tmp, repeat, seed)
+        sample.update(model=label, family=family or label)
+        path = perfdata.append(sample, root)
+        sample["dataset"] = str(path)
+        return sample
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _profile_cpu(model: Any, target: str, feeds: list[dict[str, Any]], passes: str,
+                 input_shapes: Mapping[str, Any] | None, tmp: Path, repeat: int, seed: int) -> dict[str, Any]:
+    import json
+
+    import nasc
+    from nasc.backends.tvm.target import TvmTarget
+    from nasc.runtime import load as load_compiled
+
+    art = nasc.compile(model, target, tmp / "build", input_shapes=input_shapes, passes=passes, calib=feeds,
+                       seed=seed, verify=False, measure_latency=False)
+    built = load_compiled(art.out)
+    latency = built.latency_ms(feeds[0], repeat=repeat, warmup=3, min_seconds=0.2)
+    kernels = built.kernel_ms(feeds[0], repeat=max(5, repeat // 2))
+    doc = json.loads((art.out / "kernels.json").read_text())
+    sample = perfdata.make_sample(target_key=TvmTarget("cpu", doc["target"]).key, model="", family="",
+                                  latency_ms=latency, kernels=doc["kernels"], kernel_ms=kernels,
+                                  features_version=int(doc["features_version"]), pipeline=passes)
+    sample["macs"] = int(art.report["summary"]["macs"])  # of the graph as built (after pruning, say)
+    return sample
+
+
+def _profile_mcu(graph: Any, tgt: Any, feeds: list[dict[str, Any]], passes: str, tmp: Path, seed: int
+                 ) -> dict[str, Any]:
+    import nasc
+    from nasc.backends.mcu.build import build_mcu
+    from nasc.backends.mcu.verify import step_instructions
+    from nasc.backends.tvm.kernels import FEATURES_VERSION
+
+    g = nasc.optimize(graph, passes, feeds, tgt.text, seed=seed)
+    m = build_mcu(g, tgt.board, tmp, model="profile", pipeline=passes, budget_check=False, profile=True)
+    total, per_step = step_instructions(tmp, m.inputs, feeds[0])
+    table = kernel_tables.mcu_table(m.kernels, m.plan.order, per_step)
+    sample = perfdata.make_sample(target_key=kernel_tables.key(tgt), model="", family="", latency_ms=total,
+                                  kernels=[{k: v for k, v in r.items() if k != "cost"} for r in table],
+                                  kernel_ms=table, features_version=FEATURES_VERSION, pipeline=passes,
+                                  unit="instructions")
+    sample["macs"] = int(g.summary()["macs"])
+    return sample
+
+
+def profile_corpus(target: str = "cpu", *, budget_s: float | None = None, root: Path | None = None,
+                   only: set[str] | None = None, log: Callable[[str], None] | None = None,
+                   cache: Path | None = None) -> list[dict[str, Any]]:
+    """Profile the corpus models (``only``: those families) round-robin by family until ``budget_s`` has passed.
+    The exported ONNX files are kept in ``cache`` (default: under the dataset folder) for the next run."""
+    from nasc.hw_search import corpus
+
+    tgt = kernel_tables.resolve(target, here=True)
+    budget_s = CORPUS_BUDGET_S if budget_s is None else budget_s
+    log = log or (lambda _m: None)
+    entries = [e for e in corpus.entries(tgt.kind) if only is None or e.family in only]
+    if only is not None and not entries:
+        raise UsageError(f"no corpus family among {sorted(only)}; families: {', '.join(corpus.families(corpus.entries()))}")
+    models_dir = cache or perfdata.target_dir(kernel_tables.key(tgt), root) / "corpus"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    done: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for e in corpus.round_robin(entries):
+        if time.perf_counter() - t0 > budget_s:
+            log(f"time budget of {budget_s:.0f} s reached: {len(done)} of {len(entries)} corpus models profiled")
+            break
+        t1 = time.perf_counter()
+        try:
+            path = e.make(models_dir / f"{e.name}.onnx")
+            s = profile(path, target, passes=e.passes, family=e.family, name=e.label, root=root)
+        except Exception as exc:  # one model that does not export or build is reported, the corpus goes on
+            log(f"{e.label}: skipped ({type(exc).__name__}: {exc})")
+            continue
+        done.append(s)
+        cost = f"{s['latency']:.3f} ms" if s["unit"] == "ms" else f"{s['latency']:,.0f} {s['unit']}"
+        log(f"[{len(done)}/{len(entries)}] {e.label}: {cost}, {len(s['kernels'])} kernels "
+            f"({time.perf_counter() - t1:.1f} s)")
+    return done
+
+
+def record_build(build_dir: Path, feed: Mapping[str, Any], latency_ms: float, *, model: str, pipeline: str,
+                 macs: int | None = None, kernel_ms: list[dict[str, Any]] | None = None,
+                 warn: Callable[[str], None] | None = None) -> Path | None:
+    """Add what a compile, bench or search measured of the cpu build in ``build_dir`` to its target's dataset
+    (timing its kernels on ``feed`` when ``kernel_ms`` is not given). A dataset that cannot be written is a
+    warning, not a failed build."""
+    if not (build_dir / "kernels.json").is_file():  # a gpu build, or a cross-built one: nothing to add
+        return None
+    try:
+        if kernel_ms is None:
+            from nasc.runtime import load as load_compiled
+
+            kernel_ms = load_compiled(build_dir).kernel_ms(feed, repeat=10, warmup=2)
+        return perfdata.record(build_dir, model=model, family=model, pipeline=pipeline, latency_ms=latency_ms,
+                               kernel_ms=kernel_ms, macs=macs)
+    except OSError as exc:
+        if warn is not None:
+            warn(f"the cost model's dataset was not updated: {exc}")
+        return None

@@ -1,0 +1,66 @@
+"""The kernel table of cpu builds (backends/tvm/kernels.py): what the runtime runs, with sound features."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nasc
+from nasc.backends import fidelity
+from nasc.backends.targets import parse_target
+from nasc.backends.tvm.build import planned_kernels
+from nasc.backends.tvm.kernels import FEATURES_VERSION
+from nasc.runtime import load as load_compiled
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture(scope="module", params=["simplify,fuse", "simplify,fuse,quantize"])
+def build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("kernels") / "build"
+    nasc.compile(EXAMPLES / "fashion_cnn.onnx", "cpu", out, passes=request.param, calib=str(EXAMPLES /
+                 "fashion_test.npz"), measure_latency=False, verify=False)
+    return out, request.param
+
+
+def test_table_names_every_kernel_the_runtime_runs(build: tuple[Path, str]) -> None:
+    out, _ = build
+    doc = json.loads((out / "kernels.json").read_text())
+    assert doc["format"] == "nasc-kernels-1" and doc["features_version"] == FEATURES_VERSION
+    table = {k["kernel"]: k for k in doc["kernels"]}
+    built = load_compiled(out)
+    feed = fidelity.random_inputs(nasc.load(EXAMPLES / "fashion_cnn.onnx"), 0, 1)[0]
+    timed = {k["kernel"]: k for k in built.kernel_ms(feed, repeat=3)}
+    assert set(timed) == set(table)  # views (pure reshapes) are left out of the table: they run no code
+    assert all(table[n]["calls"] == timed[n]["calls"] for n in table)
+
+
+def test_features_count_the_convolutions_work_and_weights(build: tuple[Path, str]) -> None:
+    out, passes = build
+    g = nasc.optimize(nasc.load(EXAMPLES / "fashion_cnn.onnx"), "simplify,fuse")
+    convs = [n for n in g.nodes if n.op == "Conv"]
+    table = json.loads((out / "kernels.json").read_text())["kernels"]
+    integer = passes.endswith("quantize")
+    word = "op_qconv2d" if integer else "op_conv2d"
+    # one row per kernel: layers of one shape share it (calls)
+    conv_rows = [k["features"] for k in table for _ in range(k["calls"]) if k["features"].get(word)]
+    assert len(conv_rows) == len(convs)
+    macs = sorted(int(np.prod(c.outputs[0].shape)) * int(np.prod(c.inputs[1].shape[1:])) for c in convs)
+    assert sorted(int(f["work_main"]) for f in conv_rows) == macs
+    for f in conv_rows:
+        assert f["integer"] == float(integer)
+        assert f["bytes_weights"] > 0 and f["bytes_out"] > 0
+        assert f["nhwc"] == 1.0  # x86 convolutions are channels-last
+
+
+def test_planned_kernels_match_the_build_without_generating_code(build: tuple[Path, str]) -> None:
+    out, passes = build
+    g = nasc.optimize(nasc.load(EXAMPLES / "fashion_cnn.onnx"), passes,
+                      fidelity.load_calibration(str(EXAMPLES / "fashion_test.npz"),
+                                                nasc.load(EXAMPLES / "fashion_cnn.onnx")))
+    planned = planned_kernels(g, parse_target("cpu").tvm)
+    built = json.loads((out / "kernels.json").read_text())["kernels"]
+    assert planned == built

@@ -1,0 +1,194 @@
+"""The learned cost model against the MACs baseline: leave one model family out, and seen families.
+
+    python tools/bench_predictor.py [--target cpu|mcu:BOARD] [--dataset FILE.jsonl | --profile] [--write docs/benchmarks.md]
+
+``--profile`` first runs ``nasc profile --corpus`` into a fresh dataset (about 10-15 minutes on two cores);
+without it the host target's dataset in the user cache (or ``--dataset``) is read. For each family, a model is
+trained on the other families and predicts every model of the held-out one (whole-model latency: the sum of its
+kernels' predictions plus the call overhead); the MACs baseline is latency = c x MACs with c fitted on the same
+training families. "Seen families": five folds over the models, each model predicted by a model trained on the
+other four folds (its family's other variants among them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from doc_tables import write_between_markers
+
+from nasc.hw_search import perfdata, predictor
+
+
+def _fmt(sc: Mapping[str, float]) -> str:
+    return f"{sc['spearman']:.3f} | {sc['kendall']:.3f} | {sc['mape']:.1%} | {sc['within_10pct']:.0%}"
+
+
+def leave_one_family_out(samples: Sequence[dict[str, Any]], seed: int) -> tuple[list[str], dict[str, Any]]:
+    fams = sorted({s["family"] for s in samples})
+    lines = ["| held-out family | models | cost model: Spearman | Kendall τ | MAPE | within ±10% | MACs: Spearman | "
+             "Kendall τ | MAPE | within ±10% |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    pooled: dict[str, list[float]] = {"pred": [], "macs": [], "meas": []}
+    per: dict[str, Any] = {}
+    for fam in fams:
+        train = [s for s in samples if s["family"] != fam]
+        test = [s for s in samples if s["family"] == fam]
+        model = predictor.train(train, seed=seed)
+        pred = [model.predict(s["kernels"])["latency"] for s in test]
+        macs = predictor.macs_baseline(train, test)
+        meas = [s["latency"] for s in test]
+        pooled["pred"] += pred
+        pooled["macs"] += macs
+        pooled["meas"] += meas
+        sc, mb = predictor.scores(pred, meas), predictor.scores(macs, meas)
+        per[fam] = {"model": sc, "macs": mb}
+        lines.append(f"| {fam} | {len(test)} | {_fmt(sc)} | {_fmt(mb)} |")
+    sc, mb = predictor.scores(pooled["pred"], pooled["meas"]), predictor.scores(pooled["macs"], pooled["meas"])
+    lines.append(f"| **all, pooled** | {len(pooled['meas'])} | {_fmt(sc)} | {_fmt(mb)} |")
+    mean_rho = float(np.nanmean([v["model"]["spearman"] for v in per.values()]))
+    mean_rho_macs = float(np.nanmean([v["macs"]["spearman"] for v in per.values()]))
+    lines.append(f"| mean over families | | {mean_rho:.3f} | | | | {mean_rho_macs:.3f} | | | |")
+    return lines, {"pooled": sc, "pooled_macs": mb, "families": per}
+
+
+def seen_families(samples: Sequence[dict[str, Any]], seed: int, folds: int = 5) -> tuple[list[str], dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(samples))
+    pred = np.zeros(len(samples))
+    macs = np.zeros(len(samples))
+    for f in range(folds):
+        test_idx = order[f::folds]
+        train = [samples[i] for i in order if i not in set(test_idx)]
+        model = predictor.train(train, seed=seed)
+        base = predictor.macs_baseline(train, [samples[i] for i in test_idx])
+        for j, i in enumerate(test_idx):
+            pred[i] = model.predict(samples[i]["kernels"])["latency"]
+            macs[i] = base[j]
+    meas = [s["latency"] for s in samples]
+    sc, mb = predictor.scores(pred, meas), predictor.scores(macs, meas)
+    lines = ["| seen families (5 folds over models) | models | Spearman | Kendall τ | MAPE | within ±10% |",
+             "|---|---:|---:|---:|---:|---:|",
+             f"| cost model | {len(meas)} | {_fmt(sc)} |", f"| MACs baseline | {len(meas)} | {_fmt(mb)} |"]
+    return lines, {"model": sc, "macs": mb}
+
+
+SEARCH_MODEL = "fashion_cnn"
+SEARCH_SPACE = "simplify,fuse,prune?{macs=0.3..0.9/0.1 round-to=1|8},quantize?"
+
+
+def search_screening(root: Path, trials: int, seed: int, sampler: str, log: Any) -> tuple[list[str], dict[str, Any]]:
+    """``nasc search`` on the bundled Fashion-MNIST CNN for ``cpu`` twice with the same seeded sampler: every trial
+    built, then with the cost model (trained on the dataset under ``root``) screening. Compares the builds and the
+    fronts (hypervolume of the built points' (-accuracy, latency, weight bytes), the same reference point)."""
+    import json
+
+    import bench_search
+
+    import nasc
+    from nasc.hw_search.costmodel import train_target
+
+    examples = Path(nasc.__file__).resolve().parent / "examples"
+    os.environ[perfdata.DIR_ENV] = str(root)  # the searches' own builds go to this dataset, not the user's
+    train_target("cpu", seed=seed)
+    runs: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_predictor_") as td:
+        for name, screen in (("every trial built", False), ("cost model screening", True)):
+            t0 = time.perf_counter()
+            r = nasc.search(str(examples / f"{SEARCH_MODEL}.onnx"), "cpu", Path(td) / name.replace(" ", "_"),
+                            space=SEARCH_SPACE, calib=str(examples / "fashion_test.npz"), trials=trials,
+                            sampler=sampler, seed=seed, screen=screen, log=log, progress=False)
+            data = json.loads((r.out / "pareto.json").read_text())
+            built = [m for m in data["measured"] if not m["values"].get("predicted")]
+            runs[name] = {"seconds": time.perf_counter() - t0, "trials": data["trials"],
+                          "screened": data.get("screened", 0), "cached": data["cached"],
+                          "builds": len({json.dumps(m["values"], sort_keys=True) for m in built}),
+                          "front": {p["pipeline"] for p in data["points"]}, "points": data["points"], "data": data}
+    allpts = [p["values"] for run in runs.values() for p in run["points"]]
+    ref = np.array([max(-v["accuracy"] for v in allpts) + 0.01, 1.1 * max(v["latency_ms"] for v in allpts),
+                    1.1 * max(v["weights_bytes"] for v in allpts)])
+    lines = [f"`nasc search examples/{SEARCH_MODEL}.onnx --target cpu --space \"{SEARCH_SPACE}\" --calib "
+             f"examples/fashion_test.npz --trials {trials} --sampler {sampler} --seed {seed}`, without and with "
+             "`--screen` (the cost model trained on the dataset above; margin 0.25). Builds: trials whose pipeline "
+             "was compiled and timed (not screened out, not a repeat of an earlier pipeline); the front's points "
+             "are re-timed afterwards in both runs.", "",
+             "| run | trials | builds | screened out | front points | hypervolume (accuracy, latency, weights) | "
+             "front pipelines shared | time |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    base = runs["every trial built"]["front"]
+    for name, run in runs.items():
+        hv = bench_search.hypervolume([[-p["values"]["accuracy"], p["values"]["latency_ms"],
+                                        p["values"]["weights_bytes"]] for p in run["points"]], ref)
+        run["hv"] = hv
+        lines.append(f"| {name} | {run['trials']} | {run['builds']} | {run['screened']} | {len(run['front'])} | "
+                     f"{hv:.4g} | {len(run['front'] & base)} of {len(base)} | {run['seconds']:.0f} s |")
+    return lines, runs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--target", default="cpu", help="cpu (this host) or mcu:BOARD (default cpu)")
+    p.add_argument("--dataset", type=Path, default=None, help="a samples.jsonl (default: the target's dataset)")
+    p.add_argument("--profile", action="store_true", help="profile the corpus into a fresh dataset first")
+    p.add_argument("--budget", type=float, default=None, help="--profile: the corpus time budget in seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--write", type=Path, default=None)
+    p.add_argument("--search-trials", type=int, default=30, help="trials of the screening comparison (0: skip it)")
+    p.add_argument("--sampler", default="random", help="the screening comparison's sampler (random: both runs "
+                   "draw the same pipelines, so the fronts compare point for point)")
+    args = p.parse_args()
+    from nasc.backends.tvm.kernels import FEATURES_VERSION
+    from nasc.hw_search import kernel_tables
+
+    tgt = kernel_tables.resolve(args.target)
+    key = kernel_tables.key(tgt)
+    t_profile = None
+    if args.profile:
+        from nasc.hw_search.profile import profile_corpus
+
+        root = Path(tempfile.mkdtemp(prefix="nasc-bench-predictor-"))
+        t0 = time.perf_counter()
+        profile_corpus(args.target, budget_s=args.budget, root=root, log=print)
+        t_profile = time.perf_counter() - t0
+        path = root / key / perfdata.SAMPLES
+    else:
+        path = args.dataset or perfdata.target_dir(key) / perfdata.SAMPLES
+    samples = perfdata.read_samples(path, FEATURES_VERSION)
+    t0 = time.perf_counter()
+    lofo, _ = leave_one_family_out(samples, args.seed)
+    seen, _ = seen_families(samples, args.seed)
+    t_eval = time.perf_counter() - t0
+    fams = sorted({s["family"] for s in samples})
+    what = (f"LLVM target `{key}`, {platform.machine()}" if tgt.kind == "cpu" else
+            f"`{args.target}`: instructions under QEMU `-icount`, deterministic")
+    head = (f"Produced by `python tools/bench_predictor.py --target {args.target}"
+            f"{' --profile' if args.profile else ''}` on {perfdata.host()} ({what}): {len(samples)} models of "
+            f"{len(fams)} families ({', '.join(fams)}), "
+            f"{sum(len(s['kernels']) for s in samples)} kernels"
+            + (f"; profiling the corpus took {t_profile:.0f} s" if t_profile else "")
+            + f"; the {len(fams) + 5} trainings and predictions {t_eval:.0f} s.")
+    parts = [head, "", *lofo, "", *seen]
+    if args.search_trials and tgt.kind == "cpu":
+        root = Path(tempfile.mkdtemp(prefix="nasc-bench-predictor-search-"))
+        (root / key).mkdir(parents=True)
+        (root / key / perfdata.SAMPLES).write_text(path.read_text())
+        lines, _ = search_screening(root, args.search_trials, args.seed, args.sampler, print)
+        parts += ["", *lines]
+    body = "\n".join(parts)
+    print(body)
+    if args.write:
+        write_between_markers(args.write, body, "bench_predictor" if tgt.kind == "cpu" else "bench_predictor_mcu")
+        print(f"wrote {args.write}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TVM_LOG_LEVEL", "1")
+    main()
