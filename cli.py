@@ -387,8 +387,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     u = r["unit"]
     print(f"{args.model} with {args.passes} on {r['target']}: predicted {_cost(r['latency'], u).strip()} per "
           f"inference ({len(r['kernels'])} kernels {_cost(r['kernels_cost'], u).strip()}, {r['calls']} calls "
-          f"{r['overhead']:+.4g}); weights {_bytes(r['weights_bytes'])}, activations at most "
-          f"{_bytes(r['activations_peak_bytes'])} at once")
+          f"{'+' if r['overhead'] >= 0 else '-'}{_cost(abs(r['overhead']), u).strip()})")
+    memory = (f"arena {_bytes(r['arena_bytes'])} (the planner's, exact)" if "arena_bytes" in r else
+              f"activations at most {_bytes(r['activations_peak_bytes'])} at once")
+    print(f"memory: weights {_bytes(r['weights_bytes'])}, {memory}; the costliest kernels:")
     for k in r["kernels"][:args.top]:
         print(f"  {_cost(k['cost'], r['unit'])}  x{k['calls']}  {k['kernel']}")
     return 0

@@ -27,14 +27,21 @@ MIN_OWN_MODELS = 20
 ROUNDS = 400
 REFIT_ROUNDS = 60
 #: Derived features: the arithmetic intensity and size of a kernel's traffic (trees split on one feature at a time).
-DERIVED = ("bytes_total", "work_per_byte", "work_per_out")
+#: The widest vector (up to 16 lanes) that divides the innermost output extent: what a schedule can tile a pruned
+#: width with (42 -> 14, 43 -> 1: scalar code).
+DERIVED = ("bytes_total", "work_per_byte", "work_per_out", "inner_spatial_div16")
+
+
+def _widest_divisor(n: int, cap: int) -> int:
+    return next((d for d in range(min(n, cap), 0, -1) if n % d == 0), 1) if n > 0 else 1
 
 
 def _derived(f: Mapping[str, float]) -> dict[str, float]:
     total = f.get("bytes_in", 0.0) + f.get("bytes_weights", 0.0) + f.get("bytes_out", 0.0)
     work = f.get("work_total", 0.0)
     return {"bytes_total": total, "work_per_byte": work / max(total, 1.0),
-            "work_per_out": work / max(f.get("bytes_out", 0.0), 1.0)}
+            "work_per_out": work / max(f.get("bytes_out", 0.0), 1.0),
+            "inner_spatial_div16": float(_widest_divisor(int(f.get("inner_spatial", 1)), 16))}
 
 
 def rows(samples: Sequence[Mapping[str, Any]]) -> list[tuple[dict[str, float], float, int]]:

@@ -86,7 +86,8 @@ SEARCH_MODEL = "fashion_cnn"
 SEARCH_SPACE = "simplify,fuse,prune?{macs=0.3..0.9/0.1 round-to=1|8},quantize?"
 
 
-def search_screening(root: Path, trials: int, seed: int, sampler: str, log: Any) -> tuple[list[str], dict[str, Any]]:
+def search_screening(root: Path, trials: int, seed: int, sampler: str, budget: float | None, log: Any
+                     ) -> tuple[list[str], dict[str, Any]]:
     """``nasc search`` on the bundled Fashion-MNIST CNN for ``cpu`` twice with the same seeded sampler: every trial
     built, then with the cost model (trained on the dataset under ``root``) screening. Compares the builds and the
     fronts (hypervolume of the built points' (-accuracy, latency, weight bytes), the same reference point)."""
@@ -106,7 +107,8 @@ def search_screening(root: Path, trials: int, seed: int, sampler: str, log: Any)
             t0 = time.perf_counter()
             r = nasc.search(str(examples / f"{SEARCH_MODEL}.onnx"), "cpu", Path(td) / name.replace(" ", "_"),
                             space=SEARCH_SPACE, calib=str(examples / "fashion_test.npz"), trials=trials,
-                            sampler=sampler, seed=seed, screen=screen, log=log, progress=False)
+                            sampler=sampler, seed=seed, screen=screen, log=log, progress=False,
+                            latency_budget_ms=budget)
             data = json.loads((r.out / "pareto.json").read_text())
             built = [m for m in data["measured"] if not m["values"].get("predicted")]
             runs[name] = {"seconds": time.perf_counter() - t0, "trials": data["trials"],
@@ -117,7 +119,8 @@ def search_screening(root: Path, trials: int, seed: int, sampler: str, log: Any)
     ref = np.array([max(-v["accuracy"] for v in allpts) + 0.01, 1.1 * max(v["latency_ms"] for v in allpts),
                     1.1 * max(v["weights_bytes"] for v in allpts)])
     lines = [f"`nasc search examples/{SEARCH_MODEL}.onnx --target cpu --space \"{SEARCH_SPACE}\" --calib "
-             f"examples/fashion_test.npz --trials {trials} --sampler {sampler} --seed {seed}`, without and with "
+             f"examples/fashion_test.npz --trials {trials} --sampler {sampler} --seed {seed}"
+             + (f" --latency-budget {budget}" if budget else "") + "`, without and with "
              "`--screen` (the cost model trained on the dataset above; margin 0.25). Builds: trials whose pipeline "
              "was compiled and timed (not screened out, not a repeat of an earlier pipeline); the front's points "
              "are re-timed afterwards in both runs.", "",
@@ -142,6 +145,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write", type=Path, default=None)
     p.add_argument("--search-trials", type=int, default=30, help="trials of the screening comparison (0: skip it)")
+    p.add_argument("--latency-budgets", default="none,1.0", metavar="MS,MS",
+                   help="the screening comparison once per latency budget (none: no budget; a point predicted over "
+                        "the budget is not built); default none,1.0")
     p.add_argument("--sampler", default="random", help="the screening comparison's sampler (random: both runs "
                    "draw the same pipelines, so the fronts compare point for point)")
     args = p.parse_args()
@@ -180,8 +186,10 @@ def main() -> None:
         root = Path(tempfile.mkdtemp(prefix="nasc-bench-predictor-search-"))
         (root / key).mkdir(parents=True)
         (root / key / perfdata.SAMPLES).write_text(path.read_text())
-        lines, _ = search_screening(root, args.search_trials, args.seed, args.sampler, print)
-        parts += ["", *lines]
+        for text in args.latency_budgets.split(","):
+            budget = None if text.strip() == "none" else float(text)
+            lines, _ = search_screening(root, args.search_trials, args.seed, args.sampler, budget, print)
+            parts += ["", *lines]
     body = "\n".join(parts)
     print(body)
     if args.write:
