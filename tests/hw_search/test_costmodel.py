@@ -160,7 +160,7 @@ def test_mcu_profile_counts_each_steps_instructions_and_predicts(tmp_path: Path,
     planned = kernel_tables.planned(g, tgt)
     assert [(k["kernel"], k["calls"], k["features"]) for k in planned] == \
         [(k["kernel"], k["calls"], k["features"]) for k in s["kernels"]]
-    k, p = kernels_and_plan(g, tgt.board)
+    _, p = kernels_and_plan(g, tgt.board)
     assert len(p.order) == steps
     profile(EXAMPLES / "fashion_cnn.onnx", target)
     train_target(target, seed=0)
