@@ -91,7 +91,17 @@ def _block_stats(func: tirx.PrimFunc) -> dict[str, float]:
 def kernel_features(name: str, func: tirx.PrimFunc, template: str, weights: set[int] | None = None
                     ) -> dict[str, float]:
     """The features of one fused kernel (unscheduled ``func``) that ``template`` schedules; ``weights``: the
-    parameters (by position) that are constants (default: the PrimFunc's ``layout_free_buffers``)."""
+    parameters (by position) that are constants (default: the PrimFunc's ``layout_free_buffers``). A kernel the
+    analysis cannot read (a symbolic extent, say) gets its name's op words and ``unanalysed``: describing a
+    kernel never fails a build."""
+    try:
+        return _features(name, func, template, weights)
+    except Exception:
+        t = template if template in TEMPLATES else "none"
+        return {**_words(name), f"template_{t}": 1.0, "unanalysed": 1.0}
+
+
+def _features(name: str, func: tirx.PrimFunc, template: str, weights: set[int] | None) -> dict[str, float]:
     params = list(func.params)
     if weights is None:
         weights = {int(i) for i in (func.attrs.get("layout_free_buffers", []) if func.attrs is not None else [])}
@@ -135,6 +145,13 @@ def _region_buffer(region: Any) -> str:
 def is_view(func: tirx.PrimFunc) -> bool:
     """Whether a kernel only moves data in memory order (reshapes, and transposes that move unit axes only): the
     build turns it into a view of its input (TVM's RewriteDataflowReshape), which copies nothing and runs no code."""
+    try:
+        return _moves_in_order(func)
+    except Exception:  # a kernel this cannot read is kept (and predicted like the others)
+        return False
+
+
+def _moves_in_order(func: tirx.PrimFunc) -> bool:
     if relax.analysis.has_reshape_pattern(func):
         return True
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
