@@ -17,6 +17,8 @@ from typing import Any
 from nasc.errors import UsageError
 from nasc.hw_search import kernel_tables, perfdata
 
+#: ``$NASC_PERF_RECORD=0``: compile, bench and search do not add their measurements to the dataset
+RECORD_ENV = "NASC_PERF_RECORD"
 #: Seconds ``nasc profile --corpus`` spends at most on ``cpu`` by default (about 15 minutes with the last build).
 CORPUS_BUDGET_S = 780.0
 
@@ -132,6 +134,8 @@ def record_build(build_dir: Path, feed: Mapping[str, Any], latency_ms: float, *,
     (timing its kernels on ``feed`` when ``kernel_ms`` is not given). A dataset that cannot be written is a
     warning, not a failed build."""
     if not (build_dir / "kernels.json").is_file():  # a gpu build, or a cross-built one: nothing to add
+        return None
+    if os.environ.get(RECORD_ENV, "1") == "0":
         return None
     try:
         if kernel_ms is None:
