@@ -131,6 +131,9 @@ def test_compile_adds_what_it_measured(tmp_path: Path, monkeypatch: pytest.Monke
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert s["model"] == "digits_cnn" and s["latency"] == report["latency_ms"]["nasc"]
     assert {k["kernel"] for k in s["kernels"]} == {k["kernel"] for k in report["kernel_ms"]}
+    monkeypatch.setenv("NASC_PERF_RECORD", "0")
+    nasc.compile(EXAMPLES / "digits_cnn.onnx", "cpu", tmp_path / "out2")
+    assert len(perfdata.load(KEY, tmp_path / "perf")) == 1
 
 
 def test_scores_and_the_macs_baseline() -> None:
