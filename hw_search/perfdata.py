@@ -22,6 +22,11 @@ from nasc.errors import UsageError
 FORMAT = "nasc-perf-1"
 DIR_ENV = "NASC_PERF_DIR"
 SAMPLES = "samples.jsonl"
+#: A cpu sample whose whole-model time and kernel times disagree by more than this ratio was measured while
+#: something else ran: it is not ``steady``, and training leaves it out
+STEADY_RATIO = 1.5
+#: what timing one kernel call adds to it (the runtime's instrumentation hook: 1.5-2.3 us a call measured here)
+HOOK_MS = 0.0025
 
 
 def perf_root() -> Path:
@@ -60,7 +65,17 @@ def make_sample(*, target_key: str, model: str, family: str, latency_ms: float, 
     rows = [{**k, "cost": measured.get(k["kernel"])} for k in kernels]
     return {"format": FORMAT, "features_version": features_version, "target": target_key, "host": host(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model": model, "family": family,
-            "pipeline": pipeline, "unit": unit, "latency": float(latency_ms), "kernels": rows}
+            "pipeline": pipeline, "unit": unit, "latency": float(latency_ms), "kernels": rows,
+            "steady": unit != "ms" or disagreement(float(latency_ms), sum(measured.values()),
+                                                   sum(k["calls"] for k in kernels)) < STEADY_RATIO}
+
+
+def disagreement(latency: float, kernels: float, calls: int = 0) -> float:
+    """How far apart (a ratio >= 1) a whole-model time and the sum of its kernels' times, measured one after the
+    other, are, after crediting the sum with the timing hook's cost of each of its ``calls`` (HOOK_MS)."""
+    kernels = max(latency, kernels - HOOK_MS * calls) if kernels > latency else kernels
+    lo, hi = sorted((max(latency, 1e-12), max(kernels, 1e-12)))
+    return hi / lo
 
 
 def append(sample: Mapping[str, Any], root: Path | None = None) -> Path:

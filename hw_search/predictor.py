@@ -44,8 +44,13 @@ def _derived(f: Mapping[str, float]) -> dict[str, float]:
             "inner_spatial_div16": float(_widest_divisor(int(f.get("inner_spatial", 1)), 16))}
 
 
+def steady(samples: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The samples whose whole-model and kernel timings agree (perfdata: ``steady``, absent means yes)."""
+    return [s for s in samples if s.get("steady", True)]
+
+
 def rows(samples: Sequence[Mapping[str, Any]]) -> list[tuple[dict[str, float], float, int]]:
-    """(features, measured ms per call, calls) of every timed kernel of ``samples``."""
+    """(features, measured cost per call, calls) of every measured kernel of ``samples``."""
     out = []
     for s in samples:
         for k in s["kernels"]:
@@ -167,6 +172,7 @@ def train(samples: Sequence[Mapping[str, Any]], *, seed: int = 0, base: CostMode
     adapted to this one from a few samples."""
     import xgboost as xgb
 
+    samples = steady(samples) or list(samples)  # a machine busy throughout: train on what there is
     data = rows(samples)
     if not data:
         raise UsageError("no timed kernels to train on; profile some models first ('nasc profile')")

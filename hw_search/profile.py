@@ -17,6 +17,9 @@ from typing import Any
 from nasc.errors import UsageError
 from nasc.hw_search import kernel_tables, perfdata
 
+#: a cpu profile times the whole model and then its kernels, up to this many times while the two disagree
+#: (perfdata.STEADY_RATIO)
+STEADY_TRIES = 3
 #: ``$NASC_PERF_RECORD=0``: compile, bench and search do not add their measurements to the dataset
 RECORD_ENV = "NASC_PERF_RECORD"
 #: Seconds ``nasc profile --corpus`` spends at most on ``cpu`` by default (about 15 minutes with the last build).
@@ -63,8 +66,17 @@ def _profile_cpu(model: Any, target: str, feeds: list[dict[str, Any]], passes: s
     art = nasc.compile(model, target, tmp / "build", input_shapes=input_shapes, passes=passes, calib=feeds,
                        seed=seed, verify=False, measure_latency=False)
     built = load_compiled(art.out)
-    latency = built.latency_ms(feeds[0], repeat=repeat, warmup=3, min_seconds=0.2)
-    kernels = built.kernel_ms(feeds[0], repeat=max(5, repeat // 2))
+    best: tuple[float, float, list[dict[str, Any]]] | None = None
+    for _ in range(STEADY_TRIES):  # again while the whole and its kernels disagree (the machine was busy)
+        latency = built.latency_ms(feeds[0], repeat=repeat, warmup=3, min_seconds=0.2)
+        kernels = built.kernel_ms(feeds[0], repeat=max(5, repeat // 2))
+        off = perfdata.disagreement(latency, sum(k["ms"] for k in kernels), sum(k["calls"] for k in kernels))
+        if best is None or off < best[0]:
+            best = (off, latency, kernels)
+        if off < perfdata.STEADY_RATIO:
+            break
+    assert best is not None
+    _, latency, kernels = best
     doc = json.loads((art.out / "kernels.json").read_text())
     sample = perfdata.make_sample(target_key=TvmTarget("cpu", doc["target"]).key, model="", family="",
                                   latency_ms=latency, kernels=doc["kernels"], kernel_ms=kernels,

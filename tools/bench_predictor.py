@@ -82,6 +82,29 @@ def seen_families(samples: Sequence[dict[str, Any]], seed: int, folds: int = 5) 
     return lines, {"model": sc, "macs": mb}
 
 
+def transfer(base_samples: Sequence[dict[str, Any]], samples: Sequence[dict[str, Any]], base_key: str, key: str,
+             seed: int, sizes: Sequence[int] = (5, 10)) -> list[str]:
+    """A new target from a few samples (the HELP idea, simply): the related target's model as it is, a model
+    trained on the new target's few samples alone, and the related model refitted on them (``nasc predict --train``
+    does that below MIN_OWN_MODELS samples), each scored on the new target's other models."""
+    base = predictor.train(base_samples, seed=seed, meta={"target": base_key})
+    lines = [f"A new target from a few samples: `{key}` predicted with `{base_key}`'s model ({len(base_samples)} "
+             f"models) as it is, with a model trained on n of `{key}`'s models alone, and with `{base_key}`'s model "
+             f"refitted on those n (what `nasc predict --train` does below {predictor.MIN_OWN_MODELS} models); "
+             f"scored on `{key}`'s other models (n drawn with numpy seed {seed}).", "",
+             "| n | model | Spearman | Kendall τ | MAPE | within ±10% |", "|---:|---|---:|---:|---:|---:|"]
+    order = np.random.default_rng(seed).permutation(len(samples))
+    for n in sizes:
+        few = [samples[i] for i in order[:n]]
+        rest = [samples[i] for i in order[n:]]
+        meas = [s["latency"] for s in rest]
+        for name, model in ((f"`{base_key}` as it is", base), ("trained on the n alone", predictor.train(few, seed=seed)),
+                            (f"`{base_key}` refitted on the n", predictor.train(few, seed=seed, base=base))):
+            sc = predictor.scores([model.predict(s["kernels"])["latency"] for s in rest], meas)
+            lines.append(f"| {n} | {name} | {_fmt(sc)} |")
+    return lines
+
+
 SEARCH_MODEL = "fashion_cnn"
 SEARCH_SPACE = "simplify,fuse,prune?{macs=0.3..0.9/0.1 round-to=1|8},quantize?"
 
@@ -144,6 +167,8 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=None, help="--profile: the corpus time budget in seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write", type=Path, default=None)
+    p.add_argument("--transfer-from", type=Path, default=None, metavar="FILE.jsonl",
+                   help="also score a related target's dataset refitted on a few of this target's samples")
     p.add_argument("--search-trials", type=int, default=30, help="trials of the screening comparison (0: skip it)")
     p.add_argument("--latency-budgets", default="none,1.0", metavar="MS,MS",
                    help="the screening comparison once per latency budget (none: no budget; a point predicted over "
@@ -182,6 +207,9 @@ def main() -> None:
             + (f"; profiling the corpus took {t_profile:.0f} s" if t_profile else "")
             + f"; the {len(fams) + 5} trainings and predictions {t_eval:.0f} s.")
     parts = [head, "", *lofo, "", *seen]
+    if args.transfer_from:
+        base_samples = perfdata.read_samples(args.transfer_from, FEATURES_VERSION)
+        parts += ["", *transfer(base_samples, samples, str(base_samples[0]["target"]), key, args.seed)]
     if args.search_trials and tgt.kind == "cpu":
         root = Path(tempfile.mkdtemp(prefix="nasc-bench-predictor-search-"))
         (root / key).mkdir(parents=True)

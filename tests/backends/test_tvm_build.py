@@ -22,7 +22,7 @@ def test_example_cnn_builds_for_cpu_and_matches_onnxruntime(digits_onnx, tmp_pat
     test = np.load(Path(digits_onnx).with_name("digits_test.npz"))
     art = nasc.compile(digits_onnx, "cpu", tmp_path / "b", calib=[{"image": test["image"][i : i + 1]}
                                                                  for i in range(16)])
-    assert art.files == ["model.json", "model.so", "report.html", "report.json"]
+    assert art.files == ["kernels.json", "model.json", "model.so", "report.html", "report.json"]
     rep = art.report
     assert rep["fidelity"]["max_abs_err"] < 1e-4 and rep["fidelity"]["top1_agreement"] == 1.0
     assert set(rep["latency_ms"]) == {"nasc", "onnxruntime"} and rep["latency_ms"]["nasc"] > 0
