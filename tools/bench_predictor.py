@@ -201,7 +201,9 @@ def main() -> None:
     what = (f"LLVM target `{key}`, {platform.machine()}" if tgt.kind == "cpu" else
             f"`{args.target}`: instructions under QEMU `-icount`, deterministic")
     head = (f"Produced by `python tools/bench_predictor.py --target {args.target}"
-            f"{' --profile' if args.profile else ''}` on {perfdata.host()} ({what}): {len(samples)} models of "
+            f"{' --profile' if args.profile else ''}"
+            f"{' --transfer-from <' + args.transfer_from.parent.name + ' dataset>' if args.transfer_from else ''}` on "
+            f"{perfdata.host()} ({what}): {len(samples)} models of "
             f"{len(fams)} families ({', '.join(fams)}), "
             f"{sum(len(s['kernels']) for s in samples)} kernels"
             + (f"; profiling the corpus took {t_profile:.0f} s" if t_profile else "")
@@ -221,7 +223,7 @@ def main() -> None:
     body = "\n".join(parts)
     print(body)
     if args.write:
-        write_between_markers(args.write, body, "bench_predictor" if tgt.kind == "cpu" else "bench_predictor_mcu")
+        write_between_markers(args.write, body, "bench_predictor" if tgt.kind == "cpu" else f"bench_predictor_{key}")
         print(f"wrote {args.write}")
 
 
