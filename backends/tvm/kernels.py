@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import tvm
 from tvm import relax, s_tir, tirx
 
@@ -32,15 +33,13 @@ TEMPLATES = ("conv2d", "conv2d_nhwc", "matmul", "row_reduction", "injective", "g
 
 PREPACKED = "_prepacked"
 
-_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1, "int16": 2,
-          "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "bool": 1}
-
 
 def _nbytes(buf: Any) -> int:
-    n = 1
-    for d in buf.shape:
-        n *= int(d)
-    return n * _BYTES.get(str(buf.dtype), 4)
+    return math.prod(int(d) for d in buf.shape) * np.dtype(buf.dtype).itemsize
+
+
+def _template_key(template: str) -> str:
+    return f"template_{template if template in TEMPLATES else 'none'}"
 
 
 def _words(name: str) -> dict[str, int]:
@@ -56,8 +55,7 @@ def _words(name: str) -> dict[str, int]:
     return out
 
 
-def _block_stats(func: tirx.PrimFunc) -> dict[str, float]:
-    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+def _block_stats(sch: s_tir.Schedule) -> dict[str, float]:
     blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
     work_total = 0.0
     main: tuple[float, Any, list[int], list[int]] | None = None
@@ -97,15 +95,15 @@ def kernel_features(name: str, func: tirx.PrimFunc, template: str, weights: set[
     try:
         return _features(name, func, template, weights)
     except Exception:
-        t = template if template in TEMPLATES else "none"
-        return {**_words(name), f"template_{t}": 1.0, "unanalysed": 1.0}
+        return {**_words(name), _template_key(template): 1.0, "unanalysed": 1.0}
 
 
 def _features(name: str, func: tirx.PrimFunc, template: str, weights: set[int] | None) -> dict[str, float]:
     params = list(func.params)
     if weights is None:
         weights = {int(i) for i in (func.attrs.get("layout_free_buffers", []) if func.attrs is not None else [])}
-    n_out = max(1, _outputs(func))
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    n_out = max(1, _outputs(sch, func))
     ins, outs = params[:-n_out], params[-n_out:]
     dtypes = {str(p.dtype) for p in params}
     feats: dict[str, float] = {
@@ -115,31 +113,21 @@ def _features(name: str, func: tirx.PrimFunc, template: str, weights: set[int] |
         "inputs": len(ins), "integer": float(bool(dtypes & {"int8", "uint8"})),
         "int32": float("int32" in dtypes), "float": float(any(d.startswith("float") for d in dtypes)),
     }
-    feats.update(_block_stats(func))
+    feats.update(_block_stats(sch))
     feats.update(_words(name))
-    feats[f"template_{template if template in TEMPLATES else 'none'}"] = 1.0  # (the C of mcu kernels: "none")
+    feats[_template_key(template)] = 1.0  # (the C of mcu kernels: "none")
     return feats
 
 
-def _outputs(func: tirx.PrimFunc) -> int:
+def _outputs(sch: s_tir.Schedule, func: tirx.PrimFunc) -> int:
     """How many of ``func``'s trailing parameters are outputs: the buffers its root's output blocks write."""
-    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-    written = set()
-    for b in sch.get_output_blocks(sch.get_sblock("root")):
-        for w in sch.get(b).writes:
-            written.add(_region_buffer(w))
-    names = [p.name for p in func.params]
+    written = {str(w.source.name) for b in sch.get_output_blocks(sch.get_sblock("root")) for w in sch.get(b).writes}
     n = 0
-    for pname in reversed(names):
-        if pname not in written:
+    for p in reversed(list(func.params)):
+        if p.name not in written:
             break
         n += 1
     return n
-
-
-def _region_buffer(region: Any) -> str:
-    """The buffer name of a block's read/write region (TVM 0.27: ``TensorRegion``, printed ``name[...]``)."""
-    return str(region.source.name)
 
 
 def is_view(func: tirx.PrimFunc) -> bool:
