@@ -22,6 +22,13 @@ def _features_version() -> int:
     return FEATURES_VERSION
 
 
+def model_for(tgt: Any, root: Path | None = None) -> CostModel:
+    """The trained cost model of the target object ``tgt`` (kernel_tables.resolve); a UsageError that says how to
+    train one when there is none."""
+    key = kernel_tables.key(tgt)
+    return load_model(perfdata.target_dir(key, root), key, _features_version())
+
+
 def related(target_key: str, root: Path | None = None) -> str | None:
     """Another target of the same kind (``llvm-*``) with a trained model and the most samples, or None."""
     kind = target_key.split("-", 1)[0]
@@ -72,7 +79,7 @@ def predict(model: Any, target: str = "cpu", *, passes: str = "simplify,fuse",
     tgt = kernel_tables.resolve(target)
     key = kernel_tables.key(tgt)
     if cost_model is None:
-        cost_model = load_model(perfdata.target_dir(key, root), key, _features_version())
+        cost_model = model_for(tgt, root)
     if graph is None:
         g = nasc.load(model, input_shapes)
         feeds = (fidelity.load_calibration(str(calib), g) if isinstance(calib, str | os.PathLike)

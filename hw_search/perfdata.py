@@ -123,11 +123,10 @@ def datasets(root: Path | None = None) -> list[str]:
     return sorted(p.name for p in base.glob("*") if (p / SAMPLES).is_file()) if base.is_dir() else []
 
 
-def record(build_dir: Path, *, model: str, family: str, pipeline: str, latency_ms: float,
-           kernel_ms: Iterable[Mapping[str, Any]], macs: int | None = None, root: Path | None = None
-           ) -> Path | None:
-    """Append the sample of a cpu build in ``build_dir`` (its ``kernels.json`` joined with ``kernel_ms``, the
-    runtime's per-kernel times) to its target's dataset; None when the build has no kernel table."""
+def cpu_sample(build_dir: Path, *, model: str, family: str, pipeline: str, latency_ms: float,
+               kernel_ms: Iterable[Mapping[str, Any]], macs: int | None = None) -> dict[str, Any] | None:
+    """The sample of a cpu build in ``build_dir``: its ``kernels.json`` joined with ``kernel_ms`` (the runtime's
+    per-kernel times); None when the build has no kernel table."""
     path = build_dir / "kernels.json"
     if not path.is_file():
         return None
@@ -140,4 +139,14 @@ def record(build_dir: Path, *, model: str, family: str, pipeline: str, latency_m
                          pipeline=pipeline)
     if macs is not None:
         sample["macs"] = int(macs)
-    return append(sample, root)
+    return sample
+
+
+def record(build_dir: Path, *, model: str, family: str, pipeline: str, latency_ms: float,
+           kernel_ms: Iterable[Mapping[str, Any]], macs: int | None = None, root: Path | None = None
+           ) -> Path | None:
+    """Append the sample of a cpu build in ``build_dir`` (:func:`cpu_sample`) to its target's dataset; None when
+    the build has no kernel table."""
+    sample = cpu_sample(build_dir, model=model, family=family, pipeline=pipeline, latency_ms=latency_ms,
+                        kernel_ms=kernel_ms, macs=macs)
+    return None if sample is None else append(sample, root)

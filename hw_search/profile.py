@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from nasc.errors import UsageError
+from nasc.errors import Error, UsageError
 from nasc.hw_search import kernel_tables, perfdata
 
 #: a cpu profile times the whole model and then its kernels, up to this many times while the two disagree
@@ -57,10 +57,7 @@ def profile(model: Any, target: str = "cpu", *, passes: str = "simplify,fuse", c
 
 def _profile_cpu(model: Any, target: str, feeds: list[dict[str, Any]], passes: str,
                  input_shapes: Mapping[str, Any] | None, tmp: Path, repeat: int, seed: int) -> dict[str, Any]:
-    import json
-
     import nasc
-    from nasc.backends.tvm.target import TvmTarget
     from nasc.runtime import load as load_compiled
 
     art = nasc.compile(model, target, tmp / "build", input_shapes=input_shapes, passes=passes, calib=feeds,
@@ -77,11 +74,11 @@ def _profile_cpu(model: Any, target: str, feeds: list[dict[str, Any]], passes: s
             break
     assert best is not None
     _, latency, kernels = best
-    doc = json.loads((art.out / "kernels.json").read_text())
-    sample = perfdata.make_sample(target_key=TvmTarget("cpu", doc["target"]).key, model="", family="",
-                                  latency_ms=latency, kernels=doc["kernels"], kernel_ms=kernels,
-                                  features_version=int(doc["features_version"]), pipeline=passes)
-    sample["macs"] = int(art.report["summary"]["macs"])  # of the graph as built (after pruning, say)
+    # the MACs of the graph as built (after pruning, say)
+    sample = perfdata.cpu_sample(art.out, model="", family="", pipeline=passes, latency_ms=latency,
+                                 kernel_ms=kernels, macs=int(art.report["summary"]["macs"]))
+    if sample is None:
+        raise Error(f"the cpu build in {art.out} has no kernel table (kernels.json)")
     return sample
 
 

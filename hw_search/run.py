@@ -164,12 +164,10 @@ def _cost_model(tgt: Any, build: bool, screen: bool | None, log: Any) -> Any:
         if screen and tgt.kind != "cpu":
             raise UsageError(f"screening trials with the cost model needs a cpu target, not {tgt.text}")
         return None
-    from nasc.backends.tvm.kernels import FEATURES_VERSION
-    from nasc.hw_search import perfdata
-    from nasc.hw_search.predictor import load_model
+    from nasc.hw_search.costmodel import model_for
 
     try:
-        model = load_model(perfdata.target_dir(tgt.tvm.key), tgt.tvm.key, FEATURES_VERSION)
+        model = model_for(tgt)
     except UsageError as e:
         if screen:
             raise

@@ -134,9 +134,9 @@ def evaluate(problem: Problem, pipeline: str, measured: Sequence[Mapping[str, fl
     s = g.summary()
     values["weights_bytes"], values["macs"] = float(s["param_bytes"]), float(s["macs"])
     if problem.screen is not None:
-        from nasc.backends.tvm.build import planned_kernels
+        from nasc.hw_search.kernel_tables import planned
 
-        predicted = float(problem.screen.predict(planned_kernels(g, problem.target.tvm))["latency"])
+        predicted = float(problem.screen.predict(planned(g, problem.target))["latency"])
         if not promising({**values, "latency_ms": predicted * (1 - problem.margin)}, measured, problem):
             return {**values, "latency_ms": predicted, "predicted": 1.0}
         values["latency_ms_predicted"] = predicted
