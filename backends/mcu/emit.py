@@ -558,9 +558,11 @@ SECTIONS {
 #: the MPS2 boards' CMSDK APB timer 0 (QEMU: 32-bit, down-counting at the 25 MHz system clock, on QEMU's virtual
 #: clock); under ``-icount shift=0`` its ticks count instructions (40 per tick). On the host it reads 0.
 MPS2_TIMER_HZ = 25_000_000
+#: the timer's registers (CTRL, VALUE, RELOAD) as C, for the harness and for a profiling build's model.c
+TIMER0 = "((volatile unsigned*)0x40000000u)"
 TIMER = [
     "#ifdef NASC_QEMU_TIMER",
-    "#define NASC_TIMER0 ((volatile unsigned*)0x40000000u) /* CTRL, VALUE, RELOAD */",
+    f"#define NASC_TIMER0 {TIMER0} /* CTRL, VALUE, RELOAD */",
     "static void nasc_timer_start(void) { NASC_TIMER0[2] = 0xFFFFFFFFu; NASC_TIMER0[1] = 0xFFFFFFFFu; "
     "NASC_TIMER0[0] = 1u; }",
     "static unsigned nasc_timer(void) { return NASC_TIMER0[1]; }",
@@ -574,7 +576,7 @@ TIMER = [
 #: model.c's step timer in a profiling build: the harness's timer on QEMU (it starts it), nothing on the host
 PROFILE_TIMER = [
     "#ifdef NASC_QEMU_TIMER",
-    "#define NASC_STEP_TIMER() (((volatile unsigned*)0x40000000u)[1])",
+    f"#define NASC_STEP_TIMER() ({TIMER0}[1])",
     "#else",
     "#define NASC_STEP_TIMER() 0u",
     "#endif",
