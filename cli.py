@@ -212,6 +212,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if tuning:
         print(f"tuning: {tuning['tasks']} kernels, {tuning['reused']} from the database, {tuning['tuned']} tuned now "
               f"with {tuning['trials']} trials ({tuning['time_s']} s); database {tuning['database']}")
+    pad = rep.get("build", {}).get("channel_padding")
+    if pad:
+        print(f"channels padded to multiples of {pad['multiple']} (whole vectors): {pad['groups_padded']} groups, "
+              f"+{pad['channels_added']} zero channels, MACs run {pad['macs_after'] / pad['macs_before'] - 1:+.1%}")
     lat = rep.get("latency_ms")
     if lat:
         print(f"latency (median, batch as built): nasc {lat['nasc']:.3f} ms, onnxruntime {lat['onnxruntime']:.3f} ms "

@@ -216,9 +216,9 @@ class Prune(Pass):
         odd = [g for g in groups if g.id in removed and ((g.size - len(removed[g.id])) * g.width) % SIMD_CHANNELS]
         if odd and self.round_to % SIMD_CHANNELS:
             ctx.note(f"{len(odd)} group(s) keep channel counts that are not multiples of {SIMD_CHANNELS} (e.g. "
-                     f"{(odd[0].size - len(removed[odd[0].id])) * odd[0].width} in {odd[0].name()}): CPU and GPU "
-                     f"kernels run such shapes slower, which can cost more than the MACs saved; "
-                     f"round-to={SIMD_CHANNELS} avoids it (docs/benchmarks.md)")
+                     f"{(odd[0].size - len(removed[odd[0].id])) * odd[0].width} in {odd[0].name()}): a cpu build "
+                     f"pads them back to whole vectors with zero channels (a few % of MACs), a gpu build runs "
+                     f"them slower; round-to={SIMD_CHANNELS} avoids both (docs/benchmarks.md)")
         return True
 
 

@@ -1,14 +1,15 @@
 """Remove channels for real: slice the weights, let each op fix its shape operands, re-type every value.
 
 A plan maps (value position in ``graph.values()``, axis) to the indices kept on that axis
-(see ``Analysis.removal``). Positions rather than values, so that one plan applies to the
+(see ``Analysis.removal``); an index of -1 is a new channel of zeros (padding, see
+:mod:`nasc.passes.prune_pad`). Positions rather than values, so that one plan applies to the
 graph it was found on and to its clones (the dry runs that search for a MAC target, the
 zero-invariance check).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -41,8 +42,21 @@ def _new_shape(v: Value, axes: dict[int, np.ndarray]) -> tuple[int, ...]:
     return tuple(len(axes[a]) if a in axes else d for a, d in enumerate(v.shape))
 
 
-def apply_plan(graph: Graph, plan: Plan, *, data: bool = True) -> None:
+def _take(arr: np.ndarray, kept: np.ndarray, axis: int, fill: float = 0.0) -> np.ndarray:
+    """``arr`` at the ``kept`` indices along ``axis``, ``fill`` where an index is -1 (a padded channel)."""
+    out = np.take(arr, np.maximum(kept, 0), axis=axis)
+    if (kept < 0).any():
+        idx: list[slice | np.ndarray] = [slice(None)] * arr.ndim
+        idx[axis] = np.flatnonzero(kept < 0)
+        out[tuple(idx)] = fill
+    return out
+
+
+def apply_plan(graph: Graph, plan: Plan, *, data: bool = True, fill: Mapping[int, float] | None = None) -> None:
     """Remove the channels ``plan`` does not keep, in place.
+
+    Padded channels (-1 in the plan) of a constant are zeros, or ``fill[position]`` for the
+    constant at that position (a quantization scale or a variance: 1).
 
     With ``data=False`` only types change (constants keep their old contents): a cheap dry
     run whose params and MACs are those of the real result. The graph is re-typed node by
@@ -52,6 +66,7 @@ def apply_plan(graph: Graph, plan: Plan, *, data: bool = True) -> None:
     per_value = _by_value(graph, plan)
     if not per_value:
         return
+    fills = {id(v): fill[pos] for pos, v in enumerate(graph.values()) if pos in fill} if fill else {}
     for node in list(graph.nodes):
         if any(v is not None and id(v) in per_value for v in (*node.inputs, *node.outputs)):
             entry = lookup_node(node)
@@ -66,7 +81,7 @@ def apply_plan(graph: Graph, plan: Plan, *, data: bool = True) -> None:
         if v.is_const and data:
             arr = v.data
             for a, kept in sorted(axes.items()):
-                arr = np.take(arr, kept, axis=a)
+                arr = _take(arr, kept, a, fills.get(id(v), 0.0))
             arr = np.ascontiguousarray(arr)
             v.const = LazyArray(arr.shape, t.dtype, lambda a=arr: a)  # type: ignore[misc]
             v.const.load()

@@ -3,6 +3,7 @@
     python tools/bench_cpu.py [--models mobilenet_v2,resnet18,efficientnet_lite,transformer,minilm] [--write docs/benchmarks.md]
     python tools/bench_cpu.py --models transformer --export-onnx DIR    # DIR/transformer.onnx, for nasc compile
     python tools/bench_cpu.py --models mobilenet_v2 --profile [--write-profile docs/benchmarks.md]
+    python tools/bench_cpu.py --prune 0.6 [--write-pruned docs/benchmarks.md]   # pruned models, padded or not
 
 ``--profile``: where the time goes, kernel by kernel: nasc's build (each compiled kernel timed through the VM's
 instrumentation hook, as report.html shows it) beside ONNX Runtime's own profiler (per node, summed by op type).
@@ -83,6 +84,43 @@ def export_onnx(name: str, out_dir: Path) -> Path:
         return nasc.export_onnx(nasc.load(str(path)), out_dir / f"{name}.onnx")
 
 
+def pruned(name: str, macs: float, tmp: Path) -> tuple[str, list[tuple[str, float]]]:
+    """The model and ``prune{macs=...}`` of it, built by nasc with channel padding (the default), without it
+    (NASC_PAD_CHANNELS=0), and with round-to at the vector width, beside ONNX Runtime on both ONNX files; all
+    timed in turns (runtime.interleaved_ms)."""
+    import nasc
+    from nasc import runtime
+    from nasc.backends.fidelity import ort_session, random_inputs
+    from nasc.backends.tvm.schedules import vector_lanes
+    from nasc.backends.tvm.target import TvmTarget
+
+    lanes = vector_lanes(TvmTarget("cpu").tvm())
+    src = export_onnx(name, tmp)
+    base = nasc.optimize(nasc.load(str(src)), "simplify,fuse")
+    feed = random_inputs(base, 0, 1)[0]
+    graphs = {"unpruned": base, f"prune{{macs={macs}}}": nasc.optimize(base, f"prune{{macs={macs}}}"),
+              f"prune{{macs={macs} round-to={lanes}}}": nasc.optimize(base, f"prune{{macs={macs} round-to={lanes}}}")}
+    fns: list[tuple[str, Any]] = []
+    for label, g in graphs.items():
+        onnx_path = nasc.export_onnx(g, tmp / f"{name}-{len(fns)}.onnx")
+        sess = ort_session(str(onnx_path))
+        fns.append((f"onnxruntime, {label}", lambda s=sess: s.run(None, feed)))
+        pads = (True, False) if label.endswith(f"{macs}}}") else (True,)
+        for pad in pads:
+            out = tmp / f"{name}-{len(fns)}"
+            os.environ["NASC_PAD_CHANNELS"] = "1" if pad else "0"
+            try:
+                nasc.compile(g, "cpu", out, measure_latency=False)
+            finally:
+                os.environ.pop("NASC_PAD_CHANNELS")
+            m = runtime.load(out)
+            what = "" if label == "unpruned" or "round-to" in label else (
+                ", channels padded" if pad else ", NASC_PAD_CHANNELS=0")
+            fns.append((f"nasc cpu, {label}{what}", lambda m=m: m.run(feed)))
+    ms = runtime.interleaved_ms([f for _, f in fns])
+    return name, [(label, t) for (label, _), t in zip(fns, ms, strict=True)]
+
+
 def profile(name: str, top: int = 15) -> list[str]:
     """Markdown: nasc's costliest kernels and ONNX Runtime's time per op type on the same ONNX model."""
     import numpy as np
@@ -150,7 +188,26 @@ def main() -> None:
                    "markers")
     p.add_argument("--export-onnx", type=Path, default=None, metavar="DIR",
                    help="write DIR/<model>.onnx for each model (as benchmarked) and exit")
+    p.add_argument("--prune", type=float, default=None, metavar="MACS",
+                   help="time prune{macs=MACS} of each model: padded (default), unpadded, round-to, and ONNX Runtime")
+    p.add_argument("--write-pruned", type=Path, default=None, help="write that table between bench_cpu_pruned markers")
     args = p.parse_args()
+    if args.prune is not None:
+        import tvm
+
+        out = [f"Produced by `python tools/bench_cpu.py --models {args.models} --prune {args.prune}` on "
+               f"{platform.machine()}, {os.cpu_count()} cores, LLVM mcpu `{tvm.target.codegen.llvm_get_system_cpu()}`"
+               f". Median ms of one batch-1 run, all rows of a model timed in turns; no tuning.", ""]
+        for name in args.models.split(","):
+            with tempfile.TemporaryDirectory() as tmp:
+                _, rows = pruned(name, args.prune, Path(tmp))
+            base = rows[1][1]
+            out += [f"## {name}", "", "| runtime, model | ms | vs nasc unpruned |", "|---|---:|---:|"]
+            out += [f"| {label} | {t:.3f} | {t / base:.2f}x |" for label, t in rows] + [""]
+            print("\n".join(out[-len(rows) - 3:]))
+        if args.write_pruned:
+            write_between_markers(args.write_pruned, "\n".join(out), "bench_cpu_pruned")
+        return
     if args.export_onnx:
         for name in args.models.split(","):
             print(export_onnx(name, args.export_onnx))

@@ -244,10 +244,11 @@ class _Integerizer:
             return None
         b = _dq(n.input(2))
         if b is not None and b.q.is_const and b.q.dtype == "i32" and np.all(b.zp == 0):
-            bs = np.broadcast_to(b.scale, (channels,))
-            if not np.allclose(bs, scale, rtol=1e-5):
+            bs, bq = np.broadcast_to(b.scale, (channels,)), np.asarray(b.q.data, np.int32).reshape(-1)
+            # a zero entry is zero at any scale (a channel padded by passes.prune_pad has scale 1)
+            if not np.allclose(bs[bq != 0], scale[bq != 0], rtol=1e-5):
                 return False
-            return np.asarray(b.q.data, np.int32).reshape(-1)
+            return bq
         f = _const(n.input(2))
         if f is None or f.size != channels:
             return False

@@ -85,7 +85,7 @@ _NHWC_MAX_ACC_AVX512 = 20
 # ----------------------------------------------------------------------------------------------
 
 
-def _vector_lanes(target: tvm.target.Target) -> int:
+def vector_lanes(target: tvm.target.Target) -> int:
     """float32 lanes of the widest vector unit the target has (16 for AVX-512, 8 for AVX2, 4 otherwise)."""
     try:
         if tvm.target.codegen.target_has_features("avx512f", target):
@@ -822,7 +822,7 @@ def default_schedule(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[s_ti
     """The default schedule of the kernel ``mod["main"]`` as a traced schedule (its ``trace`` replays the
     template, e.g. as a MetaSchedule tuning record) and the template's name; ``(None, "none")`` when no
     template applies."""
-    return _schedule(mod["main"], _vector_lanes(target), int8_kind(target))
+    return _schedule(mod["main"], vector_lanes(target), int8_kind(target))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -837,7 +837,7 @@ def apply_default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm
     result compiles with ``tvm.compile(mod, target)`` (or ``relax.build``); its LegalizeOps finds no Relax
     operators left and the scheduled PrimFuncs are lowered as they are.
     """
-    lanes = _vector_lanes(target)
+    lanes = vector_lanes(target)
     int8 = int8_kind(target)
     updates: dict[tvm.ir.GlobalVar, tirx.PrimFunc] = {}
     for gvar, func in mod.functions_items():
