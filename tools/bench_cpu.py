@@ -92,9 +92,9 @@ def pruned(name: str, macs: float, tmp: Path) -> tuple[str, list[tuple[str, floa
     from nasc import runtime
     from nasc.backends.fidelity import ort_session, random_inputs
     from nasc.backends.tvm.schedules import vector_lanes
-    from nasc.backends.tvm.target import TvmTarget
+    from nasc.backends.tvm.target import TvmTarget, host_cpu
 
-    lanes = vector_lanes(TvmTarget("cpu").tvm())
+    lanes = vector_lanes(TvmTarget("cpu", {"kind": "llvm", "mcpu": host_cpu()}).tvm())
     src = export_onnx(name, tmp)
     base = nasc.optimize(nasc.load(str(src)), "simplify,fuse")
     feed = random_inputs(base, 0, 1)[0]

@@ -430,6 +430,14 @@ def _nhwc_tile(c_out: int, w_out: int, lanes: int, max_acc: int) -> tuple[int, i
     return best[1], best[2], vec
 
 
+def _nbytes(buf: tirx.Buffer) -> int:
+    """Bytes of a buffer with a static shape (a dynamic dim counts as 1)."""
+    n = 1
+    for d in buf.shape:
+        n *= _int(d) or 1
+    return n * ((buf.dtype.bits * buf.dtype.lanes + 7) // 8)
+
+
 def _has_condition(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
     """Whether a spatial block stores a conditional value (zero padding), not a plain copy."""
     value = getattr(sch.get(block).body, "value", None)
@@ -462,7 +470,8 @@ def _prepack(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, buf: tirx.Buff
 
 def _template_conv2d_nhwc(sch: s_tir.Schedule, lanes: int) -> None:
     """NHWC convolution (weights HWIO, packed at build time): a register tile of output columns x channel
-    vectors, the reduction (kernel rows, columns, input channels: contiguous) under it, the epilogue fused."""
+    vectors, the reduction (kernel rows, columns, input channels: contiguous) under it, the epilogue fused;
+    channel tiles or pixels outermost, whichever operand is bigger."""
     red = _conv_parts(sch)
     if not _is_nhwc_conv(sch, red):
         raise ValueError("not an NHWC conv")
@@ -481,8 +490,13 @@ def _template_conv2d_nhwc(sch: s_tir.Schedule, lanes: int) -> None:
         _prepack(sch, red, weight, lambda ky, kx, ci, c: (c // co_i, ky, kx, ci, c % co_i))
     co_o, co_in = sch.split(co, factors=[None, co_i])
     ow_o, ow_in = sch.split(ow, factors=[None, ow_i])
-    sch.reorder(n, oh, ow_o, co_o, ow_in, co_in)
-    outer = sch.fuse(n, oh, ow_o, co_o)
+    # The tile loop that is outermost streams its operand once: channel tiles outermost when the weights are
+    # the bigger operand (deep layers at small maps: each tile's weight panel then stays in cache for every
+    # pixel; ResNet-18 22.7 -> 16.0 ms, its 7x7x512 convolutions 2.9 -> 1.25 ms), pixels otherwise.
+    co_outer = _nbytes(weight) > _nbytes(sch.get(red).reads[0].source)
+    order = (n, co_o, oh, ow_o) if co_outer else (n, oh, ow_o, co_o)
+    sch.reorder(*order, ow_in, co_in)
+    outer = sch.fuse(*order)
     sch.parallel(outer)
     sch.compute_at(red, outer)
     # block iters (n, yy, xx, ff, ry, rx, rc)
