@@ -69,7 +69,7 @@ def scale(f: Mapping[str, float]) -> float:
     return max(f.get("work_total", 0.0), words, 1.0)
 
 
-def _matrix(feats: Sequence[Mapping[str, float]], names: Sequence[str]) -> np.ndarray:
+def matrix(feats: Sequence[Mapping[str, float]], names: Sequence[str]) -> np.ndarray:
     x = np.zeros((len(feats), len(names)), dtype=np.float32)
     index = {n: i for i, n in enumerate(names)}
     for r, f in enumerate(feats):
@@ -103,12 +103,16 @@ class CostModel:
         """Predicted cost per inference (per call x calls, in the unit of the samples) of each kernel of a table."""
         if not kernels:
             return []
+        x = matrix([k["features"] for k in kernels], self.names)
+        sizes = np.array([scale(k["features"]) for k in kernels])
+        per_call = np.exp(self.log_efficiency(x)) * sizes
+        return [float(p) * int(k["calls"]) for p, k in zip(per_call, kernels)]
+
+    def log_efficiency(self, x: np.ndarray) -> np.ndarray:
+        """The trees' output for a feature matrix: log(cost per call / scale) of each row."""
         import xgboost as xgb
 
-        x = _matrix([k["features"] for k in kernels], self.names)
-        sizes = np.array([scale(k["features"]) for k in kernels])
-        per_call = np.exp(self.booster.predict(xgb.DMatrix(x, feature_names=self.names))) * sizes
-        return [float(p) * int(k["calls"]) for p, k in zip(per_call, kernels)]
+        return np.asarray(self.booster.predict(xgb.DMatrix(x, feature_names=self.names)))
 
     def predict(self, kernels: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """``latency`` (the target's unit, ms on cpu) of a whole build and each kernel's share, costliest first."""
@@ -165,6 +169,15 @@ def fit_overhead(samples: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
     return 0.0, float(np.median(per_call)) if per_call else 0.0
 
 
+def training_set(samples: Sequence[Mapping[str, Any]], names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The feature matrix of every timed kernel of ``samples`` and its target, log(cost per call / scale)."""
+    data = rows(samples)
+    if not data:
+        raise UsageError("no timed kernels to train on; profile some models first ('nasc profile')")
+    x = matrix([d[0] for d in data], names)
+    return x, np.log(np.array([d[1] / scale(d[0]) for d in data], dtype=np.float64))
+
+
 def train(samples: Sequence[Mapping[str, Any]], *, seed: int = 0, base: CostModel | None = None,
           rounds: int | None = None, meta: Mapping[str, Any] | None = None) -> CostModel:
     """Fit per-kernel log-time trees on ``samples`` (deterministic for ``seed``). With ``base``, start from its
@@ -173,18 +186,14 @@ def train(samples: Sequence[Mapping[str, Any]], *, seed: int = 0, base: CostMode
     import xgboost as xgb
 
     samples = steady(samples) or list(samples)  # a machine busy throughout: train on what there is
-    data = rows(samples)
-    if not data:
-        raise UsageError("no timed kernels to train on; profile some models first ('nasc profile')")
     names = list(base.names) if base is not None else feature_names(samples)
-    x = _matrix([d[0] for d in data], names)
-    y = np.log(np.array([d[1] / scale(d[0]) for d in data], dtype=np.float64))
+    x, y = training_set(samples, names)
     dtrain = xgb.DMatrix(x, label=y, feature_names=names)
     n = rounds or (REFIT_ROUNDS if base is not None else ROUNDS)
     booster = xgb.train(_params(seed), dtrain, num_boost_round=n,
                         xgb_model=base.booster.copy() if base is not None else None)
     info = dict(meta or {})
-    info.update(overhead=list(fit_overhead(samples)), samples=len(samples), kernels=len(data), seed=seed,
+    info.update(overhead=list(fit_overhead(samples)), samples=len(samples), kernels=len(y), seed=seed,
                 unit=str(samples[0].get("unit", "ms")),
                 rounds=n, families=sorted({str(s.get("family", "")) for s in samples}))
     if base is not None:

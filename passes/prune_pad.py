@@ -5,13 +5,14 @@ kernel that vectorizes over channels then runs at a fraction of its lanes (a pru
 MobileNetV2 at 75% MACs ran 3.7x slower than the unpruned one). This adds zero channels
 to each such group, found by the same channel analysis as ``prune``
 (:mod:`nasc.passes.prune_groups`): zero rows in the producing weights, zero columns in the
-consuming ones, zeros in per-channel biases and scales. The added channels carry finite
-values that every consumer multiplies by zero, so the graph's outputs do not change.
+consuming ones and in per-channel biases, ones in quantization scales and variances. The
+added channels carry finite values that every consumer multiplies by zero, so the graph's
+outputs do not change.
 
 Only groups that are safe by construction are padded: one channel per unit, the whole of
-every space they touch, and every node on them an op that maps a zero channel to a finite
-one (no division by a padded constant, no quantization scale) and whose shape update needs
-only the new count. The rest are left as they are.
+every space they touch, and every node on them an op of ZERO_SAFE (which map a zero channel
+to a finite one: no Div, Log or Reciprocal) whose shape update needs only the new count
+(no Slice, Gather or Concat). The rest are left as they are.
 """
 
 from __future__ import annotations
@@ -65,9 +66,9 @@ class Padding:
                 "macs_after": self.macs_after, "examples": [f"{n}: {a}->{b}" for n, a, b in self.groups[:5]]}
 
 
-def _unsafe(node_ops: dict[int, tuple[Any, set[tuple[str, int]]]]) -> str:
-    """Why the group cannot be padded at one of its nodes ('' when it can)."""
-    for node, ports in node_ops.values():
+def _unsafe(nodes: list[Any]) -> str:
+    """Why a group cannot be padded at one of its nodes ('' when it can)."""
+    for node in nodes:
         entry = lookup_node(node)
         if entry is None or node.op not in ZERO_SAFE or node.domain not in ("", "ai.onnx", "nasc"):
             return f"{node.describe()} is not known to keep a zero channel finite"
@@ -85,10 +86,7 @@ def paddable(g: Group, multiple: int = MULTIPLE) -> bool:
         return False
     if any(k != 1 or sp.size != g.size for sp, k in g.spaces):
         return False
-    nodes: dict[int, tuple[Any, set[tuple[str, int]]]] = {}
-    for m in g.members:
-        nodes.setdefault(id(m.node), (m.node, set()))[1].add((m.port, m.slot))
-    return not _unsafe(nodes)
+    return not _unsafe(list({id(m.node): m.node for m in g.members}.values()))
 
 
 def needs_padding(graph: Graph, multiple: int = MULTIPLE) -> bool:

@@ -18,7 +18,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,61 @@ def _fmt(sc: Mapping[str, float]) -> str:
     return f"{sc['spearman']:.3f} | {sc['kendall']:.3f} | {sc['mape']:.1%} | {sc['within_10pct']:.0%}"
 
 
-def leave_one_family_out(samples: Sequence[dict[str, Any]], seed: int) -> tuple[list[str], dict[str, Any]]:
+Fit = Callable[[Sequence[dict[str, Any]], int], predictor.CostModel]
+
+#: lightgbm's version this comparison was run with (installed for the bench only: pip install lightgbm==4.7.0)
+LIGHTGBM = "4.7.0"
+
+
+class _LightGbmModel(predictor.CostModel):
+    """The same per-kernel target, features and overhead as nasc's xgboost model, fitted by lightgbm."""
+
+    def log_efficiency(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.booster.predict(x))
+
+
+def fit_lightgbm(samples: Sequence[dict[str, Any]], seed: int) -> predictor.CostModel:
+    """lightgbm in the place of xgboost: the same rows, rounds and learning rate; leaves instead of depth 6."""
+    try:
+        import lightgbm as lgb
+    except ImportError:
+        raise SystemExit(f"--learners lightgbm: pip install lightgbm=={LIGHTGBM} (a bench-only comparison; nasc "
+                         "itself uses xgboost)") from None
+    samples = predictor.steady(samples) or list(samples)
+    names = predictor.feature_names(samples)
+    x, y = predictor.training_set(samples, names)
+    params = {"objective": "regression", "learning_rate": 0.08, "num_leaves": 63, "max_depth": 6,
+              "min_data_in_leaf": 2, "feature_fraction": 0.85, "bagging_fraction": 0.85, "bagging_freq": 1,
+              "seed": seed, "num_threads": 1, "deterministic": True, "verbose": -1}
+    booster = lgb.train(params, lgb.Dataset(x, y, feature_name=[n.replace(" ", "_") for n in names]),
+                        num_boost_round=predictor.ROUNDS)
+    return _LightGbmModel(booster, names, {"overhead": list(predictor.fit_overhead(samples))})
+
+
+def fit_xgboost(samples: Sequence[dict[str, Any]], seed: int) -> predictor.CostModel:
+    return predictor.train(samples, seed=seed)
+
+
+LEARNERS: dict[str, Fit] = {"xgboost": fit_xgboost, "lightgbm": fit_lightgbm}
+
+
+def learners_table(samples: Sequence[dict[str, Any]], seed: int, names: Sequence[str]) -> list[str]:
+    """Each learner through the same two evaluations, side by side, with the time its fits took."""
+    lines = ["| learner | held-out families: Spearman, pooled | mean over families | MAPE, pooled | seen "
+             "families: within ±10% | MAPE | fits (s) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name in names:
+        t0 = time.perf_counter()
+        _, lofo = leave_one_family_out(samples, seed, LEARNERS[name])
+        _, seen = seen_families(samples, seed, fit=LEARNERS[name])
+        secs = time.perf_counter() - t0
+        mean = float(np.nanmean([v["model"]["spearman"] for v in lofo["families"].values()]))
+        lines.append(f"| {name} | {lofo['pooled']['spearman']:.3f} | {mean:.3f} | {lofo['pooled']['mape']:.1%} | "
+                     f"{seen['model']['within_10pct']:.0%} | {seen['model']['mape']:.1%} | {secs:.0f} |")
+    return lines
+
+
+def leave_one_family_out(samples: Sequence[dict[str, Any]], seed: int, fit: Fit = fit_xgboost
+                         ) -> tuple[list[str], dict[str, Any]]:
     fams = sorted({s["family"] for s in samples})
     lines = ["| held-out family | models | cost model: Spearman | Kendall τ | MAPE | within ±10% | MACs: Spearman | "
              "Kendall τ | MAPE | within ±10% |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -43,7 +97,7 @@ def leave_one_family_out(samples: Sequence[dict[str, Any]], seed: int) -> tuple[
     for fam in fams:
         train = [s for s in samples if s["family"] != fam]
         test = [s for s in samples if s["family"] == fam]
-        model = predictor.train(train, seed=seed)
+        model = fit(train, seed)
         pred = [model.predict(s["kernels"])["latency"] for s in test]
         macs = predictor.macs_baseline(train, test)
         meas = [s["latency"] for s in test]
@@ -61,7 +115,8 @@ def leave_one_family_out(samples: Sequence[dict[str, Any]], seed: int) -> tuple[
     return lines, {"pooled": sc, "pooled_macs": mb, "families": per}
 
 
-def seen_families(samples: Sequence[dict[str, Any]], seed: int, folds: int = 5) -> tuple[list[str], dict[str, Any]]:
+def seen_families(samples: Sequence[dict[str, Any]], seed: int, folds: int = 5, fit: Fit = fit_xgboost
+                  ) -> tuple[list[str], dict[str, Any]]:
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(samples))
     pred = np.zeros(len(samples))
@@ -69,7 +124,7 @@ def seen_families(samples: Sequence[dict[str, Any]], seed: int, folds: int = 5) 
     for f in range(folds):
         test_idx = order[f::folds]
         train = [samples[i] for i in order if i not in set(test_idx)]
-        model = predictor.train(train, seed=seed)
+        model = fit(train, seed)
         base = predictor.macs_baseline(train, [samples[i] for i in test_idx])
         for j, i in enumerate(test_idx):
             pred[i] = model.predict(samples[i]["kernels"])["latency"]
@@ -173,6 +228,8 @@ def main() -> None:
     p.add_argument("--latency-budgets", default="none,1.0", metavar="MS,MS",
                    help="the screening comparison once per latency budget (none: no budget; a point predicted over "
                         "the budget is not built); default none,1.0")
+    p.add_argument("--learners", default="xgboost,lightgbm", metavar="A,B",
+                   help="learners compared on the same rows (lightgbm: pip install lightgbm==" + LIGHTGBM + ")")
     p.add_argument("--sampler", default="random", help="the screening comparison's sampler (random: both runs "
                    "draw the same pipelines, so the fronts compare point for point)")
     args = p.parse_args()
@@ -209,6 +266,8 @@ def main() -> None:
             + (f"; profiling the corpus took {t_profile:.0f} s" if t_profile else "")
             + f"; the {len(fams) + 5} trainings and predictions {t_eval:.0f} s.")
     parts = [head, "", *lofo, "", *seen]
+    if "," in args.learners:
+        parts += ["", *learners_table(samples, args.seed, args.learners.split(","))]
     if args.transfer_from:
         base_samples = perfdata.read_samples(args.transfer_from, FEATURES_VERSION)
         parts += ["", *transfer(base_samples, samples, str(base_samples[0]["target"]), key, args.seed)]
