@@ -26,7 +26,7 @@ OP_WORDS = ("conv2d", "matmul", "add", "subtract", "multiply", "divide", "relu",
             "minimum", "round", "floor", "right_shift", "left_shift", "astype", "image", "resize", "layer_norm",
             "variance", "broadcast_to", "squeeze", "expand_dims", "permute_dims", "gelu",
             # nasc's integer kernels (backends/tvm/qops.py, qint.py)
-            "qconv2d", "qmatmul", "qsum", "requantize", "quantize", "dequantize")
+            "qconv2d", "qmatmul", "qsum", "requantize", "quantize", "dequantize", "im2col")
 #: The templates of schedules.py (and "prescheduled" for a tuned record, "none" for no template).
 TEMPLATES = ("conv2d", "conv2d_nhwc", "matmul", "row_reduction", "injective", "generic", "qmatmul_avx2",
              "qmatmul_vnni", "prescheduled", "none")

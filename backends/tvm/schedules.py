@@ -751,7 +751,24 @@ def _template_injective(sch: s_tir.Schedule, lanes: int) -> None:
         raise ValueError("has a reduction")
     _inline_spatial(sch)
     for block in _blocks(sch):
-        _schedule_spatial_block(sch, block, lanes)
+        if sch.get(block).name_hint.startswith("im2col_c"):
+            _schedule_im2col(sch, block, lanes)
+        else:
+            _schedule_spatial_block(sch, block, lanes)
+
+
+def _schedule_im2col(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
+    """qops' patches [pixels, window x Ci]: the columns split by Ci, so that each (pixel, tap) copies one contiguous
+    run of the input's channels (vectorized; the padding test is the same for the whole run), pixels in parallel.
+    Vectorized over the flat columns instead, every byte's source index was a division (0.09 ms for 225 KB)."""
+    ci = int(sch.get(block).name_hint.removeprefix("im2col_c"))  # qops names the block by its channel count
+    rows, cols = sch.get_loops(block)
+    if (_extent(sch, cols) or 0) % ci:
+        raise ValueError("not a patches block")
+    taps, run = sch.split(cols, factors=[None, ci])
+    if ci % 4 == 0:
+        sch.vectorize(run)
+    sch.parallel(rows)
 
 
 def _template_generic(sch: s_tir.Schedule, lanes: int) -> None:

@@ -53,7 +53,11 @@ def test_features_count_the_convolutions_work_and_weights(build: tuple[Path, str
     for f in conv_rows:
         assert f["integer"] == float(integer)
         assert f["bytes_weights"] > 0 and f["bytes_out"] > 0
-        assert f["nhwc"] == 1.0  # x86 convolutions are channels-last
+        # x86 float convolutions are channels-last; the integer ones whose window x channels is a multiple of 4
+        # are the tensorized matmul of their patches (an im2col kernel each), the stem (1 channel) channels-last
+        assert f["nhwc"] == 1.0 or (integer and f.get("template_qmatmul_vnni", 0) + f.get("template_qmatmul_avx2", 0))
+    if integer:  # every convolution but the 1-channel stem goes through patches
+        assert sum(k["calls"] for k in table if k["features"].get("op_im2col")) == len(convs) - 1
 
 
 def test_planned_kernels_match_the_build_without_generating_code(build: tuple[Path, str]) -> None:

@@ -140,9 +140,11 @@ def test_int4_weights_are_tensorized_and_exact_on_the_cpu(tmp_path: Path, model:
 def _odd_convs(bits: int) -> tuple[nasc.ir.Graph, list]:
     """Integer convolutions in every NHWC shape the x86 lowering meets, each followed by ReLU: a 3-channel
     stem; depthwise 3x3 stride 2 on an odd map; pointwise 24 -> 16 and 24 -> 24 (8-wide vpdpbusd); grouped
-    3x3 with dilation 2; a residual add; depthwise 5x5 stride 2; pointwise to 37 channels (no tensorized
-    width divides it); a strided 1x1 (not a matmul); the global average pool. Two outputs: the pool, and
-    the 37-channel map (channels-last inside, NCHW out)."""
+    3x3 with dilation 2; two dense 3x3, one with dilation 2 (the matmul of their patches; the digits
+    CNN's bit-exact test has a strided one); a
+    residual add; depthwise 5x5 stride 2; pointwise to 37 channels (no tensorized width divides it); a strided
+    1x1 over 37 channels (not a matmul: 37 is no multiple of 4); the global average pool. Two outputs: the pool,
+    and the 37-channel map (channels-last inside, NCHW out)."""
     import onnx
     from onnx import TensorProto
     from onnx import helper as h
@@ -161,10 +163,12 @@ def _odd_convs(bits: int) -> tuple[nasc.ir.Graph, list]:
     conv("a", "b", 24, 24, 3, strides=[2, 2], pads=[1, 1, 1, 1], group=24)
     conv("b", "c", 16, 24, 1)
     conv("c", "d", 24, 16, 3, pads=[2, 2, 2, 2], dilations=[2, 2], group=4)
-    conv("d", "e", 24, 24, 1)
+    conv("d", "d2", 24, 24, 3, pads=[2, 2, 2, 2], dilations=[2, 2])
+    conv("d2", "e", 24, 24, 1)
     nodes.append(h.make_node("Add", ["e", "b"], ["f"]))
     conv("f", "g", 24, 24, 5, strides=[2, 2], pads=[2, 2, 2, 2], group=24)
-    conv("g", "hh", 37, 24, 1)
+    conv("g", "g2", 24, 24, 3, pads=[1, 1, 1, 1])
+    conv("g2", "hh", 37, 24, 1)
     conv("hh", "i", 19, 37, 1, strides=[2, 2])
     nodes.append(h.make_node("GlobalAveragePool", ["i"], ["y"]))
     graph = h.make_graph(nodes, "odd", [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 11, 11])],
@@ -181,13 +185,15 @@ def _odd_convs(bits: int) -> tuple[nasc.ir.Graph, list]:
 def test_channels_last_integer_convolutions_are_bit_exact(tmp_path: Path, target: str, bits: int) -> None:
     q, feeds = _odd_convs(bits)
     ig, _ = integerize(q)
-    assert sum(n.op == "QConv" for n in ig.nodes) == 8 and any(n.op == "QAdd" for n in ig.nodes)
+    assert sum(n.op == "QConv" for n in ig.nodes) == 10 and any(n.op == "QAdd" for n in ig.nodes)
     art = nasc.compile(q, target, tmp_path / "cpu", measure_latency=False)
     build_facts = art.report["build"]
     assert build_facts["integer"]["float_ops"] == [] and build_facts["integer"]["conv_layout"] == "NHWC"
     templates = build_facts["schedules"]["templates"]
     assert templates.get("conv2d_nhwc") == 5  # stem, 2 depthwise, grouped, the strided 1x1
-    assert sum(v for k, v in templates.items() if k.startswith("qmatmul_")) == 2  # 24 -> 16, 24 -> 24
+    # 24 -> 16, 24 -> 24, and the two dense 3x3 as the matmul of their patches (each with its im2col copy)
+    assert sum(v for k, v in templates.items() if k.startswith("qmatmul_")) == 4
+    assert sum("im2col" in k for k in build_facts["schedules"]["kernels"]) == 2
     # channels-last from the first convolution on: the input's transpose is fused into its quantization; the
     # 37-channel output is transposed back once
     transposes = [k for k in build_facts["schedules"]["kernels"] if "transpose" in k]
@@ -200,9 +206,9 @@ def test_channels_last_integer_convolutions_are_bit_exact(tmp_path: Path, target
 
 def test_channels_last_convolutions_cross_built_for_vnni_use_both_vpdpbusd_widths(tmp_path: Path) -> None:
     """Cross-built for a VNNI CPU (nothing runs): the 24 -> 16 pointwise layer takes the 512-bit vpdpbusd, the
-    24 -> 24 one its 256-bit form (8 columns)."""
+    24 -> 24 ones (pointwise, and the two dense 3x3 through their patches) its 256-bit form (8 columns)."""
     q, _ = _odd_convs(8)
     ex, facts = build(q, parse_target("cpu:cascadelake"))
-    assert facts["schedules"]["templates"].get("qmatmul_vnni") == 2
+    assert facts["schedules"]["templates"].get("qmatmul_vnni") == 4
     asm = _asm(ex)
     assert re.search(r"\bvpdpbusd\s+[^\n]*zmm", asm) and re.search(r"\bvpdpbusd\s+[^\n]*ymm", asm)
