@@ -400,6 +400,10 @@ class Quantize(Pass):
                 if self.outputs and lay.node.op in ("Conv", "Gemm", *INTEGER_OPS)
                 and (lay.weight is None or bits.get(lay.key))]
         ranges = activation_ranges(graph, layers + joined, ctx, feeds, self.calib, self.percentile, ends)
+        for v in ends:  # a max pool's output takes its input's quantization: it then runs on the uint8 values
+            src = v.producer.input(0) if v.producer is not None and v.producer.op == "MaxPool" else None
+            if src is not None and id(src) in ranges and id(v) in ranges:
+                ranges[id(v)] = (*ranges[id(src)][:2], ranges[id(v)][2])
         rw = _Rewriter(graph, ranges, self.bias_correction, self.reduce_range)
         for v in ends:  # outputs first: a later layer then reads their DQ and needs no pair of its own
             if all(u is not v for u in ends[:ends.index(v)]):

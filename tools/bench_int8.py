@@ -1,6 +1,6 @@
 """CPU int8 latency: ONNX Runtime float and int8 (quantize_static) vs nasc float and int8 (integer kernels).
 
-    python tools/bench_int8.py [--models digits,mobilenet_v2,minilm] [--write docs/benchmarks.md]
+    python tools/bench_int8.py [--models digits,fashion,mobilenet_v2,resnet18,efficientnet_lite,minilm] [--write docs/benchmarks.md]
     python tools/bench_int8.py --profile [--write-profile docs/benchmarks.md]
 
 Each table is ``nasc bench MODEL --calib CALIB`` (nasc.bench.bench): medians of one batch-1 run in this
@@ -39,6 +39,22 @@ def _model(name: str, tmp: Path) -> tuple[Path, Path, str]:
         calib = np.concatenate([photos, photos[:, :, :, ::-1]]).astype(np.float32)  # the photos and their mirrors
         np.savez(tmp / "photos.npz", image=calib)
         return path, tmp / "photos.npz", "MobileNetV2 (ImageNet weights), 1x3x224x224"
+    if name == "fashion":
+        return (ROOT / "examples" / "fashion_cnn.onnx", ROOT / "examples" / "fashion_test.npz",
+                "example Fashion-MNIST residual CNN (3x3 convolutions, 32-128 channels)")
+    if name in ("resnet18", "efficientnet_lite"):
+        import torch
+
+        from nasc.examples import zoo
+
+        torch.manual_seed(0)  # as tools/bench_cpu.py builds them: seeded weights
+        module = zoo.resnet18() if name == "resnet18" else zoo.efficientnet_lite()
+        path = zoo.export_onnx(module, (torch.zeros(1, 3, 224, 224),), tmp / f"{name}.onnx", dynamo=False,
+                               input_names=["image"], output_names=["logits"])
+        photos, _ = zoo.imagenet_photos(224)
+        np.savez(tmp / "photos.npz", image=np.concatenate([photos, photos[:, :, :, ::-1]]).astype(np.float32))
+        what = "ResNet-18 (seeded weights)" if name == "resnet18" else "EfficientNet-lite0-style (seeded weights)"
+        return path, tmp / "photos.npz", f"{what}, 1x3x224x224"
     if name == "minilm":
         from nasc.examples import zoo
 
@@ -82,7 +98,7 @@ def _cpu_flags() -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default="digits,mobilenet_v2,minilm")
+    p.add_argument("--models", default="digits,fashion,mobilenet_v2,resnet18,efficientnet_lite,minilm")
     p.add_argument("--write", type=Path, default=None)
     p.add_argument("--profile", action="store_true",
                    help="per-kernel time of nasc's int8 build beside ONNX Runtime int8's per op type")

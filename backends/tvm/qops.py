@@ -236,8 +236,14 @@ def _patches_fit(node: Node, hwio: np.ndarray) -> bool:
     3x3 convolutions at about a third of the speed of its float ones."""
     kh, kw, ci, _ = hwio.shape
     _, h, w = (int(d) for d in out_shape(node)[1:])
-    return (int(node.attr("group", 1)) == 1 and int(node.input(0).shape[0]) == 1 and (kh * kw * ci) % 4 == 0
-            and h * w * kh * kw * ci <= PATCHES_MAX_BYTES)
+    return (int(node.attr("group", 1)) == 1 and int(node.input(0).shape[0]) == 1
+            and ((kh * kw * ci) % 4 == 0 or ci < 4) and h * w * kh * kw * _patch_channels(ci) <= PATCHES_MAX_BYTES)
+
+
+def _patch_channels(ci: int) -> int:
+    """Channels per tap in the patches: ``ci``, or 4 for a stem's 1-3 channels (the extra ones hold the zero point
+    and meet zero weights), so that the reduction is a multiple of the dot-product step."""
+    return 4 if ci < 4 else ci
 
 
 def _im2col_te(x: Any, zp: int, kernel: tuple[int, int], strides: list[int], pads: list[int], dil: list[int]) -> Any:
@@ -247,12 +253,12 @@ def _im2col_te(x: Any, zp: int, kernel: tuple[int, int], strides: list[int], pad
     from tvm import te, topi
 
     _, h, wd, ci = (int(d) for d in x.shape)
-    kw = kernel[1]
-    xp = topi.nn.pad(x, [0, pads[0], pads[1], 0], [0, pads[2], pads[3], 0], pad_value=zp)
+    kw, cp = kernel[1], _patch_channels(ci)
+    xp = topi.nn.pad(x, [0, pads[0], pads[1], 0], [0, pads[2], pads[3], cp - ci], pad_value=zp)
     oh, ow = _conv_out_hw((h, wd), kernel, strides, pads, dil)
-    return te.compute((oh * ow, kernel[0] * kw * ci), lambda r, k: xp[
-        0, (r // ow) * strides[0] + (k // (kw * ci)) * dil[0], (r % ow) * strides[1] + (k // ci % kw) * dil[1],
-        k % ci], name=f"im2col_c{ci}")
+    return te.compute((oh * ow, kernel[0] * kw * cp), lambda r, k: xp[
+        0, (r // ow) * strides[0] + (k // (kw * cp)) * dil[0], (r % ow) * strides[1] + (k // cp % kw) * dil[1],
+        k % cp], name=f"im2col_c{cp}")
 
 
 def _qconv_nhwc(lx: Lx, node: Node, wq: np.ndarray, strides: list[int], pads: list[int],
@@ -275,6 +281,8 @@ def _qconv_nhwc(lx: Lx, node: Node, wq: np.ndarray, strides: list[int], pads: li
     hwio = np.ascontiguousarray(wq.transpose(2, 3, 1, 0))
     if _patches_fit(node, hwio):
         kh, kw = hwio.shape[:2]
+        hwio = np.pad(hwio, [(0, 0), (0, 0), (0, _patch_channels(ci) - ci), (0, 0)])  # zero weights, extra channels
+        ci = hwio.shape[2]
         x = lx.bb.emit(lx.bb.call_te(_im2col_te, lx.nhwc(node, 0), int(node.attr("x_zp")), (kh, kw), strides, pads,
                                      dilations, primfunc_name_hint="im2col"))
         w_kn = hwio.reshape(kh * kw * ci, c)

@@ -113,7 +113,8 @@ def test_pointwise_conv_runs_as_an_integer_matmul(tmp_path: Path, side: int, red
 
     q, feeds = _pointwise(side, reduce_range)
     art = nasc.compile(q, "cpu:haswell", tmp_path / "cpu", measure_latency=False)
-    assert art.report["build"]["schedules"]["templates"].get("qmatmul_avx2") == 1
+    # the pointwise layer, and the 3x3 before it as the matmul of its patches
+    assert art.report["build"]["schedules"]["templates"].get("qmatmul_avx2") == 2
     ref = reference_run(integerize(q)[0], feeds)
     for f, r in zip(feeds, ref):
         np.testing.assert_array_equal(art.run(f)[0], r[0])
@@ -132,7 +133,7 @@ def test_int4_weights_are_tensorized_and_exact_on_the_cpu(tmp_path: Path, model:
         int(model[-1]), False, bits=4)
     assert any(c.dtype == "i4" for c in q.constants)
     art = nasc.compile(q, "cpu:haswell", tmp_path / "cpu", measure_latency=False)
-    assert art.report["build"]["schedules"]["templates"].get("qmatmul_avx2") == 1
+    assert art.report["build"]["schedules"]["templates"].get("qmatmul_avx2") == (1 if model == "linear" else 2)
     for f, r in zip(feeds, reference_run(integerize(q)[0], feeds)):
         np.testing.assert_array_equal(art.run(f)[0], r[0])
 
@@ -190,10 +191,11 @@ def test_channels_last_integer_convolutions_are_bit_exact(tmp_path: Path, target
     build_facts = art.report["build"]
     assert build_facts["integer"]["float_ops"] == [] and build_facts["integer"]["conv_layout"] == "NHWC"
     templates = build_facts["schedules"]["templates"]
-    assert templates.get("conv2d_nhwc") == 5  # stem, 2 depthwise, grouped, the strided 1x1
-    # 24 -> 16, 24 -> 24, and the two dense 3x3 as the matmul of their patches (each with its im2col copy)
-    assert sum(v for k, v in templates.items() if k.startswith("qmatmul_")) == 4
-    assert sum("im2col" in k for k in build_facts["schedules"]["kernels"]) == 2
+    assert templates.get("conv2d_nhwc") == 4  # 2 depthwise, grouped, the strided 1x1 over 37 channels
+    # 24 -> 16, 24 -> 24, and the 3-channel stem (taps of 4 channels, the 4th holding the zero point) and the
+    # two dense 3x3 as the matmul of their patches, each with its im2col copy
+    assert sum(v for k, v in templates.items() if k.startswith("qmatmul_")) == 5
+    assert sum("im2col" in k for k in build_facts["schedules"]["kernels"]) == 3
     # channels-last from the first convolution on: the input's transpose is fused into its quantization; the
     # 37-channel output is transposed back once
     transposes = [k for k in build_facts["schedules"]["kernels"] if "transpose" in k]
@@ -206,9 +208,9 @@ def test_channels_last_integer_convolutions_are_bit_exact(tmp_path: Path, target
 
 def test_channels_last_convolutions_cross_built_for_vnni_use_both_vpdpbusd_widths(tmp_path: Path) -> None:
     """Cross-built for a VNNI CPU (nothing runs): the 24 -> 16 pointwise layer takes the 512-bit vpdpbusd, the
-    24 -> 24 ones (pointwise, and the two dense 3x3 through their patches) its 256-bit form (8 columns)."""
+    24 -> 24 ones (pointwise, the stem and the two dense 3x3 through their patches) its 256-bit form (8 columns)."""
     q, _ = _odd_convs(8)
     ex, facts = build(q, parse_target("cpu:cascadelake"))
-    assert facts["schedules"]["templates"].get("qmatmul_vnni") == 4
+    assert facts["schedules"]["templates"].get("qmatmul_vnni") == 5
     asm = _asm(ex)
     assert re.search(r"\bvpdpbusd\s+[^\n]*zmm", asm) and re.search(r"\bvpdpbusd\s+[^\n]*ymm", asm)
