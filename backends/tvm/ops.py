@@ -15,7 +15,7 @@ import numpy as np
 from tvm import relax
 from tvm.relax import op as R
 
-from nasc.backends.tvm.lower import Lx, ints, lowering, out_shape, scalar, tvm_dtype
+from nasc.backends.tvm.lower import ChannelsLast, Lx, ints, lowering, out_shape, scalar, tvm_dtype
 from nasc.errors import UnsupportedModelError
 from nasc.ir.core import Node
 from nasc.ir.ops.registry import lookup_node
@@ -586,6 +586,8 @@ def _max_pool(lx: Lx, node: Node) -> Any:
     if _used(node, 1):
         raise UnsupportedModelError(f"{node.describe()}: MaxPool's indices output has no TVM lowering")
     k = len(node.input(0).shape) - 2
+    if k == 2 and lx.is_nhwc(node, 0):  # an integer region's channels-last map: pooled as it is, no transposes
+        return ChannelsLast(lx.emit(R.nn.max_pool2d(lx.nhwc(node, 0), **_pool_args(node), layout="NHWC")))
     fn = {1: R.nn.max_pool1d, 2: R.nn.max_pool2d, 3: R.nn.max_pool3d}[k]
     return lx.emit(fn(lx.x(node), **_pool_args(node)))
 

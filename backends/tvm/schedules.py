@@ -771,7 +771,7 @@ def _schedule_im2col(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes:
     rows, cols = sch.get_loops(block)
     if (_extent(sch, cols) or 0) % ci:
         raise ValueError("not a patches block")
-    taps, run = sch.split(cols, factors=[None, ci])
+    _, run = sch.split(cols, factors=[None, ci])
     if ci % 4 == 0:
         sch.vectorize(run)
     sch.parallel(rows)

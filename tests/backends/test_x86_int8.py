@@ -141,11 +141,11 @@ def test_int4_weights_are_tensorized_and_exact_on_the_cpu(tmp_path: Path, model:
 def _odd_convs(bits: int) -> tuple[nasc.ir.Graph, list]:
     """Integer convolutions in every NHWC shape the x86 lowering meets, each followed by ReLU: a 3-channel
     stem; depthwise 3x3 stride 2 on an odd map; pointwise 24 -> 16 and 24 -> 24 (8-wide vpdpbusd); grouped
-    3x3 with dilation 2; two dense 3x3, one with dilation 2 (the matmul of their patches; the digits
-    CNN's bit-exact test has a strided one); a
-    residual add; depthwise 5x5 stride 2; pointwise to 37 channels (no tensorized width divides it); a strided
-    1x1 over 37 channels (not a matmul: 37 is no multiple of 4); the global average pool. Two outputs: the pool,
-    and the 37-channel map (channels-last inside, NCHW out)."""
+    3x3 with dilation 2; two dense 3x3, one with dilation 2 (the matmul of their patches; the digits CNN's
+    bit-exact test has a strided one); a residual add; a 3x3 max pool (on the uint8 codes, channels-last);
+    depthwise 5x5 stride 2; pointwise to 37 channels (no tensorized width divides it); a strided 1x1 over 37
+    channels (not a matmul: 37 is no multiple of 4); the global average pool. Two outputs: the pool, and the
+    37-channel map (channels-last inside, NCHW out)."""
     import onnx
     from onnx import TensorProto
     from onnx import helper as h
@@ -167,7 +167,8 @@ def _odd_convs(bits: int) -> tuple[nasc.ir.Graph, list]:
     conv("d", "d2", 24, 24, 3, pads=[2, 2, 2, 2], dilations=[2, 2])
     conv("d2", "e", 24, 24, 1)
     nodes.append(h.make_node("Add", ["e", "b"], ["f"]))
-    conv("f", "g", 24, 24, 5, strides=[2, 2], pads=[2, 2, 2, 2], group=24)
+    nodes.append(h.make_node("MaxPool", ["f"], ["fp"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    conv("fp", "g", 24, 24, 5, strides=[2, 2], pads=[2, 2, 2, 2], group=24)
     conv("g", "g2", 24, 24, 3, pads=[1, 1, 1, 1])
     conv("g2", "hh", 37, 24, 1)
     conv("hh", "i", 19, 37, 1, strides=[2, 2])
