@@ -231,8 +231,8 @@ PATCHES_MAX_BYTES = 4 << 20
 
 def _patches_fit(node: Node, hwio: np.ndarray) -> bool:
     """Whether a dense (ungrouped) one-image convolution goes through patches and the tensorized integer matmul:
-    its reduction (window x input channels) a multiple of 4 (the VNNI / vpmadd step) and its patches at most
-    PATCHES_MAX_BYTES. The direct NHWC template widens every product to int32 and ran the Fashion-MNIST CNN's
+    its reduction (window x input channels) a multiple of 4 (the VNNI / vpmadd step; a stem's 1-3 channels are
+    read as 4, :func:`_patch_channels`) and its patches at most PATCHES_MAX_BYTES. The direct NHWC template widens every product to int32 and ran the Fashion-MNIST CNN's
     3x3 convolutions at about a third of the speed of its float ones."""
     kh, kw, ci, _ = hwio.shape
     _, h, w = (int(d) for d in out_shape(node)[1:])

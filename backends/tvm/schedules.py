@@ -765,8 +765,8 @@ def _template_injective(sch: s_tir.Schedule, lanes: int) -> None:
 
 def _schedule_im2col(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
     """qops' patches [pixels, window x Ci]: the columns split by Ci, so that each (pixel, tap) copies one contiguous
-    run of the input's channels (vectorized; the padding test is the same for the whole run), pixels in parallel.
-    Vectorized over the flat columns instead, every byte's source index was a division (0.09 ms for 225 KB)."""
+    run of the padded input's channels (vectorized), pixels in parallel. Vectorized over the flat columns instead,
+    every byte's source index was a division (0.09 ms for 225 KB)."""
     ci = int(sch.get(block).name_hint.removeprefix("im2col_c"))  # qops names the block by its channel count
     rows, cols = sch.get_loops(block)
     if (_extent(sch, cols) or 0) % ci:
