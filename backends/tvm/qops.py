@@ -248,17 +248,18 @@ def _patch_channels(ci: int) -> int:
 
 def _im2col_te(x: Any, zp: int, kernel: tuple[int, int], strides: list[int], pads: list[int], dil: list[int]) -> Any:
     """The windows of uint8 x [1, H, W, Ci] as [OH*OW, kh*kw*Ci] (padding holding the zero point): the rows of a
-    matmul by the HWIO weight read as [kh*kw*Ci, Co]. Block ``im2col_c<Ci>``: the injective template copies it in
-    runs of Ci (schedules._schedule_im2col)."""
+    matmul by the HWIO weight read as [kh*kw*Ci, Co]. Block ``im2col_r<run>``: the injective template copies it in
+    contiguous runs of that many bytes, a kernel row's (kw x Ci) or, dilated, a tap's (schedules._schedule_im2col)."""
     from tvm import te, topi
 
     _, h, wd, ci = (int(d) for d in x.shape)
     kw, cp = kernel[1], _patch_channels(ci)
     xp = topi.nn.pad(x, [0, pads[0], pads[1], 0], [0, pads[2], pads[3], cp - ci], pad_value=zp)
     oh, ow = _conv_out_hw((h, wd), kernel, strides, pads, dil)
+    run = kw * cp if dil[1] == 1 else cp  # the bytes of one kernel row lie side by side without dilation
     return te.compute((oh * ow, kernel[0] * kw * cp), lambda r, k: xp[
         0, (r // ow) * strides[0] + (k // (kw * cp)) * dil[0], (r % ow) * strides[1] + (k // cp % kw) * dil[1],
-        k % cp], name=f"im2col_c{cp}")
+        k % cp], name=f"im2col_r{run}")
 
 
 def _qconv_nhwc(lx: Lx, node: Node, wq: np.ndarray, strides: list[int], pads: list[int],
