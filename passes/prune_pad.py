@@ -77,12 +77,17 @@ def _unsafe(nodes: list[Any]) -> str:
     return ""
 
 
+def _worth_padding(count: int, multiple: int, matmul: bool) -> bool:
+    """A count off the multiple, above half of it, and where no matmul reads it, not a multiple of 8 already
+    (CONV_ALIGNED)."""
+    return count % multiple != 0 and 2 * count > multiple and (matmul or count % CONV_ALIGNED != 0)
+
+
 def paddable(g: Group, multiple: int = MULTIPLE) -> bool:
-    """Whether padding ``g`` is safe and worth it: a count off the multiple, above half of it, and for a group
-    of convolutions only, not a multiple of 8 already (CONV_ALIGNED)."""
-    if not g.prunable or g.inexact or g.width != 1 or g.size % multiple == 0 or 2 * g.size <= multiple:
+    """Whether padding ``g`` is safe and worth it (:func:`_worth_padding`)."""
+    if not g.prunable or g.inexact or g.width != 1:
         return False
-    if g.size % CONV_ALIGNED == 0 and not any(m.node.op in ("MatMul", "Gemm") for m in g.members):
+    if not _worth_padding(g.size, multiple, any(m.node.op in ("MatMul", "Gemm") for m in g.members)):
         return False
     if any(k != 1 or sp.size != g.size for sp, k in g.spaces):
         return False
@@ -90,13 +95,14 @@ def paddable(g: Group, multiple: int = MULTIPLE) -> bool:
 
 
 def needs_padding(graph: Graph, multiple: int = MULTIPLE) -> bool:
-    """A cheap first look: does a constant of a Conv, Gemm or MatMul have a channel count off ``multiple``?"""
+    """A cheap first look, before the channel analysis: does a constant weight of a Conv, Gemm or MatMul have a
+    count that :func:`_worth_padding` would pad if a matmul read it (a superset of what :func:`paddable` pads)?"""
     for node in graph.nodes:
         if node.op in ("Conv", "Gemm", "MatMul") and node.has_input(1):
             w = node.input(1)
             if w.producer is not None and w.producer.op == "DequantizeLinear":  # a quantized weight
                 w = w.producer.input(0)
-            if w.is_const and any(isinstance(d, int) and d > multiple // 2 and d % multiple for d in w.shape[:2]):
+            if w.is_const and any(isinstance(d, int) and _worth_padding(d, multiple, matmul=True) for d in w.shape[:2]):
                 return True
     return False
 

@@ -84,7 +84,7 @@ def export_onnx(name: str, out_dir: Path) -> Path:
         return nasc.export_onnx(nasc.load(str(path)), out_dir / f"{name}.onnx")
 
 
-def pruned(name: str, macs: float, tmp: Path) -> tuple[str, list[tuple[str, float]]]:
+def pruned(name: str, macs: float, tmp: Path) -> list[tuple[str, float]]:
     """The model and ``prune{macs=...}`` of it, built by nasc with channel padding (the default), without it
     (NASC_PAD_CHANNELS=0), and with round-to at the vector width, beside ONNX Runtime on both ONNX files; all
     timed in turns (runtime.interleaved_ms)."""
@@ -118,7 +118,7 @@ def pruned(name: str, macs: float, tmp: Path) -> tuple[str, list[tuple[str, floa
                 ", channels padded" if pad else ", NASC_PAD_CHANNELS=0")
             fns.append((f"nasc cpu, {label}{what}", lambda m=m: m.run(feed)))
     ms = runtime.interleaved_ms([f for _, f in fns])
-    return name, [(label, t) for (label, _), t in zip(fns, ms, strict=True)]
+    return [(label, t) for (label, _), t in zip(fns, ms, strict=True)]
 
 
 def profile(name: str, top: int = 15) -> list[str]:
@@ -200,7 +200,7 @@ def main() -> None:
                f". Median ms of one batch-1 run, all rows of a model timed in turns; no tuning.", ""]
         for name in args.models.split(","):
             with tempfile.TemporaryDirectory() as tmp:
-                _, rows = pruned(name, args.prune, Path(tmp))
+                rows = pruned(name, args.prune, Path(tmp))
             base = rows[1][1]
             out += [f"## {name}", "", "| runtime, model | ms | vs nasc unpruned |", "|---|---:|---:|"]
             out += [f"| {label} | {t:.3f} | {t / base:.2f}x |" for label, t in rows] + [""]

@@ -25,36 +25,30 @@ from doc_tables import write_between_markers
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: the 1x3x224x224 models (tools/bench_cpu.py builds them) and their titles here
+_IMAGENET = {"mobilenet_v2": "MobileNetV2 (ImageNet weights), 1x3x224x224",
+             "resnet18": "ResNet-18 (seeded weights), 1x3x224x224",
+             "efficientnet_lite": "EfficientNet-lite0-style (seeded weights), 1x3x224x224"}
+
+
 def _model(name: str, tmp: Path) -> tuple[Path, Path, str]:
     if name == "digits":
         return ROOT / "examples" / "digits_cnn.onnx", ROOT / "examples" / "digits_test.npz", "example digits CNN"
-    if name == "mobilenet_v2":
-        import torch
-
-        from nasc.examples import zoo
-
-        path = zoo.export_onnx(zoo.mobilenet_v2(), (torch.zeros(1, 3, 224, 224),), tmp / "mobilenet_v2.onnx",
-                               dynamo=False, input_names=["image"], output_names=["logits"])
-        photos, _ = zoo.imagenet_photos(224)
-        calib = np.concatenate([photos, photos[:, :, :, ::-1]]).astype(np.float32)  # the photos and their mirrors
-        np.savez(tmp / "photos.npz", image=calib)
-        return path, tmp / "photos.npz", "MobileNetV2 (ImageNet weights), 1x3x224x224"
     if name == "fashion":
         return (ROOT / "examples" / "fashion_cnn.onnx", ROOT / "examples" / "fashion_test.npz",
                 "example Fashion-MNIST residual CNN (3x3 convolutions, 32-128 channels)")
-    if name in ("resnet18", "efficientnet_lite"):
-        import torch
+    if name in _IMAGENET:
+        from bench_cpu import _model as cpu_model  # the same modules as the float table: seeded weights
 
         from nasc.examples import zoo
 
-        torch.manual_seed(0)  # as tools/bench_cpu.py builds them: seeded weights
-        module = zoo.resnet18() if name == "resnet18" else zoo.efficientnet_lite()
-        path = zoo.export_onnx(module, (torch.zeros(1, 3, 224, 224),), tmp / f"{name}.onnx", dynamo=False,
-                               input_names=["image"], output_names=["logits"])
+        module, inputs, _ = cpu_model(name)
+        path = zoo.export_onnx(module, inputs, tmp / f"{name}.onnx", dynamo=False, input_names=["image"],
+                               output_names=["logits"])
         photos, _ = zoo.imagenet_photos(224)
-        np.savez(tmp / "photos.npz", image=np.concatenate([photos, photos[:, :, :, ::-1]]).astype(np.float32))
-        what = "ResNet-18 (seeded weights)" if name == "resnet18" else "EfficientNet-lite0-style (seeded weights)"
-        return path, tmp / "photos.npz", f"{what}, 1x3x224x224"
+        calib = np.concatenate([photos, photos[:, :, :, ::-1]]).astype(np.float32)  # the photos and their mirrors
+        np.savez(tmp / "photos.npz", image=calib)
+        return path, tmp / "photos.npz", _IMAGENET[name]
     if name == "minilm":
         from nasc.examples import zoo
 

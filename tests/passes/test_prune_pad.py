@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_prune_groups import build
 
 import nasc
 from nasc.backends.fidelity import load_calibration, random_inputs, run_graph
-from nasc.ir import parse
 from nasc.passes.prune_pad import MULTIPLE, needs_padding, pad_channels
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,10 +69,7 @@ def test_quantized_graph_is_padded_with_unit_scales_and_stays_exact() -> None:
 
 
 def test_a_group_that_divides_by_a_per_channel_constant_is_not_padded() -> None:
-    rng = np.random.default_rng(0)
-    consts = {k: rng.standard_normal(shape).astype(np.float32)
-              for k, shape in {"w1": (13, 4, 1, 1), "d": (1, 13, 1, 1), "w2": (4, 13, 1, 1)}.items()}
-    g = parse('''graph "g" opsets {"": 21}
+    g = build('''graph "g" opsets {"": 21}
 input %x : f32[1,4,8,8]
 const %w1 : f32[13,4,1,1] = "w1"
 const %d : f32[1,13,1,1] = "d"
@@ -81,7 +78,7 @@ const %w2 : f32[4,13,1,1] = "w2"
 %b : f32[1,13,8,8] = Div(%a, %d) #"div"
 %y : f32[1,4,8,8] = Conv(%b, %w2) #"conv_b"
 output %y
-''', consts)
+''')
     assert needs_padding(g)
     assert pad_channels(g).groups == []
     assert g.nodes[0].input(1).shape == (13, 4, 1, 1)
