@@ -468,6 +468,17 @@ def _prepack(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, buf: tirx.Buff
     return True
 
 
+def _prepack_block(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, index_map: Callable[..., tuple]) -> bool:
+    """Like :func:`_prepack`, for a copy block that already exists (a weight's zero-padded copy): computed
+    once at build time, laid out by ``index_map``, when what it copies is a weight."""
+    reads = sch.get(block).reads
+    if len(reads) != 1 or not _layout_free(sch, reads[0].source):
+        return False
+    sch.annotate(block, "meta_schedule.layout_rewrite_preproc", True)
+    sch.transform_layout(block, ("write", 0), index_map)
+    return True
+
+
 def _template_conv2d_nhwc(sch: s_tir.Schedule, lanes: int) -> None:
     """NHWC convolution (weights HWIO, packed at build time): a register tile of output columns x channel
     vectors, the reduction (kernel rows, columns, input channels: contiguous) under it, the epilogue fused;
@@ -565,6 +576,10 @@ def _rhs_depends_on_batch(sch: s_tir.Schedule, red: s_tir.schedule.SBlockRV) -> 
     return True
 
 
+def _writes(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, buf: tirx.Buffer) -> bool:
+    return any(w.source.same_as(buf) for w in sch.get(block).writes)
+
+
 def _read_index(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, buf: tirx.Buffer) -> int:
     for idx, region in enumerate(sch.get(block).reads):
         if region.source.same_as(buf):
@@ -592,12 +607,62 @@ MATMUL_PACK_MIN_N = 64
 MATMUL_PACK_MIN_ROW_TILES = 4
 
 
+def _row_cap(col_tile: int, lanes: int) -> int:
+    """The most rows a matmul's register tile takes for a column tile (accumulators: rows x vectors)."""
+    vectors = -(-col_tile // lanes)
+    return max(1, _MAX_ACC_VECTORS // vectors // 2 * 2 if vectors > 1 else 8)
+
+
+def _matmul_padding(m: int, n: int, lanes: int) -> tuple[int, int]:
+    """(row, column) multiples a matmul's iterations are padded to (1: left as is). Columns: when no column
+    tile is a whole number of vectors dividing N (N = 197, 200 or 50 with 16 lanes: tiles of 16 with a tail,
+    40, 25), which compile to odd-width LLVM vectors or a predicated tail, 10-20x slower than the padded
+    matmul (ViT's 197x197 attention scores, an MLP's 200-wide output); to the vector multiple that adds the
+    fewest columns (ties: the wider tile). Narrow ones (N <= lanes: classifier heads) stay. Rows: when the
+    widest row tile dividing M is under half the register tile's (M = 197: one row at a time)."""
+    col = 1
+    tile = _vec_factor(n, lanes, MATMUL_MAX_VECTORS)
+    if n > lanes and (tile % lanes != 0 or n % tile != 0):
+        col = min((lanes * v for v in range(MATMUL_MAX_VECTORS, 0, -1)), key=lambda t: -(-n // t) * t)
+        tile = _vec_factor(-(-n // col) * col, lanes, MATMUL_MAX_VECTORS)
+    cap = _row_cap(tile, lanes)
+    row = cap if m > cap and _divisor_at_most(m, cap) < cap // 2 else 1
+    return row, col
+
+
+def _pad_matmul(sch: s_tir.Schedule, red: s_tir.schedule.SBlockRV, lanes: int) -> list:
+    """Pad the matmul's row and column iterations (:func:`_matmul_padding`) with ``pad_einsum``: the operands
+    are read through zero-padded copies, the product lands in a padded buffer whose real part the epilogue
+    reads. Returns the operands' padded copy blocks (empty: nothing padded, or not an einsum pattern TVM can
+    pad)."""
+    ivs = sch.get(red).iter_vars
+    m, n = (_int(iv.dom.extent) or 0 for iv in ivs[-3:-1])
+    row, col = _matmul_padding(m, n, lanes)
+    if (row == 1 and col == 1) or __import__('os').environ.get('NOPAD') == '1':  # TEMP
+        return []
+    before = {sch.get(b).name_hint for b in _blocks(sch)}
+    operands = [r.source for r in sch.get(red).reads]
+    factors = [1] * len(ivs)
+    factors[-3], factors[-2] = row, col
+    try:
+        sch.pad_einsum(red, factors)
+    except Exception:
+        return []
+    return [b for b in _blocks(sch) if sch.get(b).name_hint not in before
+            and any(r.source.same_as(o) for r in sch.get(b).reads for o in operands)]
+
+
 def _template_matmul(sch: s_tir.Schedule, lanes: int) -> None:
     red = _matmul_parts(sch)
-    _inline_spatial(sch)
+    pads = _pad_matmul(sch, red, lanes)
+    _inline_spatial(sch, keep=tuple(pads))
     rhs = _rhs(sch, red)
     fold_batch = not _rhs_depends_on_batch(sch, red)
-    epi = _epilogue_of(sch, red)
+    # padded: the tile is anchored on the padded product (a local accumulator copied out to it); the real
+    # epilogue reads its columns afterwards as a kernel step of its own
+    rhs_pad = next((b for b in pads if _writes(sch, b, rhs)), None)
+    tail = list(sch.get_consumers(red)) if pads else []
+    epi = sch.cache_write(red, 0, "local") if pads else _epilogue_of(sch, red)
     e_loops = sch.get_loops(epi)
     n_red = len(sch.get(red).iter_vars) - 1
     if len(e_loops) != n_red:
@@ -625,8 +690,11 @@ def _template_matmul(sch: s_tir.Schedule, lanes: int) -> None:
     i_o, i_in = sch.split(i, factors=[None, i_i])
     j_o, j_in = sch.split(j, factors=[None, j_i])
     sch.reorder(*batch, j_o, i_o, i_in, j_in)
-    prepacked = (not batch and n > j_i and len(rhs.shape) == 2
-                 and _prepack(sch, red, rhs, lambda kk_, nn_: (nn_ // j_i, kk_, nn_ % j_i)))
+    panels = lambda kk_, nn_: (nn_ // j_i, kk_, nn_ % j_i)
+    if rhs_pad is not None:
+        prepacked = not batch and len(rhs.shape) == 2 and _prepack_block(sch, rhs_pad, panels)
+    else:
+        prepacked = not batch and n > j_i and len(rhs.shape) == 2 and _prepack(sch, red, rhs, panels)
     pack = (not prepacked and n >= MATMUL_PACK_MIN_N and m // i_i >= MATMUL_PACK_MIN_ROW_TILES
             and k_ext >= lanes)
     outer_list = [*batch, j_o] if pack else [*batch, j_o, i_o]
@@ -643,10 +711,14 @@ def _template_matmul(sch: s_tir.Schedule, lanes: int) -> None:
     ii = next(iter(by_iter.values()), None)
     sch.reorder(*[lp for lp in (kk, ii, jj) if lp is not None])
     if pack:
-        # each parallel task copies its [K, j_i] panel of the right operand once, contiguously
-        panel = sch.cache_read(red, _read_index(sch, red, rhs), "global")
+        # each parallel task copies its [K, j_i] panel of the right operand once, contiguously (the padded
+        # copy is that panel when there is one)
+        panel = rhs_pad if rhs_pad is not None else sch.cache_read(red, _read_index(sch, red, rhs), "global")
         sch.compute_at(panel, outer)
         _vectorize_tile(sch, sch.get_loops(panel)[-1], lanes)
+    for block in pads:
+        if block is not rhs_pad or not (pack or prepacked):
+            _schedule_spatial_block(sch, block, lanes)
     if ii is not None:
         sch.unroll(ii)
     if jj is not None:
@@ -654,6 +726,8 @@ def _template_matmul(sch: s_tir.Schedule, lanes: int) -> None:
     sch.decompose_reduction(red, kk)
     sch.unroll(i_in)
     _vectorize_tile(sch, j_in, lanes)
+    for block in tail:
+        _schedule_spatial_block(sch, block, lanes)
 
 
 def _tile_loops(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,

@@ -302,6 +302,51 @@ def test_narrow_matmul_is_not_packed(target):
     assert "_global" not in scheduled_text(mod, target)
 
 
+@pytest.mark.parametrize(
+    ("a_shape", "b_shape"),
+    [
+        ((3, 197, 64), (3, 64, 197)),  # ViT's attention scores: N and M prime
+        ((6, 50, 64), (6, 64, 50)),  # N = 50: no whole-vector tile divides it
+        ((197, 32), (32, 48)),  # dense, M prime: rows padded to the register tile
+        ((1, 197, 40), (40, 100)),  # dense with a leading dim of 1: rows and columns padded
+    ],
+)
+def test_matmul_with_ragged_rows_or_columns_is_padded(target, a_shape, b_shape):
+    # a column tile that is not whole vectors (or a tail) compiled 10-20x slower: the iterations are padded
+    # (pad_einsum) and the epilogue reads the real part of the product
+    a, b = rand(*a_shape), rand(*b_shape, seed=1)
+    mod = build_module([a.shape, b.shape],
+                       lambda av, bv: relax.op.multiply(relax.op.matmul(av, bv), relax.const(0.125)))
+    got, report = compile_and_run(mod, target, [a, b])
+    check(got, (a @ b) * np.float32(0.125))
+    assert set(report.values()) == {"matmul"}, report
+    assert re.search(r'sblock\("\w+_pad"\)', scheduled_text(mod, target))
+
+
+def test_padded_constant_weights_are_packed_at_build_time(target):
+    """A weight whose columns are padded to whole vectors (N = 197) is padded and laid out in panels once, at
+    build time, like an unpadded one."""
+    from nasc.backends.tvm.build import legalize_and_fuse, schedule_with_packed_weights
+
+    x, w, bias = rand(50, 96), rand(96, 197, seed=1), rand(197, seed=2)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            y = relax.op.nn.relu(relax.op.add(relax.op.matmul(xv, relax.const(w)), relax.const(bias)))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    with target:
+        fused = legalize_and_fuse(bb.get())
+    mod = schedule_with_packed_weights(fused, target)
+    names = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert sum(n.endswith("_prepacked") for n in names) == 1, names
+    assert not any("weight_prepack" in n for n in names), names
+    vm = relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    check(got, np.maximum(x @ w + bias, 0))
+
+
 @pytest.mark.parametrize("norm", ["softmax", "layer_norm"])
 def test_row_reductions_are_split_into_vector_partials(target, norm):
     # the max/sum (softmax) and mean/variance (layer norm) reductions over a row: rfactor'ed into
