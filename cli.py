@@ -216,6 +216,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if pad:
         print(f"channels padded to multiples of {pad['multiple']} (whole vectors): {pad['groups_padded']} groups, "
               f"+{pad['channels_added']} zero channels, MACs run {pad['macs_after'] / pad['macs_before'] - 1:+.1%}")
+    wino = rep.get("build", {}).get("winograd_convs")
+    if wino:
+        print(f"{wino} 3x3 convolution{'s' if wino > 1 else ''} computed by Winograd F(2x2, 3x3) "
+              "(NASC_WINOGRAD=0: direct)")
     lat = rep.get("latency_ms")
     if lat:
         print(f"latency (median, batch as built): nasc {lat['nasc']:.3f} ms, onnxruntime {lat['onnxruntime']:.3f} ms "

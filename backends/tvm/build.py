@@ -57,10 +57,13 @@ def _lower(graph: Graph, target: TvmTarget, tgt: Any, facts: dict[str, Any]) -> 
     mod = to_relax(graph, facts=facts, int8_nhwc=target.kind == "cpu" and int8_kind(tgt) is not None)
     if target.kind == "cpu":
         from nasc.backends.tvm.layout import channels_last
+        from nasc.backends.tvm.winograd import winograd
 
         converted = channels_last(mod)
         facts["conv_layout"] = "NCHW" if converted.same_as(mod) else "NHWC"
-        mod = converted
+        mod, count = winograd(converted)
+        if count:
+            facts["winograd_convs"] = count
     return mod
 
 

@@ -638,7 +638,7 @@ def _pad_matmul(sch: s_tir.Schedule, red: s_tir.schedule.SBlockRV, lanes: int) -
     ivs = sch.get(red).iter_vars
     m, n = (_int(iv.dom.extent) or 0 for iv in ivs[-3:-1])
     row, col = _matmul_padding(m, n, lanes)
-    if (row == 1 and col == 1) or __import__('os').environ.get('NOPAD') == '1':  # TEMP
+    if row == 1 and col == 1:
         return []
     before = {sch.get(b).name_hint for b in _blocks(sch)}
     operands = [r.source for r in sch.get(red).reads]
@@ -676,8 +676,7 @@ def _template_matmul(sch: s_tir.Schedule, lanes: int) -> None:
     i, j = e_loops[-2], e_loops[-1]
     i_ext, n = exts[-2], exts[-1]
     j_i = _vec_factor(n, lanes, MATMUL_MAX_VECTORS)
-    vectors = -(-j_i // lanes)
-    cap = max(1, _MAX_ACC_VECTORS // vectors // 2 * 2 if vectors > 1 else 8)
+    cap = _row_cap(j_i, lanes)
     m = i_ext
     if fold_batch and batch:
         # dense with leading dims: rows of all batches form one M dimension (e.g. [seq, 1, d] x [d, n])
@@ -691,10 +690,12 @@ def _template_matmul(sch: s_tir.Schedule, lanes: int) -> None:
     j_o, j_in = sch.split(j, factors=[None, j_i])
     sch.reorder(*batch, j_o, i_o, i_in, j_in)
     panels = lambda kk_, nn_: (nn_ // j_i, kk_, nn_ % j_i)
+
+    fits = len(rhs.shape) == 2 and not batch
     if rhs_pad is not None:
-        prepacked = not batch and len(rhs.shape) == 2 and _prepack_block(sch, rhs_pad, panels)
+        prepacked = fits and _prepack_block(sch, rhs_pad, panels)
     else:
-        prepacked = not batch and n > j_i and len(rhs.shape) == 2 and _prepack(sch, red, rhs, panels)
+        prepacked = fits and n > j_i and _prepack(sch, red, rhs, panels)
     pack = (not prepacked and n >= MATMUL_PACK_MIN_N and m // i_i >= MATMUL_PACK_MIN_ROW_TILES
             and k_ext >= lanes)
     outer_list = [*batch, j_o] if pack else [*batch, j_o, i_o]
@@ -823,6 +824,7 @@ def _template_injective(sch: s_tir.Schedule, lanes: int) -> None:
     blocks = _blocks(sch)
     if any(_is_reduction(sch, b) for b in blocks):
         raise ValueError("has a reduction")
+    names = {sch.get(b).name_hint for b in blocks}
     patches = [b for b in blocks if sch.get(b).name_hint.startswith("im2col_r")]
     if patches:
         # what feeds the patches (a quantize, a transpose, the padding) is computed once into a buffer of its own:
@@ -833,8 +835,47 @@ def _template_injective(sch: s_tir.Schedule, lanes: int) -> None:
     for block in _blocks(sch):
         if sch.get(block).name_hint.startswith("im2col_r"):
             _schedule_im2col(sch, block, lanes)
+        elif sch.get(block).name_hint == "winograd_input":
+            _schedule_winograd_input(sch, block, lanes)
+        elif "winograd_output" in names:
+            _schedule_rows(sch, block, lanes)
         else:
             _schedule_spatial_block(sch, block, lanes)
+
+
+def _channel_vectors(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, lanes: int) -> tuple[list, object]:
+    """Split a channel loop into (outer loops, vectorized inner loop): whole vectors where they divide it."""
+    ext = _extent(sch, loop) or 0
+    width = next((w for w in (lanes, 8, 4) if ext % w == 0 and ext > w), 0)
+    if not width:
+        return [], loop
+    outer, inner = sch.split(loop, factors=[None, width])
+    return [outer], inner
+
+
+def _schedule_winograd_input(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
+    """winograd.py's input transform [16, tiles, C]: tiles in parallel, then channel vectors, then the 16
+    positions of the transformed tile unrolled (their tap indices and signs fold to constants; the tile's
+    16 input vectors stay in L1 across them). Fused over all three, every vector recomputed its indices."""
+    ab, tile, c = sch.get_loops(block)
+    c_outer, c_inner = _channel_vectors(sch, c, lanes)
+    sch.reorder(tile, *c_outer, ab, c_inner)
+    sch.unroll(ab)
+    sch.vectorize(c_inner)
+    sch.parallel(tile)
+
+
+def _schedule_rows(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
+    """An NHWC map computed pixel by pixel with per-pixel index arithmetic (winograd.py's output transform
+    and the convolution's epilogue): rows in parallel, each row's pixels in order, channel vectors inside."""
+    loops = sch.get_loops(block)
+    if len(loops) != 4:
+        _schedule_spatial_block(sch, block, lanes)
+        return
+    n, y, _x, c = loops
+    _, c_inner = _channel_vectors(sch, c, lanes)
+    sch.vectorize(c_inner)
+    sch.parallel(sch.fuse(n, y))
 
 
 def _schedule_im2col(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
