@@ -141,7 +141,8 @@ def _schedule_cpu(mod: tvm.IRModule, tgt: Any, database: Any = None
     counts: dict[str, int] = {}
     for template in report.values():
         counts[template] = counts.get(template, 0) + 1
-    return scheduled, {"templates": counts, "kernels": report}, kernel_table(fused, scheduled, report)
+    cores = int(tgt.attrs.get("num-cores", 1) or 1)
+    return scheduled, {"templates": counts, "kernels": report}, kernel_table(fused, scheduled, report, cores)
 
 
 def schedule_with_packed_weights(fused: tvm.IRModule, tgt: Any) -> tvm.IRModule:

@@ -16,8 +16,9 @@ import numpy as np
 import tvm
 from tvm import relax, s_tir, tirx
 
-#: Version of the feature set below; the cost model refuses data and models of another version.
-FEATURES_VERSION = 1
+#: Version of the feature set below (2 added what the schedule made: parallel tasks, their balance, vector width);
+#: the cost model refuses data and models of another version.
+FEATURES_VERSION = 2
 
 #: Op words taken from a fused kernel's name (``fused_conv2d_add_clip1`` -> conv2d, add, clip), counted.
 OP_WORDS = ("conv2d", "matmul", "add", "subtract", "multiply", "divide", "relu", "clip", "sigmoid", "tanh", "exp",
@@ -26,7 +27,9 @@ OP_WORDS = ("conv2d", "matmul", "add", "subtract", "multiply", "divide", "relu",
             "minimum", "round", "floor", "right_shift", "left_shift", "astype", "image", "resize", "layer_norm",
             "variance", "broadcast_to", "squeeze", "expand_dims", "permute_dims", "gelu",
             # nasc's integer kernels (backends/tvm/qops.py, qint.py)
-            "qconv2d", "qmatmul", "qsum", "requantize", "quantize", "dequantize", "im2col")
+            "qconv2d", "qmatmul", "qsum", "requantize", "quantize", "dequantize", "im2col",
+            # the transforms of a Winograd convolution (winograd.py)
+            "winograd")
 #: The templates of schedules.py (and "prescheduled" for a tuned record, "none" for no template).
 TEMPLATES = ("conv2d", "conv2d_nhwc", "matmul", "row_reduction", "injective", "generic", "qmatmul_avx2",
              "qmatmul_vnni", "prescheduled", "none")
@@ -179,10 +182,35 @@ def calls_per_kernel(mod: tvm.IRModule) -> dict[str, int]:
     return counts
 
 
-def kernel_table(fused: tvm.IRModule, scheduled: tvm.IRModule, templates: Mapping[str, str]) -> list[dict[str, Any]]:
+def schedule_features(func: tirx.PrimFunc, cores: int) -> dict[str, float]:
+    """What the schedule made of a kernel: its parallel tasks (the widest parallel loop; 0: serial), how evenly
+    they split over ``cores`` threads (``ceil(tasks / cores) * cores / tasks``: 1.0 even, 1.17 for 7 tasks on 2
+    cores) and the widest vectorized loop. A failure to read them leaves them out."""
+    try:
+        sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+        par, vec = [0], [0]
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            for loop in sch.get_loops(block):
+                node = sch.get(loop)
+                ext = node.extent.value if isinstance(node.extent, tirx.IntImm) else 0
+                if node.kind == tirx.ForKind.PARALLEL:
+                    par.append(ext)
+                elif node.kind == tirx.ForKind.VECTORIZED:
+                    vec.append(ext)
+    except Exception:
+        return {}
+    tasks = max(par)
+    balance = math.ceil(tasks / cores) * cores / tasks if tasks else float(cores)
+    return {"parallel_tasks": float(tasks), "parallel_balance": balance, "vector_width": float(max(vec))}
+
+
+def kernel_table(fused: tvm.IRModule, scheduled: tvm.IRModule, templates: Mapping[str, str], cores: int = 1
+                 ) -> list[dict[str, Any]]:
     """Each kernel that ``scheduled``'s ``main`` calls: ``{"kernel", "calls", "features"}``, the features taken
-    from the same kernel in ``fused`` (before scheduling and weight packing)."""
+    from the same kernel in ``fused`` (before scheduling and weight packing), and what its schedule in
+    ``scheduled`` made of it for ``cores`` threads (:func:`schedule_features`)."""
     funcs = {gvar.name_hint: func for gvar, func in fused.functions_items() if isinstance(func, tirx.PrimFunc)}
+    done = {gvar.name_hint: func for gvar, func in scheduled.functions_items() if isinstance(func, tirx.PrimFunc)}
     table = []
     for name, n in calls_per_kernel(scheduled).items():
         # a kernel whose weights are packed at build time is renamed (SplitLayoutRewritePreproc)
@@ -190,6 +218,8 @@ def kernel_table(fused: tvm.IRModule, scheduled: tvm.IRModule, templates: Mappin
         # a kernel that only moves data in memory order becomes a view of its input when the build lowers it
         # (TVM's RewriteDataflowReshape): it copies nothing and runs no code
         if base in funcs and not is_view(funcs[base]):
-            table.append({"kernel": name, "calls": n,
-                          "features": kernel_features(base, funcs[base], templates.get(name, "none"))})
+            feats = kernel_features(base, funcs[base], templates.get(name, "none"))
+            if name in done:
+                feats.update(schedule_features(done[name], cores))
+            table.append({"kernel": name, "calls": n, "features": feats})
     return table
