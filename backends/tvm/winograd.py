@@ -13,9 +13,12 @@ kernels with their coefficients as constants (0, +-1: exact in float32; the weig
 exact too), so the result differs from the direct convolution by float32 rounding only. See Lavin & Gray,
 "Fast Algorithms for Convolutional Neural Networks" (2016).
 
-Used where it measured faster (tools/bench_cpu.py, docs/benchmarks.md): maps with at least
-``MIN_TILES`` output tiles and at least ``MIN_CHANNELS`` channels in and out. On the deep 7x7 maps the
-transformed weights (16/9 the size) and a quarter-empty 4x4 tile grid lose to the direct kernel.
+Used where it measured faster: at least ``MIN_CHANNELS`` channels in and out, at least ``MIN_TILES`` output
+tiles, and tiles x channels at least ``MIN_TILES_X_CHANNELS``. Four 3x3 convolutions in a row, direct against
+Winograd (ms, AVX-512 Xeon, 2 cores): 64 channels on 28x28 0.90 / 0.61, 96 on 28x28 2.00 / 1.12, 256 on 14x14
+3.53 / 2.47, 128 on 14x14 0.91 / 0.85, 96 on 14x14 0.52 / 0.51; but 64 on 14x14 0.27 / 0.30, 48 on 14x14
+0.18 / 0.20, 32 on 56x56 0.91 / 0.93 (thin matmuls, transforms that cost as much as they save). On the deep
+7x7 maps the transformed weights (16/9 the size) and a quarter-empty tile grid lose to the direct kernel.
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ ALPHA = 4
 TILE = 2
 #: output tiles (2x2 each) a convolution needs at least (14x14 maps: 49 tiles) ...
 MIN_TILES = 49
-#: ... and channels in and out (fewer: the matmuls are too thin to pay for the transforms)
-MIN_CHANNELS = 32
+#: ... channels in and out ...
+MIN_CHANNELS = 64
+#: ... and tiles x channels (the fewer of in and out): 14x14 maps need 96 channels, 28x28 ones 64
+MIN_TILES_X_CHANNELS = 49 * 96
 #: TVM's fusion patterns (relay/op pattern kinds): opaque kernels fuse with nothing; an out-elementwise-fusable
 #: one takes the elementwise ops after it
 OUT_ELEMWISE_FUSABLE = 4
@@ -126,8 +131,8 @@ def _eligible(call: relax.Call) -> tuple[np.ndarray, tuple[int, int, int, int]] 
     if w.shape[:2] != (3, 3) or len(out_shape) != 4:
         return None
     ci, co = w.shape[2:]
-    tiles = -(-out_shape[1] // TILE) * -(-out_shape[2] // TILE)
-    if ci < MIN_CHANNELS or co < MIN_CHANNELS or tiles < MIN_TILES:
+    tiles = -(-out_shape[1] // TILE) * -(-out_shape[2] // TILE)  # per image
+    if min(ci, co) < MIN_CHANNELS or tiles < MIN_TILES or tiles * min(ci, co) < MIN_TILES_X_CHANNELS:
         return None
     pads = tuple(int(p) for p in attrs.padding)
     return w, (pads[0], pads[1], pads[2], pads[3])

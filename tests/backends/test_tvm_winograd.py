@@ -52,9 +52,9 @@ def _net(torch, c_in: int, c_mid: int, pad: int):
 
 
 @pytest.mark.parametrize(("c_in", "c_mid", "size", "pad", "batch"), [
-    (32, 48, 16, 1, 1),  # even map, channels a multiple of 16
-    (40, 33, 15, 1, 1),  # odd map (a half-empty last tile), channels no vector divides
-    (32, 32, 17, 0, 2),  # no padding on the first conv (15x15 out), two images
+    (64, 96, 28, 1, 1),  # even map, channels a multiple of 16
+    (70, 65, 27, 1, 1),  # odd map (a half-empty last tile), channels no vector divides
+    (64, 64, 30, 0, 2),  # no padding on the first conv (28x28 out), two images
 ])
 def test_builds_match_torch(tmp_path, c_in, c_mid, size, pad, batch):
     torch = pytest.importorskip("torch")
@@ -70,11 +70,17 @@ def test_builds_match_torch(tmp_path, c_in, c_mid, size, pad, batch):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
 
 
-def test_small_maps_and_strided_convolutions_stay_direct(tmp_path):
+@pytest.mark.parametrize(("channels", "size", "stride"), [
+    (64, 12, 1),  # 36 tiles
+    (64, 14, 1),  # 49 tiles, but 64 channels on them: measured slower
+    (48, 28, 1),  # too few channels
+    (64, 28, 2),  # strided
+])
+def test_small_thin_and_strided_convolutions_stay_direct(tmp_path, channels, size, stride):
     torch = pytest.importorskip("torch")
-    net = torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.Conv2d(32, 32, 3, stride=2)).eval()
+    net = torch.nn.Sequential(torch.nn.Conv2d(channels, channels, 3, padding=1, stride=stride)).eval()
     path = tmp_path / "net.onnx"
-    zoo.export_onnx(net, (torch.zeros(1, 32, 12, 12),), path, dynamo=False, input_names=["x"])  # 36 tiles
+    zoo.export_onnx(net, (torch.zeros(1, channels, size, size),), path, dynamo=False, input_names=["x"])
     art = nasc.compile(path, "cpu", tmp_path / "out", measure_latency=False)
     assert "winograd_convs" not in art.report["build"]
 
@@ -83,6 +89,6 @@ def test_can_be_turned_off(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     monkeypatch.setenv("NASC_WINOGRAD", "0")
     path = tmp_path / "net.onnx"
-    zoo.export_onnx(_net(torch, 32, 32, 1), (torch.zeros(1, 32, 16, 16),), path, dynamo=False, input_names=["x"])
+    zoo.export_onnx(_net(torch, 64, 64, 1), (torch.zeros(1, 64, 28, 28),), path, dynamo=False, input_names=["x"])
     art = nasc.compile(path, "cpu", tmp_path / "out", measure_latency=False)
     assert "winograd_convs" not in art.report["build"]
