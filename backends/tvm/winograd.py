@@ -115,8 +115,8 @@ def _output_transform(m: Any, shape: tuple[int, int, int, int], tiles: tuple[int
     return te.compute(shape, value, name="winograd_output")
 
 
-def _eligible(call: relax.Call) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
-    """(HWIO weights, pads) of an NHWC float 3x3 stride-1 dense convolution with constant weights and a
+def _eligible(call: relax.Call) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """(HWIO weights, top and left padding) of an NHWC float 3x3 stride-1 dense convolution with constant weights and a
     map and channel counts that pay for the transforms; None otherwise."""
     attrs = call.attrs
     if (str(attrs.data_layout) != "NHWC" or str(attrs.kernel_layout) != "HWIO" or int(attrs.groups) != 1
@@ -127,15 +127,16 @@ def _eligible(call: relax.Call) -> tuple[np.ndarray, tuple[int, int, int, int]] 
     if not isinstance(weight, tvm.ir.expr.Constant) or weight.value.dtype != "float32":
         return None
     w = weight.value.numpy()
-    out_shape = [int(v) for v in call.ty.shape] if call.ty.shape is not None else []
-    if w.shape[:2] != (3, 3) or len(out_shape) != 4:
-        return None
+    dims = list(call.ty.shape) if call.ty.shape is not None else []
+    if w.shape[:2] != (3, 3) or len(dims) != 4 or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+        return None  # (a symbolic batch or map: the tile grid must be known at build time)
+    out_shape = [int(d) for d in dims]
     ci, co = w.shape[2:]
     tiles = -(-out_shape[1] // TILE) * -(-out_shape[2] // TILE)  # per image
     if min(ci, co) < MIN_CHANNELS or tiles < MIN_TILES or tiles * min(ci, co) < MIN_TILES_X_CHANNELS:
         return None
-    pads = tuple(int(p) for p in attrs.padding)
-    return w, (pads[0], pads[1], pads[2], pads[3])
+    top, left = (int(p) for p in list(attrs.padding)[:2])  # (bottom and right: the output shape has them)
+    return w, (top, left)
 
 
 @relax.expr_functor.mutator
@@ -151,7 +152,7 @@ class _Rewriter(relax.PyExprMutator):
         found = _eligible(call)
         if found is None:
             return call
-        w, (pt, pl, _pb, _pr) = found
+        w, (pt, pl) = found
         shape = tuple(int(v) for v in call.ty.shape)
         tiles = (-(-shape[1] // TILE), -(-shape[2] // TILE))
         v = self._emit(_input_transform, OPAQUE, call.args[0], (pt, pl), tiles, primfunc_name_hint="winograd_input")

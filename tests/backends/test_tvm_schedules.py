@@ -162,12 +162,24 @@ def test_channels_last_keeps_ops_without_an_nhwc_lowering_nchw(target, monkeypat
     assert layout.channels_last(mod).same_as(mod)
 
 
-def test_weights_are_packed_once_at_build_time(target):
-    """A classifier's matmul (one row) and an NHWC convolution read their constant weights in panels laid out
-    at build time: the layout rewrite is folded away, no kernel of the compiled module repacks them."""
+def build_packed(mod: tvm.IRModule, target: tvm.target.Target, prepacked: int) -> relax.VirtualMachine:
+    """The cpu build's lowering of ``mod`` (channels-last, fusion, schedules with weights packed at build time),
+    checked to read ``prepacked`` kernels' weights through packing folded away at build time."""
     from nasc.backends.tvm.build import legalize_and_fuse, schedule_with_packed_weights
     from nasc.backends.tvm.layout import channels_last
 
+    with target:
+        fused = legalize_and_fuse(channels_last(mod))
+    mod = schedule_with_packed_weights(fused, target)
+    names = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert sum(n.endswith("_prepacked") for n in names) == prepacked, names
+    assert not any("weight_prepack" in n for n in names), names
+    return relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
+
+
+def test_weights_are_packed_once_at_build_time(target):
+    """A classifier's matmul (one row) and an NHWC convolution read their constant weights in panels laid out
+    at build time: the layout rewrite is folded away, no kernel of the compiled module repacks them."""
     x, wc, wm = rand(1, 8, 6, 6), rand(96, 8, 3, 3, seed=1), rand(96 * 36, 100, seed=2)
     bb = relax.BlockBuilder()
     xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
@@ -177,13 +189,7 @@ def test_weights_are_packed_once_at_build_time(target):
             y = relax.op.matmul(relax.op.reshape(y, [1, 96 * 36]), relax.const(wm))
             out = bb.emit_output(y)
         bb.emit_func_output(out)
-    with target:
-        fused = legalize_and_fuse(channels_last(bb.get()))
-    mod = schedule_with_packed_weights(fused, target)
-    names = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
-    assert sum(n.endswith("_prepacked") for n in names) == 2, names
-    assert not any("weight_prepack" in n for n in names), names
-    vm = relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
+    vm = build_packed(bb.get(), target, prepacked=2)
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
     check(got, np.maximum(conv2d_ref(x, wc, 1, 1, 1), 0).reshape(1, -1) @ wm)
 
@@ -326,8 +332,6 @@ def test_matmul_with_ragged_rows_or_columns_is_padded(target, a_shape, b_shape):
 def test_padded_constant_weights_are_packed_at_build_time(target):
     """A weight whose columns are padded to whole vectors (N = 197) is padded and laid out in panels once, at
     build time, like an unpadded one."""
-    from nasc.backends.tvm.build import legalize_and_fuse, schedule_with_packed_weights
-
     x, w, bias = rand(50, 96), rand(96, 197, seed=1), rand(197, seed=2)
     bb = relax.BlockBuilder()
     xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
@@ -336,13 +340,7 @@ def test_padded_constant_weights_are_packed_at_build_time(target):
             y = relax.op.nn.relu(relax.op.add(relax.op.matmul(xv, relax.const(w)), relax.const(bias)))
             out = bb.emit_output(y)
         bb.emit_func_output(out)
-    with target:
-        fused = legalize_and_fuse(bb.get())
-    mod = schedule_with_packed_weights(fused, target)
-    names = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
-    assert sum(n.endswith("_prepacked") for n in names) == 1, names
-    assert not any("weight_prepack" in n for n in names), names
-    vm = relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
+    vm = build_packed(bb.get(), target, prepacked=1)
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
     check(got, np.maximum(x @ w + bias, 0))
 
