@@ -690,7 +690,6 @@ def _template_matmul(sch: s_tir.Schedule, lanes: int) -> None:
     j_o, j_in = sch.split(j, factors=[None, j_i])
     sch.reorder(*batch, j_o, i_o, i_in, j_in)
     panels = lambda kk_, nn_: (nn_ // j_i, kk_, nn_ % j_i)
-
     fits = len(rhs.shape) == 2 and not batch
     if rhs_pad is not None:
         prepacked = fits and _prepack_block(sch, rhs_pad, panels)
@@ -843,14 +842,19 @@ def _template_injective(sch: s_tir.Schedule, lanes: int) -> None:
             _schedule_spatial_block(sch, block, lanes)
 
 
-def _channel_vectors(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, lanes: int) -> tuple[list, object]:
-    """Split a channel loop into (outer loops, vectorized inner loop): whole vectors where they divide it."""
+def _channel_vectors(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, lanes: int) -> list:
+    """Vectorize a channel loop by the widest whole vectors (``lanes``, 8 or 4 wide) that divide it; a count none
+    divides is vectorized whole up to two vectors and left scalar above (an LLVM vector of 65 floats is worse
+    than scalar code). Returns the outer loop the split made (empty when none)."""
     ext = _extent(sch, loop) or 0
-    width = next((w for w in (lanes, 8, 4) if ext % w == 0 and ext > w), 0)
-    if not width:
-        return [], loop
+    width = next((w for w in (lanes, 8, 4) if ext % w == 0), 0)
+    if not width or ext == width:
+        if 0 < ext <= 2 * lanes:
+            sch.vectorize(loop)
+        return []
     outer, inner = sch.split(loop, factors=[None, width])
-    return [outer], inner
+    sch.vectorize(inner)
+    return [outer]
 
 
 def _schedule_winograd_input(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
@@ -858,10 +862,11 @@ def _schedule_winograd_input(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV
     positions of the transformed tile unrolled (their tap indices and signs fold to constants; the tile's
     16 input vectors stay in L1 across them). Fused over all three, every vector recomputed its indices."""
     ab, tile, c = sch.get_loops(block)
-    c_outer, c_inner = _channel_vectors(sch, c, lanes)
-    sch.reorder(tile, *c_outer, ab, c_inner)
+    sch.reorder(tile, ab, c)
+    c_outer = _channel_vectors(sch, c, lanes)
+    if c_outer:
+        sch.reorder(c_outer[0], ab)
     sch.unroll(ab)
-    sch.vectorize(c_inner)
     sch.parallel(tile)
 
 
@@ -873,8 +878,7 @@ def _schedule_rows(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: i
         _schedule_spatial_block(sch, block, lanes)
         return
     n, y, _x, c = loops
-    _, c_inner = _channel_vectors(sch, c, lanes)
-    sch.vectorize(c_inner)
+    _channel_vectors(sch, c, lanes)
     sch.parallel(sch.fuse(n, y))
 
 
