@@ -273,12 +273,8 @@ def _qconv_nhwc(lx: Lx, node: Node, wq: np.ndarray, strides: list[int], pads: li
     bias = _bias_minus_zero_point(node, wq, (1, 2, 3)).reshape(1, c)
     _, h, w = (int(d) for d in out_shape(node)[1:])
     if _pointwise(node, wq, strides, pads, dilations):
-        w_kn = np.ascontiguousarray(wq.reshape(c, ci).T)
         x = lx.bb.emit(R.reshape(lx.nhwc(node, 0), [h * w, ci]))
-        acc = lx.bb.emit(lx.bb.call_te(_qmatmul_te, x, _weight_operand(lx, node, w_kn), c, pairs_fit_int16(w_kn),
-                                       primfunc_name_hint="qconv2d_1x1"))
-        y = lx.bb.emit(_requantize_node(lx, node, R.add(acc, lx.const(bias, "i32")), [1, c]))
-        return ChannelsLast(lx.emit(R.reshape(y, [1, h, w, c])))
+        return _rows_by_weight(lx, node, x, np.ascontiguousarray(wq.reshape(c, ci).T), bias, "qconv2d_1x1")
     hwio = np.ascontiguousarray(wq.transpose(2, 3, 1, 0))
     if _patches_fit(node, hwio):
         kh, kw = hwio.shape[:2]
@@ -286,16 +282,23 @@ def _qconv_nhwc(lx: Lx, node: Node, wq: np.ndarray, strides: list[int], pads: li
         ci = hwio.shape[2]
         x = lx.bb.emit(lx.bb.call_te(_im2col_te, lx.nhwc(node, 0), int(node.attr("x_zp")), (kh, kw), strides, pads,
                                      dilations, primfunc_name_hint="im2col"))
-        w_kn = hwio.reshape(kh * kw * ci, c)
-        acc = lx.bb.emit(lx.bb.call_te(_qmatmul_te, x, _weight_operand(lx, node, w_kn), c, pairs_fit_int16(w_kn),
-                                       primfunc_name_hint="qconv2d_patches"))
-        y = lx.bb.emit(_requantize_node(lx, node, R.add(acc, lx.const(bias, "i32")), [1, c]))
-        return ChannelsLast(lx.emit(R.reshape(y, [1, h, w, c])))
+        return _rows_by_weight(lx, node, x, hwio.reshape(kh * kw * ci, c), bias, "qconv2d_patches")
     acc = lx.bb.emit(lx.bb.call_te(_qconv_nhwc_te, lx.nhwc(node, 0), _weight_operand(lx, node, hwio), int(node.attr("x_zp")),
                                    strides, pads, dilations, int(node.attr("group", 1)),
                                    primfunc_name_hint="qconv2d_nhwc"))
     acc = R.add(acc, lx.const(bias.reshape(1, 1, 1, c), "i32"))
     return ChannelsLast(lx.emit(_requantize_node(lx, node, acc, [1, 1, 1, c])))
+
+
+def _rows_by_weight(lx: Lx, node: Node, rows: Any, w_kn: np.ndarray, bias: np.ndarray, name: str) -> ChannelsLast:
+    """A one-image convolution as the tensorized integer matmul of ``rows`` (its pixels, or their patches:
+    [OH*OW, K]) by the weight read as [K, Co], with the bias and requantization fused, reshaped to the NHWC map."""
+    c = int(w_kn.shape[1])
+    _, h, w = (int(d) for d in out_shape(node)[1:])
+    acc = lx.bb.emit(lx.bb.call_te(_qmatmul_te, rows, _weight_operand(lx, node, w_kn), c, pairs_fit_int16(w_kn),
+                                   primfunc_name_hint=name))
+    y = lx.bb.emit(_requantize_node(lx, node, R.add(acc, lx.const(bias, "i32")), [1, c]))
+    return ChannelsLast(lx.emit(R.reshape(y, [1, h, w, c])))
 
 
 def _qmatmul_te(x: Any, w: Any, n: int, pairs16: bool) -> Any:

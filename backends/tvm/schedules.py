@@ -462,10 +462,7 @@ def _prepack(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, buf: tirx.Buff
     ``buf`` is not a weight."""
     if not _layout_free(sch, buf):
         return False
-    packed = sch.cache_read(block, _read_index(sch, block, buf), "global")
-    sch.annotate(packed, "meta_schedule.layout_rewrite_preproc", True)
-    sch.transform_layout(packed, ("write", 0), index_map)
-    return True
+    return _prepack_block(sch, sch.cache_read(block, _read_index(sch, block, buf), "global"), index_map)
 
 
 def _prepack_block(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, index_map: Callable[..., tuple]) -> bool:
