@@ -825,12 +825,18 @@ def _template_injective(sch: s_tir.Schedule, lanes: int) -> None:
     if patches:
         # what feeds the patches (a quantize, a transpose, the padding) is computed once into a buffer of its own:
         # inlined, it would be recomputed for every tap (kh x kw times; a 7x7 stem's quantize took 1.6 ms)
-        _inline_spatial(sch, keep=tuple(sch.get_producers(patches[0])))
+        # and so is a stem's quantize, before its transpose to channels-last: elementwise in NCHW, it vectorizes
+        # along the rows (inlined into the transpose's 3-4 channel vectors, each value was divided alone)
+        keep = [*sch.get_producers(patches[0]),
+                *(p for b in blocks if sch.get(b).name_hint.startswith("T_transpose") for p in sch.get_producers(b))]
+        _inline_spatial(sch, keep=tuple(keep))
     else:
         _inline_spatial(sch)
     for block in _blocks(sch):
         if sch.get(block).name_hint.startswith("im2col_r"):
             _schedule_im2col(sch, block, lanes)
+        elif patches and _few_channels(sch, block, lanes):
+            _schedule_few_channels(sch, block, lanes)
         elif sch.get(block).name_hint == "winograd_input":
             _schedule_winograd_input(sch, block, lanes)
         elif "winograd_output" in names:
@@ -876,6 +882,25 @@ def _schedule_rows(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: i
         return
     n, y, _x, c = loops
     _channel_vectors(sch, c, lanes)
+    sch.parallel(sch.fuse(n, y))
+
+
+def _few_channels(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> bool:
+    """Whether ``block`` writes an NHWC map of fewer channels than a vector and rows of at least one vector."""
+    loops = sch.get_loops(block)
+    if len(loops) != 4:
+        return False
+    exts = _extents(sch, loops)
+    return 0 < exts[3] < lanes <= exts[2]
+
+
+def _schedule_few_channels(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
+    """A stem's padded NHWC copy of 3-4 channels: rows in parallel, each channel's row in whole vectors (read
+    contiguously from an NCHW source), not each pixel's 3-4 channels as one short vector."""
+    n, y, x, c = sch.get_loops(block)
+    sch.reorder(n, y, c, x)
+    _, x_in = sch.split(x, factors=[None, lanes])
+    sch.vectorize(x_in)
     sch.parallel(sch.fuse(n, y))
 
 

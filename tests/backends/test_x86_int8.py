@@ -60,7 +60,7 @@ def _asm(ex: object) -> str:
 
 @pytest.mark.skipif(not HOST_AVX2, reason="the AVX2 kernels run only on an AVX2 host")
 @pytest.mark.parametrize(("reduce_range", "instruction"), [(True, "vpmaddubsw"), (False, "vpmaddwd")])
-@pytest.mark.parametrize(("rows", "k", "n"), [(6, 40, 24), (37, 64, 48)])
+@pytest.mark.parametrize(("rows", "k", "n"), [(6, 40, 24), (37, 64, 48), (70, 32, 64)])  # the last: row tiles outermost
 def test_avx2_integer_matmul_is_bit_exact(tmp_path: Path, reduce_range: bool, instruction: str, rows: int, k: int,
                                           n: int) -> None:
     q, feeds = _linear(tmp_path, rows, k, n, reduce_range)
