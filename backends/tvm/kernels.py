@@ -16,9 +16,10 @@ import numpy as np
 import tvm
 from tvm import relax, s_tir, tirx
 
-#: Version of the feature set below (2 added what the schedule made: parallel tasks, their balance, vector width);
-#: the cost model refuses data and models of another version.
-FEATURES_VERSION = 2
+#: Version of the feature set below (2 added what the schedule made: parallel tasks, their balance, vector width;
+#: 3 the patches that an integer convolution copies inside its own kernel, ``patch_blocks``); the cost model
+#: refuses data and models of another version.
+FEATURES_VERSION = 3
 
 #: Op words taken from a fused kernel's name (``fused_conv2d_add_clip1`` -> conv2d, add, clip), counted.
 OP_WORDS = ("conv2d", "matmul", "add", "subtract", "multiply", "divide", "relu", "clip", "sigmoid", "tanh", "exp",
@@ -63,7 +64,7 @@ def _block_stats(sch: s_tir.Schedule) -> dict[str, float]:
     work_total = 0.0
     main: tuple[float, Any, list[int], list[int]] | None = None
     n_red = 0
-    pad = 0
+    pad = patch = 0
     for blk in blocks:
         spatial = [int(iv.dom.extent) for iv in blk.iter_vars if iv.iter_type != tirx.IterVar.CommReduce]
         reduce = [int(iv.dom.extent) for iv in blk.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
@@ -71,10 +72,11 @@ def _block_stats(sch: s_tir.Schedule) -> dict[str, float]:
         work_total += work
         n_red += bool(reduce)
         pad += "pad" in blk.name_hint
+        patch += blk.name_hint.startswith("im2col")
         if main is None or work > main[0]:
             main = (work, blk, spatial, reduce)
     stats: dict[str, float] = {"blocks": len(blocks), "reduce_blocks": n_red, "pad_blocks": pad,
-                               "work_total": work_total}
+                               "patch_blocks": patch, "work_total": work_total}
     if main is not None:
         work, blk, spatial, reduce = main
         name = blk.name_hint

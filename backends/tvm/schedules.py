@@ -835,7 +835,7 @@ def _template_injective(sch: s_tir.Schedule, lanes: int) -> None:
     for block in _blocks(sch):
         if sch.get(block).name_hint.startswith("im2col_r"):
             _schedule_im2col(sch, block, lanes)
-        elif patches and _few_channels(sch, block, lanes):
+        elif _few_channels(sch, block, lanes):
             _schedule_few_channels(sch, block, lanes)
         elif sch.get(block).name_hint == "winograd_input":
             _schedule_winograd_input(sch, block, lanes)
@@ -895,8 +895,9 @@ def _few_channels(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: in
 
 
 def _schedule_few_channels(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
-    """A stem's padded NHWC copy of 3-4 channels: rows in parallel, each channel's row in whole vectors (read
-    contiguously from an NCHW source), not each pixel's 3-4 channels as one short vector."""
+    """An NHWC map of a few channels (an image's channels-last copy, padded or not): rows in parallel, each
+    channel's row in whole vectors (read contiguously from an NCHW source), not each pixel's 3-4 channels as one
+    short vector."""
     n, y, x, c = sch.get_loops(block)
     sch.reorder(n, y, c, x)
     _, x_in = sch.split(x, factors=[None, lanes])
@@ -910,8 +911,15 @@ def _schedule_im2col(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes:
     copied vectorized (in 64-byte pieces when longer), pixels in parallel. Vectorized over the flat columns
     instead, every byte's source index was a division (0.09 ms for 225 KB); by runs of Ci, a 3-channel stem
     (read as 4) copied 4 bytes at a time (0.68 ms for ResNet-18's 2.5 MB of patches)."""
-    run = int(sch.get(block).name_hint.removeprefix("im2col_r"))
     rows, cols = sch.get_loops(block)
+    _copy_runs(sch, block, cols)
+    sch.parallel(rows)
+
+
+def _copy_runs(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, cols: s_tir.schedule.LoopRV) -> None:
+    """The columns loop of a patches block (``im2col_r<run>``) split into its contiguous runs, each copied
+    vectorized (in 64-byte pieces when longer)."""
+    run = int(sch.get(block).name_hint.removeprefix("im2col_r"))
     if (_extent(sch, cols) or 0) % run:
         raise ValueError("not a patches block")
     _, inner = sch.split(cols, factors=[None, run])
@@ -920,7 +928,6 @@ def _schedule_im2col(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes:
         _, inner = sch.split(inner, factors=[None, piece])
     if piece and piece % 4 == 0:
         sch.vectorize(inner)
-    sch.parallel(rows)
 
 
 def _template_generic(sch: s_tir.Schedule, lanes: int) -> None:

@@ -133,6 +133,8 @@ def _template(sch: s_tir.Schedule, kinds: tuple[str, ...]) -> None:
     epilogue, tensorized with the first of the ``kinds`` intrinsics whose width divides N; raises ValueError
     where the kernel does not fit (the caller falls back to the float templates)."""
     from nasc.backends.tvm.schedules import (
+        _blocks,
+        _copy_runs,
         _divisor_at_most,
         _epilogue_of,
         _extents,
@@ -140,6 +142,7 @@ def _template(sch: s_tir.Schedule, kinds: tuple[str, ...]) -> None:
         _prepack,
         _read_index,
         _rhs,
+        _schedule_spatial_block,
     )
 
     red = _qmatmul_block(sch)
@@ -148,7 +151,10 @@ def _template(sch: s_tir.Schedule, kinds: tuple[str, ...]) -> None:
     if len(dtypes) != 1 or {*dtypes, str(w_buf.dtype)} != {"uint8", "int8"}:
         raise ValueError("operands are not one uint8 and one int8")
     a_dtype = dtypes.pop()
-    _inline_spatial(sch)
+    # a convolution's patches copied in the kernel (qops._patches_in_kernel): the copy and its padded input stay
+    # blocks of their own, the copy placed under each row tile
+    patches = [b for b in _blocks(sch) if sch.get(b).name_hint.startswith("im2col_r")]
+    _inline_spatial(sch, keep=(*patches, *(p for b in patches for p in sch.get_producers(b))))
     epi = _epilogue_of(sch, red)
     if sch.get(epi).name_hint.endswith("_local"):
         raise ValueError("no epilogue to tile under")
@@ -179,18 +185,29 @@ def _template(sch: s_tir.Schedule, kinds: tuple[str, ...]) -> None:
     # int8 net ran 5.5 against 4.7 ms), else the panels, each staying in cache across every row tile.
     # A weight that is not a constant is packed by each task, its own column panel.
     prepacked = _prepack(sch, red, w_buf, lambda k, c: (c // panel_cols, k // group, c % panel_cols, k % group))
+    if patches and not prepacked:
+        raise ValueError("patches copied in the kernel need a constant weight")
     if prepacked:
         if m > n:
             sch.reorder(i_o, j_o)
-        tile = sch.fuse(*((i_o, j_o) if m > n else (j_o, i_o)))
-        sch.parallel(tile)
+        if patches and m > n:  # a row tile's patches copied once, for all its panels
+            sch.parallel(i_o)
+            tile = j_o
+        else:
+            tile = sch.fuse(*((i_o, j_o) if m > n else (j_o, i_o)))
+            sch.parallel(tile)
     else:
         tile = i_o
         if n // panel_cols > 1:
             sch.parallel(j_o)
     sch.compute_at(red, tile)
+    if patches:
+        sch.compute_at(patches[0], i_o if m > n else tile)
+        _copy_runs(sch, patches[0], sch.get_loops(patches[0])[-1])
+        for pad in sch.get_producers(patches[0]):
+            _schedule_spatial_block(sch, pad, 16)
     # under the tile loop(s): row, column, k; no row loop for a 1-row tile
-    inner = sch.get_loops(red)[1 if prepacked else 2:]
+    inner = sch.get_loops(red)[1 if prepacked and not (patches and m > n) else 2:]
     ri, (rj, rk) = (inner[0] if len(inner) == 3 else None), inner[-2:]
     k_o, k_g = sch.split(rk, factors=[None, group])
     j_v, j_8 = sch.split(rj, factors=[vectors, width])
