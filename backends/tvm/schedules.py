@@ -551,12 +551,15 @@ def _matmul_parts(sch: s_tir.Schedule) -> s_tir.schedule.SBlockRV:
 
 
 def _rhs(sch: s_tir.Schedule, red: s_tir.schedule.SBlockRV) -> tirx.Buffer:
-    """The right operand ([..., K, N]: its last index uses the column iter and not the reduction iter)."""
+    """The right operand ([..., K, N]: its last index uses the column iter and not the reduction iter, another
+    the reduction iter; not a bias that initializes the accumulator, [1, N])."""
     blk = sch.get(red)
     j_var, k_var = blk.iter_vars[-2].var, blk.iter_vars[-1].var
     for region in blk.reads:
         last = _vars_in(region.region[-1].min)
-        if any(v.same_as(j_var) for v in last) and not any(v.same_as(k_var) for v in last):
+        used = [v for rng in region.region for v in _vars_in(rng.min)]
+        if (any(v.same_as(j_var) for v in last) and not any(v.same_as(k_var) for v in last)
+                and any(v.same_as(k_var) for v in used)):
             return region.source
     raise ValueError("no right operand")
 
@@ -631,8 +634,12 @@ def _pad_matmul(sch: s_tir.Schedule, red: s_tir.schedule.SBlockRV, lanes: int) -
     """Pad the matmul's row and column iterations (:func:`_matmul_padding`) with ``pad_einsum``: the operands
     are read through zero-padded copies, the product lands in a padded buffer whose real part the epilogue
     reads. Returns the operands' padded copy blocks (empty: nothing padded, or not an einsum pattern TVM can
-    pad)."""
+    pad; or a product that starts from a bias, whose initial value pad_einsum would replace by zero)."""
     ivs = sch.get(red).iter_vars
+    init = sch.get(red).init
+    if init is not None and not (isinstance(init, tirx.BufferStore) and isinstance(init.value, tirx.IntImm | tirx.FloatImm)
+                                 and float(init.value.value) == 0.0):
+        return []
     m, n = (_int(iv.dom.extent) or 0 for iv in ivs[-3:-1])
     row, col = _matmul_padding(m, n, lanes)
     if row == 1 and col == 1:

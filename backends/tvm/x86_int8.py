@@ -147,7 +147,8 @@ def _template(sch: s_tir.Schedule, kinds: tuple[str, ...]) -> None:
 
     red = _qmatmul_block(sch)
     w_buf = _rhs(sch, red)
-    dtypes = {str(r.source.dtype) for r in sch.get(red).reads if not r.source.same_as(w_buf)}
+    dtypes = {str(r.source.dtype) for r in sch.get(red).reads  # the operands, not the bias it starts from
+              if not r.source.same_as(w_buf) and str(r.source.dtype) != "int32"}
     if len(dtypes) != 1 or {*dtypes, str(w_buf.dtype)} != {"uint8", "int8"}:
         raise ValueError("operands are not one uint8 and one int8")
     a_dtype = dtypes.pop()
