@@ -634,12 +634,8 @@ def _pad_matmul(sch: s_tir.Schedule, red: s_tir.schedule.SBlockRV, lanes: int) -
     """Pad the matmul's row and column iterations (:func:`_matmul_padding`) with ``pad_einsum``: the operands
     are read through zero-padded copies, the product lands in a padded buffer whose real part the epilogue
     reads. Returns the operands' padded copy blocks (empty: nothing padded, or not an einsum pattern TVM can
-    pad; or a product that starts from a bias, whose initial value pad_einsum would replace by zero)."""
+    pad)."""
     ivs = sch.get(red).iter_vars
-    init = sch.get(red).init
-    if init is not None and not (isinstance(init, tirx.BufferStore) and isinstance(init.value, tirx.IntImm | tirx.FloatImm)
-                                 and float(init.value.value) == 0.0):
-        return []
     m, n = (_int(iv.dom.extent) or 0 for iv in ivs[-3:-1])
     row, col = _matmul_padding(m, n, lanes)
     if row == 1 and col == 1:
