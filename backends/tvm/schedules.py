@@ -551,15 +551,12 @@ def _matmul_parts(sch: s_tir.Schedule) -> s_tir.schedule.SBlockRV:
 
 
 def _rhs(sch: s_tir.Schedule, red: s_tir.schedule.SBlockRV) -> tirx.Buffer:
-    """The right operand ([..., K, N]: its last index uses the column iter and not the reduction iter, another
-    the reduction iter; not a bias that initializes the accumulator, [1, N])."""
+    """The right operand ([..., K, N]: its last index uses the column iter and not the reduction iter)."""
     blk = sch.get(red)
     j_var, k_var = blk.iter_vars[-2].var, blk.iter_vars[-1].var
     for region in blk.reads:
         last = _vars_in(region.region[-1].min)
-        used = [v for rng in region.region for v in _vars_in(rng.min)]
-        if (any(v.same_as(j_var) for v in last) and not any(v.same_as(k_var) for v in last)
-                and any(v.same_as(k_var) for v in used)):
+        if any(v.same_as(j_var) for v in last) and not any(v.same_as(k_var) for v in last):
             return region.source
     raise ValueError("no right operand")
 

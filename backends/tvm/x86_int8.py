@@ -13,9 +13,11 @@ inner 8 (16) columns x ``G`` reduction steps with one exact intrinsic:
   The lowering (``qops._qmatmul_te``) checks the weight values and names the compute block ``qmatmul_pairs16``;
 * ``vpmaddwd`` (``G = 2``): operands widened to int16, pairs summed in int32; exact for any int8 weight.
 
-Each parallel task copies its column panel of the weight into ``[K/G, P, G]`` order (the reduction step's
-``G`` weights of one column next to each other), so that one vector load feeds the intrinsic; ``P`` columns
-per task, a few rows per register tile. Results equal the numpy reference bit for bit (tests/backends).
+The weight is read in ``[K/G, P, G]`` panels (the reduction step's ``G`` weights of one column next to each
+other), so that one vector load feeds the intrinsic; ``P`` columns per panel, a few rows per register tile. A
+constant weight is packed once at build time, panel after panel; any other each parallel task packs itself. A
+convolution's patches may be copied inside the kernel, a row tile at a time (qops._patches_in_kernel).
+Results equal the numpy reference bit for bit (tests/backends).
 """
 
 from __future__ import annotations
@@ -109,13 +111,14 @@ def pairs_fit_int16(w_kn: object) -> bool:
 
 def template_qmatmul_avx2(sch: s_tir.Schedule, lanes: int) -> None:
     """AVX2 (no VNNI): vpmaddubsw where the weight pairs allow, else vpmaddwd."""
-    _template(sch, ("pairs16",) if sch.get(_qmatmul_block(sch)).name_hint.startswith(PAIRS16_BLOCK) else ("widen16",))
+    _template(sch, ("pairs16",) if sch.get(_qmatmul_block(sch)).name_hint.startswith(PAIRS16_BLOCK) else ("widen16",),
+              lanes)
 
 
 def template_qmatmul_vnni(sch: s_tir.Schedule, lanes: int) -> None:
     """AVX-512 VNNI: vpdpbusd, 16 columns x 4 reduction steps (8 columns, the 256-bit form, for a column count
     that 16 does not divide: MobileNetV2's 24-channel layers)."""
-    _template(sch, ("vnni", "vnni8"))
+    _template(sch, ("vnni", "vnni8"), lanes)
 
 
 def _qmatmul_block(sch: s_tir.Schedule) -> s_tir.schedule.SBlockRV:
@@ -128,7 +131,7 @@ def _qmatmul_block(sch: s_tir.Schedule) -> s_tir.schedule.SBlockRV:
     return reds[0]
 
 
-def _template(sch: s_tir.Schedule, kinds: tuple[str, ...]) -> None:
+def _template(sch: s_tir.Schedule, kinds: tuple[str, ...], lanes: int) -> None:
     """[M, K] x [K, N] (block ``qmatmul*``, one operand uint8 and the other int8) with its elementwise
     epilogue, tensorized with the first of the ``kinds`` intrinsics whose width divides N; raises ValueError
     where the kernel does not fit (the caller falls back to the float templates)."""
@@ -147,8 +150,7 @@ def _template(sch: s_tir.Schedule, kinds: tuple[str, ...]) -> None:
 
     red = _qmatmul_block(sch)
     w_buf = _rhs(sch, red)
-    dtypes = {str(r.source.dtype) for r in sch.get(red).reads  # the operands, not the bias it starts from
-              if not r.source.same_as(w_buf) and str(r.source.dtype) != "int32"}
+    dtypes = {str(r.source.dtype) for r in sch.get(red).reads if not r.source.same_as(w_buf)}
     if len(dtypes) != 1 or {*dtypes, str(w_buf.dtype)} != {"uint8", "int8"}:
         raise ValueError("operands are not one uint8 and one int8")
     a_dtype = dtypes.pop()
@@ -206,7 +208,7 @@ def _template(sch: s_tir.Schedule, kinds: tuple[str, ...]) -> None:
         sch.compute_at(patches[0], i_o if m > n else tile)
         _copy_runs(sch, patches[0], sch.get_loops(patches[0])[-1])
         for pad in sch.get_producers(patches[0]):
-            _schedule_spatial_block(sch, pad, 16)
+            _schedule_spatial_block(sch, pad, lanes)
     # under the tile loop(s): row, column, k; no row loop for a 1-row tile
     inner = sch.get_loops(red)[1 if prepacked and not (patches and m > n) else 2:]
     ri, (rj, rk) = (inner[0] if len(inner) == 3 else None), inner[-2:]
