@@ -216,3 +216,33 @@ def test_channels_last_convolutions_cross_built_for_vnni_use_both_vpdpbusd_width
     assert facts["schedules"]["templates"].get("qmatmul_vnni") == 5
     asm = _asm(ex)
     assert re.search(r"\bvpdpbusd\s+[^\n]*zmm", asm) and re.search(r"\bvpdpbusd\s+[^\n]*ymm", asm)
+
+
+@pytest.mark.skipif(not HOST_AVX2, reason="the AVX2 kernels run only on an AVX2 host")
+@pytest.mark.parametrize("target", ["cpu", "cpu:haswell"])
+def test_strided_convolution_copies_its_patches_inside_the_matmul_kernel(tmp_path: Path, target: str) -> None:
+    """A stride-2 3x3 convolution on a 21x21 map (121 output pixels, more than its 16 channels): its patches are
+    copied row tile by row tile inside the tensorized matmul kernel (no im2col kernel), with a ragged last tile
+    (121 rows) and the padding on the bottom and right edges read, bit-exact against the integer reference."""
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as h
+
+    rng = np.random.default_rng(3)
+    w = (rng.normal(size=(16, 8, 3, 3)) / 8).astype(np.float32)
+    b = (rng.normal(size=16) * 0.1).astype(np.float32)
+    graph = h.make_graph([h.make_node("Conv", ["x", "w", "b"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
+                          h.make_node("Relu", ["c"], ["y"])], "g",
+                         [h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 21, 21])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 11, 11])],
+                         [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(b, "b")])
+    m = h.make_model(graph, opset_imports=[h.make_opsetid("", 21)])
+    m.ir_version = 10
+    feeds = [{"x": rng.normal(size=(1, 8, 21, 21)).astype(np.float32)} for _ in range(4)]
+    q = nasc.optimize(nasc.load(m), "quantize", feeds)
+    art = nasc.compile(q, target, tmp_path / "cpu", measure_latency=False)
+    kernels = art.report["build"]["schedules"]["kernels"]
+    assert not any("im2col" in k for k in kernels)
+    assert next(t for k, t in kernels.items() if "qconv2d_patches" in k).startswith("qmatmul_")
+    for f, r in zip(feeds, reference_run(integerize(q)[0], feeds)):
+        np.testing.assert_array_equal(art.run(f)[0], r[0])
