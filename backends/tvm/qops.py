@@ -101,37 +101,20 @@ def _requantize(lx: Lx, acc: relax.Expr, mult: relax.Expr, shift: relax.Expr, zp
     M and n stay int32 in the weights (a relax-level cast would be folded into int64 constants), and the
     product of two sign-extended int32 is one 32x32->64 multiply (vpmuldq on x86, smull on Cortex-M).
     ``offset`` (int64, per channel) replaces the rounding term and the zero point by ``b * M + 2^(n-1) + (zp <<
-    n)``: the requantization of ``acc + b`` (:func:`_requantize_biased`)."""
+    n)``: the requantization of ``acc + b`` (:func:`_requantize_node` with a bias)."""
     from tvm import te, topi
 
     def compute(a: te.Tensor, m: te.Tensor, n: te.Tensor, *off: te.Tensor) -> te.Tensor:
         m64, n64 = topi.cast(m, "int64"), topi.cast(n, "int64")
-        if off:  # the zero point is in the offset too
-            y = topi.right_shift(topi.add(topi.multiply(topi.cast(a, "int64"), m64), off[0]), n64)
-        else:
-            rounding = topi.left_shift(tvm.tirx.const(1, "int64"), topi.subtract(n64, tvm.tirx.const(1, "int64")))
-            y = topi.right_shift(topi.add(topi.multiply(topi.cast(a, "int64"), m64), rounding), n64)
+        rounding = off[0] if off else topi.left_shift(tvm.tirx.const(1, "int64"),
+                                                       topi.subtract(n64, tvm.tirx.const(1, "int64")))
+        y = topi.right_shift(topi.add(topi.multiply(topi.cast(a, "int64"), m64), rounding), n64)
+        if not off:  # (the offset holds the zero point)
             y = topi.add(y, tvm.tirx.const(zp, "int64"))
         return topi.cast(topi.clip(y, lo, hi), "uint8")
 
     extra = [] if offset is None else [offset]
     return lx.bb.call_te(compute, lx.bb.emit(acc), mult, shift, *extra, primfunc_name_hint="requantize")
-
-
-def _requantize_biased(lx: Lx, node: Node, acc: relax.Expr, bias: np.ndarray, shape: list[int]) -> Any:
-    """``node``'s requantization of ``acc + bias`` (bias int32 per channel), with the bias and the output zero
-    point folded into the rounding term in int64, ``(acc * M + (b * M + 2^(n-1) + (zp << n))) >> n``: the same
-    integers (adding ``zp << n`` before an arithmetic shift by ``n`` adds ``zp`` after it), but the kernel's
-    multiply then reads the accumulator itself and no add follows the shift. After an int32 add LLVM no longer sees two sign-extended operands and
-    multiplies in full 64 bits (vpmullq, three uops for vpmuldq's one), which made the requantization of a
-    pointwise layer with 16 input channels cost more than its products (MobileNetV2 int8 2.30 -> 2.11 ms)."""
-    m = np.asarray(node.input(3).data, np.int64).reshape(-1)
-    n = np.asarray(node.input(4).data, np.int64).reshape(-1)
-    zp = np.int64(int(node.attr("y_zp")))
-    off = np.asarray(bias, np.int64).reshape(-1) * m + (np.int64(1) << (n - 1)) + (zp << n)
-    return _requantize(lx, acc, _per_channel(lx, node, 3, shape), _per_channel(lx, node, 4, shape),
-                       int(node.attr("y_zp")), int(node.attr("qmin")), int(node.attr("qmax")),
-                       lx.const(off.reshape(shape), "i64"))
 
 
 def _per_channel(lx: Lx, node: Node, i: int, shape: list[int]) -> relax.Expr:
@@ -215,10 +198,25 @@ def _qconv(lx: Lx, node: Node) -> Any:
     return lx.emit(_requantize_node(lx, node, acc, [1, c, 1, 1]))
 
 
-def _requantize_node(lx: Lx, node: Node, acc: relax.Expr, shape: list[int]) -> Any:
-    """``acc`` requantized by ``node``'s per-channel multipliers and shifts (laid out as ``shape``)."""
-    return _requantize(lx, acc, _per_channel(lx, node, 3, shape), _per_channel(lx, node, 4, shape),
-                       int(node.attr("y_zp")), int(node.attr("qmin")), int(node.attr("qmax")))
+def _requantize_node(lx: Lx, node: Node, acc: relax.Expr, shape: list[int], bias: np.ndarray | None = None) -> Any:
+    """``acc`` (plus ``bias``, int32 per channel, when given) requantized by ``node``'s per-channel multipliers and
+    shifts (laid out as ``shape``).
+
+    A bias is folded, with the output zero point, into the rounding term in int64, ``(acc * M + (b * M +
+    2^(n-1) + (zp << n))) >> n``: the same integers (adding ``zp << n`` before an arithmetic shift by ``n`` adds
+    ``zp`` after it), but the kernel's multiply then reads the accumulator itself and no add follows the shift.
+    After an int32 add LLVM no longer sees two sign-extended operands and multiplies in full 64 bits (vpmullq,
+    three uops for vpmuldq's one), which made the requantization of a pointwise layer with 16 input channels
+    cost more than its products (MobileNetV2 int8 2.30 -> 2.11 ms)."""
+    zp = int(node.attr("y_zp"))
+    offset = None
+    if bias is not None:
+        m = np.asarray(node.input(3).data, np.int64).reshape(-1)
+        n = np.asarray(node.input(4).data, np.int64).reshape(-1)
+        off = np.asarray(bias, np.int64).reshape(-1) * m + (np.int64(1) << (n - 1)) + (np.int64(zp) << n)
+        offset = lx.const(off.reshape(shape), "i64")
+    return _requantize(lx, acc, _per_channel(lx, node, 3, shape), _per_channel(lx, node, 4, shape), zp,
+                       int(node.attr("qmin")), int(node.attr("qmax")), offset)
 
 
 def _pointwise(node: Node, w: np.ndarray, strides: list[int], pads: list[int], dilations: list[int]) -> bool:
@@ -312,7 +310,7 @@ def _qconv_nhwc(lx: Lx, node: Node, wq: np.ndarray, strides: list[int], pads: li
     acc = lx.bb.emit(lx.bb.call_te(_qconv_nhwc_te, lx.nhwc(node, 0), _weight_operand(lx, node, hwio), int(node.attr("x_zp")),
                                    strides, pads, dilations, int(node.attr("group", 1)),
                                    primfunc_name_hint="qconv2d_nhwc"))
-    return ChannelsLast(lx.emit(_requantize_biased(lx, node, acc, bias, [1, 1, 1, c])))
+    return ChannelsLast(lx.emit(_requantize_node(lx, node, acc, [1, 1, 1, c], bias)))
 
 
 def _patches_in_kernel(node: Node, ci: int, co: int) -> bool:
@@ -334,13 +332,13 @@ def _rows_by_weight(lx: Lx, node: Node, rows: Any, w_kn: np.ndarray, bias: np.nd
     patches itself."""
     c = int(w_kn.shape[1])
     _, h, w = (int(d) for d in out_shape(node)[1:])
-    w_op = _weight_operand(lx, node, w_kn)
+    w_op, pairs16 = _weight_operand(lx, node, w_kn), pairs_fit_int16(w_kn)
     if patches is not None:
-        acc = lx.bb.emit(lx.bb.call_te(lambda x, wt: _qmatmul_te(_im2col_te(x, *patches), wt, c, pairs_fit_int16(w_kn)),
+        acc = lx.bb.emit(lx.bb.call_te(lambda x, wt: _qmatmul_te(_im2col_te(x, *patches), wt, c, pairs16),
                                        rows, w_op, primfunc_name_hint=name))
     else:
-        acc = lx.bb.emit(lx.bb.call_te(_qmatmul_te, rows, w_op, c, pairs_fit_int16(w_kn), primfunc_name_hint=name))
-    y = lx.bb.emit(_requantize_biased(lx, node, acc, bias, [1, c]))
+        acc = lx.bb.emit(lx.bb.call_te(_qmatmul_te, rows, w_op, c, pairs16, primfunc_name_hint=name))
+    y = lx.bb.emit(_requantize_node(lx, node, acc, [1, c], bias))
     return ChannelsLast(lx.emit(R.reshape(y, [1, h, w, c])))
 
 
@@ -382,7 +380,7 @@ def _unflatten(node: Node, y: relax.Expr) -> relax.Expr:
 @lowering("nasc.QGemm")
 def _qgemm(lx: Lx, node: Node) -> Any:
     acc, bias, n = _qlinear_acc(lx, node)
-    return lx.emit(_unflatten(node, lx.bb.emit(_requantize_biased(lx, node, acc, bias, [1, n]))))
+    return lx.emit(_unflatten(node, lx.bb.emit(_requantize_node(lx, node, acc, [1, n], bias))))
 
 
 @lowering("nasc.QMatMul")

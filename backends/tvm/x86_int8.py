@@ -176,7 +176,8 @@ def _template(sch: s_tir.Schedule, kinds: tuple[str, ...], lanes: int) -> None:
     i_o, i_i = sch.split(i, factors=[None, rows])
     j_o, j_i = sch.split(j, factors=[None, panel_cols])
     sch.reorder(j_o, i_o, i_i, j_i)
-    # the weight as [K/group, N, group], each step's group x width block contiguous
+    # a weight that is not a constant, packed by each task as [K/group, P, group]: each step's group x width
+    # block contiguous
     def grouped(k: Any, c: Any) -> tuple[Any, Any, Any]:
         return k // group, c, k % group
 
@@ -188,29 +189,29 @@ def _template(sch: s_tir.Schedule, kinds: tuple[str, ...], lanes: int) -> None:
     # int8 net ran 5.5 against 4.7 ms), else the panels, each staying in cache across every row tile.
     # A weight that is not a constant is packed by each task, its own column panel.
     prepacked = _prepack(sch, red, w_buf, lambda k, c: (c // panel_cols, k // group, c % panel_cols, k % group))
-    if patches and not prepacked:
-        raise ValueError("patches copied in the kernel need a constant weight")
-    if prepacked:
-        if m > n:
-            sch.reorder(i_o, j_o)
-        if patches and m > n:  # a row tile's patches copied once, for all its panels
-            sch.parallel(i_o)
-            tile = j_o
-        else:
-            tile = sch.fuse(*((i_o, j_o) if m > n else (j_o, i_o)))
-            sch.parallel(tile)
+    rows_outer = m > n
+    if patches and not (prepacked and rows_outer):  # (qops copies patches in the kernel only then)
+        raise ValueError("patches copied in the kernel need a constant weight and more rows than columns")
+    if prepacked and rows_outer:
+        sch.reorder(i_o, j_o)
+    if patches:  # row tiles in parallel, each tile's patches copied once for all its panels
+        sch.parallel(i_o)
+        tile = j_o
+    elif prepacked:
+        tile = sch.fuse(*((i_o, j_o) if rows_outer else (j_o, i_o)))
+        sch.parallel(tile)
     else:
         tile = i_o
         if n // panel_cols > 1:
             sch.parallel(j_o)
     sch.compute_at(red, tile)
     if patches:
-        sch.compute_at(patches[0], i_o if m > n else tile)
+        sch.compute_at(patches[0], i_o)
         _copy_runs(sch, patches[0], sch.get_loops(patches[0])[-1])
         for pad in sch.get_producers(patches[0]):
             _schedule_spatial_block(sch, pad, lanes)
     # under the tile loop(s): row, column, k; no row loop for a 1-row tile
-    inner = sch.get_loops(red)[1 if prepacked and not (patches and m > n) else 2:]
+    inner = sch.get_loops(red)[1 if prepacked and not patches else 2:]
     ri, (rj, rk) = (inner[0] if len(inner) == 3 else None), inner[-2:]
     k_o, k_g = sch.split(rk, factors=[None, group])
     j_v, j_8 = sch.split(rj, factors=[vectors, width])
