@@ -137,6 +137,78 @@ def _mlp(widths: tuple[int, ...], tokens: int) -> Callable[[Path], Path]:
     return write
 
 
+def _conv_layer(cin: int, cout: int, kernel: int, stride: int, res: int, groups: int) -> Callable[[Path], Path]:
+    """One convolution-BN-ReLU6 layer (depthwise where ``groups`` is ``cin``): one fused kernel of a CNN."""
+
+    def write(path: Path) -> Path:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups), nn.BatchNorm2d(cout),
+                              nn.ReLU6()).eval()
+        return _export(model, (torch.zeros(1, cin, res, res),), path, ["x"])
+
+    return write
+
+
+def _linear_layer(tokens: int, din: int, dout: int, gelu: bool) -> Callable[[Path], Path]:
+    """One linear layer on ``tokens`` rows, with a GELU or not: one fused matmul kernel of a transformer."""
+
+    def write(path: Path) -> Path:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(din, dout), *([nn.GELU()] if gelu else [])).eval()
+        return _export(model, (torch.zeros(1, tokens, din),), path, ["x"])
+
+    return write
+
+
+#: Single-layer models of the kernel shapes the families' variants leave out (nn-Meter's kernel sampling): they
+#: are training data only (tools/bench_predictor.py never scores them), profiled in turns with the families.
+KERNELS = "kernels"
+KERNEL_SAMPLES = 96
+
+
+def kernel_entries(count: int = KERNEL_SAMPLES, seed: int = 0) -> list[Entry]:
+    """``count`` single-layer models with seeded random shapes, in turns: a convolution (1x1 to 7x7, stride 1 or
+    2), a depthwise convolution, a linear layer (1 to 256 tokens, 64 to 3072 wide); every fourth one quantized."""
+    import random
+
+    rng = random.Random(seed)
+    chans = (8, 12, 16, 24, 32, 40, 48, 64, 72, 96, 120, 128, 160, 192, 240, 256, 320, 384, 480, 512)
+    widths = (64, 96, 128, 192, 256, 320, 384, 512, 640, 768, 1024, 1280, 1536, 2048, 3072)
+    out: list[Entry] = []
+    for i in range(count):
+        passes = INT8 if i % 4 == 3 else FLOAT
+        kind = i % 3
+        if kind == 2:
+            t, a, b = rng.choice((1, 2, 4, 8, 16, 24, 32, 49, 50, 64, 65, 96, 128, 197, 256)), rng.choice(widths), \
+                rng.choice(widths)
+            gelu = rng.random() < 0.5
+            out.append(Entry(KERNELS, f"linear_t{t}_{a}-{b}{'_gelu' if gelu else ''}", _linear_layer(t, a, b, gelu),
+                             passes))
+            continue
+        c = rng.choice(chans)
+        stride = rng.choice((1, 1, 2))
+        # keep each layer within about 0.3 G multiply-adds: a few ms at most
+        res = rng.choice((7, 10, 14, 20, 28, 40, 56, 80, 112))
+        if kind == 1:
+            k = rng.choice((3, 3, 5, 7))
+            out.append(Entry(KERNELS, f"dwconv_c{c}_k{k}_s{stride}_r{res}", _conv_layer(c, c, k, stride, res, c),
+                             passes))
+            continue
+        k = rng.choice((1, 1, 3, 3, 5, 7))
+        cout = rng.choice(chans)
+        while (res // stride) ** 2 * c * cout * k * k > 3e8:
+            res //= 2
+        out.append(Entry(KERNELS, f"conv_c{c}-{cout}_k{k}_s{stride}_r{res}", _conv_layer(c, cout, k, stride, res, 1),
+                         passes))
+    return out
+
+
 def _bundled(name: str) -> Callable[[Path], Path]:
     return lambda _path: EXAMPLES / f"{name}.onnx"
 
@@ -213,7 +285,7 @@ def entries(kind: str = "cpu") -> list[Entry]:
     out.append(Entry("minilm", "minilm_l3_s64", _minilm(3, 64), INT8))
     out += [Entry("ds_cnn", f"ds_cnn_f{f}_c{c}", _ds_cnn(f, c)) for f, c in ((49, 96), (147, 64))]
     out.append(Entry("ds_cnn", "ds_cnn_f49_c172", _ds_cnn(49, 172), INT8))
-    return out
+    return out + kernel_entries()
 
 
 def families(corpus: list[Entry]) -> list[str]:

@@ -123,14 +123,16 @@ def datasets(root: Path | None = None) -> list[str]:
     return sorted(p.name for p in base.glob("*") if (p / SAMPLES).is_file()) if base.is_dir() else []
 
 
-def cpu_sample(build_dir: Path, *, model: str, family: str, pipeline: str, latency_ms: float,
-               kernel_ms: Iterable[Mapping[str, Any]], macs: int | None = None) -> dict[str, Any] | None:
-    """The sample of a cpu build in ``build_dir``: its ``kernels.json`` joined with ``kernel_ms`` (the runtime's
-    per-kernel times); None when the build has no kernel table."""
+def kernel_doc(build_dir: Path) -> dict[str, Any] | None:
+    """A cpu build's kernel table (``kernels.json``: its target, feature version and kernels), None without one."""
     path = build_dir / "kernels.json"
-    if not path.is_file():
-        return None
-    doc = json.loads(path.read_text())
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def sample_of(doc: Mapping[str, Any], *, model: str, family: str, pipeline: str, latency_ms: float,
+              kernel_ms: Iterable[Mapping[str, Any]], macs: int | None = None) -> dict[str, Any]:
+    """The sample of a cpu build of kernel table ``doc`` (:func:`kernel_doc`) joined with ``kernel_ms`` (the
+    runtime's per-kernel times)."""
     from nasc.backends.tvm.target import TvmTarget
 
     key = TvmTarget("cpu", doc["target"]).key
@@ -140,6 +142,15 @@ def cpu_sample(build_dir: Path, *, model: str, family: str, pipeline: str, laten
     if macs is not None:
         sample["macs"] = int(macs)
     return sample
+
+
+def cpu_sample(build_dir: Path, *, model: str, family: str, pipeline: str, latency_ms: float,
+               kernel_ms: Iterable[Mapping[str, Any]], macs: int | None = None) -> dict[str, Any] | None:
+    """The sample of a cpu build in ``build_dir`` (:func:`sample_of` its ``kernels.json``); None when the build has
+    no kernel table."""
+    doc = kernel_doc(build_dir)
+    return None if doc is None else sample_of(doc, model=model, family=family, pipeline=pipeline,
+                                              latency_ms=latency_ms, kernel_ms=kernel_ms, macs=macs)
 
 
 def record(build_dir: Path, *, model: str, family: str, pipeline: str, latency_ms: float,

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,64 +23,124 @@ from nasc.hw_search import kernel_tables, perfdata
 STEADY_TRIES = 3
 #: ``$NASC_PERF_RECORD=0``: compile, bench and search do not add their measurements to the dataset
 RECORD_ENV = "NASC_PERF_RECORD"
+#: Timing rounds of a cpu profile; the sample keeps the least disturbed (CpuTiming)
+ROUNDS = 3
 #: Seconds ``nasc profile --corpus`` spends at most on ``cpu`` by default (about 15 minutes with the last build).
 CORPUS_BUDGET_S = 780.0
 
 
 def profile(model: Any, target: str = "cpu", *, passes: str = "simplify,fuse", calib: Any = None,
             family: str | None = None, name: str | None = None, input_shapes: Mapping[str, Any] | None = None,
-            repeat: int = 30, root: Path | None = None, seed: int = 0) -> dict[str, Any]:
+            repeat: int = 30, root: Path | None = None, seed: int = 0, rounds: int = ROUNDS) -> dict[str, Any]:
     """Build ``model`` with ``passes`` for ``target`` and measure it whole and kernel by kernel on one input (the
-    first calibration sample, else seeded random): on cpu the time of each kernel in the running build, on
-    ``mcu:BOARD`` each step's instructions on QEMU. Appends the sample to the target's dataset and returns it
-    with ``dataset`` (its path) added."""
+    first calibration sample, else seeded random): on cpu the time of each kernel in the running build (the least
+    disturbed of ``rounds`` timing rounds, :class:`CpuTiming`), on ``mcu:BOARD`` each step's instructions on QEMU.
+    Appends the sample to the target's dataset and returns it with ``dataset`` (its path) added."""
+    tgt = kernel_tables.resolve(target, here=True)
+    measured = _prepare(model, tgt, target, passes, calib, input_shapes, repeat, seed)
+    if isinstance(measured, CpuTiming):
+        for _ in range(rounds - 1):
+            measured.time_round()
+    return _finish(measured.sample(), model, family, name, root)
+
+
+def _finish(sample: dict[str, Any], model: Any, family: str | None, name: str | None, root: Path | None
+            ) -> dict[str, Any]:
+    label = name or (Path(model).stem if isinstance(model, str | os.PathLike) else "model")
+    sample.update(model=label, family=family or label)
+    sample["dataset"] = str(perfdata.append(sample, root))
+    return sample
+
+
+def _prepare(model: Any, tgt: Any, target: str, passes: str, calib: Any, input_shapes: Mapping[str, Any] | None,
+             repeat: int, seed: int) -> McuResult | CpuTiming:
+    """The build of ``model`` for ``tgt``: on mcu its measured sample (:class:`McuResult`), on cpu a
+    :class:`CpuTiming` that has timed one round. The build folder is gone when this returns."""
     import nasc
     from nasc.backends import fidelity
 
-    tgt = kernel_tables.resolve(target, here=True)
-    label = name or (Path(model).stem if isinstance(model, str | os.PathLike) else "model")
     graph = nasc.load(model, input_shapes)
     feeds = (fidelity.load_calibration(str(calib), graph) if isinstance(calib, str | os.PathLike)
              else fidelity.random_inputs(graph, seed, 8))
     tmp = Path(tempfile.mkdtemp(prefix="nasc-profile-"))
     try:
         if tgt.kind == "mcu":
-            sample = _profile_mcu(graph, tgt, feeds, passes, tmp, seed)
-        else:
-            sample = _profile_cpu(model, target, feeds, passes, input_shapes, tmp, repeat, seed)
-        sample.update(model=label, family=family or label)
-        path = perfdata.append(sample, root)
-        sample["dataset"] = str(path)
-        return sample
+            return McuResult(_profile_mcu(graph, tgt, feeds, passes, tmp, seed))
+        return CpuTiming.build(model, target, feeds, passes, input_shapes, tmp, repeat, seed)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _profile_cpu(model: Any, target: str, feeds: list[dict[str, Any]], passes: str,
-                 input_shapes: Mapping[str, Any] | None, tmp: Path, repeat: int, seed: int) -> dict[str, Any]:
-    import nasc
-    from nasc.runtime import load as load_compiled
+@dataclass
+class McuResult:
+    """An mcu build's sample: instruction counts are exact, one run is the measurement."""
 
-    art = nasc.compile(model, target, tmp / "build", input_shapes=input_shapes, passes=passes, calib=feeds,
-                       seed=seed, verify=False, measure_latency=False)
-    built = load_compiled(art.out)
-    best: tuple[float, float, list[dict[str, Any]]] | None = None
-    for _ in range(STEADY_TRIES):  # again while the whole and its kernels disagree (the machine was busy)
-        latency = built.latency_ms(feeds[0], repeat=repeat, warmup=3, min_seconds=0.2)
-        kernels = built.kernel_ms(feeds[0], repeat=max(5, repeat // 2))
-        off = perfdata.disagreement(latency, sum(k["ms"] for k in kernels), sum(k["calls"] for k in kernels))
-        if best is None or off < best[0]:
-            best = (off, latency, kernels)
-        if off < perfdata.STEADY_RATIO:
-            break
-    assert best is not None
-    _, latency, kernels = best
-    # the MACs of the graph as built (after pruning, say)
-    sample = perfdata.cpu_sample(art.out, model="", family="", pipeline=passes, latency_ms=latency,
-                                 kernel_ms=kernels, macs=int(art.report["summary"]["macs"]))
-    if sample is None:
-        raise Error(f"the cpu build in {art.out} has no kernel table (kernels.json)")
-    return sample
+    measured: dict[str, Any]
+
+    def sample(self) -> dict[str, Any]:
+        return self.measured
+
+
+@dataclass
+class CpuTiming:
+    """A loaded cpu build and its timing rounds. A round times the whole model, then each kernel, again while the
+    two disagree (the machine was busy, STEADY_TRIES). The sample keeps, of every round, the lowest whole-model
+    time and each kernel's lowest time: the least disturbed measurement. On a shared machine the median of one
+    round moves by 5-30% when a neighbour's burst falls on it (a memory-bound MiniLM most); rounds minutes apart
+    (``nasc profile --corpus`` times each model again after the others) rarely all fall on one."""
+
+    built: Any
+    feed: Mapping[str, Any]
+    kernels_doc: dict[str, Any]
+    passes: str
+    macs: int
+    repeat: int
+    rounds: list[tuple[float, list[dict[str, Any]]]] = field(default_factory=list)
+    seconds: float = 0.0  # the time the rounds took
+
+    @classmethod
+    def build(cls, model: Any, target: str, feeds: list[dict[str, Any]], passes: str,
+              input_shapes: Mapping[str, Any] | None, tmp: Path, repeat: int, seed: int) -> CpuTiming:
+        import nasc
+        from nasc.runtime import load as load_compiled
+
+        art = nasc.compile(model, target, tmp / "build", input_shapes=input_shapes, passes=passes, calib=feeds,
+                           seed=seed, verify=False, measure_latency=False)
+        doc = perfdata.kernel_doc(art.out)
+        if doc is None:
+            raise Error(f"the cpu build in {art.out} has no kernel table (kernels.json)")
+        # the loaded library stays mapped once its folder is removed
+        timing = cls(load_compiled(art.out), feeds[0], doc, passes, int(art.report["summary"]["macs"]), repeat)
+        timing.time_round()
+        return timing
+
+    def time_round(self) -> None:
+        t0 = time.perf_counter()
+        best: tuple[float, float, list[dict[str, Any]]] | None = None
+        for _ in range(STEADY_TRIES):
+            latency = self.built.latency_ms(self.feed, repeat=self.repeat, warmup=3, min_seconds=0.2)
+            kernels = self.built.kernel_ms(self.feed, repeat=max(5, self.repeat // 2))
+            off = perfdata.disagreement(latency, sum(k["ms"] for k in kernels), sum(k["calls"] for k in kernels))
+            if best is None or off < best[0]:
+                best = (off, latency, kernels)
+            if off < perfdata.STEADY_RATIO:
+                break
+        assert best is not None
+        self.rounds.append(best[1:])
+        self.seconds += time.perf_counter() - t0
+
+    def sample(self) -> dict[str, Any]:
+        latency = min(r[0] for r in self.rounds)
+        lowest: dict[str, dict[str, Any]] = {}
+        for _, kernels in self.rounds:
+            for k in kernels:
+                if k["kernel"] not in lowest or k["ms"] < lowest[k["kernel"]]["ms"]:
+                    lowest[k["kernel"]] = k
+        # the MACs of the graph as built (after pruning, say)
+        sample = perfdata.sample_of(self.kernels_doc, model="", family="", pipeline=self.passes, latency_ms=latency,
+                                    kernel_ms=list(lowest.values()), macs=self.macs)
+        sample["rounds"] = len(self.rounds)
+        return sample
 
 
 def _profile_mcu(graph: Any, tgt: Any, feeds: list[dict[str, Any]], passes: str, tmp: Path, seed: int
@@ -116,24 +177,40 @@ def profile_corpus(target: str = "cpu", *, budget_s: float | None = None, root: 
         raise UsageError(f"no corpus family among {sorted(only)}; families: {', '.join(corpus.families(corpus.entries()))}")
     models_dir = cache or perfdata.target_dir(kernel_tables.key(tgt), root) / "corpus"
     models_dir.mkdir(parents=True, exist_ok=True)
-    done: list[dict[str, Any]] = []
+    built: list[tuple[corpus.Entry, Any]] = []
     t0 = time.perf_counter()
-    for e in corpus.round_robin(entries):
-        if time.perf_counter() - t0 > budget_s:
-            log(f"time budget of {budget_s:.0f} s reached: {len(done)} of {len(entries)} corpus models profiled")
-            break
-        t1 = time.perf_counter()
-        try:
-            path = e.make(models_dir / f"{e.name}.onnx")
-            s = profile(path, target, passes=e.passes, family=e.family, name=e.label, root=root)
-        except Exception as exc:  # one model that does not export or build is reported, the corpus goes on
-            log(f"{e.label}: skipped ({type(exc).__name__}: {exc})")
-            continue
-        done.append(s)
-        cost = f"{s['latency']:.3f} ms" if s["unit"] == "ms" else f"{s['latency']:,.0f} {s['unit']}"
-        log(f"[{len(done)}/{len(entries)}] {e.label}: {cost}, {len(s['kernels'])} kernels "
-            f"({time.perf_counter() - t1:.1f} s)")
+    timing_s = 0.0  # what the first timing rounds took: the later rounds take as long again each
+    try:
+        for e in corpus.round_robin(entries):
+            if time.perf_counter() - t0 + (ROUNDS - 1) * timing_s > budget_s:
+                log(f"time budget of {budget_s:.0f} s reached: {len(built)} of {len(entries)} corpus models built")
+                break
+            t1 = time.perf_counter()
+            try:
+                path = e.make(models_dir / f"{e.name}.onnx")
+                m = _prepare(path, tgt, target, e.passes, None, None, 30, 0)
+            except Exception as exc:  # one model that does not export or build is reported, the corpus goes on
+                log(f"{e.label}: skipped ({type(exc).__name__}: {exc})")
+                continue
+            built.append((e, m))
+            if isinstance(m, CpuTiming):
+                timing_s += m.seconds
+            s = m.sample()
+            log(f"[{len(built)}/{len(entries)}] {e.label}: {_cost(s)}, {len(s['kernels'])} kernels "
+                f"({time.perf_counter() - t1:.1f} s)")
+        timings = [m for _, m in built if isinstance(m, CpuTiming)]
+        for r in range(1, ROUNDS if timings else 1):  # each model again, minutes after its first round
+            t1 = time.perf_counter()
+            for m in timings:
+                m.time_round()
+            log(f"timing round {r + 1} of {ROUNDS}: {len(timings)} models ({time.perf_counter() - t1:.1f} s)")
+    finally:  # what was built is kept, also when the run is stopped
+        done = [_finish(m.sample(), "", e.family, e.label, root) for e, m in built]
     return done
+
+
+def _cost(s: Mapping[str, Any]) -> str:
+    return f"{s['latency']:.3f} ms" if s["unit"] == "ms" else f"{s['latency']:,.0f} {s['unit']}"
 
 
 def record_build(build_dir: Path, feed: Mapping[str, Any], latency_ms: float, *, model: str, pipeline: str,

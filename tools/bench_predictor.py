@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from doc_tables import write_between_markers
 
-from nasc.hw_search import perfdata, predictor
+from nasc.hw_search import corpus, perfdata, predictor
 
 
 def _fmt(sc: Mapping[str, float]) -> str:
@@ -93,9 +93,14 @@ def learners_table(evaluations: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _scored(samples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The whole models: the corpus's single-layer kernel samples (corpus.KERNELS) are training data only."""
+    return [s for s in samples if s["family"] != corpus.KERNELS]
+
+
 def leave_one_family_out(samples: Sequence[dict[str, Any]], seed: int, fit: Fit = fit_xgboost
                          ) -> tuple[list[str], dict[str, Any]]:
-    fams = sorted({s["family"] for s in samples})
+    fams = sorted({s["family"] for s in _scored(samples)})
     lines = ["| held-out family | models | cost model: Spearman | Kendall τ | MAPE | within ±10% | MACs: Spearman | "
              "Kendall τ | MAPE | within ±10% |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     pooled: dict[str, list[float]] = {"pred": [], "macs": [], "meas": []}
@@ -105,7 +110,7 @@ def leave_one_family_out(samples: Sequence[dict[str, Any]], seed: int, fit: Fit 
         test = [s for s in samples if s["family"] == fam]
         model = fit(train, seed)
         pred = [model.predict(s["kernels"])["latency"] for s in test]
-        macs = predictor.macs_baseline(train, test)
+        macs = predictor.macs_baseline(_scored(train), test)
         meas = [s["latency"] for s in test]
         pooled["pred"] += pred
         pooled["macs"] += macs
@@ -121,8 +126,10 @@ def leave_one_family_out(samples: Sequence[dict[str, Any]], seed: int, fit: Fit 
     return lines, {"pooled": sc, "pooled_macs": mb, "families": per}
 
 
-def seen_families(samples: Sequence[dict[str, Any]], seed: int, folds: int = 5, fit: Fit = fit_xgboost
+def seen_families(all_samples: Sequence[dict[str, Any]], seed: int, folds: int = 5, fit: Fit = fit_xgboost
                   ) -> tuple[list[str], dict[str, Any]]:
+    samples = _scored(all_samples)
+    kernels = [s for s in all_samples if s["family"] == corpus.KERNELS]  # in every fold's training set
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(samples))
     pred = np.zeros(len(samples))
@@ -130,7 +137,7 @@ def seen_families(samples: Sequence[dict[str, Any]], seed: int, folds: int = 5, 
     for f in range(folds):
         test_idx = order[f::folds]
         train = [samples[i] for i in order if i not in set(test_idx)]
-        model = fit(train, seed)
+        model = fit(train + kernels, seed)
         base = predictor.macs_baseline(train, [samples[i] for i in test_idx])
         for j, i in enumerate(test_idx):
             pred[i] = model.predict(samples[i]["kernels"])["latency"]
@@ -262,15 +269,16 @@ def main() -> None:
     for name in learners:
         if name not in evaluations:
             evaluations[name] = evaluate(samples, args.seed, LEARNERS[name])
-    fams = sorted({s["family"] for s in samples})
+    models = _scored(samples)
+    fams = sorted({s["family"] for s in models})
     what = (f"LLVM target `{key}`, {platform.machine()}" if tgt.kind == "cpu" else
             f"`{args.target}`: instructions under QEMU `-icount`, deterministic")
     head = (f"Produced by `python tools/bench_predictor.py --target {args.target}"
             f"{' --profile' if args.profile else ''}"
             f"{' --transfer-from <' + args.transfer_from.parent.name + ' dataset>' if args.transfer_from else ''}` on "
-            f"{perfdata.host()} ({what}): {len(samples)} models of "
-            f"{len(fams)} families ({', '.join(fams)}), "
-            f"{sum(len(s['kernels']) for s in samples)} kernels"
+            f"{perfdata.host()} ({what}): {len(models)} models of "
+            f"{len(fams)} families ({', '.join(fams)}) and {len(samples) - len(models)} single-layer kernel samples "
+            f"(training data only), {sum(len(s['kernels']) for s in samples)} kernels"
             + (f"; profiling the corpus took {t_profile:.0f} s" if t_profile else "")
             + f"; the {len(fams) + 5} trainings and predictions {t_eval:.0f} s.")
     parts = [head, "", *evaluations["xgboost"]["lofo_lines"], "", *evaluations["xgboost"]["seen_lines"]]

@@ -16,7 +16,7 @@ from nasc.cli import main
 from nasc.errors import UsageError
 from nasc.hw_search import perfdata, predictor
 from nasc.hw_search.costmodel import predict, train_target
-from nasc.hw_search.profile import profile
+from nasc.hw_search.profile import ROUNDS, CpuTiming, profile, profile_corpus
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 KEY = parse_target("cpu").tvm.key
@@ -48,6 +48,52 @@ def test_profile_writes_one_sample_per_build_with_every_kernel_timed(root: Path)
         assert s["kernels"] and all(k["cost"] is not None and k["cost"] > 0 for k in s["kernels"])
     pruned, full = samples[-1], samples[1]
     assert pruned["macs"] < 0.7 * full["macs"]  # the MACs of the graph as built
+    assert all(s["rounds"] == ROUNDS for s in samples)
+
+
+def test_a_profile_keeps_the_least_disturbed_of_its_rounds() -> None:
+    """Each round's whole-model time and kernel times; the sample keeps the lowest of each (a neighbour's burst
+    falls on one round, not on all)."""
+    doc = {"target": {"kind": "llvm", "mcpu": "x"}, "features_version": 3,
+           "kernels": [{"kernel": "a", "calls": 1, "features": {}}, {"kernel": "b", "calls": 2, "features": {}}]}
+    timing = CpuTiming(built=None, feed={}, kernels_doc=doc, passes="simplify,fuse", macs=10, repeat=1)
+    timing.rounds = [(1.0, [{"kernel": "a", "calls": 1, "ms": 0.5}, {"kernel": "b", "calls": 2, "ms": 0.6}]),
+                     (1.4, [{"kernel": "a", "calls": 1, "ms": 0.4}, {"kernel": "b", "calls": 2, "ms": 0.9}])]
+    s = timing.sample()
+    assert s["latency"] == 1.0 and {k["kernel"]: k["cost"] for k in s["kernels"]} == {"a": 0.4, "b": 0.6}
+    assert s["rounds"] == 2 and s["macs"] == 10 and s["steady"]
+
+
+def test_the_corpus_profiles_its_models_and_kernel_samples_in_rounds(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``nasc profile --corpus``: each model built and timed once, then all timed again (ROUNDS in all), and
+    every sample written; the single-layer kernel samples are seeded, unique, and build to one main kernel."""
+    from nasc.hw_search import corpus
+
+    kernels = corpus.kernel_entries()
+    assert [e.label for e in kernels] == [e.label for e in corpus.kernel_entries()]
+    assert len({e.label for e in kernels}) == len(kernels) == corpus.KERNEL_SAMPLES
+    assert {e.name.split("_")[0] for e in kernels} == {"conv", "dwconv", "linear"}
+    picked = [next(e for e in kernels if e.name.startswith(kind)) for kind in ("conv", "dwconv", "linear")]
+    monkeypatch.setattr(corpus, "entries", lambda kind="cpu": picked)
+    log: list[str] = []
+    done = profile_corpus("cpu", root=tmp_path, log=log.append, cache=tmp_path / "onnx")
+    assert [s["model"] for s in done] == [e.label for e in picked]
+    assert [s["model"] for s in perfdata.load(KEY, tmp_path)] == [e.label for e in picked]
+    assert all(s["rounds"] == ROUNDS and s["family"] == corpus.KERNELS for s in done)
+    assert sum(line.startswith("timing round") for line in log) == ROUNDS - 1
+    words = [{w for k in s["kernels"] for w in k["features"] if w in ("op_conv2d", "op_matmul")} for s in done]
+    assert words == [{"op_conv2d"}, {"op_conv2d"}, {"op_matmul"}]
+
+
+def test_the_call_overhead_weighs_small_models_like_large_ones() -> None:
+    """The per-call overhead minimises the summed relative error: two small models whose kernels plus 1 us a call
+    are their time outweigh two large models whose time a neighbour disturbed (a plain median: 50 us a call)."""
+    def sample(latency: float, kernels: float, calls: int) -> dict:
+        return {"latency": latency, "kernels": [{"cost": kernels, "calls": calls}]}
+
+    small = [sample(0.011, 0.010, 1), sample(0.022, 0.020, 2)]
+    assert predictor.fit_overhead([*small, sample(2.0, 1.0, 10), sample(3.0, 1.5, 10)]) == (0.0, pytest.approx(0.001))
 
 
 def test_training_is_deterministic_and_predictions_are_near_the_measured(root: Path) -> None:
