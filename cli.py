@@ -504,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also time int8: ONNX Runtime quantize_static and nasc's integer build, calibrated on it")
     sp.set_defaults(func=cmd_bench)
 
+    from nasc.hw_search.study import SCREEN_MARGIN
+
     sp = sub.add_parser("search", help="search pipelines (pruning, tying, quantization) for a target's budgets")
     common(sp)
     sp.add_argument("--target", default="onnx", help="as for compile; mcu boards' flash and SRAM are constraints")
@@ -540,8 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--screen", action=argparse.BooleanOptionalAction, default=None,
                     help="cpu: skip building trials the target's cost model predicts off the front (default: on "
                          "where 'nasc predict --train' made a model)")
-    sp.add_argument("--screen-margin", type=float, default=0.25, metavar="F",
-                    help="--screen: credit each prediction this much lower latency before judging it (default 0.25)")
+    sp.add_argument("--screen-margin", type=float, default=SCREEN_MARGIN, metavar="F",
+                    help="--screen: credit each (calibrated) prediction this much lower latency before judging it "
+                         f"(default {SCREEN_MARGIN})")
     sp.set_defaults(func=cmd_search)
 
     sp = sub.add_parser("profile", help="measure each kernel of a cpu or mcu build and add it to the cost model's "

@@ -173,8 +173,10 @@ KERNEL_SAMPLES = 96
 
 
 def kernel_entries(count: int = KERNEL_SAMPLES, seed: int = 0) -> list[Entry]:
-    """``count`` single-layer models with seeded random shapes, in turns: a convolution (1x1 to 7x7, stride 1 or
-    2), a depthwise convolution, a linear layer (1 to 256 tokens, 64 to 3072 wide); every fourth one quantized."""
+    """``count`` single-layer float models with seeded random shapes, in turns: a convolution (1x1 to 7x7, stride
+    1 or 2), a depthwise convolution, a linear layer (1 to 256 tokens, 64 to 3072 wide). (Quantized ones, one in
+    four, measured slightly worse on held-out models: 80% within 10% against 81% without; the families' int8
+    variants cover the integer kernels.)"""
     import random
 
     rng = random.Random(seed)
@@ -182,14 +184,12 @@ def kernel_entries(count: int = KERNEL_SAMPLES, seed: int = 0) -> list[Entry]:
     widths = (64, 96, 128, 192, 256, 320, 384, 512, 640, 768, 1024, 1280, 1536, 2048, 3072)
     out: list[Entry] = []
     for i in range(count):
-        passes = INT8 if i % 4 == 3 else FLOAT
         kind = i % 3
         if kind == 2:
             t, a, b = rng.choice((1, 2, 4, 8, 16, 24, 32, 49, 50, 64, 65, 96, 128, 197, 256)), rng.choice(widths), \
                 rng.choice(widths)
             gelu = rng.random() < 0.5
-            out.append(Entry(KERNELS, f"linear_t{t}_{a}-{b}{'_gelu' if gelu else ''}", _linear_layer(t, a, b, gelu),
-                             passes))
+            out.append(Entry(KERNELS, f"linear_t{t}_{a}-{b}{'_gelu' if gelu else ''}", _linear_layer(t, a, b, gelu)))
             continue
         c = rng.choice(chans)
         stride = rng.choice((1, 1, 2))
@@ -197,15 +197,14 @@ def kernel_entries(count: int = KERNEL_SAMPLES, seed: int = 0) -> list[Entry]:
         res = rng.choice((7, 10, 14, 20, 28, 40, 56, 80, 112))
         if kind == 1:
             k = rng.choice((3, 3, 5, 7))
-            out.append(Entry(KERNELS, f"dwconv_c{c}_k{k}_s{stride}_r{res}", _conv_layer(c, c, k, stride, res, c),
-                             passes))
+            out.append(Entry(KERNELS, f"dwconv_c{c}_k{k}_s{stride}_r{res}", _conv_layer(c, c, k, stride, res, c)))
             continue
         k = rng.choice((1, 1, 3, 3, 5, 7))
         cout = rng.choice(chans)
         while (res // stride) ** 2 * c * cout * k * k > 3e8:
             res //= 2
-        out.append(Entry(KERNELS, f"conv_c{c}-{cout}_k{k}_s{stride}_r{res}", _conv_layer(c, cout, k, stride, res, 1),
-                         passes))
+        out.append(Entry(KERNELS, f"conv_c{c}-{cout}_k{k}_s{stride}_r{res}",
+                         _conv_layer(c, cout, k, stride, res, 1)))
     return out
 
 

@@ -18,6 +18,7 @@ from nasc.hw_search.space import Space, default_space, describe
 from nasc.hw_search.study import (
     DEFAULT_STUDY,
     SAMPLERS,
+    SCREEN_MARGIN,
     Problem,
     candidate,
     default_storage,
@@ -53,7 +54,7 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
            holdout: float = 0.25, latency_budget_ms: float | None = None, label_output: str | None = None,
            input_shapes: Mapping[str, Sequence[int]] | None = None, pick: str | None = None,
            timeout: float | None = None, log: Any = None, progress: bool | None = None,
-           estimate_only: bool = False, screen: bool | None = None, screen_margin: float = 0.25) -> SearchResult:
+           estimate_only: bool = False, screen: bool | None = None, screen_margin: float = SCREEN_MARGIN) -> SearchResult:
     """Search ``space`` (a pipeline with ranges and choices; default: :func:`default_space`) for ``target``.
 
     Each of ``trials`` trials (added to the study: a second call continues it) builds a pipeline with the real

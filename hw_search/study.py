@@ -32,6 +32,9 @@ from nasc.ir.core import Graph
 SAMPLERS = ("nsga2", "tpe", "random", "grid")
 #: timing repeats of a cpu latency during the search (the front is re-measured with the defaults of median_ms)
 QUICK_REPEATS = 5
+#: The latency a screened trial's (calibrated) prediction is credited before it is judged: about the cost model's
+#: error on variants of one model once calibrated (docs/costmodel.md, "Search")
+SCREEN_MARGIN = 0.15
 DEFAULT_STUDY = "nasc-search"
 #: seconds between a running trial's heartbeats ($NASC_SEARCH_HEARTBEAT_S); a trial silent for three of them is
 #: failed (and retried with its parameters) by the next worker that starts a trial
@@ -74,7 +77,7 @@ class Problem:
     # cpu: the target's cost model (hw_search/predictor.py); a trial whose predicted latency, less ``margin``,
     # cannot reach the front of the trials measured so far is not built (its figures say "predicted")
     screen: Any = None
-    margin: float = 0.25
+    margin: float = SCREEN_MARGIN
 
     @property
     def quality(self) -> str:
@@ -119,8 +122,9 @@ def candidate(problem: Problem, pipeline: str) -> Graph:
 
 def evaluate(problem: Problem, pipeline: str, measured: Sequence[Mapping[str, float]] = ()) -> dict[str, float]:
     """Build ``pipeline`` on the model and measure every objective (the figures of one trial). With a cost model
-    (``problem.screen``) a point that the prediction says cannot join the front of ``measured`` (the figures of the
-    trials built so far) is not built: its latency is the predicted one and ``predicted`` is 1."""
+    (``problem.screen``) a point that the prediction (times :func:`calibration`) says cannot join the front of
+    ``measured`` (the figures of the trials built so far) is not built: its latency is the predicted one and
+    ``predicted`` is 1."""
     from nasc.backends import fidelity
 
     g = candidate(problem, pipeline)
@@ -136,13 +140,23 @@ def evaluate(problem: Problem, pipeline: str, measured: Sequence[Mapping[str, fl
     if problem.screen is not None:
         from nasc.hw_search.kernel_tables import planned
 
-        predicted = float(problem.screen.predict(planned(g, problem.target))["latency"])
+        raw = float(problem.screen.predict(planned(g, problem.target))["latency"])
+        predicted = raw * calibration(measured)
         if not promising({**values, "latency_ms": predicted * (1 - problem.margin)}, measured, problem):
             return {**values, "latency_ms": predicted, "predicted": 1.0}
-        values["latency_ms_predicted"] = predicted
+        values["latency_ms_predicted"] = raw
     values.update({k: float(v) for k, v in problem.target.measure(g, problem.held[0], QUICK_REPEATS,
                                                                   build=problem.build).items()})
     return values
+
+
+def calibration(measured: Sequence[Mapping[str, float]]) -> float:
+    """The factor the cost model's predictions are off by on this search's model: the median of measured over
+    predicted latency of the trials built so far (1.0 before the first). The variants of one model share most
+    of their kernels, so most of the model's error on one of them is a factor common to all (kept within 3x)."""
+    ratios = [m["latency_ms"] / m["latency_ms_predicted"] for m in measured
+              if m.get("latency_ms_predicted", 0) > 0 and m.get("latency_ms", 0) > 0]
+    return float(np.clip(np.median(ratios), 1 / 3, 3)) if ratios else 1.0
 
 
 def promising(values: Mapping[str, float], measured: Sequence[Mapping[str, float]], problem: Problem) -> bool:

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from doc_tables import write_between_markers
 
 from nasc.hw_search import corpus, perfdata, predictor
+from nasc.hw_search.study import SCREEN_MARGIN
 
 
 def _fmt(sc: Mapping[str, float]) -> str:
@@ -212,7 +213,7 @@ def search_screening(root: Path, trials: int, seed: int, sampler: str, budget: f
     lines = [f"`nasc search examples/{SEARCH_MODEL}.onnx --target cpu --space \"{SEARCH_SPACE}\" --calib "
              f"examples/fashion_test.npz --trials {trials} --sampler {sampler} --seed {seed}"
              + (f" --latency-budget {budget}" if budget else "") + "`, without and with "
-             "`--screen` (the cost model trained on the dataset above; margin 0.25). Builds: trials whose pipeline "
+             f"`--screen` (the cost model trained on the dataset above; margin {SCREEN_MARGIN}). Builds: trials whose pipeline "
              "was compiled and timed (not screened out, not a repeat of an earlier pipeline); the front's points "
              "are re-timed afterwards in both runs.", "",
              "| run | trials | builds | screened out | front points | hypervolume (accuracy, latency, weights) | "

@@ -263,6 +263,18 @@ def test_promising_points_are_within_budget_and_not_dominated() -> None:
     assert promising({"accuracy": 0.9, "latency_ms": 1.0, "weights_bytes": 100.0}, measured, problem)  # equal
 
 
+def test_predictions_are_calibrated_on_the_trials_built_so_far() -> None:
+    """The median of measured over predicted latency of the built trials scales the next prediction: the cost
+    model's error on one model's variants is mostly one factor."""
+    from nasc.hw_search.study import calibration
+
+    assert calibration([]) == 1.0
+    built = [{"latency_ms": 1.2, "latency_ms_predicted": 1.0}, {"latency_ms": 2.6, "latency_ms_predicted": 2.0},
+             {"latency_ms": 0.5, "latency_ms_predicted": 0.5}, {"latency_ms": 0.7}]  # (a trial built unscreened)
+    assert calibration(built) == pytest.approx(1.2)
+    assert calibration([{"latency_ms": 10.0, "latency_ms_predicted": 1.0}]) == 3.0  # kept within 3x
+
+
 def test_a_study_description_another_worker_is_writing_is_waited_for() -> None:
     """Two workers starting one study: the one that loads it while the other is still writing its description
     (one attribute at a time) waits for all of it instead of seeing target=None (a failure seen on PostgreSQL)."""
