@@ -278,8 +278,10 @@ def main() -> None:
             f"{' --profile' if args.profile else ''}"
             f"{' --transfer-from <' + args.transfer_from.parent.name + ' dataset>' if args.transfer_from else ''}` on "
             f"{perfdata.host()} ({what}): {len(models)} models of "
-            f"{len(fams)} families ({', '.join(fams)}) and {len(samples) - len(models)} single-layer kernel samples "
-            f"(training data only), {sum(len(s['kernels']) for s in samples)} kernels"
+            f"{len(fams)} families ({', '.join(fams)})"
+            + (f" and {len(samples) - len(models)} single-layer kernel samples (training data only)"
+               if len(samples) > len(models) else "")
+            + f", {sum(len(s['kernels']) for s in samples)} kernels"
             + (f"; profiling the corpus took {t_profile:.0f} s" if t_profile else "")
             + f"; the {len(fams) + 5} trainings and predictions {t_eval:.0f} s.")
     parts = [head, "", *evaluations["xgboost"]["lofo_lines"], "", *evaluations["xgboost"]["seen_lines"]]
