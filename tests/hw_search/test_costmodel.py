@@ -100,6 +100,9 @@ def test_training_is_deterministic_and_predictions_are_near_the_measured(root: P
     samples = perfdata.load(KEY, root)
     a = predictor.train(samples, seed=3)
     b = predictor.train(samples, seed=3)
+    # the trees read each kernel's calls: a kernel that layers of one shape share runs them back to back
+    k = samples[1]["kernels"][0]
+    assert predictor.matrix([predictor.inputs(k)], a.names)[0, a.names.index("calls")] == k["calls"]
     pa = [a.predict(s["kernels"])["latency"] for s in samples]
     assert pa == [b.predict(s["kernels"])["latency"] for s in samples]
     # seen models, loose bounds: the tests time builds while another worker builds, so single timings wander
