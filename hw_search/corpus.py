@@ -140,16 +140,15 @@ def _mlp(widths: tuple[int, ...], tokens: int) -> Callable[[Path], Path]:
 def _conv_layer(cin: int, cout: int, kernel: int, stride: int, res: int, groups: int) -> Callable[[Path], Path]:
     """One convolution-BN-ReLU6 layer (depthwise where ``groups`` is ``cin``): one fused kernel of a CNN."""
 
-    def write(path: Path) -> Path:
+    def make() -> Any:
         import torch
         from torch import nn
 
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups), nn.BatchNorm2d(cout),
-                              nn.ReLU6()).eval()
-        return _export(model, (torch.zeros(1, cin, res, res),), path, ["x"])
+        return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups), nn.BatchNorm2d(cout),
+                             nn.ReLU6()).eval()
 
-    return write
+    return _image(make, res, cin)
 
 
 def _linear_layer(tokens: int, din: int, dout: int, gelu: bool) -> Callable[[Path], Path]:
