@@ -22,6 +22,8 @@ from nasc.errors import UsageError
 from nasc.ir.core import Graph, Value
 from nasc.passes.recover_job import DistillJob, DistillResult, Feed
 
+clock: Callable[[], float] = time.perf_counter  # the time limit's clock (a test replaces it with a fake one)
+
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 #: the teacher's results are kept per feed while all of them fit in this many bytes
@@ -210,7 +212,7 @@ class _Distill:
 
     def run(self) -> DistillResult:
         job = self.job
-        t0 = time.perf_counter()
+        t0 = clock()
         torch.manual_seed(job.seed)
         rng = np.random.default_rng(job.seed)
         opt = torch.optim.Adam(list(self.trained.values()), lr=job.lr)
@@ -221,20 +223,29 @@ class _Distill:
             cosine decay still anneals the rate before a time-limited run stops)."""
             done = k / job.steps
             if job.time_limit is not None:
-                done = max(done, (time.perf_counter() - t0) / job.time_limit)
+                done = max(done, (clock() - t0) / job.time_limit)
             return min(done, 1.0)
 
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda k: min(1.0, (k + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress(k)))))
-        t_eval = time.perf_counter()
+        t_eval = clock()
         before = self.figures()
-        eval_s = time.perf_counter() - t_eval  # the closing evaluation must fit in the time limit too
+        eval_s = clock() - t_eval  # the closing evaluation must fit in the time limit too
+        step_s = 0.0  # the longest training step so far
         best, best_step, best_state, bad = before["loss"], 0, self._state(), 0
         history: list[dict[str, float]] = [{"step": 0, "held_loss": before["loss"]}]
         order = rng.permutation(len(job.train))
         pos, step, stopped, running = 0, 0, "steps", None
         with _progress(job.steps) as tick:
             while step < job.steps:
+                if job.time_limit is not None:
+                    # stop before a step that would leave no time for its held-out check (when one is due)
+                    # and the closing evaluation
+                    due = (step + 1) % job.eval_every == 0 or step + 1 == job.steps
+                    if clock() - t0 + step_s + eval_s * (1 + due) > job.time_limit:
+                        stopped = "time limit"
+                        break
+                t_step = clock()
                 if pos + job.batch > len(order):
                     order, pos = rng.permutation(len(job.train)), 0
                 idx = order[pos:pos + job.batch]
@@ -249,6 +260,7 @@ class _Distill:
                 value = loss.item()
                 running = value if running is None else 0.9 * running + 0.1 * value
                 tick(step, running)
+                step_s = max(step_s, clock() - t_step)
                 if step % job.eval_every == 0 or step == job.steps:
                     held = self.figures()["loss"]
                     history.append({"step": step, "train_loss": round(running, 6), "held_loss": held})
@@ -260,16 +272,13 @@ class _Distill:
                         if bad >= job.patience:
                             stopped = "early stop"
                             break
-                if job.time_limit is not None and time.perf_counter() - t0 + eval_s > job.time_limit:
-                    stopped = "time limit"
-                    break
         with torch.no_grad():
             for n, p in self.trained.items():
                 p.copy_(best_state[n])
         after = self.figures()
         values = self.student.module.nasc_values
         arrays = {id(values[n]): p.detach().numpy().copy() for n, p in self.trained.items()}
-        return DistillResult(arrays, before, after, history, step, best_step, stopped, time.perf_counter() - t0,
+        return DistillResult(arrays, before, after, history, step, best_step, stopped, clock() - t0,
                              self.student.batched, self.precision)
 
     def _state(self) -> dict[str, torch.Tensor]:
