@@ -72,6 +72,11 @@ class Target:
         whose builds do not run here."""
         return {}
 
+    def measure_all(self, graphs: Sequence[Graph], feed: Mapping[str, Any], repeat: int = 50, rounds: int = 1
+                    ) -> list[dict[str, float]]:
+        """:meth:`measure` of each of ``graphs`` (a target that times builds times them in ``rounds``)."""
+        return [self.measure(g, feed, repeat) for g in graphs]
+
     def __str__(self) -> str:
         return self.text
 
@@ -118,23 +123,41 @@ class TvmTarget(Target):
     def measure(self, graph: Graph, feed: Mapping[str, Any], repeat: int = 50, build: bool = True
                 ) -> dict[str, float]:
         """The median latency of the compiled graph here (cpu targets this host can run; else nothing)."""
+        return self.measure_all([graph], feed, repeat)[0] if build else {}
+
+    def measure_all(self, graphs: Sequence[Graph], feed: Mapping[str, Any], repeat: int = 50, rounds: int = 1
+                    ) -> list[dict[str, float]]:
+        """:meth:`measure` of several graphs: each is built once, then all are timed in turn ``rounds`` times and
+        each keeps its lowest median. On a machine whose speed drifts over minutes, a slow spell slows every graph
+        in one round rather than one graph in all of them. One build is loaded at a time."""
         import tempfile
 
-        if self.kind != "cpu" or not build:
-            return {}
+        from nasc.hw_search.profile import record_build
+        from nasc.runtime import load as load_compiled
+
+        if self.kind != "cpu":
+            return [{} for _ in graphs]
         with tempfile.TemporaryDirectory(prefix="nasc-measure-") as tmp:
-            job = BuildJob({"pipeline": "", "warnings": []}, [dict(feed)], "measure")
-            if self.build(graph, Path(tmp), job) is None:
-                return {}
-            from nasc.runtime import load as load_compiled
-
-            latency = load_compiled(Path(tmp)).latency_ms(feed, repeat=repeat, warmup=1,
-                                                          min_seconds=0.05 if repeat < 20 else 0.5)
-            from nasc.hw_search.profile import record_build
-
-            record_build(Path(tmp), feed, latency, model=graph.name or "model",
-                         pipeline=str(graph.meta.get("pipeline", "")))
-            return {"latency_ms": latency}
+            dirs: list[Path | None] = []
+            for i, graph in enumerate(graphs):
+                where = Path(tmp) / str(i)
+                where.mkdir()
+                job = BuildJob({"pipeline": "", "warnings": []}, [dict(feed)], "measure")
+                dirs.append(where if self.build(graph, where, job) is not None else None)
+            times: list[list[float]] = [[] for _ in graphs]
+            for _ in range(max(1, rounds)):
+                for built, t in zip(dirs, times):
+                    if built is not None:
+                        t.append(load_compiled(built).latency_ms(feed, repeat=repeat, warmup=1,
+                                                             min_seconds=0.05 if repeat < 20 else 0.5))
+            out: list[dict[str, float]] = []
+            for graph, built, t in zip(graphs, dirs, times):
+                if built is None:
+                    out.append({})
+                    continue
+                record_build(built, feed, min(t), model=graph.name or "model", pipeline=str(graph.meta.get("pipeline", "")))
+                out.append({"latency_ms": min(t)})
+            return out
 
     def build(self, graph: Graph, out: Path, job: BuildJob) -> Callable[[Any], list[Any]] | None:
         from nasc.backends.tvm.build import build, write_artifact

@@ -47,7 +47,7 @@ def summary(study: Any, problem: Problem, points: list[dict[str, Any]]) -> dict[
         "objectives": {o.name: o.direction for o in problem.objectives},
         "limits": problem.limits,
         "points": points,
-        "measured": [{"trial": t.number, "values": t.user_attrs["values"],
+        "measured": [{"trial": t.number, "pipeline": t.user_attrs.get("pipeline"), "values": t.user_attrs["values"],
                       "feasible": bool(t.user_attrs.get("feasible", True))} for t in complete if "values" in t.user_attrs],
     }
 

@@ -140,6 +140,9 @@ class CpuTiming:
         sample = perfdata.sample_of(self.kernels_doc, model="", family="", pipeline=self.passes, latency_ms=latency,
                                     kernel_ms=list(lowest.values()), macs=self.macs)
         sample["rounds"] = len(self.rounds)
+        # each round's whole-model time: how far apart the same build times minutes apart (the measurement's own
+        # repeatability, which bounds any prediction's: tools/bench_predictor.py)
+        sample["latency_rounds"] = [r[0] for r in self.rounds]
         return sample
 
 

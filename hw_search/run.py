@@ -20,7 +20,6 @@ from nasc.hw_search.study import (
     SAMPLERS,
     SCREEN_MARGIN,
     Problem,
-    candidate,
     default_storage,
     front,
     limits_for,
@@ -29,6 +28,7 @@ from nasc.hw_search.study import (
     quick_str,
     run_trials,
     save_feeds,
+    settled_front,
     split,
 )
 
@@ -133,17 +133,13 @@ def search(model: Any, target: str = "onnx", out: str | os.PathLike[str] = "sear
         raise
     with _progress(trials, problem, progress) as tick:
         run_trials(st, problem, trials, timeout, tick)
-    best = front(st, problem)
+    best = settled_front(st, problem)  # on cpu: timed again properly, with the points close to it
     if not best:
         raise UsageError(_nothing_feasible(st, problem))
     calib_fit = outdir / "calib_fit.npz"
     save_feeds(calib_fit, fit, fit_labels)
     save_feeds(outdir / "calib_heldout.npz", held, held_labels)
-    points = [front_mod.point(t, problem, str(model), str(calib_fit)) for t in best]
-    if tgt.kind == "cpu":  # the search timed few runs: the front is timed properly
-        for p in points:
-            p["values"]["latency_ms_search"] = p["values"]["latency_ms"]
-            p["values"].update(tgt.measure(candidate(problem, p["pipeline"]), held[0]))
+    points = [{**front_mod.point(t, problem, str(model), str(calib_fit)), "values": v} for t, v in best]
     data = front_mod.summary(st, problem, points)
     data.update(study=name, storage=url if storage is None else "(given)")
     lines = front_mod.write(outdir, data, problem.objectives)

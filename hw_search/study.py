@@ -32,6 +32,10 @@ from nasc.ir.core import Graph
 SAMPLERS = ("nsga2", "tpe", "random", "grid")
 #: timing repeats of a cpu latency during the search (the front is re-measured with the defaults of median_ms)
 QUICK_REPEATS = 5
+#: At the end of a cpu search, the built trials whose quick latency is within this share of joining the front are
+#: timed again with the front, properly and in SETTLE_ROUNDS rounds, and the front is decided on those timings
+SETTLE_MARGIN = 0.15
+SETTLE_ROUNDS = 3
 #: The latency a screened trial's (calibrated) prediction is credited before it is judged: about the cost model's
 #: error on variants of one model once calibrated (docs/costmodel.md, "Search")
 SCREEN_MARGIN = 0.15
@@ -164,15 +168,17 @@ def promising(values: Mapping[str, float], measured: Sequence[Mapping[str, float
     ``measured`` point."""
     if any(v > 0 for v in violations(values, problem.limits).values()):
         return False
-    sign = {o.name: (1.0 if o.direction == "minimize" else -1.0) for o in problem.objectives}
+    feasible = [m for m in measured if not any(v > 0 for v in violations(m, problem.limits).values())]
+    return not dominated(values, feasible, problem.objectives)
+
+
+def dominated(values: Mapping[str, float], others: Sequence[Mapping[str, float]],
+              objectives: Sequence[Objective]) -> bool:
+    """Whether one of ``others`` is at least as good as ``values`` on every objective and better on one."""
+    sign = {o.name: (1.0 if o.direction == "minimize" else -1.0) for o in objectives}
     me = {k: sign[k] * values[k] for k in sign}
-    for other in measured:
-        if any(v > 0 for v in violations(other, problem.limits).values()):
-            continue
-        them = {k: sign[k] * other[k] for k in sign}
-        if all(them[k] <= me[k] for k in sign) and any(them[k] < me[k] for k in sign):
-            return False
-    return True
+    return any(all(sign[k] * o[k] <= me[k] for k in sign) and any(sign[k] * o[k] < me[k] for k in sign)
+               for o in others)
 
 
 def violations(values: Mapping[str, float], limits: Mapping[str, float]) -> dict[str, float]:
@@ -338,18 +344,71 @@ def _cached(study: Any, pipeline: str, number: int) -> dict[str, float] | None:
 
 
 def front(study: Any, problem: Problem) -> list[Any]:
-    """The feasible Pareto-optimal trials (``study.best_trials``, less any infeasible one), one per set of figures."""
+    """The feasible Pareto-optimal trials among those built (a screened-out trial's figures are a prediction: it
+    is not a point to offer, nor one that hides a built point), one per set of figures, best quality first."""
     seen: set[tuple[float, ...]] = set()
-    out = []
-    for t in sorted(study.best_trials, key=lambda t: t.number):
-        key = tuple(t.values)  # a pipeline measured twice, or two that reach the same figures: the first one
-        if t.user_attrs.get("values", {}).get("predicted"):  # screened out, never built: not a point to offer
-            continue
-        if t.user_attrs.get("feasible", True) and key not in seen:
+    built = []
+    for t in sorted(_built(study), key=lambda t: t.number):
+        key = tuple(t.user_attrs["values"][o.name] for o in problem.objectives)
+        if t.user_attrs.get("feasible", True) and key not in seen:  # a pipeline measured twice: the first one
             seen.add(key)
-            out.append(t)
+            built.append(t)
+    keep = nondominated([t.user_attrs["values"] for t in built], problem.objectives)
     q = problem.objectives[0]
-    return sorted(out, key=lambda t: -t.user_attrs["values"][q.name])
+    return sorted((built[i] for i in keep), key=lambda t: -t.user_attrs["values"][q.name])
+
+
+def nondominated(values: Sequence[Mapping[str, float]], objectives: Sequence[Objective]) -> list[int]:
+    """The indices of ``values`` that no other one dominates on ``objectives``."""
+    if not values:
+        return []
+    m = np.array([[(1.0 if o.direction == "minimize" else -1.0) * v[o.name] for o in objectives] for v in values])
+    return [i for i, row in enumerate(m)
+            if not np.any(np.all(m <= row, axis=1) & np.any(m < row, axis=1))]
+
+
+def settled_front(study: Any, problem: Problem) -> list[tuple[Any, dict[str, float]]]:
+    """The front decided on proper timings: (trial, figures) of each point, best quality first. A search times
+    each trial briefly (QUICK_REPEATS), so a point within a few percent of another joins the front or not by
+    chance. On cpu, the front's trials and every built trial within SETTLE_MARGIN of joining it are built again
+    and timed in SETTLE_ROUNDS rounds (:meth:`TvmTarget.measure_all`); each keeps its lowest median as
+    ``latency_ms`` (the quick one as ``latency_ms_search``), and the front is taken again among them. Elsewhere
+    (and when a re-timing gives nothing) the front is the trials' own figures."""
+    best = front(study, problem)
+    if problem.target.kind != "cpu" or not problem.build or not best:
+        return [(t, dict(t.user_attrs["values"])) for t in best]
+    ids = {t.number for t in best}
+    front_values = [t.user_attrs["values"] for t in best]
+    picked, seen = list(best), {t.user_attrs["pipeline"] for t in best}
+    for t in sorted(_built(study), key=lambda t: t.number):
+        v, pipe = t.user_attrs["values"], t.user_attrs["pipeline"]
+        if t.number in ids or pipe in seen:  # (an infeasible one: promising says whether only its latency was)
+            continue
+        if promising({**v, "latency_ms": v["latency_ms"] * (1 - SETTLE_MARGIN)}, front_values, problem):
+            picked.append(t)
+            seen.add(pipe)
+    problem.log(f"timing the front's {len(best)} points and {len(picked) - len(best)} close to it again, in "
+                f"{SETTLE_ROUNDS} rounds")
+    timed = problem.target.measure_all([candidate(problem, t.user_attrs["pipeline"]) for t in picked],
+                                       problem.held[0], rounds=SETTLE_ROUNDS)
+    points = []
+    for t, got in zip(picked, timed):
+        v = dict(t.user_attrs["values"])
+        if got:
+            v["latency_ms_search"] = v["latency_ms"]
+            v.update(got)
+        if not any(x > 0 for x in violations(v, problem.limits).values()):
+            points.append((t, v))
+    keep = nondominated([v for _, v in points], problem.objectives)
+    return sorted((points[i] for i in keep), key=lambda p: -p[1][problem.quality])
+
+
+def _built(study: Any) -> list[Any]:
+    """The complete trials that were built and measured (not screened out by the cost model)."""
+    import optuna
+
+    return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "values" in t.user_attrs
+            and not t.user_attrs["values"].get("predicted")]
 
 
 def split(feeds: list[dict[str, np.ndarray]], labels: np.ndarray | None, holdout: float, seed: int

@@ -48,7 +48,8 @@ def test_profile_writes_one_sample_per_build_with_every_kernel_timed(root: Path)
         assert s["kernels"] and all(k["cost"] is not None and k["cost"] > 0 for k in s["kernels"])
     pruned, full = samples[-1], samples[1]
     assert pruned["macs"] < 0.7 * full["macs"]  # the MACs of the graph as built
-    assert all(s["rounds"] == ROUNDS for s in samples)
+    assert all(s["rounds"] == ROUNDS and len(s["latency_rounds"]) == ROUNDS for s in samples)
+    assert all(s["latency"] == min(s["latency_rounds"]) for s in samples)
 
 
 def test_a_profile_keeps_the_least_disturbed_of_its_rounds() -> None:
@@ -62,6 +63,7 @@ def test_a_profile_keeps_the_least_disturbed_of_its_rounds() -> None:
     s = timing.sample()
     assert s["latency"] == 1.0 and {k["kernel"]: k["cost"] for k in s["kernels"]} == {"a": 0.4, "b": 0.6}
     assert s["rounds"] == 2 and s["macs"] == 10 and s["steady"]
+    assert s["latency_rounds"] == [1.0, 1.4]  # each round's, for the measurement's repeatability
 
 
 def test_the_corpus_profiles_its_models_and_kernel_samples_in_rounds(tmp_path: Path,

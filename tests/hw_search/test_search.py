@@ -263,6 +263,43 @@ def test_promising_points_are_within_budget_and_not_dominated() -> None:
     assert promising({"accuracy": 0.9, "latency_ms": 1.0, "weights_bytes": 100.0}, measured, problem)  # equal
 
 
+def test_the_front_is_decided_on_timings_in_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cpu search times each trial briefly; at its end the front and the trials within SETTLE_MARGIN of it are
+    timed again in rounds, and the front is taken again on those timings (a trial the quick timing put on it by
+    chance leaves, one it kept off by chance joins; a screened-out trial is never offered)."""
+    import optuna
+
+    from nasc.hw_search import study as st
+
+    objectives = [st.Objective("accuracy", "maximize"), st.Objective("latency_ms", "minimize", "ms"),
+                  st.Objective("weights_bytes", "minimize", "B")]
+
+    class Cpu:
+        kind = "cpu"
+        rounds = 0
+        proper = {"a": 1.0, "b": 1.3, "c": 0.95, "d": 5.0}  # what the proper timings say
+
+        def measure_all(self, graphs: list[str], feed: object, rounds: int = 1) -> list[dict[str, float]]:
+            Cpu.rounds = rounds
+            return [{"latency_ms": self.proper[g]} for g in graphs]
+
+    problem = st.Problem(None, None, Cpu(), None, [], None, [{}], None, [], 0, objectives, {})  # type: ignore[arg-type]
+    monkeypatch.setattr(st, "candidate", lambda _problem, pipeline: pipeline)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    quick = {"a": (0.9, 1.0, 100.0),  # on the front
+             "b": (0.95, 1.2, 100.0),  # on the quick front; properly 1.3 ms
+             "c": (0.9, 1.1, 100.0),  # 10% behind a: off the quick front, properly faster than a
+             "d": (0.5, 5.0, 100.0),  # far behind: not timed again
+             "e": (0.99, 0.1, 10.0)}  # screened out: never built
+    for pipe, (acc, lat, wb) in quick.items():
+        values = {"accuracy": acc, "latency_ms": lat, "weights_bytes": wb, **({"predicted": 1.0} if pipe == "e" else {})}
+        study.add_trial(optuna.trial.create_trial(values=[acc, lat, wb], user_attrs={"pipeline": pipe, "values": values}))
+    got = st.settled_front(study, problem)
+    assert Cpu.rounds == st.SETTLE_ROUNDS
+    assert [(t.user_attrs["pipeline"], v["latency_ms"], v["latency_ms_search"]) for t, v in got] == [
+        ("b", 1.3, 1.2), ("c", 0.95, 1.1)]
+
+
 def test_predictions_are_calibrated_on_the_trials_built_so_far() -> None:
     """The median of measured over predicted latency of the built trials scales the next prediction: the cost
     model's error on one model's variants is mostly one factor."""
