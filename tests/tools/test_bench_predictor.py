@@ -64,6 +64,8 @@ def test_bench_predictor_scores_a_dataset_and_writes_its_tables(tmp_path: Path) 
     (macs,) = rows(lines, "MACs baseline")
     assert seen[1] == "24" and float(seen[2]) > 0.9 and seen[5] == "100%"  # kernels plus overhead: the rule exactly
     assert float(macs[4].rstrip("%")) > 10 > float(seen[4].rstrip("%"))  # MACs miss the matmuls' 1.5x
+    assert ("Over training seeds 0-4 and fold draws 0-2 (15 runs of the five folds), the cost model puts 100% of "
+            "the seen models within ±10% on average (runs 100%-100%; the table's run is seed 0 for both).") in text
     # each model's rounds are L, 1.02 L, 1.15 L: two of three within 10% of the others' lowest; spread 15%
     assert ("each of the 24 models' 3 timing rounds (minutes apart) against the lowest of its other rounds is "
             "within ±10% in 67% of cases (median 2.0%); the slowest round is within 10% of the fastest for 0% of "
