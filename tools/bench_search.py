@@ -418,7 +418,7 @@ def case_minilm_cpu(log: Any) -> list[str]:
             f"`nasc search minilm.onnx --target cpu --space \"{MINILM_SPACE}\" --trials {MINILM_TRIALS} "
             f"--latency-budget {budget} --pick \"{MINILM_PICK}\"`: {data['trials']} trials ({data['complete']} "
             f"complete, {data['failed']} failed, {data['cached']} reused a build) in {search_s:.0f} s, each compiled "
-            "with TVM and timed briefly; the front's points re-timed properly. The front, with each point's sentence "
+            "with TVM and timed briefly; the front settled on timings in rounds. The front, with each point's sentence "
             "embeddings (mean-pooled over the mask, L2-normalised) against the original's on the held-out sentences:",
             "", *rows, "", picked, "",
             "Every distinct pipeline the study built, fastest first (the budget keeps the slower ones off the front):",

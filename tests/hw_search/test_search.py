@@ -298,6 +298,16 @@ def test_the_front_is_decided_on_timings_in_rounds(monkeypatch: pytest.MonkeyPat
     assert Cpu.rounds == st.SETTLE_ROUNDS
     assert [(t.user_attrs["pipeline"], v["latency_ms"], v["latency_ms_search"]) for t, v in got] == [
         ("b", 1.3, 1.2), ("c", 0.95, 1.1)]
+    # under a 1 ms budget: b is over it once timed properly, and c (over it by its quick timing alone) is within
+    problem.limits = {"latency_ms": 1.0}
+    budget = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for pipe in ("a", "b", "c"):
+        acc, lat, wb = quick[pipe]
+        budget.add_trial(optuna.trial.create_trial(values=[acc, lat, wb], user_attrs={
+            "pipeline": pipe, "values": {"accuracy": acc, "latency_ms": lat, "weights_bytes": wb},
+            "feasible": lat <= 1.0}))
+    got = st.settled_front(budget, problem)
+    assert [(t.user_attrs["pipeline"], v["latency_ms"]) for t, v in got] == [("c", 0.95)]
 
 
 def test_predictions_are_calibrated_on_the_trials_built_so_far() -> None:
