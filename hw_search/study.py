@@ -166,24 +166,36 @@ def calibration(measured: Sequence[Mapping[str, float]]) -> float:
 def promising(values: Mapping[str, float], measured: Sequence[Mapping[str, float]], problem: Problem) -> bool:
     """Whether a point with (optimistic) ``values`` is within the limits and not dominated by a feasible
     ``measured`` point."""
-    if any(v > 0 for v in violations(values, problem.limits).values()):
+    if not within(values, problem.limits):
         return False
-    feasible = [m for m in measured if not any(v > 0 for v in violations(m, problem.limits).values())]
+    feasible = [m for m in measured if within(m, problem.limits)]
     return not dominated(values, feasible, problem.objectives)
+
+
+def _losses(values: Sequence[Mapping[str, float]], objectives: Sequence[Objective]) -> np.ndarray:
+    """One row per point: each objective as a figure to minimise."""
+    return np.array([[(1.0 if o.direction == "minimize" else -1.0) * v[o.name] for o in objectives] for v in values])
+
+
+def _dominated_by(me: np.ndarray, others: np.ndarray) -> bool:
+    """Whether a row of ``others`` is at least as good as ``me`` on every objective and better on one."""
+    return bool(np.any(np.all(others <= me, axis=1) & np.any(others < me, axis=1)))
 
 
 def dominated(values: Mapping[str, float], others: Sequence[Mapping[str, float]],
               objectives: Sequence[Objective]) -> bool:
-    """Whether one of ``others`` is at least as good as ``values`` on every objective and better on one."""
-    sign = {o.name: (1.0 if o.direction == "minimize" else -1.0) for o in objectives}
-    me = {k: sign[k] * values[k] for k in sign}
-    return any(all(sign[k] * o[k] <= me[k] for k in sign) and any(sign[k] * o[k] < me[k] for k in sign)
-               for o in others)
+    """Whether one of ``others`` dominates ``values`` on ``objectives``."""
+    return bool(others) and _dominated_by(_losses([values], objectives)[0], _losses(others, objectives))
 
 
 def violations(values: Mapping[str, float], limits: Mapping[str, float]) -> dict[str, float]:
     """How far each limited figure is over its limit (<= 0: within)."""
     return {k: values[k] - lim for k, lim in limits.items() if k in values}
+
+
+def within(values: Mapping[str, float], limits: Mapping[str, float]) -> bool:
+    """Whether every limited figure of ``values`` is within its limit."""
+    return all(v <= 0 for v in violations(values, limits).values())
 
 
 def open_study(storage: str, name: str, problem: Problem, sampler: str, population: int, seed: int | None,
@@ -362,9 +374,8 @@ def nondominated(values: Sequence[Mapping[str, float]], objectives: Sequence[Obj
     """The indices of ``values`` that no other one dominates on ``objectives``."""
     if not values:
         return []
-    m = np.array([[(1.0 if o.direction == "minimize" else -1.0) * v[o.name] for o in objectives] for v in values])
-    return [i for i, row in enumerate(m)
-            if not np.any(np.all(m <= row, axis=1) & np.any(m < row, axis=1))]
+    m = _losses(values, objectives)
+    return [i for i, row in enumerate(m) if not _dominated_by(row, m)]
 
 
 def settled_front(study: Any, problem: Problem) -> list[tuple[Any, dict[str, float]]]:
@@ -377,12 +388,11 @@ def settled_front(study: Any, problem: Problem) -> list[tuple[Any, dict[str, flo
     best = front(study, problem)
     if problem.target.kind != "cpu" or not problem.build or not best:
         return [(t, dict(t.user_attrs["values"])) for t in best]
-    ids = {t.number for t in best}
     front_values = [t.user_attrs["values"] for t in best]
     picked, seen = list(best), {t.user_attrs["pipeline"] for t in best}
     for t in sorted(_built(study), key=lambda t: t.number):
         v, pipe = t.user_attrs["values"], t.user_attrs["pipeline"]
-        if t.number in ids or pipe in seen:  # (an infeasible one: promising says whether only its latency was)
+        if pipe in seen:  # the front's own, or a repeat (an infeasible one: promising says if only its latency was)
             continue
         if promising({**v, "latency_ms": v["latency_ms"] * (1 - SETTLE_MARGIN)}, front_values, problem):
             picked.append(t)
@@ -397,7 +407,7 @@ def settled_front(study: Any, problem: Problem) -> list[tuple[Any, dict[str, flo
         if got:
             v["latency_ms_search"] = v["latency_ms"]
             v.update(got)
-        if not any(x > 0 for x in violations(v, problem.limits).values()):
+        if within(v, problem.limits):
             points.append((t, v))
     keep = nondominated([v for _, v in points], problem.objectives)
     return sorted((points[i] for i in keep), key=lambda p: -p[1][problem.quality])

@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def case_hv(quick: bool, plot: Path | None, log: Any) -> list[str]:
     from nasc.hw_search.space import Space
-    from nasc.hw_search.study import violations
+    from nasc.hw_search.study import within
 
     started = time.perf_counter()
     space = Space.parse(QUICK["space"] if quick else SPACE)
@@ -194,7 +194,7 @@ def case_hv(quick: bool, plot: Path | None, log: Any) -> list[str]:
     table_s = time.perf_counter() - t0
     ok = {k: v for k, v in figures.items() if v is not None}
     feasible = [losses(v, problem.objectives) for v in ok.values()
-                if all(x <= 0 for x in violations(v, problem.limits).values())]
+                if within(v, problem.limits)]
     worst = np.max(np.asarray([losses(v, problem.objectives) for v in ok.values()]), axis=0)
     ref = worst + 0.1 * np.abs(worst) + 1e-9
     full = hypervolume(feasible, ref)
