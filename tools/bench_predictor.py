@@ -19,7 +19,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,20 +128,28 @@ def leave_one_family_out(samples: Sequence[dict[str, Any]], seed: int, fit: Fit 
     return lines, {"pooled": sc, "pooled_macs": mb, "families": per}
 
 
+def _fold_models(all_samples: Sequence[dict[str, Any]], seed: int, fit: Fit, folds: int = 5,
+                 fold_seed: int | None = None) -> Iterator[tuple[predictor.CostModel, list[dict[str, Any]], Any]]:
+    """The seen-family folds: for each, the model trained (with ``seed``) on the other folds' models and every
+    kernel sample, those models, and the indices (into ``_scored(all_samples)``) of the fold's own;
+    ``fold_seed`` (default ``seed``) draws the folds."""
+    samples = _scored(all_samples)
+    kernels = [s for s in all_samples if s["family"] == corpus.KERNELS]  # in every fold's training set
+    order = np.random.default_rng(seed if fold_seed is None else fold_seed).permutation(len(samples))
+    for f in range(folds):
+        test_idx = order[f::folds]
+        train = [samples[i] for i in order if i not in set(test_idx)]
+        yield fit(train + kernels, seed), train, test_idx
+
+
 def seen_families(all_samples: Sequence[dict[str, Any]], seed: int, folds: int = 5, fit: Fit = fit_xgboost,
                   fold_seed: int | None = None) -> tuple[list[str], dict[str, Any]]:
     """Each model predicted by a model trained (with ``seed``) on the other folds; ``fold_seed`` (default
     ``seed``) draws the folds."""
     samples = _scored(all_samples)
-    kernels = [s for s in all_samples if s["family"] == corpus.KERNELS]  # in every fold's training set
-    rng = np.random.default_rng(seed if fold_seed is None else fold_seed)
-    order = rng.permutation(len(samples))
     pred = np.zeros(len(samples))
     macs = np.zeros(len(samples))
-    for f in range(folds):
-        test_idx = order[f::folds]
-        train = [samples[i] for i in order if i not in set(test_idx)]
-        model = fit(train + kernels, seed)
+    for model, train, test_idx in _fold_models(all_samples, seed, fit, folds, fold_seed):
         base = predictor.macs_baseline(train, [samples[i] for i in test_idx])
         for j, i in enumerate(test_idx):
             pred[i] = model.predict(samples[i]["kernels"])["latency"]
@@ -201,14 +209,10 @@ def error_sources(samples: Sequence[dict[str, Any]], seed: int, folds: int = 5) 
             total += float(np.median(others)) * k["calls"] if others else k["cost"]
             calls += k["calls"]
         twin_ok.append(abs((total + b * calls) / s["latency"] - 1) <= 0.10)
-    kernels = [s for s in samples if s["family"] == corpus.KERNELS]
-    order = np.random.default_rng(seed).permutation(len(models))
     ok: dict[str, list[bool]] = {"compute": [], "memory": []}
-    for f in range(folds):
-        test = set(order[f::folds].tolist())
-        model = predictor.train([models[i] for i in range(len(models)) if i not in test] + kernels, seed=seed)
+    for model, _, test_idx in _fold_models(samples, seed, fit_xgboost, folds):
         ma, mb = model.overhead
-        for i in test:
+        for i in test_idx:
             ks = models[i]["kernels"]
             per = model.kernel_costs(ks)
             calls = sum(int(k["calls"]) for k in ks)
