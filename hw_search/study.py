@@ -172,8 +172,8 @@ def promising(values: Mapping[str, float], measured: Sequence[Mapping[str, float
     return not dominated(values, feasible, problem.objectives)
 
 
-def _losses(values: Sequence[Mapping[str, float]], objectives: Sequence[Objective]) -> np.ndarray:
-    """One row per point: each objective as a figure to minimise."""
+def losses(values: Sequence[Mapping[str, float]], objectives: Sequence[Objective]) -> np.ndarray:
+    """One row per point: each objective as a figure to minimise (a maximised one negated)."""
     return np.array([[(1.0 if o.direction == "minimize" else -1.0) * v[o.name] for o in objectives] for v in values])
 
 
@@ -185,7 +185,7 @@ def _dominated_by(me: np.ndarray, others: np.ndarray) -> bool:
 def dominated(values: Mapping[str, float], others: Sequence[Mapping[str, float]],
               objectives: Sequence[Objective]) -> bool:
     """Whether one of ``others`` dominates ``values`` on ``objectives``."""
-    return bool(others) and _dominated_by(_losses([values], objectives)[0], _losses(others, objectives))
+    return bool(others) and _dominated_by(losses([values], objectives)[0], losses(others, objectives))
 
 
 def violations(values: Mapping[str, float], limits: Mapping[str, float]) -> dict[str, float]:
@@ -374,7 +374,7 @@ def nondominated(values: Sequence[Mapping[str, float]], objectives: Sequence[Obj
     """The indices of ``values`` that no other one dominates on ``objectives``."""
     if not values:
         return []
-    m = _losses(values, objectives)
+    m = losses(values, objectives)
     return [i for i, row in enumerate(m) if not _dominated_by(row, m)]
 
 

@@ -189,12 +189,15 @@ def error_sources(samples: Sequence[dict[str, Any]], seed: int, folds: int = 5) 
     matmuls) take their measured cost and the rest their prediction, and the other way round."""
     import json
 
+    def shape(k: Mapping[str, Any]) -> str:  # what the trees read of a kernel: equal for the same kernel
+        return json.dumps(predictor.inputs(k), sort_keys=True)
+
     a, b = predictor.fit_overhead(predictor.steady(samples) or list(samples))
     seen: dict[str, list[tuple[int, float]]] = {}
     for i, s in enumerate(samples):
         for k in s["kernels"]:
             if k.get("cost") and k["calls"] > 0:
-                seen.setdefault(json.dumps(predictor.inputs(k), sort_keys=True), []).append((i, k["cost"] / k["calls"]))
+                seen.setdefault(shape(k), []).append((i, k["cost"] / k["calls"]))
     spread = [max(c for _, c in v) / min(c for _, c in v) - 1 for v in seen.values() if len(v) > 1]
     models = _scored(samples)
     twin_ok = []
@@ -205,7 +208,7 @@ def error_sources(samples: Sequence[dict[str, Any]], seed: int, folds: int = 5) 
         for k in s["kernels"]:
             if k.get("cost") is None:
                 continue
-            others = [c for j, c in seen.get(json.dumps(predictor.inputs(k), sort_keys=True), []) if j != i]
+            others = [c for j, c in seen.get(shape(k), []) if j != i]
             total += float(np.median(others)) * k["calls"] if others else k["cost"]
             calls += k["calls"]
         twin_ok.append(abs((total + b * calls) / s["latency"] - 1) <= 0.10)

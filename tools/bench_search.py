@@ -95,10 +95,6 @@ def table(space: Any, log: Any) -> tuple[dict[str, dict[str, float] | None], Any
     return out, problem
 
 
-def losses(values: dict[str, float], objectives: Sequence[Any]) -> list[float]:
-    return [-values[o.name] if o.direction == "maximize" else values[o.name] for o in objectives]
-
-
 def hypervolume(points: list[list[float]], ref: np.ndarray) -> float:
     from optuna._hypervolume import compute_hypervolume
 
@@ -114,7 +110,7 @@ def run_sampler(kind: str, seed: int, n_trials: int, space: Any, figures: dict[s
     ``n_trials`` distinct evaluations, or ``4 * n_trials`` trials, whichever comes first."""
     import optuna
 
-    from nasc.hw_search.study import make_sampler, violations
+    from nasc.hw_search.study import losses, make_sampler, violations
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(directions=[o.direction for o in problem.objectives],
@@ -137,7 +133,7 @@ def run_sampler(kind: str, seed: int, n_trials: int, space: Any, figures: dict[s
                 trial.set_constraint(k, v)
             study.tell(trial, [values[o.name] for o in problem.objectives])
             if all(v <= 0 for v in viol.values()):
-                found.append(losses(values, problem.objectives))
+                found.append(losses([values], problem.objectives)[0])
         curve.append(hypervolume(found, ref))
         if new:
             by_eval.append(curve[-1])
@@ -182,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def case_hv(quick: bool, plot: Path | None, log: Any) -> list[str]:
     from nasc.hw_search.space import Space
-    from nasc.hw_search.study import within
+    from nasc.hw_search.study import losses, within
 
     started = time.perf_counter()
     space = Space.parse(QUICK["space"] if quick else SPACE)
@@ -193,9 +189,8 @@ def case_hv(quick: bool, plot: Path | None, log: Any) -> list[str]:
     figures, problem = table(space, log)
     table_s = time.perf_counter() - t0
     ok = {k: v for k, v in figures.items() if v is not None}
-    feasible = [losses(v, problem.objectives) for v in ok.values()
-                if within(v, problem.limits)]
-    worst = np.max(np.asarray([losses(v, problem.objectives) for v in ok.values()]), axis=0)
+    feasible = list(losses([v for v in ok.values() if within(v, problem.limits)], problem.objectives))
+    worst = np.max(losses(list(ok.values()), problem.objectives), axis=0)
     ref = worst + 0.1 * np.abs(worst) + 1e-9
     full = hypervolume(feasible, ref)
     n = len(figures)
